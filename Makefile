@@ -1,0 +1,37 @@
+# Two commands on a fresh machine with only python3: `make run` and `make test`.
+# Every target sets up .venv first (once; again when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SETUP := $(VENV)/.setup-done
+
+.PHONY: run test lint bench clean help
+
+help:
+	@echo "make run    set up, then run the demo: broker + publisher + printer"
+	@echo "make test   set up, then run the whole test suite"
+	@echo "make lint   ruff and mypy --strict"
+	@echo "make bench  throughput and latency benchmarks (prints a table)"
+
+$(SETUP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(SETUP)
+
+run: $(SETUP)
+	$(PY) scripts/run_demo.py
+
+test: $(SETUP)
+	$(PY) -m pytest
+
+lint: $(SETUP)
+	$(VENV)/bin/ruff check broker producer consumer tests bench scripts
+	$(VENV)/bin/mypy
+
+bench: $(SETUP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,18 @@
+"""slipstream's broker, and the protocol and client that every part shares."""
+
+from broker.client import Client, Message, Subscription
+from broker.errors import (
+    BrokerError,
+    ConfigError,
+    ConnectError,
+    ConnectionLostError,
+    HandshakeRefusedError,
+    ProtocolError,
+    SlipstreamError,
+)
+from broker.protocol import Gap
+
+__all__ = [
+    "BrokerError", "Client", "ConfigError", "ConnectError", "ConnectionLostError", "Gap",
+    "HandshakeRefusedError", "Message", "ProtocolError", "SlipstreamError", "Subscription",
+]

@@ -1,0 +1,153 @@
+"""`python -m broker`: run the broker, or `python -m broker stats` to look inside one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from broker import cli
+from broker import protocol as p
+from broker.server import Broker, BrokerConfig
+from broker.topics import Retention
+
+log = logging.getLogger("slipstream.broker")
+
+DESCRIPTION = """\
+Run the slipstream broker: producers publish to topics, consumers subscribe
+to topic patterns ('game.>', 'live.*', ...). Each topic keeps a bounded
+retention; every subscriber reads it at its own pace.
+
+See also: python -m broker stats --help"""
+
+ON_FULL_HELP = """\
+what happens when a subscriber falls behind a full topic:
+'drop' (default) evicts the oldest message anyway, and that subscriber gets a
+gap notice with the exact count it lost: producers and other consumers are
+never slowed. 'block' makes publishers wait (TCP backpressure) until every
+connected subscriber has acknowledged the oldest message: nothing is lost,
+but one slow consumer slows every producer of that topic."""
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m broker", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default %(default)s; 0.0.0.0 for every "
+                             "interface)")
+    parser.add_argument("--port", type=int, default=p.DEFAULT_PORT,
+                        help="TCP port (default %(default)s; 0 picks a free one)")
+    defaults = Retention()
+    parser.add_argument("--retain-messages", type=cli.positive_int,
+                        default=defaults.max_messages, metavar="N",
+                        help="messages kept per topic (default %(default)s)")
+    parser.add_argument("--retain-bytes", type=cli.parse_size, default=defaults.max_bytes,
+                        metavar="SIZE", help="payload bytes kept per topic (default 64MiB)")
+    parser.add_argument("--on-full", choices=["drop", "block"], default="drop",
+                        help=ON_FULL_HELP)
+    parser.add_argument("--max-frame", type=cli.parse_size, default=p.DEFAULT_MAX_FRAME_BYTES,
+                        metavar="SIZE", help="largest frame accepted (default 1MiB)")
+    parser.add_argument("--token", default=os.environ.get("SLIPSTREAM_TOKEN"),
+                        help="refuse clients that do not present this token "
+                             "(env SLIPSTREAM_TOKEN)")
+    parser.add_argument("--write-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="disconnect a client whose socket takes no bytes for this long "
+                             "(default %(default)s)")
+    cli.add_logging_args(parser)
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> BrokerConfig:
+    if args.retain_bytes < args.max_frame:
+        raise SystemExit(cli.fail("python -m broker",
+                                  f"--retain-bytes {args.retain_bytes:,} is smaller than "
+                                  f"--max-frame {args.max_frame:,}: one message would not fit",
+                                  cli.EXIT_USAGE))
+    if not 0 <= args.port <= 65535:
+        raise SystemExit(cli.fail("python -m broker", f"--port {args.port} is outside 0..65535",
+                                  cli.EXIT_USAGE))
+    if args.max_frame < 4 * p.FRAME_ROOM_BYTES:
+        raise SystemExit(cli.fail("python -m broker", f"--max-frame {args.max_frame} is below "
+                                  f"{4 * p.FRAME_ROOM_BYTES}", cli.EXIT_USAGE))
+    return BrokerConfig(
+        host=args.host, port=args.port, on_full=args.on_full,
+        retention=Retention(args.retain_messages, args.retain_bytes),
+        max_frame_bytes=args.max_frame, token=args.token or None,
+        write_stall_timeout_s=args.write_timeout)
+
+
+async def serve(config: BrokerConfig) -> int:
+    broker = Broker(config)
+    try:
+        await broker.start()
+    except OSError as exc:
+        return cli.fail("python -m broker",
+                        f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
+    # The one line a supervisor (or a test) waits for before connecting.
+    print(f"slipstream broker listening on {config.host}:{broker.port}", flush=True)
+    try:
+        await asyncio.Event().wait()  # until Ctrl-C / SIGTERM cancels us
+    finally:
+        await broker.close()
+    return cli.EXIT_OK
+
+
+def stats_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m broker stats",
+        description="Show a running broker's topics (published, retained, bytes, subscribers) "
+                    "and connections (delivered, pending, gaps).")
+    cli.add_connection_args(parser)
+    parser.add_argument("--json", action="store_true", help="print the raw stats as JSON")
+    cli.add_logging_args(parser)
+    return parser
+
+
+async def show_stats(args: argparse.Namespace) -> int:
+    async with cli.client_for(args, "stats", reconnect=False) as client:
+        stats = await client.stats()
+    if args.json:
+        json.dump(stats, sys.stdout, indent=2)
+        print()
+    else:
+        print(format_stats(stats))
+    return cli.EXIT_OK
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    server = stats["server"]
+    lines = [f"broker {server['name']} pid {server['pid']}, up {server['uptime_s']:.0f} s, "
+             f"on-full={server['on_full']}, retain {server['retain_messages']:,} msgs / "
+             f"{server['retain_bytes']:,} B per topic", "",
+             f"{'topic':<32} {'published':>10} {'retained':>9} {'bytes':>12} {'evicted':>9} "
+             f"{'subs':>5}"]
+    for name, t in stats["topics"].items():
+        lines.append(f"{name:<32} {t['published']:>10,} {t['retained']:>9,} "
+                     f"{t['retained_bytes']:>12,} {t['evicted']:>9,} {t['subscribers']:>5}")
+    lines += ["", f"{'connection':<32} {'published':>10} {'delivered':>10} {'pending':>9} "
+                  f"{'gaps':>5} {'missed':>8}"]
+    for c in stats["connections"]:
+        label = f"#{c['id']} {c['name']} {c['peer']}"
+        lines.append(f"{label:<32} {c['published']:>10,} {c['delivered']:>10,} "
+                     f"{c['pending']:>9,} {c['gaps']:>5} {c['missed']:>8,}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["stats"]:
+        args = stats_parser().parse_args(argv[1:])
+        cli.setup_logging(args, default=logging.WARNING)
+        return cli.run("python -m broker stats", lambda: show_stats(args))
+    args = serve_parser().parse_args(argv)
+    cli.setup_logging(args)
+    config = config_from(args)
+    return cli.run("python -m broker", lambda: serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

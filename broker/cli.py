@@ -1,0 +1,138 @@
+"""What every slipstream command line shares: flags, logging, the event loop, exit codes.
+
+Exit codes: 0 success, 2 usage or configuration error, 1 runtime failure,
+each with a one-line reason on stderr. Ctrl-C and SIGTERM cancel the main
+task, so every command's cleanup runs in its `finally` blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from broker.client import BROKER_ENV, DEFAULT_BROKER, TOKEN_ENV, Client, parse_address
+from broker.errors import ConfigError, ConnectError, HandshakeRefusedError, SlipstreamError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """'65536', '64k', '64KiB', '1MiB' -> bytes (binary units)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 65536, 64KiB or 1MiB")
+    return int(match.group(1)) * _UNITS[(match.group(2) or "")[:1].lower()]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def start_position(text: str) -> str | int:
+    """--from: 'new', 'earliest' or a sequence number."""
+    if text in ("new", "earliest"):
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not 'new', 'earliest' or a sequence number >= 1") from None
+
+
+def broker_address(text: str) -> str:
+    try:
+        parse_address(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_connection_args(parser: argparse.ArgumentParser) -> None:
+    """--broker and --token, with their environment variables."""
+    parser.add_argument(
+        "--broker", type=broker_address, default=os.environ.get(BROKER_ENV, DEFAULT_BROKER),
+        metavar="HOST:PORT", help=f"broker address (env {BROKER_ENV}; default %(default)s)")
+    parser.add_argument(
+        "--token", default=os.environ.get(TOKEN_ENV),
+        help=f"shared secret the broker asks for (env {TOKEN_ENV})")
+
+
+def add_logging_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+
+
+def setup_logging(args: argparse.Namespace, default: int = logging.INFO) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else default
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def client_for(args: argparse.Namespace, name: str, **options: Any) -> Client:
+    return Client(args.broker, name=name, token=args.token, **options)
+
+
+def fail(prog: str, message: str, code: int = EXIT_FAILURE) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(prog: str, main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run `main` on uvloop when installed; map signals and errors to exit codes."""
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # uvloop is optional on platforms that lack it
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(_cancel_on_signals(main()))
+    except (ConfigError, HandshakeRefusedError) as exc:
+        return fail(prog, str(exc), EXIT_USAGE)
+    except ConnectError as exc:
+        return fail(prog, str(exc))
+    except SlipstreamError as exc:
+        return fail(prog, str(exc))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def _cancel_on_signals(main: Coroutine[Any, Any, int]) -> int:
+    """SIGINT/SIGTERM cancel the command's task: cancellation is the shutdown path."""
+    task = asyncio.ensure_future(main)
+    loop = asyncio.get_running_loop()
+    stopped_by_signal = False
+
+    def stop() -> None:
+        nonlocal stopped_by_signal
+        stopped_by_signal = True
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if stopped_by_signal:
+            return EXIT_OK
+        raise
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,645 @@
+"""The asyncio client every producer and consumer uses to talk to the broker.
+
+    async with Client("127.0.0.1:20778", name="my-tool") as client:
+        await client.publish("demo.hello", {"n": 1})
+        async for message in await client.subscribe("demo.>"):
+            print(message.topic, message.seq, message.data)
+
+Publishes are coalesced: consecutive publishes to one topic become one PUB
+frame, and all frames queued in one event-loop iteration go out in one write.
+A subscription is an async iterator; a message counts as finished when the
+next one is asked for, and finished messages are acknowledged in batches,
+which is what returns flow-control credit to the broker. If the connection
+drops, the client reconnects with backoff, resubscribes, and drops any
+re-delivered message it already handed out; messages that can no longer be
+had are reported as a `Gap` on the next message of their topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+from collections import deque
+from typing import Any, Literal
+
+import msgpack
+
+from broker import protocol as p
+from broker.errors import (
+    BrokerError,
+    ConfigError,
+    ConnectError,
+    ConnectionLostError,
+    HandshakeRefusedError,
+    ProtocolError,
+    SlipstreamError,
+)
+from broker.protocol import Gap
+from broker.routing import validate_pattern, validate_topic
+
+log = logging.getLogger("slipstream.client")
+
+DEFAULT_BROKER = f"127.0.0.1:{p.DEFAULT_PORT}"
+BROKER_ENV = "SLIPSTREAM_BROKER"
+TOKEN_ENV = "SLIPSTREAM_TOKEN"
+READ_CHUNK_BYTES = 256 * 1024
+WRITE_HIGH_WATER_BYTES = 1024 * 1024
+Start = Literal["new", "earliest"] | int
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'HOST:PORT' (or ':PORT', or 'HOST') -> (host, port); ConfigError if malformed."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = text, str(p.DEFAULT_PORT)
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"broker address {text!r} is not HOST:PORT") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port {port} in {text!r} is outside 0..65535")
+    return host, port
+
+
+class Message:
+    """One delivered message. `data` is the payload decoded from msgpack, on first use."""
+
+    __slots__ = ("_data", "epoch", "gap", "payload", "seq", "timestamp_us", "topic")
+
+    def __init__(self, topic: str, seq: int, timestamp_us: int, payload: bytes,
+                 gap: Gap | None, epoch: int) -> None:
+        self.topic = topic
+        self.seq = seq  # per topic, from 1, within one broker epoch
+        self.timestamp_us = timestamp_us  # broker's clock when it was published
+        self.payload = payload  # the bytes exactly as published
+        self.gap = gap  # messages of this topic lost just before this one, if any
+        self.epoch = epoch  # the broker run that numbered it
+        self._data: Any = _UNDECODED
+
+    @property
+    def data(self) -> Any:
+        if self._data is _UNDECODED:
+            self._data = msgpack.unpackb(self.payload)
+        return self._data
+
+    def __repr__(self) -> str:
+        return f"Message({self.topic!r}, seq={self.seq}, {len(self.payload)} bytes)"
+
+
+_UNDECODED: Any = object()
+
+
+class Subscription:
+    """An async iterator of the messages matching one pattern."""
+
+    def __init__(self, client: Client, sid: int, pattern: str, start: Start,
+                 durable: str | None, window: int) -> None:
+        self.client = client
+        self.sid = sid
+        self.pattern = pattern
+        self.start = start
+        self.durable = durable
+        self.window = window
+        self.received = 0  # messages handed to the application
+        self.gaps: list[Gap] = []  # every loss reported, by the broker or found on reconnect
+        self._ack_every = max(1, window // 4)
+        self._queue: deque[tuple[p.Deliver | Gap, int, int]] = deque()  # item, generation, epoch
+        self._ready = asyncio.Event()
+        self._closed: BaseException | None = None
+        self._batch: p.Deliver | None = None
+        self._index = 0
+        self._batch_current = False  # batch came on the current connection (so is ackable)
+        self._outstanding = False  # a message was handed out and not yet finished
+        self._done = 0  # finished, not yet acknowledged (current connection only)
+        self._last_seq: dict[str, int] = {}  # highest seq handed out per topic, this epoch
+        self._pending_gaps: dict[str, Gap] = {}
+
+    @property
+    def missed(self) -> int:
+        return sum(gap.count for gap in self.gaps)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Message:
+        if self._outstanding:  # asking for the next message finishes the previous one
+            self._outstanding = False
+            self._finish(1)
+        while True:
+            batch = self._batch
+            if batch is not None and self._index < len(batch.payloads):
+                index = self._index
+                self._index = index + 1
+                self._outstanding = self._batch_current
+                self.received += 1
+                topic = batch.topic
+                gap = self._pending_gaps.pop(topic, None) if self._pending_gaps else None
+                return Message(topic, batch.first_seq + index, batch.timestamps_us[index],
+                               batch.payloads[index], gap, self.client.epoch)
+            self._batch = None
+            if self._queue:
+                self._load(*self._queue.popleft())
+                continue
+            self._flush_acks()  # about to wait: give the broker all our credit back
+            if self._closed is not None:
+                if isinstance(self._closed, StopAsyncIteration):
+                    raise StopAsyncIteration
+                raise self._closed
+            self._ready.clear()
+            await self._ready.wait()
+
+    def _load(self, item: p.Deliver | Gap, generation: int, epoch: int) -> None:
+        """Make `item` current: note gaps, skip re-deliveries, find losses on reconnect."""
+        current = generation == self.client.generation
+        same_epoch = epoch == self.client.epoch
+        last = self._last_seq.get(item.topic, 0) if same_epoch else 0
+        if type(item) is Gap:
+            self._record_gap(item)
+            if same_epoch:
+                self._last_seq[item.topic] = max(last, item.first_seq + item.count - 1)
+            return
+        assert type(item) is p.Deliver
+        skip = max(0, min(last - item.first_seq + 1, len(item.payloads)))
+        if current and skip:
+            self._finish(skip)  # re-delivered after a reconnect: we had them already
+        first_new = item.first_seq + skip
+        if same_epoch and last and first_new > last + 1 and skip < len(item.payloads):
+            self._record_gap(Gap(self.sid, item.topic, last + 1, first_new - last - 1,
+                                 "reconnect: published while this subscription was away"))
+        if same_epoch:
+            self._last_seq[item.topic] = max(last, item.first_seq + len(item.payloads) - 1)
+        self._batch = item
+        self._index = skip
+        self._batch_current = current
+
+    def _record_gap(self, gap: Gap) -> None:
+        self.gaps.append(gap)
+        self._pending_gaps[gap.topic] = gap
+        log.warning("subscription %r lost %d messages of %r from seq %d: %s",
+                    self.pattern, gap.count, gap.topic, gap.first_seq, gap.reason)
+
+    def _finish(self, count: int) -> None:
+        self._done += count
+        if self._done >= self._ack_every:
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        if self._done:
+            self.client._send_ack(self.sid, self._done)
+            self._done = 0
+
+    # --- fed by the client's reader ----------------------------------------------
+
+    def _push(self, item: p.Deliver | Gap) -> None:
+        self._queue.append((item, self.client.generation, self.client.epoch))
+        self._ready.set()
+
+    def _reconnected(self, broker_restarted: bool) -> None:
+        """A new connection starts with no credit used: old deliveries are no longer ackable."""
+        if broker_restarted:
+            self._last_seq.clear()  # seqs start again from 1 in the new epoch
+        self._done = 0
+        self._outstanding = False
+        self._batch_current = False
+
+    def _close(self, reason: BaseException) -> None:
+        if self._closed is None:
+            self._closed = reason
+            self._ready.set()
+
+    def subscribe_frame(self, start: Start) -> p.Subscribe:
+        return p.Subscribe(self.sid, self.pattern, start, self.durable, self.window)
+
+    async def unsubscribe(self) -> None:
+        """Stop this subscription; a durable one keeps its position in the broker."""
+        self._flush_acks()
+        self.client._forget(self)
+        self.client._send_control(p.Unsubscribe(self.sid))
+        self._close(StopAsyncIteration())
+
+
+class _Run:
+    """Consecutive publishes to one topic: one PUB frame in the making."""
+
+    __slots__ = ("payloads", "size", "topic", "waiters")
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.payloads: list[bytes] = []
+        self.size = 0
+        self.waiters: list[tuple[int, asyncio.Future[int]]] = []
+
+
+class Client:
+    """A connection to the broker that survives the broker going away and coming back."""
+
+    def __init__(self, broker: str | None = None, *, name: str = "slipstream-client",
+                 token: str | None = None, reconnect: bool = True,
+                 connect_timeout_s: float = 5.0, reconnect_max_delay_s: float = 2.0,
+                 max_buffered_bytes: int = 8 * 1024 * 1024) -> None:
+        self.address = broker or os.environ.get(BROKER_ENV) or DEFAULT_BROKER
+        self.host, self.port = parse_address(self.address)
+        self.name = name
+        self.token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self.reconnect = reconnect
+        self.connect_timeout_s = connect_timeout_s
+        self.reconnect_max_delay_s = reconnect_max_delay_s
+        self.max_buffered_bytes = max_buffered_bytes
+        self.epoch = 0
+        self.generation = 0  # counts connections made; deliveries are tagged with it
+        self.max_payload_bytes = p.DEFAULT_MAX_FRAME_BYTES - p.FRAME_ROOM_BYTES
+        self.published = 0
+        self.reconnects = 0
+        self.errors: list[BrokerError] = []  # non-fatal errors the broker reported
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._decoder = p.FrameDecoder()
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._failure: SlipstreamError | None = None
+        self._subs: dict[int, Subscription] = {}
+        self._ids = itertools.count(1)
+        self._waiting: dict[tuple[str, int], asyncio.Future[Any]] = {}
+        self._confirms: dict[int, list[tuple[int, asyncio.Future[int]]]] = {}
+        self._outbox: list[_Run] = []
+        self._outbox_bytes = 0
+        self._flush_scheduled = False
+        self._topics_seen: set[str] = set()
+
+    # --- connecting --------------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect once, failing fast; after that, losses are handled by reconnecting."""
+        await self._open()
+        self._task = asyncio.create_task(self._run(), name=f"slipstream-client-{self.name}")
+
+    async def _open(self) -> None:
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                reader, writer = await asyncio.open_connection(
+                    self.host, self.port, limit=READ_CHUNK_BYTES)
+        except (OSError, TimeoutError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
+                str(exc) or type(exc).__name__)
+            raise ConnectError(f"cannot reach broker at {self.host}:{self.port}: {reason} "
+                               "(is `python -m broker` running?)") from None
+        decoder = p.FrameDecoder()
+        writer.write(p.encode(p.Hello(p.PROTOCOL_VERSION, self.name, self.token)))
+        try:
+            welcome = await self._await_welcome(reader, decoder)
+        except BaseException:
+            writer.close()
+            raise
+        self.epoch = welcome.epoch
+        self.max_payload_bytes = welcome.max_frame_bytes - p.FRAME_ROOM_BYTES
+        # Deliveries may carry a full-size payload plus their header.
+        decoder.max_frame_bytes = welcome.max_frame_bytes + p.FRAME_ROOM_BYTES
+        self._reader, self._writer, self._decoder = reader, writer, decoder
+        self.generation += 1
+        self._connected.set()
+
+    async def _await_welcome(self, reader: asyncio.StreamReader,
+                             decoder: p.FrameDecoder) -> p.Welcome:
+        where = f"broker at {self.host}:{self.port}"
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                while True:
+                    data = await reader.read(READ_CHUNK_BYTES)
+                    if not data:
+                        raise ConnectError(f"{where} closed the connection during the handshake")
+                    frames = decoder.feed(data)
+                    if decoder.error is not None:
+                        raise decoder.error
+                    if frames:
+                        break
+        except TimeoutError:
+            raise ConnectError(f"{where} did not answer HELLO within "
+                               f"{self.connect_timeout_s:g} s") from None
+        except OSError as exc:
+            raise ConnectError(f"{where} failed during the handshake: {exc}") from None
+        first = frames[0]
+        if type(first) is p.Error:
+            raise HandshakeRefusedError(f"{where} refused the handshake [{first.code}]: "
+                                        f"{first.message}")
+        if type(first) is not p.Welcome:
+            raise ProtocolError(f"{where} answered HELLO with {type(first).__name__}")
+        return first
+
+    async def _run(self) -> None:
+        """Read until the connection ends; then reconnect, or fail everything waiting."""
+        while True:
+            reason = await self._read_until_lost()
+            self._connection_lost(reason)
+            if self._closing or not self.reconnect:
+                self._fail_all(ConnectionLostError(reason))
+                return
+            try:
+                await self._reconnect(reason)
+            except HandshakeRefusedError as exc:
+                self._fail_all(exc)
+                return
+
+    async def _read_until_lost(self) -> str:
+        reader, decoder = self._reader, self._decoder
+        assert reader is not None
+        try:
+            while True:
+                data = await reader.read(READ_CHUNK_BYTES)
+                if not data:
+                    return f"broker at {self.host}:{self.port} closed the connection"
+                for frame in decoder.feed(data):
+                    self._dispatch(frame)
+                if decoder.error is not None:
+                    log.error("broker sent a bad frame: %s", decoder.error)
+                    return f"protocol error: {decoder.error}"
+        except OSError as exc:
+            return f"connection to {self.host}:{self.port} failed: {exc}"
+
+    def _connection_lost(self, reason: str) -> None:
+        self._connected.clear()
+        if self._writer is not None:
+            self._writer.close()
+        lost = ConnectionLostError(f"{reason}; the outcome of this request is unknown")
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(lost)
+        self._waiting.clear()
+        for waiters in self._confirms.values():
+            for _, future in waiters:
+                if not future.done():
+                    future.set_exception(lost)
+        self._confirms.clear()
+        if not self._closing:
+            log.warning("%s", reason)
+
+    async def _reconnect(self, reason: str) -> None:
+        previous_epoch = self.epoch
+        delay = 0.05
+        for attempt in itertools.count(1):
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter spreads a herd
+            try:
+                await self._open()
+            except (ConnectError, ProtocolError) as exc:
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("reconnect attempt %d failed: %s", attempt, exc)
+                delay = min(delay * 2, self.reconnect_max_delay_s)
+                continue
+            break
+        self.reconnects += 1
+        log.info("reconnected to %s:%d (attempt %d)", self.host, self.port, attempt)
+        restarted = self.epoch != previous_epoch
+        if restarted:
+            log.warning("the broker restarted (new epoch): resubscribing from its earliest")
+        for sub in self._subs.values():
+            sub._reconnected(restarted)
+            # Same broker: a durable resumes where it acknowledged, a plain one takes
+            # what is new. A restarted broker holds nothing we have seen: take it all.
+            self._send_control(sub.subscribe_frame("earliest" if restarted else "new"))
+        self._flush()
+
+    # --- reading ---------------------------------------------------------------
+
+    def _dispatch(self, frame: p.Frame | p.UnknownFrame) -> None:
+        if isinstance(frame, p.Deliver | p.Gap):
+            sub = self._subs.get(frame.sid)
+            if sub is not None:
+                sub._push(frame)
+            return
+        match frame:
+            case p.PublishAck(confirm_id, first_seq, _):
+                for index, future in self._confirms.pop(confirm_id, []):
+                    if not future.done():
+                        future.set_result(first_seq + index)
+            case p.Subscribed(sid):
+                self._resolve(("sub", sid), sid)
+            case p.Pong(nonce):
+                self._resolve(("ping", nonce), nonce)
+            case p.StatsReply(request_id, stats):
+                self._resolve(("stats", request_id), stats)
+            case p.Ping(nonce):
+                self._send_control(p.Pong(nonce))
+            case p.Error():
+                self._broker_error(frame)
+            case _:
+                log.warning("ignoring unexpected %s frame from the broker", type(frame).__name__)
+
+    def _resolve(self, key: tuple[str, int], value: Any) -> None:
+        future = self._waiting.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(value)
+
+    def _broker_error(self, frame: p.Error) -> None:
+        error = BrokerError(frame.code, frame.message)
+        if frame.fatal:
+            if frame.code != "shutdown":
+                log.error("%s", error)
+            return  # the broker closes the connection next; _run handles that
+        # sids, confirm ids and request ids come from one counter, so `ref` names one thing.
+        failed: list[asyncio.Future[Any]] = []
+        if frame.ref is not None:
+            failed = [future for _, future in self._confirms.pop(frame.ref, [])]
+            failed += [self._waiting.pop(key) for key in list(self._waiting) if key[1] == frame.ref]
+        for future in failed:
+            if not future.done():
+                future.set_exception(error)
+        if not failed:
+            self.errors.append(error)
+            log.warning("%s", error)
+
+    # --- publishing -------------------------------------------------------------
+
+    async def publish(self, topic: str, data: Any, *, confirm: bool = False) -> int | None:
+        """Publish `data` (anything msgpack can encode) to `topic`.
+
+        Returns at once (the message is queued and flushed within this loop
+        iteration), waiting only when the socket is backed up. With
+        `confirm=True` it waits for the broker and returns the message's seq.
+        """
+        return await self.publish_bytes(topic, msgpack.packb(data), confirm=confirm)
+
+    async def publish_bytes(self, topic: str, payload: bytes, *,
+                            confirm: bool = False) -> int | None:
+        """Publish an already-encoded payload; the broker forwards these exact bytes."""
+        if topic not in self._topics_seen:
+            validate_topic(topic)
+            self._topics_seen.add(topic)
+        if len(payload) > self.max_payload_bytes:
+            raise BrokerError("payload_too_large",
+                              f"payload of {len(payload):,} bytes to {topic!r} exceeds max "
+                              f"payload {self.max_payload_bytes:,}")
+        if self._failure is not None:
+            raise self._failure
+        future = self._enqueue(topic, payload, confirm)
+        self.published += 1
+        if self._outbox_bytes >= WRITE_HIGH_WATER_BYTES // 4:
+            self._flush()
+        await self._backpressure()
+        if future is None:
+            return None
+        return await future
+
+    def _enqueue(self, topic: str, payload: bytes, confirm: bool) -> asyncio.Future[int] | None:
+        outbox = self._outbox
+        run = outbox[-1] if outbox else None
+        if run is None or run.topic != topic or run.size + len(payload) > self.max_payload_bytes:
+            run = _Run(topic)
+            outbox.append(run)
+        run.payloads.append(payload)
+        run.size += len(payload) + 5  # + msgpack bin header
+        self._outbox_bytes += len(payload)
+        future: asyncio.Future[int] | None = None
+        if confirm:
+            future = asyncio.get_running_loop().create_future()
+            run.waiters.append((len(run.payloads) - 1, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return future
+
+    async def _backpressure(self) -> None:
+        writer = self._writer
+        if self._connected.is_set() and writer is not None:
+            if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER_BYTES:
+                try:
+                    await writer.drain()
+                except OSError:
+                    pass  # the reader notices the loss and reconnects
+        elif self._outbox_bytes > self.max_buffered_bytes:
+            await self._wait_connected()  # disconnected with a full buffer: wait it out
+
+    async def _wait_connected(self) -> None:
+        while not self._connected.is_set():
+            if self._failure is not None:
+                raise self._failure
+            if self._closing:
+                raise ConnectionLostError("client is closed")
+            waiter = asyncio.ensure_future(self._connected.wait())
+            done, _ = await asyncio.wait([waiter], timeout=0.5)
+            if not done:
+                waiter.cancel()
+
+    def _flush(self) -> None:
+        """Write every queued run as a PUB frame, all in one writelines."""
+        self._flush_scheduled = False
+        writer = self._writer
+        if not self._outbox or not self._connected.is_set() or writer is None:
+            return
+        frames = []
+        for run in self._outbox:
+            confirm_id = None
+            if run.waiters:
+                confirm_id = next(self._ids)
+                self._confirms[confirm_id] = run.waiters
+            frames.append(p.encode(p.Publish(run.topic, run.payloads, confirm_id)))
+        self._outbox = []
+        self._outbox_bytes = 0
+        writer.writelines(frames)
+
+    async def flush(self) -> None:
+        """Write everything queued and wait until the socket has taken it."""
+        self._flush()
+        if self._outbox:
+            await self._wait_connected()
+            self._flush()
+        if self._writer is not None and self._connected.is_set():
+            try:
+                await self._writer.drain()
+            except OSError:
+                pass
+
+    # --- subscribing and requests --------------------------------------------------
+
+    async def subscribe(self, pattern: str, *, start: Start = "new", durable: str | None = None,
+                        window: int = 8192) -> Subscription:
+        """Subscribe and wait until the broker confirms; iterate the result for messages."""
+        validate_pattern(pattern)
+        sid = next(self._ids)
+        sub = Subscription(self, sid, pattern, start, durable, window)
+        self._subs[sid] = sub
+        try:
+            await self._request(("sub", sid), sub.subscribe_frame(start))
+        except BaseException:
+            self._subs.pop(sid, None)
+            raise
+        return sub
+
+    async def stats(self) -> dict[str, Any]:
+        """The broker's statistics (see docs/protocol.md, STATS)."""
+        request_id = next(self._ids)
+        stats: dict[str, Any] = await self._request(("stats", request_id),
+                                                    p.StatsRequest(request_id))
+        return stats
+
+    async def ping(self) -> float:
+        """Round-trip time to the broker, in seconds."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        nonce = next(self._ids)
+        await self._request(("ping", nonce), p.Ping(nonce))
+        return loop.time() - started
+
+    async def _request(self, key: tuple[str, int], frame: p.Frame) -> Any:
+        await self._wait_connected()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = future
+        self._flush()  # keep order: publishes queued before this request go first
+        self._send_control(frame)
+        async with asyncio.timeout(self.connect_timeout_s + 5):
+            return await future
+
+    def _send_control(self, frame: p.Frame) -> None:
+        if self._writer is not None and self._connected.is_set():
+            self._writer.write(p.encode(frame))
+
+    def _send_ack(self, sid: int, count: int) -> None:
+        self._send_control(p.Ack(sid, count))
+
+    def _forget(self, sub: Subscription) -> None:
+        self._subs.pop(sub.sid, None)
+
+    # --- closing ---------------------------------------------------------------
+
+    def _fail_all(self, error: SlipstreamError) -> None:
+        self._failure = error
+        for sub in self._subs.values():
+            sub._close(StopAsyncIteration() if self._closing else error)
+        self._connected.set()  # release anyone waiting to reconnect; they see _failure
+
+    async def close(self) -> None:
+        """Send what is queued, acknowledge what was finished, and disconnect."""
+        if self._closing:
+            return
+        if self._connected.is_set() and self._failure is None:
+            try:
+                for sub in self._subs.values():
+                    if sub._outstanding:
+                        sub._outstanding = False
+                        sub._finish(1)
+                    sub._flush_acks()
+                async with asyncio.timeout(2):
+                    await self.flush()
+            except (TimeoutError, SlipstreamError):
+                log.warning("could not flush everything before closing")
+        self._closing = True
+        if self._writer is not None:
+            self._writer.close()
+        if self._task is not None:
+            try:
+                async with asyncio.timeout(1):
+                    await self._task
+            except TimeoutError:
+                self._task.cancel()
+        for sub in self._subs.values():
+            sub._close(StopAsyncIteration())

@@ -1,0 +1,359 @@
+"""The slipstream wire protocol, sans-I/O: frame objects <-> bytes.
+
+Broker and clients both speak through this module and nothing else touches
+the bytes. It never reads or writes a socket, so every rule in
+docs/protocol.md is tested here by feeding bytes in and looking at frames out.
+
+A frame on the wire is a 4-byte big-endian body length, then a msgpack array
+body whose first element is the frame type: ``[type, field, field, ...]``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from enum import IntEnum
+from typing import Any, NamedTuple
+
+import msgpack
+
+from broker.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+DEFAULT_PORT = 20778
+DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
+# A payload must fit into a delivery frame together with its topic, sequence
+# number and timestamp, so payloads are limited to max-frame minus this room.
+FRAME_ROOM_BYTES = 1024
+LENGTH_PREFIX_BYTES = 4
+
+_length = struct.Struct(">I")
+_pack_length = _length.pack
+_unpack_length = _length.unpack_from
+
+
+class FrameType(IntEnum):
+    HELLO = 1
+    WELCOME = 2
+    PUB = 3
+    PUBACK = 4
+    SUB = 5
+    SUBACK = 6
+    UNSUB = 7
+    MSG = 8
+    GAP = 9
+    ACK = 10
+    PING = 11
+    PONG = 12
+    STATS = 13
+    STATS_REPLY = 14
+    ERROR = 15
+
+
+# --- Frames: one small immutable tuple per frame type -----------------------
+# NamedTuples rather than dataclasses: they are built once per frame on the hot
+# path, and a tuple is the cheapest immutable object Python can make.
+
+
+class Hello(NamedTuple):
+    """Client -> broker, first frame: who I am and my token."""
+
+    version: int
+    client_name: str
+    token: str | None = None
+
+
+class Welcome(NamedTuple):
+    """Broker -> client: handshake accepted. `epoch` changes at every broker start."""
+
+    version: int
+    server_name: str
+    epoch: int
+    max_frame_bytes: int
+
+
+class Publish(NamedTuple):
+    """Client -> broker: one or more payloads for one topic, in order."""
+
+    topic: str
+    payloads: list[bytes]
+    confirm_id: int | None = None
+
+
+class PublishAck(NamedTuple):
+    """Broker -> client: the payloads of PUB `confirm_id` got seqs first_seq.. first_seq+count-1."""
+
+    confirm_id: int
+    first_seq: int
+    count: int
+
+
+class Subscribe(NamedTuple):
+    """Client -> broker: deliver topics matching `pattern` as subscription `sid`.
+
+    `start` is "new", "earliest" or a sequence number; `durable` names a
+    subscription whose position outlives the connection; `window` is how many
+    delivered-but-unacknowledged messages the client is willing to hold.
+    """
+
+    sid: int
+    pattern: str
+    start: str | int = "new"
+    durable: str | None = None
+    window: int = 8192
+
+
+class Subscribed(NamedTuple):
+    """Broker -> client: subscription `sid` is active."""
+
+    sid: int
+
+
+class Unsubscribe(NamedTuple):
+    sid: int
+
+
+class Deliver(NamedTuple):
+    """Broker -> client: consecutive messages first_seq.. of one topic for one subscription."""
+
+    sid: int
+    topic: str
+    first_seq: int
+    timestamps_us: list[int]
+    payloads: list[bytes]
+
+
+class Gap(NamedTuple):
+    """Broker -> client: `count` messages from `first_seq` on will never arrive, and why."""
+
+    sid: int
+    topic: str
+    first_seq: int
+    count: int
+    reason: str
+
+
+class Ack(NamedTuple):
+    """Client -> broker: I have finished `count` more messages of subscription `sid`."""
+
+    sid: int
+    count: int
+
+
+class Ping(NamedTuple):
+    nonce: int
+
+
+class Pong(NamedTuple):
+    nonce: int
+
+
+class StatsRequest(NamedTuple):
+    request_id: int
+
+
+class StatsReply(NamedTuple):
+    request_id: int
+    stats: dict[str, Any]
+
+
+class Error(NamedTuple):
+    """Either direction: something went wrong. `ref` names the sid or request it concerns."""
+
+    code: str
+    message: str
+    ref: int | None = None
+    fatal: bool = False
+
+
+class UnknownFrame(NamedTuple):
+    """A well-formed frame of a type this version does not know (not an error by itself)."""
+
+    type_code: int
+    fields: list[Any]
+
+
+Frame = (
+    Hello | Welcome | Publish | PublishAck | Subscribe | Subscribed | Unsubscribe | Deliver
+    | Gap | Ack | Ping | Pong | StatsRequest | StatsReply | Error
+)
+
+
+# --- Field checks: what each frame type's fields must be --------------------
+
+_Check = Callable[[Any], bool]
+
+
+def _is(*types: type) -> _Check:
+    return lambda value: isinstance(value, types)
+
+
+def _list_of(kind: type) -> _Check:
+    return lambda value: isinstance(value, list) and all(type(item) is kind for item in value)
+
+
+_int = _is(int)
+_str = _is(str)
+_opt_int = _is(int, type(None))
+_opt_str = _is(str, type(None))
+
+_SCHEMA: dict[int, tuple[type[Any], tuple[_Check, ...]]] = {
+    FrameType.HELLO: (Hello, (_int, _str, _opt_str)),
+    FrameType.WELCOME: (Welcome, (_int, _str, _int, _int)),
+    FrameType.PUB: (Publish, (_str, _list_of(bytes), _opt_int)),
+    FrameType.PUBACK: (PublishAck, (_int, _int, _int)),
+    FrameType.SUB: (Subscribe, (_int, _str, _is(str, int), _opt_str, _int)),
+    FrameType.SUBACK: (Subscribed, (_int,)),
+    FrameType.UNSUB: (Unsubscribe, (_int,)),
+    FrameType.MSG: (Deliver, (_int, _str, _int, _list_of(int), _list_of(bytes))),
+    FrameType.GAP: (Gap, (_int, _str, _int, _int, _str)),
+    FrameType.ACK: (Ack, (_int, _int)),
+    FrameType.PING: (Ping, (_int,)),
+    FrameType.PONG: (Pong, (_int,)),
+    FrameType.STATS: (StatsRequest, (_int,)),
+    FrameType.STATS_REPLY: (StatsReply, (_int, _is(dict))),
+    FrameType.ERROR: (Error, (_str, _str, _opt_int, _is(bool))),
+}
+_TYPE_OF: dict[type[Any], int] = {cls: code for code, (cls, _) in _SCHEMA.items()}
+
+
+# --- Encoding -----------------------------------------------------------------
+
+
+def encode(frame: Frame) -> bytes:
+    """One frame as wire bytes: length prefix and msgpack body."""
+    body = msgpack.packb((_TYPE_OF[type(frame)], *frame))
+    return _pack_length(len(body)) + body
+
+
+def encode_deliver_tail(
+    topic: str, first_seq: int, timestamps_us: list[int], payloads: list[bytes]
+) -> bytes:
+    """The part of a MSG frame that is the same for every subscriber.
+
+    msgpack encodes a 4-tuple as the one-byte header 0x94 followed by the four
+    fields back to back; dropping that byte leaves the fields, ready to be
+    glued behind each subscriber's own header. The broker encodes a run of
+    messages once and shares these bytes across all its subscribers.
+    """
+    return msgpack.packb((topic, first_seq, timestamps_us, payloads))[1:]
+
+
+def encode_deliver(sid: int, tail: bytes) -> tuple[bytes, bytes]:
+    """A MSG frame for subscription `sid` around a shared tail, as two buffers for writelines."""
+    # 0x96 is the header of a 6-element array: type, sid, then the 4 tail fields.
+    head = b"\x96" + msgpack.packb((FrameType.MSG, sid))[1:]
+    return _pack_length(len(head) + len(tail)) + head, tail
+
+
+# --- Decoding -----------------------------------------------------------------
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames, however the stream was split into reads.
+
+    Feed it whatever the socket returned; it returns every complete frame in
+    one pass over the buffer (the hot path: one length read, one C-level
+    msgpack call and one tuple per frame) and keeps the incomplete tail.
+
+    A malformed frame does not raise out of `feed`: the frames before it are
+    returned, and `error` is set. The stream cannot be trusted past that
+    point, so feeding again raises the same error.
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.error: ProtocolError | None = None
+        self._buffer = bytearray()
+        self._offset = 0  # stream offset of _buffer[0], for error messages
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Frame | UnknownFrame]:
+        if self.error is not None:
+            raise self.error
+        buffer = self._buffer
+        buffer += data
+        frames: list[Frame | UnknownFrame] = []
+        position = 0
+        available = len(buffer)
+        with memoryview(buffer) as view:
+            while available - position >= LENGTH_PREFIX_BYTES:
+                (size,) = _unpack_length(buffer, position)
+                if not 0 < size <= self.max_frame_bytes:
+                    self.error = self._bad_length(size, position)
+                    break
+                end = position + LENGTH_PREFIX_BYTES + size
+                if end > available:
+                    break  # incomplete: wait for more bytes
+                try:
+                    frames.append(self._frame(view[position + LENGTH_PREFIX_BYTES : end]))
+                except ProtocolError as exc:
+                    exc.args = (f"{exc} (frame at stream offset {self._offset + position:,})",)
+                    self.error = exc
+                    break
+                position = end
+        del buffer[:position]
+        self._offset += position
+        return frames
+
+    def _bad_length(self, size: int, position: int) -> ProtocolError:
+        where = f"at stream offset {self._offset + position:,}"
+        if size == 0:
+            return ProtocolError(f"empty frame (length 0) {where}", code="bad_frame")
+        hint = ""
+        if self._offset + position == 0:
+            hint = " (is the peer speaking the slipstream protocol? see docs/protocol.md)"
+        return ProtocolError(
+            f"frame of {size:,} bytes {where} exceeds max-frame {self.max_frame_bytes:,}{hint}",
+            code="frame_too_large",
+        )
+
+    @staticmethod
+    def _frame(body: memoryview) -> Frame | UnknownFrame:
+        try:
+            fields = msgpack.unpackb(body)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise ProtocolError(
+                f"frame body of {len(body):,} bytes is not one msgpack value: {exc}",
+                code="bad_frame",
+            ) from None
+        return parse_fields(fields)
+
+
+def parse_fields(fields: Any) -> Frame | UnknownFrame:
+    """Check a decoded body against the schema and build its frame tuple."""
+    if not isinstance(fields, list) or not fields or type(fields[0]) is not int:
+        raise ProtocolError(
+            f"frame body must be an array starting with an integer type, got {_describe(fields)}",
+            code="bad_frame",
+        )
+    type_code = fields[0]
+    schema = _SCHEMA.get(type_code)
+    if schema is None:
+        return UnknownFrame(type_code, fields[1:])
+    cls, checks = schema
+    values = fields[1:]
+    if len(values) != len(checks):
+        raise ProtocolError(
+            f"{cls.__name__} frame needs {len(checks)} fields "
+            f"({', '.join(cls._fields)}), got {len(values)}",
+            code="bad_frame",
+        )
+    for name, check, value in zip(cls._fields, checks, values, strict=True):
+        if not check(value):
+            raise ProtocolError(
+                f"{cls.__name__} field {name!r} has a bad value: {_describe(value)}",
+                code="bad_frame",
+            )
+    frame: Frame = cls(*values)
+    if type(frame) is Deliver and len(frame.timestamps_us) != len(frame.payloads):
+        raise ProtocolError("MSG frame has a different number of timestamps and payloads")
+    return frame
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"

@@ -1,0 +1,1 @@
+"""slipstream consumers: processes that subscribe to topics and act on each message."""

@@ -1,0 +1,104 @@
+"""`python -m consumer printer`: print what arrives, for people or for jq.
+
+The readable form is one line per message: time, topic, seq and a compact
+rendering of the data cut to one line. Gap notices are printed in place, so
+a loss is seen where it happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from broker import cli
+from broker.client import Message, Subscription
+from broker.protocol import Gap
+
+LINE_CHARS = 160
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "printer", help="print messages as they arrive",
+        description="Print the messages of the topics matching PATTERN ('>' for all).")
+    parser.add_argument("patterns", nargs="*", default=[">"], metavar="PATTERN",
+                        help="topic patterns: '*' is one token, '>' the rest (default '>')")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per line: topic, seq, ts, data")
+    parser.add_argument("--count", type=cli.positive_int, metavar="N",
+                        help="exit 0 after N messages")
+    parser.add_argument("--from", dest="start", type=cli.start_position, default="new",
+                        metavar="new|earliest|SEQ", help="where to start (default new)")
+    parser.add_argument("--durable", metavar="NAME",
+                        help="resume where the last consumer with this name stopped")
+    cli.add_connection_args(parser)
+    cli.add_logging_args(parser)
+    parser.set_defaults(command=run)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def format_json(message: Message) -> str:
+    record: dict[str, Any] = {"topic": message.topic, "seq": message.seq,
+                              "ts": message.timestamp_us / 1e6, "data": message.data}
+    if message.gap is not None:
+        record["gap"] = {"first_seq": message.gap.first_seq, "count": message.gap.count,
+                         "reason": message.gap.reason}
+    return json.dumps(record, default=_jsonable, separators=(",", ":"))
+
+
+def format_line(message: Message) -> str:
+    stamp = datetime.fromtimestamp(message.timestamp_us / 1e6, UTC).strftime("%H:%M:%S.%f")[:-3]
+    text = json.dumps(message.data, default=_jsonable, separators=(",", ":"))
+    line = f"{stamp} {message.topic} #{message.seq} {text}"
+    return line if len(line) <= LINE_CHARS else line[: LINE_CHARS - 3] + "..."
+
+
+def format_gap(gap: Gap) -> str:
+    last = gap.first_seq + gap.count - 1
+    return f"!! {gap.count} messages of {gap.topic} lost (#{gap.first_seq}..#{last}): {gap.reason}"
+
+
+class _Done(Exception):
+    """--count reached: unwinds the per-subscription tasks."""
+
+
+async def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    printed = 0
+    subs: list[Subscription] = []
+
+    async def print_all(sub: Subscription) -> None:
+        nonlocal printed
+        async for message in sub:
+            if message.gap is not None and not args.json:
+                print(format_gap(message.gap), file=out)
+            print(format_json(message) if args.json else format_line(message), file=out,
+                  flush=True)
+            printed += 1
+            if args.count and printed >= args.count:
+                raise _Done
+
+    async with cli.client_for(args, "printer") as client:
+        try:
+            for index, pattern in enumerate(args.patterns):
+                durable = f"{args.durable}.{index}" if args.durable and index else args.durable
+                subs.append(await client.subscribe(pattern, start=args.start, durable=durable))
+            async with asyncio.TaskGroup() as tasks:
+                for sub in subs:
+                    tasks.create_task(print_all(sub))
+        except* _Done:
+            pass
+        finally:
+            gaps = [gap for sub in subs for gap in sub.gaps]
+            print(f"printer: {printed:,} messages, {len(gaps)} gaps "
+                  f"({sum(g.count for g in gaps):,} messages missed)", file=sys.stderr)
+    return cli.EXIT_OK

@@ -1,0 +1,1 @@
+"""slipstream producers: processes that bridge sources into broker topics."""

@@ -1,0 +1,102 @@
+"""`python -m producer pub`: publish one message, JSON lines from stdin, or N synthetic ones.
+
+The synthetic mode is a load generator: each message is a msgpack map with
+its index and send time, padded to --size bytes, published at --rate per
+second (or as fast as the client can) and the achieved rate is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+
+from broker import cli
+from broker.client import Client
+
+DESCRIPTION = """\
+Publish to a topic. With JSON, publishes that one message; with --count N,
+publishes N synthetic messages of --size bytes at --rate per second and
+reports the rate; with neither, publishes each JSON line read from stdin."""
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("pub", help="publish one message or a synthetic stream",
+                                   description=DESCRIPTION)
+    parser.add_argument("topic", help="topic to publish to, e.g. demo.hello")
+    parser.add_argument("json", nargs="?", help="message as JSON, e.g. '{\"lap\": 3}'")
+    parser.add_argument("--count", type=cli.positive_int, help="publish N synthetic messages")
+    parser.add_argument("--size", type=cli.parse_size, default=200,
+                        help="bytes per synthetic message (default %(default)s)")
+    parser.add_argument("--rate", type=float, default=0.0, metavar="PER_S",
+                        help="synthetic messages per second (default: as fast as possible)")
+    parser.add_argument("--confirm", action="store_true",
+                        help="wait for the broker to confirm each message and print its seq")
+    cli.add_connection_args(parser)
+    cli.add_logging_args(parser)
+    parser.set_defaults(command=run)
+
+
+def synthetic_payloads(size: int) -> Iterator[bytes]:
+    """msgpack maps {"n", "sent_ns", "pad"} padded to about `size` bytes each (never more).
+
+    `sent_ns` is time.monotonic_ns() at encoding, for latency measurements on
+    one machine.
+    """
+    biggest_head = len(msgpack.packb({"n": 2**63, "sent_ns": 2**63, "pad": b""}))
+    bin_header = 1 if size < 256 else 2 if size < 65536 else 4
+    pad = b"x" * max(0, size - biggest_head - bin_header)
+    for index in itertools.count():
+        yield msgpack.packb({"n": index, "sent_ns": time.monotonic_ns(), "pad": pad})
+
+
+async def run(args: argparse.Namespace) -> int:
+    if args.json is not None and args.count:
+        return cli.fail("pub", "give either a JSON message or --count, not both", cli.EXIT_USAGE)
+    async with cli.client_for(args, "pub") as client:
+        if args.count:
+            await publish_synthetic(client, args)
+        elif args.json is not None:
+            await publish_one(client, args, parse_json(args.json, "the JSON argument"))
+        else:
+            for number, line in enumerate(sys.stdin, 1):
+                if line.strip():
+                    await publish_one(client, args, parse_json(line, f"stdin line {number}"))
+    return cli.EXIT_OK
+
+
+def parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(cli.fail("pub", f"{where} is not valid JSON: {exc}", cli.EXIT_USAGE))
+
+
+async def publish_one(client: Client, args: argparse.Namespace, data: Any) -> None:
+    seq = await client.publish(args.topic, data, confirm=args.confirm)
+    if seq is not None:
+        print(f"published {args.topic} #{seq}")
+
+
+async def publish_synthetic(client: Client, args: argparse.Namespace) -> None:
+    interval_s = 1.0 / args.rate if args.rate > 0 else 0.0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    payloads = synthetic_payloads(args.size)
+    for index in range(args.count):
+        if interval_s:
+            delay = started + index * interval_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await client.publish_bytes(args.topic, next(payloads), confirm=args.confirm)
+    await client.flush()
+    elapsed = loop.time() - started
+    print(f"published {args.count:,} messages of {args.size} bytes to {args.topic} in "
+          f"{elapsed:.2f} s: {args.count / max(elapsed, 1e-9):,.0f} msg/s", file=sys.stderr)
