@@ -57,6 +57,9 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--write-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="disconnect a client whose socket takes no bytes for this long "
                              "(default %(default)s)")
+    parser.add_argument("--handshake-timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="disconnect a client that sends no HELLO for this long "
+                             "(default %(default)s)")
     cli.add_logging_args(parser)
     return parser
 
@@ -77,7 +80,8 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
         host=args.host, port=args.port, on_full=args.on_full,
         retention=Retention(args.retain_messages, args.retain_bytes),
         max_frame_bytes=args.max_frame, token=args.token or None,
-        write_stall_timeout_s=args.write_timeout)
+        write_stall_timeout_s=args.write_timeout,
+        handshake_timeout_s=args.handshake_timeout)
 
 
 async def serve(config: BrokerConfig) -> int:

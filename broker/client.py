@@ -178,6 +178,9 @@ class Subscription:
 
     def _record_gap(self, gap: Gap) -> None:
         self.gaps.append(gap)
+        earlier = self._pending_gaps.get(gap.topic)
+        if earlier is not None:  # two losses with no message between: one gap to the reader
+            gap = earlier._replace(count=earlier.count + gap.count)
         self._pending_gaps[gap.topic] = gap
         log.warning("subscription %r lost %d messages of %r from seq %d: %s",
                     self.pattern, gap.count, gap.topic, gap.first_seq, gap.reason)

@@ -350,7 +350,8 @@ def parse_fields(fields: Any) -> Frame | UnknownFrame:
             )
     frame: Frame = cls(*values)
     if type(frame) is Deliver and len(frame.timestamps_us) != len(frame.payloads):
-        raise ProtocolError("MSG frame has a different number of timestamps and payloads")
+        raise ProtocolError("MSG frame has a different number of timestamps and payloads",
+                            code="bad_frame")
     return frame
 
 

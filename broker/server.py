@@ -558,14 +558,18 @@ class Connection:
 
     def _deliver(self, sub: Subscription, topic: TopicLog) -> None:
         """Queue the next run of `topic` for `sub`, or a GAP if it fell behind retention."""
+        credit = sub.window - sub.inflight
+        if credit <= 0:
+            return  # the ack that returns credit marks us dirty again
         cursor = sub.cursors[topic]
         first = topic.first_seq
         if cursor < first:
+            # Reported only now that the subscriber can take messages again,
+            # so a long stall becomes one notice with the whole count.
             self._gap(sub, topic, cursor, first - cursor)
             cursor = sub.cursors[topic] = first
             sub.acked[topic] = max(sub.acked[topic], first)
-        limit = min(topic.next_seq - cursor, sub.window - sub.inflight,
-                    self.config.max_run_messages)
+        limit = min(topic.next_seq - cursor, credit, self.config.max_run_messages)
         if limit <= 0:
             return
         # Subscribers at the same cursor share one encoding of the run.

@@ -60,11 +60,12 @@ def synthetic_payloads(size: int) -> Iterator[bytes]:
 async def run(args: argparse.Namespace) -> int:
     if args.json is not None and args.count:
         return cli.fail("pub", "give either a JSON message or --count, not both", cli.EXIT_USAGE)
+    message = parse_json(args.json, "the JSON argument") if args.json is not None else None
     async with cli.client_for(args, "pub") as client:
         if args.count:
             await publish_synthetic(client, args)
         elif args.json is not None:
-            await publish_one(client, args, parse_json(args.json, "the JSON argument"))
+            await publish_one(client, args, message)
         else:
             for number, line in enumerate(sys.stdin, 1):
                 if line.strip():
@@ -97,6 +98,6 @@ async def publish_synthetic(client: Client, args: argparse.Namespace) -> None:
                 await asyncio.sleep(delay)
         await client.publish_bytes(args.topic, next(payloads), confirm=args.confirm)
     await client.flush()
-    elapsed = loop.time() - started
+    elapsed = max(loop.time() - started, 1e-3)
     print(f"published {args.count:,} messages of {args.size} bytes to {args.topic} in "
-          f"{elapsed:.2f} s: {args.count / max(elapsed, 1e-9):,.0f} msg/s", file=sys.stderr)
+          f"{elapsed:.3f} s: {args.count / elapsed:,.0f} msg/s", file=sys.stderr)

@@ -1,0 +1,174 @@
+"""Real processes and raw sockets for the integration tests (loopback only)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker import protocol as p
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 15.0
+
+
+@dataclass
+class RunningProcess:
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 5.0) -> int:
+        """Signal the process and wait for it; kill it if it does not go in time."""
+        if self.process.returncode is None:
+            self.process.send_signal(signum)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout_s)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+                raise AssertionError(f"pid {self.pid} ignored signal {signum} for {timeout_s} s")
+        assert self.process.returncode is not None
+        return self.process.returncode
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+@dataclass
+class RunningBroker(RunningProcess):
+    port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class Processes:
+    """Starts slipstream processes and makes sure every one of them is gone afterwards."""
+
+    directory: Path
+    started: list[RunningProcess] = field(default_factory=list)
+
+    async def broker(self, *flags: str, port: int = 0) -> RunningBroker:
+        log_path = self.directory / f"broker-{len(self.started)}.log"
+        process = await spawn(["-m", "broker", "--port", str(port), *flags], log_path,
+                              stdout=asyncio.subprocess.PIPE)
+        running = RunningBroker(process, log_path)
+        self.started.append(running)
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), STARTUP_TIMEOUT_S)
+        if not line:
+            await process.wait()
+            raise AssertionError(f"broker exited {process.returncode}: {running.log()}")
+        running.port = int(line.decode().rsplit(":", 1)[1])
+        return running
+
+    async def command(self, *args: str, stdout_path: Path | None = None) -> RunningProcess:
+        """Start `python ARGS...` with stdout to a file (read it with .output())."""
+        log_path = self.directory / f"proc-{len(self.started)}.log"
+        out = stdout_path or self.directory / f"proc-{len(self.started)}.out"
+        process = await spawn(list(args), log_path, stdout=out.open("wb"))
+        running = RunningProcess(process, log_path)
+        running.out_path = out  # type: ignore[attr-defined]
+        self.started.append(running)
+        return running
+
+    async def cleanup(self) -> None:
+        for running in self.started:
+            await running.kill()
+
+
+async def spawn(args: list[str], log_path: Path, stdout: object) -> asyncio.subprocess.Process:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SLIPSTREAM_BROKER", None)
+    env.pop("SLIPSTREAM_TOKEN", None)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *args, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=stdout, stderr=log_path.open("wb"))  # type: ignore[arg-type]
+
+
+async def run_command(*args: str, timeout_s: float = 30.0,
+                      env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run `python ARGS...` to completion: (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *args, cwd=ROOT, env={**os.environ, **(env or {})},
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout_s)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+class RawPeer:
+    """A hand-driven protocol peer: send any bytes, read frames, see when the broker hangs up."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = p.FrameDecoder(max_frame_bytes=16 * 1024 * 1024)
+
+    @classmethod
+    async def connect(cls, port: int, name: str | None = "raw",
+                      token: str | None = None) -> RawPeer:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        peer = cls(reader, writer)
+        if name is not None:
+            peer.send(p.Hello(p.PROTOCOL_VERSION, name, token))
+            frames = await peer.read_frames(1)
+            assert type(frames[0]) is p.Welcome, frames
+        return peer
+
+    def send(self, frame: p.Frame) -> None:
+        self.writer.write(p.encode(frame))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def read_frames(self, count: int, timeout_s: float = 5.0) -> list[p.Frame]:
+        frames: list[p.Frame] = []
+        async with asyncio.timeout(timeout_s):
+            while len(frames) < count:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                frames.extend(self.decoder.feed(data))  # type: ignore[arg-type]
+        return frames
+
+    async def read_until_closed(self, timeout_s: float = 5.0) -> list[p.Frame]:
+        """Every frame until the broker closes the connection."""
+        frames: list[p.Frame] = []
+        async with asyncio.timeout(timeout_s):
+            while True:
+                try:
+                    data = await self.reader.read(65536)
+                except ConnectionResetError:
+                    break
+                if not data:
+                    break
+                frames.extend(self.decoder.feed(data))  # type: ignore[arg-type]
+        return frames
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
