@@ -47,6 +47,7 @@ BROKER_ENV = "SLIPSTREAM_BROKER"
 TOKEN_ENV = "SLIPSTREAM_TOKEN"
 READ_CHUNK_BYTES = 256 * 1024
 WRITE_HIGH_WATER_BYTES = 1024 * 1024
+ACK_DELAY_S = 0.05  # an idle subscription acknowledges what it finished this soon
 Start = Literal["new", "earliest"] | int
 
 
@@ -117,6 +118,7 @@ class Subscription:
         self._done = 0  # finished, not yet acknowledged (current connection only)
         self._last_seq: dict[str, int] = {}  # highest seq handed out per topic, this epoch
         self._pending_gaps: dict[str, Gap] = {}
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     @property
     def missed(self) -> int:
@@ -144,7 +146,7 @@ class Subscription:
             if self._queue:
                 self._load(*self._queue.popleft())
                 continue
-            self._flush_acks()  # about to wait: give the broker all our credit back
+            self._ack_soon()  # about to wait: give credit back, but not a frame per message
             if self._closed is not None:
                 if isinstance(self._closed, StopAsyncIteration):
                     raise StopAsyncIteration
@@ -190,7 +192,20 @@ class Subscription:
         if self._done >= self._ack_every:
             self._flush_acks()
 
+    def _ack_soon(self) -> None:
+        """Acknowledge within ACK_DELAY_S unless a full batch does it first.
+
+        An idle consumer at a low message rate would otherwise send one ACK
+        frame per message; credit is far from used up, so a short delay costs
+        nothing and keeps durable positions fresh.
+        """
+        if self._done and self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._flush_acks)
+
     def _flush_acks(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         if self._done:
             self.client._send_ack(self.sid, self._done)
             self._done = 0

@@ -1,0 +1,153 @@
+"""`make bench`: the broker's three workloads, as PEERS.md measures its peers.
+
+W1: 1 producer -> 1 consumer, 200,000 messages of 200 bytes, as fast as the
+    client publishes; messages/s at the consumer.
+W2: 5,000 messages/s offered for 5 s; send-to-receive latency percentiles.
+W3: 1 producer -> 8 consumers, 50,000 messages; deliveries/s over all consumers.
+Every run starts a fresh broker; producer, broker and consumers are separate
+processes on loopback. Each workload runs --runs times: the median is shown,
+with the spread (min..max) as the machine's noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = str(ROOT / "bench" / "worker.py")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    rate: float = 0.0
+    lost: int = 0
+    p50_us: float = 0.0
+    p99_us: float = 0.0
+    p999_us: float = 0.0
+    max_us: float = 0.0
+    broker_rss_mib: float = 0.0
+    broker_cpu: float = 0.0  # cores busy over the run
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+async def start_broker(flags: list[str]) -> tuple[asyncio.subprocess.Process, str]:
+    broker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker", "--port", "0", "-q", *flags, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert broker.stdout is not None
+    line = (await asyncio.wait_for(broker.stdout.readline(), 15)).decode()
+    return broker, "127.0.0.1:" + line.rsplit(":", 1)[1].strip()
+
+
+async def worker(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, WORKER, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+
+
+async def run_workload(consumers: int, count: int, rate: float, latency: bool,
+                       broker_flags: list[str]) -> Result:
+    broker, address = await start_broker(broker_flags)
+    try:
+        cpu_before = cpu_seconds(broker.pid)
+        subs = [await worker("consume", "--broker", address, "--count", str(count),
+                             *(["--latency"] if latency else [])) for _ in range(consumers)]
+        for sub in subs:
+            assert sub.stdout is not None
+            assert (await asyncio.wait_for(sub.stdout.readline(), 15)).strip() == b"ready"
+        producer = await worker("produce", "--broker", address, "--count", str(count),
+                                "--rate", str(rate))
+        out, _ = await asyncio.wait_for(producer.communicate(), 300)
+        produced = json.loads(out)
+        results = []
+        for sub in subs:
+            out, _ = await asyncio.wait_for(sub.communicate(), 300)
+            results.append(json.loads(out))
+        elapsed_s = (max(r["last_ns"] for r in results) - produced["started_ns"]) / 1e9
+        result = Result(
+            rate=sum(r["received"] for r in results) / elapsed_s,
+            lost=sum(r["lost"] for r in results),
+            broker_rss_mib=peak_rss_mib(broker.pid),
+            broker_cpu=(cpu_seconds(broker.pid) - cpu_before) / elapsed_s)
+        if latency:
+            samples = sorted(x for r in results for x in r["latencies_us"])
+            result.p50_us = samples[len(samples) // 2]
+            result.p99_us = samples[int(len(samples) * 0.99)]
+            result.p999_us = samples[int(len(samples) * 0.999)]
+            result.max_us = samples[-1]
+        return result
+    finally:
+        broker.terminate()
+        await broker.wait()
+
+
+def spread(values: list[float]) -> str:
+    median = statistics.median(values)
+    if len(values) < 2 or not median:
+        return f"{median:,.0f}"
+    return f"{median:,.0f} (±{(max(values) - min(values)) / 2 / median:.0%})"
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--on-full", choices=["drop", "block"], default="drop")
+    parser.add_argument("--only", choices=["W1", "W2", "W3"], action="append")
+    args = parser.parse_args()
+    flags = ["--on-full", args.on_full]
+    workloads = {
+        "W1": dict(consumers=1, count=200_000, rate=0.0, latency=False),
+        "W2": dict(consumers=1, count=25_000, rate=5000.0, latency=True),
+        "W3": dict(consumers=8, count=50_000, rate=0.0, latency=False),
+    }
+    print(f"slipstream broker benchmark: {os.cpu_count()} cores, Python "
+          f"{sys.version.split()[0]}, on-full={args.on_full}, {args.runs} runs each "
+          "(median, ± half the min..max spread)", flush=True)
+    rows = []
+    for name, spec in workloads.items():
+        if args.only and name not in args.only:
+            continue
+        runs = [await run_workload(broker_flags=flags, **spec) for _ in range(args.runs)]  # type: ignore[arg-type]
+        rows.append((name, runs))
+        print(f"  {name} done", file=sys.stderr, flush=True)
+    print()
+    print("| workload | rate | lost | p50 µs | p99 µs | p99.9 µs | max µs | broker peak RSS MiB "
+          "| broker CPU (cores) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    units = {"W1": "msgs/s", "W2": "msgs/s", "W3": "deliveries/s"}
+    for name, runs in rows:
+        latency = name == "W2"
+
+        def col(attr: str, runs: list[Result] = runs, show: bool = latency) -> str:
+            return spread([getattr(r, attr) for r in runs]) if show else "—"
+
+        print(f"| {name} | {spread([r.rate for r in runs])} {units[name]} | "
+              f"{sum(r.lost for r in runs)} | {col('p50_us')} | {col('p99_us')} | "
+              f"{col('p999_us')} | {col('max_us')} | "
+              f"{max(r.broker_rss_mib for r in runs):.1f} | "
+              f"{statistics.median(r.broker_cpu for r in runs):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

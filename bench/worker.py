@@ -1,0 +1,93 @@
+"""One benchmark process: a producer or a consumer, speaking through broker.client.
+
+Run by bench/run.py; prints one JSON line of results on stdout. Times are
+time.monotonic_ns(), one clock for every process on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from broker.client import Client  # noqa: E402
+from broker.cli import run  # noqa: E402
+from producer.pub import synthetic_payloads  # noqa: E402
+
+
+async def produce(args: argparse.Namespace) -> int:
+    async with Client(args.broker, name="bench-producer") as client:
+        payloads = synthetic_payloads(args.size)
+        started = time.monotonic_ns()
+        if args.rate:
+            await produce_paced(client, args, payloads)
+        else:
+            for _ in range(args.count):
+                await client.publish_bytes("bench.data", next(payloads))
+        await client.flush()
+        finished = time.monotonic_ns()
+        cpu = time.process_time()
+    print(json.dumps({"started_ns": started, "finished_ns": finished, "cpu_s": cpu}))
+    return 0
+
+
+async def produce_paced(client: Client, args: argparse.Namespace, payloads: object) -> None:
+    """Send each message at its scheduled time (stamped when actually sent)."""
+    interval_ns = int(1e9 / args.rate)
+    start = time.monotonic_ns()
+    sent = 0
+    while sent < args.count:
+        due = min(args.count, (time.monotonic_ns() - start) // interval_ns + 1)
+        while sent < due:
+            await client.publish_bytes("bench.data", next(payloads))  # type: ignore[call-overload]
+            sent += 1
+        await asyncio.sleep(max(0.0, (start + sent * interval_ns - time.monotonic_ns()) / 1e9))
+
+
+async def consume(args: argparse.Namespace) -> int:
+    import msgpack
+
+    async with Client(args.broker, name="bench-consumer") as client:
+        sub = await client.subscribe("bench.>", window=args.window)
+        print("ready", flush=True)
+        received = lost = 0
+        latencies_us: list[int] = []
+        first_ns = 0
+        async for message in sub:
+            if not received:
+                first_ns = time.monotonic_ns()
+            received += 1
+            if message.gap is not None:
+                lost += message.gap.count
+            if args.latency:
+                sent_ns = msgpack.unpackb(message.payload)["sent_ns"]
+                latencies_us.append((time.monotonic_ns() - sent_ns) // 1000)
+            if received + lost >= args.count:
+                break
+        last_ns = time.monotonic_ns()
+        cpu = time.process_time()
+    print(json.dumps({"received": received, "lost": lost, "first_ns": first_ns,
+                      "last_ns": last_ns, "cpu_s": cpu, "latencies_us": latencies_us}))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["produce", "consume"])
+    parser.add_argument("--broker", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--window", type=int, default=8192)
+    parser.add_argument("--latency", action="store_true")
+    args = parser.parse_args()
+    return run("bench", lambda: produce(args) if args.role == "produce" else consume(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
