@@ -101,10 +101,11 @@ async def run_workload(consumers: int, count: int, rate: float, latency: bool,
 
 
 def spread(values: list[float]) -> str:
+    """The median, with the whole min-max range of the runs: the machine's noise, unhidden."""
     median = statistics.median(values)
-    if len(values) < 2 or not median:
+    if len(values) < 2:
         return f"{median:,.0f}"
-    return f"{median:,.0f} (±{(max(values) - min(values)) / 2 / median:.0%})"
+    return f"{median:,.0f} [{min(values):,.0f}..{max(values):,.0f}]"
 
 
 async def main() -> int:
@@ -122,7 +123,7 @@ async def main() -> int:
     }
     print(f"slipstream broker benchmark: {os.cpu_count()} cores, Python "
           f"{sys.version.split()[0]}, on-full={args.on_full}, {args.runs} runs each "
-          "(median, ± half the min..max spread)", flush=True)
+          "(median [min..max])", flush=True)
     rows = []
     for name, spec in workloads.items():
         if args.only and name not in args.only:
@@ -146,7 +147,23 @@ async def main() -> int:
               f"{col('p999_us')} | {col('max_us')} | "
               f"{max(r.broker_rss_mib for r in runs):.1f} | "
               f"{statistics.median(r.broker_cpu for r in runs):.2f} |")
+    if not args.only:
+        await retention_bounds_memory(flags)
     return 0
+
+
+async def retention_bounds_memory(flags: list[str]) -> None:
+    """Broker peak RSS at one retention setting, for 2x and 4x the traffic of W1."""
+    print()
+    print("Broker peak RSS is set by retention, not traffic (W1 shape, 200-byte payloads):")
+    print()
+    print("| --retain-messages | messages published | broker peak RSS MiB |")
+    print("|---:|---:|---:|")
+    for retain in (10_000, 100_000):
+        for count in (400_000, 800_000):
+            result = await run_workload(1, count, 0.0, False,
+                                        [*flags, "--retain-messages", str(retain)])
+            print(f"| {retain:,} | {count:,} | {result.broker_rss_mib:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

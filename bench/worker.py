@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from broker.client import Client  # noqa: E402
-from broker.cli import run  # noqa: E402
-from producer.pub import synthetic_payloads  # noqa: E402
+from broker.cli import run
+from broker.client import Client
+from producer.pub import synthetic_payloads
 
 
 async def produce(args: argparse.Namespace) -> int:
@@ -63,7 +63,7 @@ async def consume(args: argparse.Namespace) -> int:
                 first_ns = time.monotonic_ns()
             received += 1
             if message.gap is not None:
-                lost += message.gap.count
+                lost += message.gap.missed
             if args.latency:
                 sent_ns = msgpack.unpackb(message.payload)["sent_ns"]
                 latencies_us.append((time.monotonic_ns() - sent_ns) // 1000)

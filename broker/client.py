@@ -18,6 +18,7 @@ had are reported as a `Gap` on the next message of their topic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -122,7 +123,7 @@ class Subscription:
 
     @property
     def missed(self) -> int:
-        return sum(gap.count for gap in self.gaps)
+        return sum(gap.missed for gap in self.gaps)
 
     def __aiter__(self) -> Subscription:
         return self
@@ -162,7 +163,7 @@ class Subscription:
         if type(item) is Gap:
             self._record_gap(item)
             if same_epoch:
-                self._last_seq[item.topic] = max(last, item.first_seq + item.count - 1)
+                self._last_seq[item.topic] = max(last, item.first_seq + item.missed - 1)
             return
         assert type(item) is p.Deliver
         skip = max(0, min(last - item.first_seq + 1, len(item.payloads)))
@@ -182,10 +183,10 @@ class Subscription:
         self.gaps.append(gap)
         earlier = self._pending_gaps.get(gap.topic)
         if earlier is not None:  # two losses with no message between: one gap to the reader
-            gap = earlier._replace(count=earlier.count + gap.count)
+            gap = earlier._replace(missed=earlier.missed + gap.missed)
         self._pending_gaps[gap.topic] = gap
         log.warning("subscription %r lost %d messages of %r from seq %d: %s",
-                    self.pattern, gap.count, gap.topic, gap.first_seq, gap.reason)
+                    self.pattern, gap.missed, gap.topic, gap.first_seq, gap.reason)
 
     def _finish(self, count: int) -> None:
         self._done += count
@@ -530,10 +531,8 @@ class Client:
         writer = self._writer
         if self._connected.is_set() and writer is not None:
             if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER_BYTES:
-                try:
+                with contextlib.suppress(OSError):  # the reader notices the loss, reconnects
                     await writer.drain()
-                except OSError:
-                    pass  # the reader notices the loss and reconnects
         elif self._outbox_bytes > self.max_buffered_bytes:
             await self._wait_connected()  # disconnected with a full buffer: wait it out
 
@@ -572,10 +571,8 @@ class Client:
             await self._wait_connected()
             self._flush()
         if self._writer is not None and self._connected.is_set():
-            try:
+            with contextlib.suppress(OSError):
                 await self._writer.drain()
-            except OSError:
-                pass
 
     # --- subscribing and requests --------------------------------------------------
 

@@ -81,11 +81,11 @@ class Publish(NamedTuple):
 
 
 class PublishAck(NamedTuple):
-    """Broker -> client: the payloads of PUB `confirm_id` got seqs first_seq.. first_seq+count-1."""
+    """Broker -> client: PUB `confirm_id` got seqs first_seq .. first_seq + message_count - 1."""
 
     confirm_id: int
     first_seq: int
-    count: int
+    message_count: int
 
 
 class Subscribe(NamedTuple):
@@ -124,20 +124,20 @@ class Deliver(NamedTuple):
 
 
 class Gap(NamedTuple):
-    """Broker -> client: `count` messages from `first_seq` on will never arrive, and why."""
+    """Broker -> client: `missed` messages from `first_seq` on will never arrive, and why."""
 
     sid: int
     topic: str
     first_seq: int
-    count: int
+    missed: int
     reason: str
 
 
 class Ack(NamedTuple):
-    """Client -> broker: I have finished `count` more messages of subscription `sid`."""
+    """Client -> broker: I have finished `message_count` more messages of subscription `sid`."""
 
     sid: int
-    count: int
+    message_count: int
 
 
 class Ping(NamedTuple):

@@ -13,7 +13,6 @@ frame with the exact number of messages it lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import os
@@ -301,7 +300,8 @@ class Connection:
         self.id = connection_id
         self.reader = reader
         self.writer = writer
-        self.peer = "%s:%s" % writer.get_extra_info("peername")[:2]
+        host, port = writer.get_extra_info("peername")[:2]
+        self.peer = f"{host}:{port}"
         self.client_name = "?"
         self.subscriptions: dict[int, Subscription] = {}
         self.task = asyncio.current_task()
@@ -551,7 +551,8 @@ class Connection:
                     if sub.connection.subscriptions.get(sub.sid) is sub:
                         self._deliver(sub, topic)
                 self._flush()
-                if self.writer.transport.get_write_buffer_size() > self.config.write_high_water_bytes:
+                queued = self.writer.transport.get_write_buffer_size()
+                if queued > self.config.write_high_water_bytes:
                     await self._drain()
                 elif self._dirty:
                     await asyncio.sleep(0)  # more to send: let the readers run first

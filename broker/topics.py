@@ -41,7 +41,7 @@ class TopicLog:
         self._payloads: list[bytes] = []
         self._stamps_us: list[int] = []
         self._head = 0  # index in the lists of the oldest retained message
-        # Cache of the last encoded delivery run: (first_seq, count) -> bytes.
+        # The last encoded delivery run: (first_seq, message count, bytes).
         # Subscribers at the same cursor share one encoding (see server.py).
         self.encoded_run: tuple[int, int, bytes] | None = None
 
@@ -95,8 +95,9 @@ class TopicLog:
             appended += 1
         return appended
 
-    def read(self, from_seq: int, max_count: int, max_bytes: int) -> tuple[list[int], list[bytes]]:
-        """Up to `max_count` messages from `from_seq` (>= first_seq), at most `max_bytes` of payload.
+    def read(self, from_seq: int, max_count: int,
+             max_bytes: int) -> tuple[list[int], list[bytes]]:
+        """Up to `max_count` messages from `from_seq` (>= first_seq), `max_bytes` of payload.
 
         Always returns at least one message when one is available, however
         big, so a large message cannot wedge a subscriber.

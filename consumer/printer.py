@@ -51,7 +51,7 @@ def format_json(message: Message) -> str:
     record: dict[str, Any] = {"topic": message.topic, "seq": message.seq,
                               "ts": message.timestamp_us / 1e6, "data": message.data}
     if message.gap is not None:
-        record["gap"] = {"first_seq": message.gap.first_seq, "count": message.gap.count,
+        record["gap"] = {"first_seq": message.gap.first_seq, "missed": message.gap.missed,
                          "reason": message.gap.reason}
     return json.dumps(record, default=_jsonable, separators=(",", ":"))
 
@@ -64,8 +64,8 @@ def format_line(message: Message) -> str:
 
 
 def format_gap(gap: Gap) -> str:
-    last = gap.first_seq + gap.count - 1
-    return f"!! {gap.count} messages of {gap.topic} lost (#{gap.first_seq}..#{last}): {gap.reason}"
+    last = gap.first_seq + gap.missed - 1
+    return f"!! {gap.missed} messages of {gap.topic} lost (#{gap.first_seq}..#{last}): {gap.reason}"
 
 
 class _Done(Exception):
@@ -100,5 +100,5 @@ async def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         finally:
             gaps = [gap for sub in subs for gap in sub.gaps]
             print(f"printer: {printed:,} messages, {len(gaps)} gaps "
-                  f"({sum(g.count for g in gaps):,} messages missed)", file=sys.stderr)
+                  f"({sum(g.missed for g in gaps):,} messages missed)", file=sys.stderr)
     return cli.EXIT_OK

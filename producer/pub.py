@@ -77,7 +77,8 @@ def parse_json(text: str, where: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SystemExit(cli.fail("pub", f"{where} is not valid JSON: {exc}", cli.EXIT_USAGE))
+        raise SystemExit(cli.fail("pub", f"{where} is not valid JSON: {exc}",
+                                  cli.EXIT_USAGE)) from None
 
 
 async def publish_one(client: Client, args: argparse.Namespace, data: Any) -> None:

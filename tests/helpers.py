@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -36,7 +37,8 @@ class RunningProcess:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
-                raise AssertionError(f"pid {self.pid} ignored signal {signum} for {timeout_s} s")
+                raise AssertionError(
+                    f"pid {self.pid} ignored signal {signum} for {timeout_s} s") from None
         assert self.process.returncode is not None
         return self.process.returncode
 
@@ -168,7 +170,5 @@ class RawPeer:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await self.writer.wait_closed()
-        except OSError:
-            pass

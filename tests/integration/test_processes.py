@@ -112,7 +112,7 @@ async def test_plain_subscriber_is_told_what_it_missed_while_disconnected(
         await producer.publish("t", 6)
         message = await asyncio.wait_for(anext(sub), 10)
     assert (message.seq, message.data) == (7, 6)
-    assert message.gap is not None and (message.gap.first_seq, message.gap.count) == (2, 5)
+    assert message.gap is not None and (message.gap.first_seq, message.gap.missed) == (2, 5)
     assert message.gap.reason.startswith("reconnect")
 
 
