@@ -365,8 +365,11 @@ class Client:
                 self._fail_all(ConnectionLostError(reason))
                 return
             try:
-                await self._reconnect(reason)
+                await self._reconnect()
             except HandshakeRefusedError as exc:
+                self._fail_all(exc)
+                return
+            except ConnectionLostError as exc:  # closed while reconnecting
                 self._fail_all(exc)
                 return
 
@@ -403,11 +406,13 @@ class Client:
         if not self._closing:
             log.warning("%s", reason)
 
-    async def _reconnect(self, reason: str) -> None:
+    async def _reconnect(self) -> None:
         previous_epoch = self.epoch
         delay = 0.05
         for attempt in itertools.count(1):
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter spreads a herd
+            if self._closing:
+                raise ConnectionLostError("client closed while reconnecting")
             try:
                 await self._open()
             except (ConnectError, ProtocolError) as exc:
@@ -636,7 +641,8 @@ class Client:
         """Send what is queued, acknowledge what was finished, and disconnect."""
         if self._closing:
             return
-        if self._connected.is_set() and self._failure is None:
+        connected = self._connected.is_set() and self._failure is None
+        if connected:
             try:
                 for sub in self._subs.values():
                     if sub._outstanding:
@@ -650,11 +656,18 @@ class Client:
         self._closing = True
         if self._writer is not None:
             self._writer.close()
+        self._connected.set()  # wake anyone waiting for a reconnect: they see _closing
         if self._task is not None:
+            if not connected:
+                self._task.cancel()  # it is only sleeping between reconnect attempts
             try:
                 async with asyncio.timeout(1):
                     await self._task
             except TimeoutError:
                 self._task.cancel()
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # we are being cancelled ourselves, not just the reader task
         for sub in self._subs.values():
             sub._close(StopAsyncIteration())

@@ -195,3 +195,37 @@ async def test_port_in_use_exits_1_with_a_reason(processes: Processes) -> None:
     code, _, err = await run_command("-m", "broker", "--port", str(broker.port))
     assert code == 1
     assert f"cannot listen on 127.0.0.1:{broker.port}" in err
+
+
+async def test_killed_durable_consumer_resumes_without_loss_and_others_are_unharmed(
+        processes: Processes, tmp_path: Path) -> None:
+    broker = await processes.broker()
+    printer_args = ["-m", "consumer", "printer", "race.>", "--json", "--from", "earliest",
+                    "--durable", "board", "--broker", broker.address]
+    first = await processes.command(*printer_args, stdout_path=tmp_path / "first.out")
+    async with Client(broker.address, name="bystander") as bystander:
+        watched = await bystander.subscribe("race.>")
+        await wait_for_subscribers(broker.address, 2)
+        publisher = await processes.command("-m", "producer", "pub", "race.laps", "--count",
+                                            "1000", "--rate", "400", "--broker", broker.address)
+        await wait_for_lines(tmp_path / "first.out", 300)
+        await first.kill()  # SIGKILL mid-stream: no goodbye, no final ACK
+        second = await processes.command(*printer_args, stdout_path=tmp_path / "second.out")
+        seen = [m.seq for m in [await asyncio.wait_for(anext(watched), 10) for _ in range(1000)]]
+        assert await asyncio.wait_for(publisher.process.wait(), 15) == 0
+        lines = await wait_for_lines(tmp_path / "second.out", 1, timeout_s=10)
+        async with asyncio.timeout(10):
+            while json.loads(lines[-1])["seq"] != 1000:
+                await asyncio.sleep(0.05)
+                lines = (tmp_path / "second.out").read_text().splitlines()
+        assert await second.stop(signal.SIGINT) == 0
+    before = [json.loads(line)["seq"] for line in (tmp_path / "first.out").read_text().splitlines()]
+    after = [json.loads(line)["seq"] for line in lines]
+    assert seen == list(range(1, 1001))  # the bystander never noticed
+    assert after == list(range(after[0], 1001))  # in order, nothing missing
+    assert before == list(range(1, len(before) + 1))
+    # At-least-once: the second resumes at or before where the first got to, and at most
+    # the messages the first had not yet acknowledged are printed twice.
+    assert after[0] <= len(before) + 1
+    assert len(before) - after[0] + 1 <= 8192 // 4
+    assert "0 gaps" in second.log()
