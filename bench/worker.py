@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -86,6 +87,7 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=8192)
     parser.add_argument("--latency", action="store_true")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # losses are counted in the results instead
     return run("bench", lambda: produce(args) if args.role == "produce" else consume(args))
 
 

@@ -49,6 +49,7 @@ TOKEN_ENV = "SLIPSTREAM_TOKEN"
 READ_CHUNK_BYTES = 256 * 1024
 WRITE_HIGH_WATER_BYTES = 1024 * 1024
 ACK_DELAY_S = 0.05  # an idle subscription acknowledges what it finished this soon
+GAP_LOG_INTERVAL_S = 1.0  # a subscription losing messages logs a summary at most this often
 Start = Literal["new", "earliest"] | int
 
 
@@ -107,7 +108,9 @@ class Subscription:
         self.durable = durable
         self.window = window
         self.received = 0  # messages handed to the application
-        self.gaps: list[Gap] = []  # every loss reported, by the broker or found on reconnect
+        self.gap_count = 0  # losses reported, by the broker or found on reconnect
+        self.missed = 0  # messages those losses add up to
+        self.recent_gaps: deque[Gap] = deque(maxlen=100)  # the latest, for a closer look
         self._ack_every = max(1, window // 4)
         self._queue: deque[tuple[p.Deliver | Gap, int, int]] = deque()  # item, generation, epoch
         self._ready = asyncio.Event()
@@ -120,10 +123,8 @@ class Subscription:
         self._last_seq: dict[str, int] = {}  # highest seq handed out per topic, this epoch
         self._pending_gaps: dict[str, Gap] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
-
-    @property
-    def missed(self) -> int:
-        return sum(gap.missed for gap in self.gaps)
+        self._gap_log_next = 0.0
+        self._gaps_logged = (0, 0)  # gap_count, missed when last logged
 
     def __aiter__(self) -> Subscription:
         return self
@@ -180,13 +181,31 @@ class Subscription:
         self._batch_current = current
 
     def _record_gap(self, gap: Gap) -> None:
-        self.gaps.append(gap)
+        self.gap_count += 1
+        self.missed += gap.missed
+        self.recent_gaps.append(gap)
         earlier = self._pending_gaps.get(gap.topic)
         if earlier is not None:  # two losses with no message between: one gap to the reader
             gap = earlier._replace(missed=earlier.missed + gap.missed)
         self._pending_gaps[gap.topic] = gap
-        log.warning("subscription %r lost %d messages of %r from seq %d: %s",
-                    self.pattern, gap.missed, gap.topic, gap.first_seq, gap.reason)
+        self._log_gaps(gap)
+
+    def _log_gaps(self, gap: Gap) -> None:
+        """Log the first loss at once, then at most one summary line a second."""
+        now = asyncio.get_running_loop().time()
+        if now < self._gap_log_next:
+            return
+        unlogged_gaps = self.gap_count - self._gaps_logged[0]
+        unlogged_missed = self.missed - self._gaps_logged[1]
+        self._gaps_logged = (self.gap_count, self.missed)
+        self._gap_log_next = now + GAP_LOG_INTERVAL_S
+        if unlogged_gaps == 1:
+            log.warning("subscription %r lost %d messages of %r from seq %d: %s",
+                        self.pattern, gap.missed, gap.topic, gap.first_seq, gap.reason)
+        else:
+            log.warning("subscription %r lost %d messages in %d gaps (latest: %r from seq %d: "
+                        "%s); %d lost in all", self.pattern, unlogged_missed, unlogged_gaps,
+                        gap.topic, gap.first_seq, gap.reason, self.missed)
 
     def _finish(self, count: int) -> None:
         self._done += count

@@ -76,6 +76,12 @@ class TopicLog:
         appended (0 when the log is full of unacknowledged messages).
         """
         limits = self.retention
+        batch_bytes = sum(map(len, payloads))
+        must_evict = self.retained + len(payloads) - limits.max_messages
+        if (self.retained_bytes + batch_bytes <= limits.max_bytes
+                and must_evict <= keep_from_seq - self.first_seq):
+            self.append(payloads, stamp_us)  # the common case: room for all, in one go
+            return len(payloads)
         appended = 0
         for payload in payloads:
             size = len(payload)

@@ -98,7 +98,6 @@ async def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         except* _Done:
             pass
         finally:
-            gaps = [gap for sub in subs for gap in sub.gaps]
-            print(f"printer: {printed:,} messages, {len(gaps)} gaps "
-                  f"({sum(g.missed for g in gaps):,} messages missed)", file=sys.stderr)
+            print(f"printer: {printed:,} messages, {sum(s.gap_count for s in subs)} gaps "
+                  f"({sum(s.missed for s in subs):,} messages missed)", file=sys.stderr)
     return cli.EXIT_OK

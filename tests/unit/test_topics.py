@@ -58,3 +58,11 @@ def test_append_within_never_evicts_what_must_be_kept() -> None:
     assert log.append_within(payloads(3), 1, keep_from_seq=1) == 0  # full of unacked messages
     assert log.append_within(payloads(3), 1, keep_from_seq=3) == 2  # seqs 1, 2 may go
     assert (log.first_seq, log.next_seq, log.evicted_total) == (3, 8, 2)
+
+
+def test_append_within_takes_a_whole_batch_at_once_when_evictions_are_allowed() -> None:
+    log = TopicLog("t", Retention(max_messages=5, max_bytes=1 << 20))
+    log.append(payloads(5), 1)
+    assert log.append_within(payloads(3), 2, keep_from_seq=4) == 3  # seqs 1..3 may go
+    assert (log.first_seq, log.next_seq, log.retained, log.evicted_total) == (4, 9, 5, 3)
+    assert log.read(4, 10, 1 << 20)[0] == [1, 1, 2, 2, 2]

@@ -1,0 +1,42 @@
+"""The client's loss bookkeeping, driven by protocol frames alone (no sockets)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from broker import protocol as p
+from broker.client import Client, Subscription
+
+
+async def test_many_gaps_are_counted_exactly_and_logged_as_a_summary(
+        caplog: pytest.LogCaptureFixture) -> None:
+    client = Client("127.0.0.1:1")
+    client.epoch = client.generation = 1
+    sub = Subscription(client, 1, "t", "new", None, window=1000)
+    seq = 1
+    for _ in range(500):  # message, then a gap of 3, over and over
+        sub._push(p.Deliver(1, "t", seq, [0], [b"x"]))
+        sub._push(p.Gap(1, "t", seq + 1, 3, "evicted"))
+        seq += 4
+    sub._push(p.Deliver(1, "t", seq, [0], [b"x"]))
+    with caplog.at_level(logging.WARNING, logger="slipstream.client"):
+        messages = [await anext(sub) for _ in range(501)]
+    assert [m.seq for m in messages] == list(range(1, seq + 1, 4))
+    assert all(m.gap is not None and m.gap.missed == 3 for m in messages[1:])
+    assert (sub.gap_count, sub.missed, len(sub.recent_gaps)) == (500, 1500, 100)
+    assert len(caplog.records) == 1  # the first loss, at once; the rest wait for a summary
+
+
+async def test_gaps_with_no_message_between_reach_the_reader_as_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    client = Client("127.0.0.1:1")
+    client.epoch = client.generation = 1
+    sub = Subscription(client, 1, "t", "new", None, window=10)
+    sub._push(p.Gap(1, "t", 1, 5, "evicted"))
+    sub._push(p.Gap(1, "t", 6, 7, "evicted"))
+    sub._push(p.Deliver(1, "t", 13, [0], [b"x"]))
+    message = await anext(sub)
+    assert message.seq == 13
+    assert message.gap is not None and (message.gap.first_seq, message.gap.missed) == (1, 12)
