@@ -8,6 +8,7 @@ import sys
 
 from broker import cli
 from producer import pub
+from producer.livetiming import commands as livetiming
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,10 +17,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Bridge data sources into slipstream topics.")
     subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     pub.add_parser(subparsers)
+    livetiming.add_parsers(subparsers)
     args = parser.parse_args(argv)
-    cli.setup_logging(args, default=logging.WARNING)
-    return cli.run(f"python -m producer {args.command.__module__.rsplit('.', 1)[-1]}",
-                   lambda: args.command(args))
+    args.command_name = (argv if argv is not None else sys.argv[1:] or ["?"])[0]
+    cli.setup_logging(args, default=getattr(args, "log_level", logging.WARNING))
+    return cli.run(f"python -m producer {args.command_name}", lambda: args.command(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,95 @@
+"""Where live-timing messages leave the producer: the broker, and optionally a recording.
+
+Every source hands its `FeedMessage`s to one `LivePublisher`. It publishes
+each on `live.<Topic>`, counts what it published and what it had to skip,
+writes the FastF1-format recording, and remembers each topic's state, so
+that the snapshot F1 sends again after a reconnect is published only if it
+says something new.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, TextIO
+
+from broker.client import Client
+from producer.livetiming.feed import FeedError, FeedMessage
+from producer.livetiming.recordings import format_fastf1_line
+from producer.livetiming.state import merge
+
+log = logging.getLogger("slipstream.livetiming")
+
+
+class Recorder:
+    """Appends messages to a file in FastF1's save format (loadable by FastF1)."""
+
+    def __init__(self, path: Path, append: bool = False) -> None:
+        self.path = path
+        self._file: TextIO = path.open("a" if append else "w", encoding="utf-8")
+        self.written = 0
+
+    def write(self, message: FeedMessage) -> None:
+        self._file.write(format_fastf1_line(message) + "\n")
+        self.written += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class LivePublisher:
+    def __init__(self, client: Client, recorder: Recorder | None = None) -> None:
+        self.client = client
+        self.recorder = recorder
+        self.published = 0
+        self.deduplicated = 0
+        self.skipped: dict[str, int] = {}  # reason kind -> count
+        self._state: dict[str, Any] = {}  # per F1 topic: merged state, or the last .z payload
+
+    async def publish(self, message: FeedMessage) -> None:
+        try:
+            payload = message.to_payload()
+        except FeedError as exc:
+            self.skip("damaged-payload", f"{message.topic}: {exc}")
+            return
+        if self.recorder is not None:
+            self.recorder.write(message)
+        await self.client.publish(message.broker_topic, payload)
+        self.published += 1
+        self._remember(message)
+
+    async def publish_snapshot(self, messages: list[FeedMessage]) -> None:
+        """Publish Subscribe's full state, except topics whose state we already published."""
+        for message in messages:
+            if message.topic in self._state and self._state[message.topic] == message.data:
+                self.deduplicated += 1
+                continue
+            await self.publish(message)
+
+    def skip(self, kind: str, detail: str) -> None:
+        """Count something unusable; log the first of each kind."""
+        count = self.skipped.get(kind, 0)
+        self.skipped[kind] = count + 1
+        if not count:
+            log.warning("skipping %s (further ones are only counted): %s", kind, detail)
+
+    def _remember(self, message: FeedMessage) -> None:
+        data = message.data
+        if message.snapshot or message.topic.endswith(".z") or not isinstance(data, dict):
+            self._state[message.topic] = _copy(data)
+        else:
+            merge(self._state.setdefault(message.topic, {}), _copy(data))
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{count} {kind}" for kind, count in sorted(self.skipped.items()))
+        return (f"published {self.published:,} messages, {self.deduplicated} repeated snapshots "
+                f"left out, skipped {sum(self.skipped.values())}{f' ({skipped})' if skipped else ''}")
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of JSON-shaped data (cheaper than copy.deepcopy)."""
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value

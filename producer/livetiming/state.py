@@ -1,0 +1,45 @@
+"""Merging F1's partial updates into state, the way every live-timing consumer must.
+
+After a topic's first (full) message, F1 sends only what changed: nested
+dicts keyed by strings. Lists are updated as dicts keyed by the index as a
+string (`{"Sectors": {"1": {"Value": "28.1"}}}` updates element 1), and a
+`_deleted` list names keys to remove. `merge` applies one update in place:
+
+    state = {}
+    for message in messages_of_one_topic:
+        merge(state, message["data"])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def merge(state: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Apply `update` to `state` in place and return `state`."""
+    for key in update.get("_deleted", ()):
+        state.pop(str(key), None)
+    for key, value in update.items():
+        if key == "_deleted":
+            continue
+        current = state.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            merge(current, value)
+        elif isinstance(value, dict) and isinstance(current, list):
+            _merge_into_list(current, value)
+        else:
+            state[key] = value
+    return state
+
+
+def _merge_into_list(items: list[Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if key == "_deleted" or not key.isdigit():
+            continue
+        index = int(key)
+        while len(items) <= index:  # F1 may extend a list through a list-as-dict update
+            items.append({} if isinstance(value, dict) else None)
+        if isinstance(value, dict) and isinstance(items[index], dict):
+            merge(items[index], value)
+        else:
+            items[index] = value
