@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,8 +149,42 @@ async def main() -> int:
               f"{max(r.broker_rss_mib for r in runs):.1f} | "
               f"{statistics.median(r.broker_cpu for r in runs):.2f} |")
     if not args.only:
+        await replay_throughput(args.runs)
         await retention_bounds_memory(flags)
     return 0
+
+
+SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
+SESSION_MESSAGES = 17_979
+
+
+async def replay_throughput(runs: int) -> None:
+    """The bundled real session replayed as fast as possible: producer -> broker -> consumer."""
+    rates = []
+    for _ in range(runs):
+        broker, address = await start_broker([])
+        try:
+            consumer = await worker("consume", "--broker", address, "--pattern", "live.>",
+                                    "--count", str(SESSION_MESSAGES))
+            assert consumer.stdout is not None
+            assert (await asyncio.wait_for(consumer.stdout.readline(), 15)).strip() == b"ready"
+            started_ns = time.monotonic_ns()
+            producer = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "producer", "replay", str(SESSION),
+                "--as-fast-as-possible", "--broker", address, "-q", cwd=ROOT,
+                stderr=asyncio.subprocess.DEVNULL)
+            await asyncio.wait_for(producer.wait(), 120)
+            out, _ = await asyncio.wait_for(consumer.communicate(), 120)
+            result = json.loads(out)
+            assert result["received"] == SESSION_MESSAGES and result["lost"] == 0
+            rates.append(SESSION_MESSAGES / ((result["last_ns"] - started_ns) / 1e9))
+        finally:
+            broker.terminate()
+            await broker.wait()
+    print()
+    print("Live-timing replay of the bundled real session (17,979 messages), as fast as "
+          "possible, producer start (reading and parsing included) to the consumer's last "
+          f"message: {spread(rates)} msgs/s")
 
 
 async def retention_bounds_memory(flags: list[str]) -> None:

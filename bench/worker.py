@@ -54,7 +54,7 @@ async def consume(args: argparse.Namespace) -> int:
     import msgpack
 
     async with Client(args.broker, name="bench-consumer") as client:
-        sub = await client.subscribe("bench.>", window=args.window)
+        sub = await client.subscribe(args.pattern, window=args.window)
         print("ready", flush=True)
         received = lost = 0
         latencies_us: list[int] = []
@@ -86,6 +86,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--window", type=int, default=8192)
     parser.add_argument("--latency", action="store_true")
+    parser.add_argument("--pattern", default="bench.>")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # losses are counted in the results instead
     return run("bench", lambda: produce(args) if args.role == "produce" else consume(args))

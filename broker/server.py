@@ -339,7 +339,10 @@ class Connection:
             return
         self._closing = True
         if error is not None:
-            self._log_once(error.code, "closing %s: %s", self.describe(), error.message)
+            if error.code == "shutdown":
+                log.info("closing %s: %s", self.describe(), error.message)
+            else:
+                self._log_once(error.code, "closing %s: %s", self.describe(), error.message)
             self._out.append(p.encode(error))
             self._flush()
         transport = self.writer.transport

@@ -58,8 +58,13 @@ def format_json(message: Message) -> str:
 
 def format_line(message: Message) -> str:
     stamp = datetime.fromtimestamp(message.timestamp_us / 1e6, UTC).strftime("%H:%M:%S.%f")[:-3]
-    text = json.dumps(message.data, default=_jsonable, separators=(",", ":"))
-    line = f"{stamp} {message.topic} #{message.seq} {text}"
+    data = message.data
+    tag = ""
+    if message.topic.startswith("live.") and isinstance(data, dict) and "data" in data:
+        tag = "snapshot " if data.get("snapshot") else ""  # live timing: show F1's part
+        data = data["data"]
+    text = json.dumps(data, default=_jsonable, separators=(",", ":"))
+    line = f"{stamp} {message.topic} #{message.seq} {tag}{text}"
     return line if len(line) <= LINE_CHARS else line[: LINE_CHARS - 3] + "..."
 
 

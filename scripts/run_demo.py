@@ -1,8 +1,9 @@
-"""`make run`: a broker, a publisher and a printer, three processes, data visibly flowing.
+"""`make run`: the real bundled F1 session, replayed through the broker to a printer.
 
-It runs for about ten seconds, prints the broker's stats and stops everything;
-Ctrl-C stops it all early, cleanly. (The producer and consumer issues replace
-the synthetic publisher with the bundled F1 recordings.)
+Three processes: the broker, the live-timing replay of the 2020 70th
+Anniversary GP Practice 2 (real data, at 30x: about three minutes), and a
+printer on the topics a person can read as they scroll by. At the end (or on
+Ctrl-C) it prints the broker's statistics and stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT = int(os.environ.get("SLIPSTREAM_DEMO_PORT", "20778"))
 BROKER = f"127.0.0.1:{PORT}"
-MESSAGES = 200
+SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
+SPEED = os.environ.get("SLIPSTREAM_DEMO_SPEED", "30")
+READABLE = ["live.SessionInfo", "live.SessionStatus", "live.TrackStatus",
+            "live.RaceControlMessages", "live.WeatherData"]
 
 
 def python(*args: str, **options: object) -> subprocess.Popen[bytes]:
@@ -32,14 +35,13 @@ def main() -> int:
         return broker.wait() or 1  # it said why on stderr (port in use, ...)
     children = [broker]
     try:
-        printer = python("-m", "consumer", "printer", "demo.>", "--count", str(MESSAGES),
-                         "--broker", BROKER)
-        children.append(printer)
-        time.sleep(0.5)  # let the printer subscribe before the first message
-        children.append(python("-m", "producer", "pub", "demo.counter", "--count",
-                               str(MESSAGES), "--rate", "20", "--size", "48",
+        children.append(python("-m", "consumer", "printer", *READABLE, "--from", "earliest",
                                "--broker", BROKER))
-        printer.wait()
+        print(f"replaying {SESSION.name} at {SPEED}x (Ctrl-C stops) ...\n", flush=True)
+        replay = python("-m", "producer", "replay", str(SESSION), "--speed", SPEED,
+                        "--broker", BROKER)
+        children.append(replay)
+        replay.wait()
         print("\nwhat the broker saw:\n", flush=True)
         subprocess.run([sys.executable, "-m", "broker", "stats", "--broker", BROKER], cwd=ROOT)
     except KeyboardInterrupt:
@@ -53,8 +55,8 @@ def main() -> int:
                 child.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 child.kill()
-    print("\nall stopped. Try it by hand: python -m broker, then python -m consumer printer "
-          "'demo.>' and python -m producer pub demo.hello '{\"lap\": 1}'")
+    print("\nall stopped. Next: python -m consumer printer 'live.>' --from earliest while "
+          "python -m producer replay", SESSION.relative_to(ROOT), "runs (see README.md)")
     return 0
 
 

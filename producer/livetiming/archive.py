@@ -7,6 +7,7 @@ download each feed's stream into a folder that `replay` reads.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -79,7 +80,7 @@ async def download_session(http: aiohttp.ClientSession, base: str, path: str,
     feeds = index.get("Feeds") if isinstance(index, dict) else None
     if not isinstance(feeds, dict):
         raise ArchiveError(f"{base}/{path}Index.json has no Feeds")
-    folder.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     for topic, feed in sorted(feeds.items()):
         stream = feed.get("StreamPath") if isinstance(feed, dict) else None
         if not isinstance(stream, str):
@@ -89,6 +90,6 @@ async def download_session(http: aiohttp.ClientSession, base: str, path: str,
                 log.warning("skipping %s: HTTP %d", topic, response.status)
                 continue
             data = await response.read()
-        (folder / f"{topic}.jsonStream").write_bytes(data)
+        await asyncio.to_thread((folder / f"{topic}.jsonStream").write_bytes, data)
         log.info("downloaded %s (%d bytes)", topic, len(data))
     return folder

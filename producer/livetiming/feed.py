@@ -82,7 +82,7 @@ def encode_z(value: Any) -> str:
 
 
 def parse_utc(text: str) -> datetime:
-    """F1's timestamps: ISO 8601 with 'Z', sometimes 7 fractional digits (more than Python takes)."""
+    """F1's timestamps: ISO 8601 with 'Z', sometimes with 7 fraction digits (Python takes 6)."""
     cleaned = text.strip().replace("Z", "+00:00")
     head, dot, rest = cleaned.partition(".")
     if dot:

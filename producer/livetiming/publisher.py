@@ -81,9 +81,9 @@ class LivePublisher:
             merge(self._state.setdefault(message.topic, {}), _copy(data))
 
     def summary(self) -> str:
-        skipped = ", ".join(f"{count} {kind}" for kind, count in sorted(self.skipped.items()))
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.skipped.items()))
         return (f"published {self.published:,} messages, {self.deduplicated} repeated snapshots "
-                f"left out, skipped {sum(self.skipped.values())}{f' ({skipped})' if skipped else ''}")
+                f"left out, skipped {sum(self.skipped.values())}{f' ({kinds})' if kinds else ''}")
 
 
 def _copy(value: Any) -> Any:

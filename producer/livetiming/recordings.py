@@ -69,34 +69,44 @@ def format_fastf1_line(message: FeedMessage) -> str:
 
 
 def read_fastf1(paths: Iterable[Path], report: ReadReport) -> list[FeedMessage]:
-    """Every valid message of one or more FastF1 recordings, merged in time order.
+    """Every valid message of one or more FastF1 recordings, in the order they were received.
 
-    Overlapping files (two recorders, or a restart with --append) repeat
-    messages: a message already seen in an earlier file is dropped.
+    A recorder writes in arrival order, which is the order to keep: its
+    timestamps come from two clocks (F1's, and the recorder's for the state
+    Subscribe returns), so sorting by them would shuffle a recording. Several
+    files are taken one after the other, earliest start first; a message
+    already seen in an earlier file (two recorders, or a restart with
+    --append) is dropped.
     """
+    files = [_read_fastf1_file(path, report) for path in paths]
+    files.sort(key=lambda messages: messages[0].sort_key() if messages else 0.0)
     seen: set[str] = set()
-    messages: list[FeedMessage] = []
-    for path in paths:
+    merged: list[FeedMessage] = []
+    for messages in files:
         in_this_file: set[str] = set()
-        with path.open(encoding="utf-8-sig", errors="replace") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    message = parse_fastf1_line(line)
-                except FeedError as exc:
-                    report.damage(f"{path.name}:{number}", str(exc))
-                    continue
-                key = line.strip()  # within one file a repeat is a real message; across, a copy
-                if key in seen:
-                    report.duplicates += 1
-                    continue
-                in_this_file.add(key)
-                messages.append(message)
+        for message in messages:
+            key = format_fastf1_line(message)  # within one file a repeat is a real message
+            if key in seen:
+                report.duplicates += 1
+                continue
+            in_this_file.add(key)
+            merged.append(message)
         seen |= in_this_file
-    messages.sort(key=FeedMessage.sort_key)  # stable: same-time messages keep file order
-    report.messages += len(messages)
-    return mark_snapshots(messages)
+    report.messages += len(merged)
+    return mark_snapshots(merged)
+
+
+def _read_fastf1_file(path: Path, report: ReadReport) -> list[FeedMessage]:
+    messages = []
+    with path.open(encoding="utf-8-sig", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                messages.append(parse_fastf1_line(line))
+            except FeedError as exc:
+                report.damage(f"{path.name}:{number}", str(exc))
+    return messages
 
 
 # --- F1's static archive -----------------------------------------------------------

@@ -34,15 +34,30 @@ def format_clock(seconds: float) -> str:
     return f"{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
+def session_times(messages: list[FeedMessage]) -> list[float]:
+    """Seconds into the session of each message, never going backwards.
+
+    Built from the gaps between consecutive messages, with a backwards step
+    counted as none: one message with an odd timestamp (another clock, a
+    skew) can neither stall a replay nor release everything after it at once.
+    """
+    times = []
+    elapsed = 0.0
+    previous = messages[0].sort_key() if messages else 0.0
+    for message in messages:
+        key = message.sort_key()
+        elapsed += max(0.0, key - previous)
+        previous = key
+        times.append(elapsed)
+    return times
+
+
 def state_at(messages: list[FeedMessage], until_s: float) -> tuple[list[FeedMessage], int]:
     """Per topic, one snapshot merged from every message before `until_s`; and where to resume."""
-    if not messages:
-        return [], 0
-    base = messages[0].sort_key()
     states: dict[str, FeedMessage] = {}
     resume = 0
-    for index, message in enumerate(messages):
-        if message.sort_key() - base >= until_s:
+    for index, (message, at) in enumerate(zip(messages, session_times(messages), strict=True)):
+        if at >= until_s:
             break
         resume = index + 1
         earlier = states.get(message.topic)
@@ -80,19 +95,18 @@ async def _replay_once(messages: list[FeedMessage], publisher: LivePublisher,
             await publisher.publish(message)
         log.info("starting at %s: %d topics' state published, %d messages skipped",
                  format_clock(options.start_s), len(snapshots), first)
-    base = messages[0].sort_key() + options.start_s
+    times = session_times(messages)
     started = time.monotonic()
     next_progress = started + PROGRESS_INTERVAL_S
     for index in range(first, len(messages)):
-        message = messages[index]
         if options.speed > 0:
-            due = started + (message.sort_key() - base) / options.speed
+            due = started + (times[index] - options.start_s) / options.speed
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        await publisher.publish(message)
+        await publisher.publish(messages[index])
         if time.monotonic() >= next_progress:
             next_progress += PROGRESS_INTERVAL_S
             log.info("replayed %d of %d messages (session time %s)", index + 1, len(messages),
-                     format_clock(message.sort_key() - messages[0].sort_key()))
+                     format_clock(times[index]))
     await publisher.client.flush()

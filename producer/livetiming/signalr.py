@@ -77,7 +77,8 @@ def utc_now() -> str:
 
 def snapshot_messages(state: Any, received_at: str) -> Snapshot | Malformed:
     if not isinstance(state, dict):
-        return Malformed("subscribe-result", f"expected a map of topics, got {type(state).__name__}")
+        return Malformed("subscribe-result",
+                         f"expected a map of topics, got {type(state).__name__}")
     return Snapshot([FeedMessage(topic, data, timestamp=received_at, snapshot=True)
                      for topic, data in state.items() if isinstance(topic, str)])
 

@@ -6,6 +6,7 @@ import base64
 import json
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,8 @@ def lines_per_topic() -> dict[str, list[str]]:
 
 
 def test_z_payload_is_base64_of_raw_deflate_json() -> None:
-    timing = [json.loads(line.lstrip("\ufeff")[12:]) for line in lines_per_topic()["TimingData"][:50]]
+    timing = [json.loads(line.lstrip("\ufeff")[12:])
+              for line in lines_per_topic()["TimingData"][:50]]
     for message in timing:
         assert decode_z(encode_z(message)) == message
     raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
@@ -50,7 +52,7 @@ def test_z_payload_is_base64_of_raw_deflate_json() -> None:
 def test_real_damaged_z_payload_is_refused_but_is_real_deflate() -> None:
     line = WITH_ERRORS.read_text(encoding="utf-8").splitlines()[0]
     payload = line.split("'")[3]  # ['CarData.z', '<payload>', ...]
-    with pytest.raises(FeedError, match="damaged .z payload"):
+    with pytest.raises(FeedError, match=r"damaged \.z payload"):
         decode_z(payload)
     # Up to the damage, it inflates (raw deflate, no header) to real CarData JSON.
     usable = base64.b64decode(payload[: len(payload) // 4 * 4])
@@ -72,7 +74,8 @@ def test_f1_timestamps_with_seven_fraction_digits_parse() -> None:
 
 
 def test_merge_updates_nested_dicts_lists_as_dicts_and_deletions() -> None:
-    state = {"Lines": {"44": {"Sectors": [{"Value": ""}, {"Value": ""}], "Position": "2"}},
+    state: dict[str, Any] = {"Lines": {"44": {"Sectors": [{"Value": ""}, {"Value": ""}],
+                                              "Position": "2"}},
              "Old": 1}
     merge(state, {"Lines": {"44": {"Sectors": {"1": {"Value": "28.112"}}, "Position": "1"},
                             "33": {"Position": "2"}},
@@ -85,7 +88,7 @@ def test_merge_updates_nested_dicts_lists_as_dicts_and_deletions() -> None:
 
 
 def test_merging_the_whole_real_session_gives_the_timing_tower() -> None:
-    state: dict[str, object] = {}
+    state: dict[str, Any] = {}
     for line in lines_per_topic()["TimingData"]:
         merge(state, json.loads(line.lstrip("\ufeff")[12:]))
     lines = state["Lines"]
@@ -116,7 +119,7 @@ def test_archive_folder_yields_every_line_in_time_order() -> None:
 def test_jsonstream_line_with_byte_order_mark() -> None:
     message = parse_jsonstream_line("TrackStatus", '\ufeff01:31:03.558{"Status":"2"}')
     assert (message.offset_s, message.data) == (5463.558, {"Status": "2"})
-    with pytest.raises(FeedError, match="HH:MM:SS.mmm"):
+    with pytest.raises(FeedError, match=r"HH:MM:SS\.mmm"):
         parse_jsonstream_line("TrackStatus", '{"Status":"2"}')
     with pytest.raises(FeedError, match="bad JSON"):
         parse_jsonstream_line("TrackStatus", '01:31:03.558{"Status":')
@@ -145,7 +148,7 @@ def test_overlapping_recordings_merge_without_duplicates(tmp_path: Path) -> None
     (tmp_path / "a.txt").write_text("\n".join(lines[:7]) + "\n")
     (tmp_path / "b.txt").write_text("\n".join(lines[4:]) + "\n")
     report = ReadReport()
-    merged = read_recording([tmp_path / "b.txt", tmp_path / "a.txt"], report)
+    merged = read_recording([tmp_path / "b.txt", tmp_path / "a.txt"], report)  # any order
     assert [m.data["CurrentLap"] for m in merged] == list(range(10))
     assert (report.messages, report.duplicates) == (10, 3)
 
@@ -167,7 +170,8 @@ def test_signalr_core_conversation() -> None:
     assert json.loads(protocol.subscribe(["TimingData"]).rstrip("\x1e")) == {
         "type": 1, "target": "Subscribe", "arguments": [["TimingData"]], "invocationId": "1"}
     assert protocol.receive("{}\x1e") == [signalr.HandshakeDone()]
-    result = json.dumps({"type": 3, "invocationId": "1", "result": {"TrackStatus": {"Status": "1"}}})
+    result = json.dumps({"type": 3, "invocationId": "1",
+                         "result": {"TrackStatus": {"Status": "1"}}})
     feed = json.dumps({"type": 1, "target": "feed",
                        "arguments": ["TrackStatus", {"Status": "2"}, "2020-08-07T15:31:03Z"]})
     text = result + "\x1e" + feed + "\x1e" + '{"type":6}\x1e{"type":7,"error":"bye"}\x1e'
