@@ -52,7 +52,8 @@ def add_parsers(subparsers: Any) -> None:
         "replay", help="replay a recording or an archive folder into live.* topics",
         description="Replay F1 live timing: a folder of <Topic>.jsonStream files (F1's static "
                     "archive) or one or more FastF1 recordings (merged, de-duplicated).")
-    play.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    play.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                      help="an archive folder of <Topic>.jsonStream files, or FastF1 recordings")
     _pacing(play)
     _common(play, run_replay_command)
 

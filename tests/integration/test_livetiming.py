@@ -259,3 +259,21 @@ async def test_fastf1_loads_our_recording(tmp_path: Path, processes: Processes) 
     assert data.errorcount == 0
     assert len(data.get("TimingData")) == len(expected["TimingData"])
     assert [message for _, message in data.get("TrackStatus")] == expected["TrackStatus"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["replay", "no/such/folder"], "no such file or folder: no/such/folder"),
+    (["replay", str(SESSION), "--from", "half past"], "--from 'half past' is not HH:MM:SS"),
+    (["replay", str(SESSION), "--speed", "0"], "--speed 0.0 must be above 0"),
+    (["replay", str(SESSION), str(SAMPLES / "with_errors.txt")],
+     "give one archive folder or FastF1 files, not both"),
+    (["live", "--append"], "--append needs --record FILE"),
+    (["archive", "2020"], "give --list YEAR, or YEAR EVENT SESSION"),
+    (["live", "--protocol", "v3"], "invalid choice: 'v3'"),
+])
+async def test_bad_usage_exits_2_with_a_reason(processes: Processes, args: list[str],
+                                               message: str) -> None:
+    broker = await processes.broker()
+    code, _, err = await run_command("-m", "producer", *args, "--broker", broker.address)
+    assert code == 2, err
+    assert message in err
