@@ -49,6 +49,7 @@ TOKEN_ENV = "SLIPSTREAM_TOKEN"
 READ_CHUNK_BYTES = 256 * 1024
 WRITE_HIGH_WATER_BYTES = 1024 * 1024
 ACK_DELAY_S = 0.05  # an idle subscription acknowledges what it finished this soon
+YIELD_EVERY_BYTES = 256 * 1024  # a publishing task lets others run at least this often
 GAP_LOG_INTERVAL_S = 1.0  # a subscription losing messages logs a summary at most this often
 Start = Literal["new", "earliest"] | int
 
@@ -116,6 +117,7 @@ class Subscription:
         self._ready = asyncio.Event()
         self._closed: BaseException | None = None
         self._batch: p.Deliver | None = None
+        self._batch_epoch = 0  # the broker epoch that numbered the current batch
         self._index = 0
         self._batch_current = False  # batch came on the current connection (so is ackable)
         self._outstanding = False  # a message was handed out and not yet finished
@@ -125,6 +127,7 @@ class Subscription:
         self._ack_timer: asyncio.TimerHandle | None = None
         self._gap_log_next = 0.0
         self._gaps_logged = (0, 0)  # gap_count, missed when last logged
+        self._gap_log_timer: asyncio.TimerHandle | None = None
 
     def __aiter__(self) -> Subscription:
         return self
@@ -143,7 +146,7 @@ class Subscription:
                 topic = batch.topic
                 gap = self._pending_gaps.pop(topic, None) if self._pending_gaps else None
                 return Message(topic, batch.first_seq + index, batch.timestamps_us[index],
-                               batch.payloads[index], gap, self.client.epoch)
+                               batch.payloads[index], gap, self._batch_epoch)
             self._batch = None
             if self._queue:
                 self._load(*self._queue.popleft())
@@ -177,6 +180,7 @@ class Subscription:
         if same_epoch:
             self._last_seq[item.topic] = max(last, item.first_seq + len(item.payloads) - 1)
         self._batch = item
+        self._batch_epoch = epoch
         self._index = skip
         self._batch_current = current
 
@@ -188,17 +192,23 @@ class Subscription:
         if earlier is not None:  # two losses with no message between: one gap to the reader
             gap = earlier._replace(missed=earlier.missed + gap.missed)
         self._pending_gaps[gap.topic] = gap
-        self._log_gaps(gap)
+        self._log_gaps()
 
-    def _log_gaps(self, gap: Gap) -> None:
+    def _log_gaps(self) -> None:
         """Log the first loss at once, then at most one summary line a second."""
-        now = asyncio.get_running_loop().time()
-        if now < self._gap_log_next:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._gap_log_next:
+            if self._gap_log_timer is None:  # make sure the last losses are logged too
+                self._gap_log_timer = loop.call_at(self._gap_log_next, self._log_gaps)
             return
+        self._gap_log_timer = None
         unlogged_gaps = self.gap_count - self._gaps_logged[0]
+        if not unlogged_gaps:
+            return
         unlogged_missed = self.missed - self._gaps_logged[1]
         self._gaps_logged = (self.gap_count, self.missed)
-        self._gap_log_next = now + GAP_LOG_INTERVAL_S
+        self._gap_log_next = loop.time() + GAP_LOG_INTERVAL_S
+        gap = self.recent_gaps[-1]
         if unlogged_gaps == 1:
             log.warning("subscription %r lost %d messages of %r from seq %d: %s",
                         self.pattern, gap.missed, gap.topic, gap.first_seq, gap.reason)
@@ -306,6 +316,7 @@ class Client:
         self._confirms: dict[int, list[tuple[int, asyncio.Future[int]]]] = {}
         self._outbox: list[_Run] = []
         self._outbox_bytes = 0
+        self._published_since_yield = 0
         self._flush_scheduled = False
         self._topics_seen: set[str] = set()
 
@@ -526,8 +537,14 @@ class Client:
             raise self._failure
         future = self._enqueue(topic, payload, confirm)
         self.published += 1
-        if self._outbox_bytes >= WRITE_HIGH_WATER_BYTES // 4:
+        self._published_since_yield += len(payload)
+        if self._published_since_yield >= YIELD_EVERY_BYTES:
+            self._published_since_yield = 0
             self._flush()
+            # A producer publishing in a tight loop may never suspend (drain() does not
+            # when the socket keeps up): without this it would starve the event loop
+            # (signals, acks, the broker's errors) for as long as it publishes.
+            await asyncio.sleep(0)
         await self._backpressure()
         if future is None:
             return None

@@ -237,3 +237,19 @@ async def test_stats_count_topics_and_connections(processes: Processes) -> None:
         "watcher", 25, 5, 5)
     # Eviction came first: the run it got was seqs 16..20 after a gap of 15.
     assert (mine["pending"], mine["gaps"], mine["missed"]) == (5, 1, 15)
+
+
+async def test_a_tight_publish_loop_still_lets_other_tasks_run(processes: Processes) -> None:
+    """publish() and flush() rarely suspend when the socket keeps up; the client must still
+    yield now and then, or a producer loop would starve signals, acks and errors."""
+    broker = await processes.broker()
+    async with Client(broker.address) as client:
+        other_ran = asyncio.Event()
+        asyncio.get_running_loop().call_soon(other_ran.set)
+        published = 0
+        while not other_ran.is_set() and published < 100_000:
+            await client.publish_bytes("t", b"x" * 100)
+            await client.flush()
+            published += 1
+    assert other_ran.is_set()
+    assert published < 10_000  # within 256 KiB of payload

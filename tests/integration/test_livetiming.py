@@ -130,12 +130,16 @@ async def test_live_bridge_publishes_the_session_once_in_order(
 
 
 async def test_live_bridge_reconnects_after_a_drop_without_loss_or_duplicates(
-        processes: Processes) -> None:
+        processes: Processes, tmp_path: Path) -> None:
     broker = await processes.broker()
     _, port = await fake_f1(processes, "--drop-after", "5000")
-    code, _, err = await run_live(broker.address, port)
+    raw = tmp_path / "raw.txt"
+    code, _, err = await run_live(broker.address, port, "--record-raw", str(raw))
     assert code == 0, err
     assert "live timing connection lost" in err and "connection 2" in err
+    frames = raw.read_text().splitlines()
+    assert sum('"target": "feed"' in frame for frame in frames) == SESSION_MESSAGES - 8
+    assert sum('"type": 3' in frame for frame in frames) == 2  # one Subscribe answer each
     assert "8 repeated snapshots left out" in err  # the state resent on reconnect
     assert_is_the_session(await everything_published(broker.address, SESSION_MESSAGES))
 
@@ -277,3 +281,17 @@ async def test_bad_usage_exits_2_with_a_reason(processes: Processes, args: list[
     code, _, err = await run_command("-m", "producer", *args, "--broker", broker.address)
     assert code == 2, err
     assert message in err
+
+
+async def test_replay_loops_until_stopped(processes: Processes) -> None:
+    broker = await processes.broker()
+    replaying = await processes.command("-m", "producer", "replay",
+                                        str(SAMPLES / "with_errors.txt"), "--as-fast-as-possible",
+                                        "--loop", "--broker", broker.address)
+    async with Client(broker.address) as client:  # order is kept within a topic
+        sub = await client.subscribe("live.TrackStatus", start="earliest")
+        rounds = [[(await anext(sub)).data["data"] for _ in range(3)] for _ in range(3)]
+    assert rounds[0] == [{"Status": "1", "Message": "AllClear", "_kf": True}, {"_kf": True}, {}]
+    assert rounds[0] == rounds[1] == rounds[2]
+    assert await replaying.stop() == 0
+    assert "replay round 2 done; starting again" in replaying.log()

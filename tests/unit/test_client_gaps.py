@@ -27,6 +27,12 @@ async def test_many_gaps_are_counted_exactly_and_logged_as_a_summary(
     assert all(m.gap is not None and m.gap.missed == 3 for m in messages[1:])
     assert (sub.gap_count, sub.missed, len(sub.recent_gaps)) == (500, 1500, 100)
     assert len(caplog.records) == 1  # the first loss, at once; the rest wait for a summary
+    sub._gap_log_next = 0.0  # as if the second were up
+    assert sub._gap_log_timer is not None
+    sub._gap_log_timer._run()  # the deferred summary
+    assert len(caplog.records) == 2
+    assert "lost 1497 messages in 499 gaps" in caplog.records[1].getMessage()
+    assert "1500 lost in all" in caplog.records[1].getMessage()
 
 
 async def test_gaps_with_no_message_between_reach_the_reader_as_one(
@@ -40,3 +46,16 @@ async def test_gaps_with_no_message_between_reach_the_reader_as_one(
     message = await anext(sub)
     assert message.seq == 13
     assert message.gap is not None and (message.gap.first_seq, message.gap.missed) == (1, 12)
+
+
+async def test_messages_keep_the_epoch_that_numbered_them() -> None:
+    client = Client("127.0.0.1:1")
+    client.epoch = client.generation = 1
+    sub = Subscription(client, 1, "t", "new", None, window=10)
+    sub._push(p.Deliver(1, "t", 7, [0], [b"old"]))
+    client.epoch, client.generation = 2, 2  # the broker restarted; we reconnected
+    sub._reconnected(broker_restarted=True)
+    sub._push(p.Deliver(1, "t", 1, [0], [b"new"]))
+    first, second = await anext(sub), await anext(sub)
+    assert (first.epoch, first.seq, second.epoch, second.seq) == (1, 7, 2, 1)
+    assert first.gap is None and second.gap is None  # a new epoch is not a loss
