@@ -101,8 +101,9 @@ class Subscription:
     """An async iterator of the messages matching one pattern."""
 
     def __init__(self, client: Client, sid: int, pattern: str, start: Start,
-                 durable: str | None, window: int) -> None:
+                 durable: str | None, window: int, auto_ack: bool = True) -> None:
         self.client = client
+        self.auto_ack = auto_ack  # False: the application calls ack() when it is safe
         self.sid = sid
         self.pattern = pattern
         self.start = start
@@ -122,6 +123,7 @@ class Subscription:
         self._batch_current = False  # batch came on the current connection (so is ackable)
         self._outstanding = False  # a message was handed out and not yet finished
         self._done = 0  # finished, not yet acknowledged (current connection only)
+        self._handed = 0  # manual ack: handed out on this connection, not yet ack()ed
         self._last_seq: dict[str, int] = {}  # highest seq handed out per topic, this epoch
         self._pending_gaps: dict[str, Gap] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -135,7 +137,10 @@ class Subscription:
     async def __anext__(self) -> Message:
         if self._outstanding:  # asking for the next message finishes the previous one
             self._outstanding = False
-            self._finish(1)
+            if self.auto_ack:
+                self._finish(1)
+            else:
+                self._handed += 1
         while True:
             batch = self._batch
             if batch is not None and self._index < len(batch.payloads):
@@ -171,8 +176,9 @@ class Subscription:
             return
         assert type(item) is p.Deliver
         skip = max(0, min(last - item.first_seq + 1, len(item.payloads)))
-        if current and skip:
-            self._finish(skip)  # re-delivered after a reconnect: we had them already
+        if current and skip:  # re-delivered after a reconnect: we had them already
+            self._done += skip
+            self._flush_acks()
         first_new = item.first_seq + skip
         if same_epoch and last and first_new > last + 1 and skip < len(item.payloads):
             self._record_gap(Gap(self.sid, item.topic, last + 1, first_new - last - 1,
@@ -217,6 +223,28 @@ class Subscription:
                         "%s); %d lost in all", self.pattern, unlogged_missed, unlogged_gaps,
                         gap.topic, gap.first_seq, gap.reason, self.missed)
 
+    @property
+    def unacknowledged(self) -> int:
+        """Manual ack: messages handed out on this connection and not yet ack()ed.
+
+        The one being handled now is not counted until the next is asked for.
+        """
+        return self._handed
+
+    def ack(self, count: int, generation: int) -> None:
+        """Manual ack: the oldest `count` handed-out messages are safe (stored, done).
+
+        `generation` is `client.generation` when they were counted: after a
+        reconnect the broker re-delivers from its own mark, so an old count
+        must not be applied to the new connection (it is dropped).
+        """
+        if generation != self.client.generation:
+            return
+        count = min(count, self._handed)
+        self._handed -= count
+        self._done += count
+        self._flush_acks()
+
     def _finish(self, count: int) -> None:
         self._done += count
         if self._done >= self._ack_every:
@@ -251,6 +279,7 @@ class Subscription:
         if broker_restarted:
             self._last_seq.clear()  # seqs start again from 1 in the new epoch
         self._done = 0
+        self._handed = 0
         self._outstanding = False
         self._batch_current = False
 
@@ -618,11 +647,15 @@ class Client:
     # --- subscribing and requests --------------------------------------------------
 
     async def subscribe(self, pattern: str, *, start: Start = "new", durable: str | None = None,
-                        window: int = 8192) -> Subscription:
-        """Subscribe and wait until the broker confirms; iterate the result for messages."""
+                        window: int = 8192, auto_ack: bool = True) -> Subscription:
+        """Subscribe and wait until the broker confirms; iterate the result for messages.
+
+        With auto_ack (the default) a message is acknowledged once the next one
+        is asked for; without, call `Subscription.ack` when it is safe to.
+        """
         validate_pattern(pattern)
         sid = next(self._ids)
-        sub = Subscription(self, sid, pattern, start, durable, window)
+        sub = Subscription(self, sid, pattern, start, durable, window, auto_ack)
         self._subs[sid] = sub
         try:
             await self._request(("sub", sid), sub.subscribe_frame(start))
@@ -681,7 +714,7 @@ class Client:
         if connected:
             try:
                 for sub in self._subs.values():
-                    if sub._outstanding:
+                    if sub._outstanding and sub.auto_ack:
                         sub._outstanding = False
                         sub._finish(1)
                     sub._flush_acks()

@@ -8,37 +8,17 @@ a loss is seen where it happened.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
-import sys
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any
 
 from broker import cli
-from broker.client import Message, Subscription
+from broker.client import Message
 from broker.protocol import Gap
+from consumer.api import Consumer
 
 LINE_CHARS = 160
-
-
-def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "printer", help="print messages as they arrive",
-        description="Print the messages of the topics matching PATTERN ('>' for all).")
-    parser.add_argument("patterns", nargs="*", default=[">"], metavar="PATTERN",
-                        help="topic patterns: '*' is one token, '>' the rest (default '>')")
-    parser.add_argument("--json", action="store_true",
-                        help="one JSON object per line: topic, seq, ts, data")
-    parser.add_argument("--count", type=cli.positive_int, metavar="N",
-                        help="exit 0 after N messages")
-    parser.add_argument("--from", dest="start", type=cli.start_position, default="new",
-                        metavar="new|earliest|SEQ", help="where to start (default new)")
-    parser.add_argument("--durable", metavar="NAME",
-                        help="resume where the last consumer with this name stopped")
-    cli.add_connection_args(parser)
-    cli.add_logging_args(parser)
-    parser.set_defaults(command=run)
 
 
 def _jsonable(value: Any) -> Any:
@@ -73,36 +53,34 @@ def format_gap(gap: Gap) -> str:
     return f"!! {gap.missed} messages of {gap.topic} lost (#{gap.first_seq}..#{last}): {gap.reason}"
 
 
-class _Done(Exception):
-    """--count reached: unwinds the per-subscription tasks."""
+app = Consumer("printer", description="Print the messages of the topics matching PATTERN "
+                                       "('>' for all), readable or as JSON lines.")
+_printed = 0
 
 
-async def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    printed = 0
-    subs: list[Subscription] = []
+@app.arguments
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("patterns", nargs="*", default=[">"], metavar="PATTERN",
+                        help="topic patterns: '*' is one token, '>' the rest (default '>')")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per line: topic, seq, ts, data")
+    parser.add_argument("--count", type=cli.positive_int, metavar="N",
+                        help="exit 0 after N messages")
 
-    async def print_all(sub: Subscription) -> None:
-        nonlocal printed
-        async for message in sub:
-            if message.gap is not None and not args.json:
-                print(format_gap(message.gap), file=out)
-            print(format_json(message) if args.json else format_line(message), file=out,
-                  flush=True)
-            printed += 1
-            if args.count and printed >= args.count:
-                raise _Done
 
-    async with cli.client_for(args, "printer") as client:
-        try:
-            for index, pattern in enumerate(args.patterns):
-                durable = f"{args.durable}.{index}" if args.durable and index else args.durable
-                subs.append(await client.subscribe(pattern, start=args.start, durable=durable))
-            async with asyncio.TaskGroup() as tasks:
-                for sub in subs:
-                    tasks.create_task(print_all(sub))
-        except* _Done:
-            pass
-        finally:
-            print(f"printer: {printed:,} messages, {sum(s.gap_count for s in subs)} gaps "
-                  f"({sum(s.missed for s in subs):,} messages missed)", file=sys.stderr)
-    return cli.EXIT_OK
+@app.startup
+async def _subscribe() -> None:
+    for pattern in app.args.patterns:
+        app.add_handler(pattern, print_message)
+
+
+async def print_message(message: Message) -> None:
+    global _printed
+    if app.args.count and _printed >= app.args.count:
+        return  # with several patterns, another subscription may be one message ahead
+    if message.gap is not None and not app.args.json:
+        print(format_gap(message.gap), flush=True)
+    print(format_json(message) if app.args.json else format_line(message), flush=True)
+    _printed += 1
+    if app.args.count and _printed >= app.args.count:
+        app.stop()

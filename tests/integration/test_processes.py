@@ -48,7 +48,7 @@ async def test_pub_to_printer_json_end_to_end(processes: Processes, tmp_path: Pa
     assert len(lines) == 500
     assert [(r["topic"], r["seq"], r["data"]["n"]) for r in lines] == [
         ("demo.load", n + 1, n) for n in range(500)]
-    assert "printer: 500 messages, 0 gaps" in printer.log()
+    assert "printer: handled 500 messages, 0 gaps" in printer.log()
 
 
 async def test_printer_durable_resumes_across_a_restart(processes: Processes) -> None:
@@ -142,7 +142,8 @@ async def test_printer_stops_cleanly_on_ctrl_c_and_reports(processes: Processes)
             await client.publish("t", n)
     await wait_for_lines(printer.out_path, 3)  # type: ignore[attr-defined]
     assert await printer.stop(signal.SIGINT) == 0
-    assert "printer: 3 messages, 0 gaps (0 messages missed)" in printer.log()
+    assert ("printer: handled 3 messages, 0 gaps (0 messages missed), 0 handler errors"
+            in printer.log())
     assert "Traceback" not in printer.log()
 
 

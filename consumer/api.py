@@ -1,0 +1,225 @@
+"""The plugin API: a custom consumer is a `Consumer` and a few decorated async functions.
+
+    from consumer.api import Consumer
+
+    app = Consumer("track-status")
+
+    @app.on("live.TrackStatus")
+    async def show(message):
+        print(message.seq, message.data["data"]["Message"])
+
+    if __name__ == "__main__":
+        app.run()
+
+Run it with `python -m consumer run my_consumer.py` (or `python my_consumer.py`).
+Every consumer gets the same command line (--broker, --token, --from,
+--durable, --on-error), reconnects by itself, stops cleanly on Ctrl-C, and
+reports what it handled on exit. Each pattern is one subscription with its
+own task: handlers of one pattern see messages one at a time, in order, and
+a slow handler slows only its subscription, through flow control.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from broker import cli
+from broker.client import Client, Message, Subscription
+from broker.errors import ConfigError
+
+log = logging.getLogger("slipstream.consumer")
+
+HandlerFn = Callable[[Message], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+OnError = Literal["skip", "stop"]
+
+
+class HandlerFailed(Exception):
+    """--on-error stop: a handler raised, so the consumer stops (exit code 1)."""
+
+
+class _Stop(Exception):
+    """Consumer.stop() was called: unwinds the subscription tasks."""
+
+
+@dataclass
+class Handler:
+    pattern: str
+    function: HandlerFn
+    auto_ack: bool = True
+    subscription: Subscription | None = None
+    handled: int = 0
+    failed: int = 0
+
+    @property
+    def name(self) -> str:
+        return getattr(self.function, "__name__", "handler")
+
+
+class Consumer:
+    """A named consumer: its handlers, its hooks and its command line."""
+
+    def __init__(self, name: str, description: str = "") -> None:
+        self.name = name
+        self.description = description
+        self.handlers: list[Handler] = []
+        self.args = argparse.Namespace()  # the parsed command line, once running
+        self.client: Client | None = None
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+        self._argument_hooks: list[Callable[[argparse.ArgumentParser], None]] = []
+        self._stopping: asyncio.Event | None = None
+
+    # --- declaring ---------------------------------------------------------------
+
+    def on(self, *patterns: str, auto_ack: bool = True) -> Callable[[HandlerFn], HandlerFn]:
+        """Decorator: call the function with each message of topics matching `patterns`."""
+        def register(function: HandlerFn) -> HandlerFn:
+            for pattern in patterns:
+                self.add_handler(pattern, function, auto_ack=auto_ack)
+            return function
+        return register
+
+    def add_handler(self, pattern: str, function: HandlerFn, *,
+                    auto_ack: bool = True) -> Handler:
+        """The same as `on`, for patterns known only at startup (from the command line)."""
+        if not asyncio.iscoroutinefunction(function):
+            raise TypeError(f"handler {function!r} for {pattern!r} must be an async def")
+        handler = Handler(pattern, function, auto_ack)
+        self.handlers.append(handler)
+        return handler
+
+    def startup(self, hook: Hook) -> Hook:
+        """Decorator: run before subscribing (open a database, load state)."""
+        self._startup.append(hook)
+        return hook
+
+    def shutdown(self, hook: Hook) -> Hook:
+        """Decorator: run on the way out, even after Ctrl-C or an error (close, flush)."""
+        self._shutdown.append(hook)
+        return hook
+
+    def arguments(self, hook: Callable[[argparse.ArgumentParser],
+                                       None]) -> Callable[[argparse.ArgumentParser], None]:
+        """Decorator: add command-line flags; read them from `app.args` once running."""
+        self._argument_hooks.append(hook)
+        return hook
+
+    def stop(self) -> None:
+        """Finish cleanly: no more messages are handed out, shutdown hooks run."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    # --- running ---------------------------------------------------------------------
+
+    def parser(self, prog: str | None = None) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog=prog or f"python -m consumer {self.name}",
+                                         description=self.description)
+        for hook in self._argument_hooks:
+            hook(parser)
+        parser.add_argument("--from", dest="start", type=cli.start_position, default="new",
+                            metavar="new|earliest|SEQ",
+                            help="where to start in each topic (default new)")
+        parser.add_argument("--durable", metavar="NAME",
+                            help="resume where the last consumer with this name stopped")
+        parser.add_argument("--on-error", choices=["skip", "stop"], default="skip",
+                            help="when a handler raises: log it and go on (default), or stop")
+        cli.add_connection_args(parser)
+        cli.add_logging_args(parser)
+        return parser
+
+    def run(self, argv: list[str] | None = None, prog: str | None = None) -> int:
+        """Parse the command line and run until stopped; returns the exit code."""
+        self.args = self.parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
+        cli.setup_logging(self.args, default=logging.WARNING)
+        return cli.run(prog or self.name, self.serve)
+
+    async def serve(self) -> int:
+        """Connect, run the startup hooks, handle messages until stopped, then shut down."""
+        self._stopping = asyncio.Event()
+        failure: HandlerFailed | None = None
+        async with Client(self.args.broker, name=self.name, token=self.args.token) as client:
+            self.client = client
+            try:
+                for hook in self._startup:
+                    await hook()
+                if not self.handlers:
+                    raise ConfigError(f"consumer {self.name!r} has no handlers")
+                for handler in self.handlers:
+                    handler.subscription = await client.subscribe(
+                        handler.pattern, start=self.args.start, auto_ack=handler.auto_ack,
+                        durable=f"{self.args.durable}:{handler.pattern}"
+                        if self.args.durable else None)
+                async with asyncio.TaskGroup() as tasks:
+                    for handler in self.handlers:
+                        tasks.create_task(self._pump(handler), name=handler.pattern)
+                    tasks.create_task(self._wait_for_stop())
+            except* _Stop:
+                pass
+            except* HandlerFailed as group:
+                failure = group.exceptions[0]  # type: ignore[assignment]
+            finally:
+                for hook in self._shutdown:
+                    await hook()
+                print(self.report(), file=sys.stderr)
+        if failure is not None:
+            return cli.fail(self.name, str(failure))
+        return cli.EXIT_OK
+
+    async def _wait_for_stop(self) -> None:
+        assert self._stopping is not None
+        await self._stopping.wait()
+        raise _Stop
+
+    async def _pump(self, handler: Handler) -> None:
+        subscription, stopping = handler.subscription, self._stopping
+        assert subscription is not None and stopping is not None
+        # Check for a stop before asking for the next message: asking is what
+        # acknowledges the previous one, so a message is acknowledged only once it
+        # was handled, and none is handled after stop() (buffered ones stay unacked).
+        while not stopping.is_set():
+            try:
+                message = await anext(subscription)
+            except StopAsyncIteration:
+                return
+            try:
+                await handler.function(message)
+            except Exception as exc:
+                handler.failed += 1
+                where = f"handler {handler.name!r} failed on {message.topic} #{message.seq}"
+                if self.args.on_error == "stop":
+                    raise HandlerFailed(f"{where}: {type(exc).__name__}: {exc}") from exc
+                log.error("%s (skipped): %s: %s", where, type(exc).__name__, exc,
+                          exc_info=handler.failed == 1)  # the traceback once per handler
+            handler.handled += 1
+
+    def report(self) -> str:
+        subs = [h.subscription for h in self.handlers if h.subscription is not None]
+        return (f"{self.name}: handled {sum(h.handled for h in self.handlers):,} messages, "
+                f"{sum(s.gap_count for s in subs)} gaps ({sum(s.missed for s in subs):,} "
+                f"messages missed), {sum(h.failed for h in self.handlers)} handler errors")
+
+    def subscription_of(self, pattern: str) -> Subscription:
+        """The live subscription behind `pattern` (for manual acks)."""
+        for handler in self.handlers:
+            if handler.pattern == pattern and handler.subscription is not None:
+                return handler.subscription
+        raise KeyError(f"no running subscription for {pattern!r}")
+
+
+def find_consumer(namespace: dict[str, Any], where: str) -> Consumer:
+    """The Consumer a plugin module defines: the only one, or the one named `app`."""
+    found = [value for value in namespace.values() if isinstance(value, Consumer)]
+    if isinstance(namespace.get("app"), Consumer):
+        return namespace["app"]  # type: ignore[no-any-return]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ConfigError(f"{where} defines no Consumer (write: app = Consumer('name'))")
+    raise ConfigError(f"{where} defines {len(found)} Consumers; name the one to run `app`")
