@@ -27,7 +27,7 @@ test: $(SETUP)
 	$(PY) -m pytest
 
 lint: $(SETUP)
-	$(VENV)/bin/ruff check broker producer consumer tests bench scripts
+	$(VENV)/bin/ruff check broker producer consumer tests bench scripts examples
 	$(VENV)/bin/mypy
 
 bench: $(SETUP)

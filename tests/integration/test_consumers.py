@@ -1,0 +1,161 @@
+"""Consumers as users run them: the plugin API, examples/, and the errors a plugin can make."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+
+from broker import Client
+from tests.helpers import ROOT, Processes, RunningBroker, RunningProcess, run_command
+
+SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
+
+
+async def replayed_session(processes: Processes) -> RunningBroker:
+    broker = await processes.broker()
+    code, _, err = await run_command("-m", "producer", "replay", str(SESSION),
+                                     "--as-fast-as-possible", "--broker", broker.address)
+    assert code == 0, err
+    return broker
+
+
+async def wait_for_output(process: RunningProcess, text: str, timeout_s: float = 15) -> str:
+    out: Path = process.out_path  # type: ignore[attr-defined]
+    async with asyncio.timeout(timeout_s):
+        while text not in out.read_text():
+            assert process.process.returncode is None, process.log()
+            await asyncio.sleep(0.05)
+    return out.read_text()
+
+
+async def test_fastest_lap_example_runs_end_to_end(processes: Processes) -> None:
+    broker = await replayed_session(processes)
+    example = await processes.command("-m", "consumer", "run", "examples/fastest_laps.py",
+                                      "--from", "earliest", "--broker", broker.address)
+    await wait_for_output(example, "HAM 1:25.606")
+    await asyncio.sleep(0.5)  # let it finish the session
+    assert await example.stop(signal.SIGINT) == 0
+    lines = example.out_path.read_text().splitlines()  # type: ignore[attr-defined]
+    assert lines[-1] == "fastest lap: HAM 1:25.606"
+    assert "fastest-laps: handled 17,185 messages, 0 gaps" in example.log()  # TimingData+DriverList
+
+
+async def test_csv_export_example_with_its_own_flags_and_hooks(processes: Processes,
+                                                               tmp_path: Path) -> None:
+    broker = await replayed_session(processes)
+    csv_path = tmp_path / "session.csv"
+    example = await processes.command("examples/csv_export.py", "--csv", str(csv_path),
+                                      "--pattern", "live.TrackStatus", "--from", "earliest",
+                                      "--broker", broker.address)
+    async with asyncio.timeout(15):
+        while "csv-export" not in (await _stats_names(broker.address)):
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    assert await example.stop(signal.SIGTERM) == 0
+    rows = csv_path.read_text().splitlines()  # the shutdown hook closed (flushed) it
+    assert rows[0] == "topic,seq,broker_time_us,data" and len(rows) == 1 + 7
+    assert rows[1].startswith("live.TrackStatus,1,")
+
+
+async def _stats_names(address: str) -> list[str]:
+    async with Client(address, name="probe") as client:
+        return [c["name"] for c in (await client.stats())["connections"]]
+
+
+PLUGIN = '''
+from consumer.api import Consumer
+
+app = Consumer("picky")
+
+
+@app.on("t")
+async def handle(message):
+    if message.data == 3:
+        raise ValueError("three is not allowed")
+    print(message.data, flush=True)
+'''
+
+
+@pytest.mark.parametrize(("policy", "exit_code"), [("skip", 0), ("stop", 1)])
+async def test_a_failing_handler_is_logged_with_topic_and_seq(
+        processes: Processes, tmp_path: Path, policy: str, exit_code: int) -> None:
+    broker = await processes.broker()
+    plugin = tmp_path / "picky.py"
+    plugin.write_text(PLUGIN)
+    async with Client(broker.address) as client:
+        for n in range(1, 6):
+            await client.publish("t", n)
+    consumer = await processes.command("-m", "consumer", "run", str(plugin), "--from",
+                                       "earliest", "--on-error", policy,
+                                       "--broker", broker.address)
+    if policy == "skip":
+        await wait_for_output(consumer, "5")
+        assert await consumer.stop(signal.SIGINT) == 0
+        assert consumer.out_path.read_text().split() == ["1", "2", "4", "5"]  # type: ignore[attr-defined]
+        assert "picky: handled 5 messages, 0 gaps (0 messages missed), 1 handler errors" \
+            in consumer.log()
+    else:
+        assert await asyncio.wait_for(consumer.process.wait(), 15) == exit_code
+        assert consumer.out_path.read_text().split() == ["1", "2"]  # type: ignore[attr-defined]
+    assert "handler 'handle' failed on t #3" in consumer.log()
+    assert "ValueError: three is not allowed" in consumer.log()
+
+
+async def test_a_slow_handler_holds_back_its_subscription_not_memory(
+        processes: Processes, tmp_path: Path) -> None:
+    broker = await processes.broker()
+    plugin = tmp_path / "slow.py"
+    plugin.write_text("import asyncio\nfrom consumer.api import Consumer\napp = Consumer('slow')\n"
+                      "@app.on('t')\nasync def crawl(message):\n    await asyncio.sleep(0.05)\n")
+    consumer = await processes.command("-m", "consumer", "run", str(plugin),
+                                       "--broker", broker.address)
+    async with Client(broker.address) as client:
+        async with asyncio.timeout(15):
+            while "slow" not in await _stats_names(broker.address):
+                await asyncio.sleep(0.05)
+        for n in range(20_000):
+            await client.publish("t", n)
+        await client.flush()
+        await asyncio.sleep(1.0)
+        (slow,) = [c for c in (await client.stats())["connections"] if c["name"] == "slow"]
+    # It holds at most its window (8,192) unacknowledged, was sent no more than that plus
+    # what it finished (~20 in a second at 50 ms each), and the rest waits in the broker.
+    assert 0 < slow["unacked"] <= 8192
+    assert slow["delivered"] <= 8192 + 60
+    assert slow["pending"] == 20_000 - slow["delivered"]
+    assert await consumer.stop(signal.SIGINT) == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "no/such/plugin.py"], "no such file: no/such/plugin.py"),
+    (["run"], "give the consumer's FILE"),
+    (["nosuch"], "no consumer named 'nosuch' is installed (installed: printer"),
+])
+async def test_bad_plugin_names_and_paths_exit_2(args: list[str], message: str) -> None:
+    code, _, err = await run_command("-m", "consumer", *args)
+    assert code == 2
+    assert message in err
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("x = 1\n", "defines no Consumer (write: app = Consumer('name'))"),
+    ("from consumer.api import Consumer\nCONSUMER = Consumer('a')\nOTHER = Consumer('b')\n",
+     "defines 2 Consumers; name the one to run `app`"),
+    ("import nonexistent_module_xyz\n",
+     "cannot load {path}: ModuleNotFoundError: No module named 'nonexistent_module_xyz'"),
+    ("def broken(:\n", "cannot load {path}, line 1: SyntaxError"),
+    ("from consumer.api import Consumer\napp = Consumer('empty')\n",
+     "consumer 'empty' has no handlers"),
+])
+async def test_bad_plugin_files_exit_2_with_the_reason(processes: Processes, tmp_path: Path,
+                                                       source: str, message: str) -> None:
+    broker = await processes.broker()
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(source)
+    code, _, err = await run_command("-m", "consumer", "run", str(plugin),
+                                     "--broker", broker.address)
+    assert code == 2, err
+    assert message.format(path=plugin) in err
