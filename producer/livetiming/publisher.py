@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from broker.client import Client
 from producer.livetiming.feed import FeedError, FeedMessage
 from producer.livetiming.recordings import format_fastf1_line
-from producer.livetiming.state import merge
+from producer.livetiming.state import copy_json, merge
 
 log = logging.getLogger("slipstream.livetiming")
 
@@ -76,20 +76,12 @@ class LivePublisher:
     def _remember(self, message: FeedMessage) -> None:
         data = message.data
         if message.snapshot or message.topic.endswith(".z") or not isinstance(data, dict):
-            self._state[message.topic] = _copy(data)
+            self._state[message.topic] = copy_json(data)
         else:
-            merge(self._state.setdefault(message.topic, {}), _copy(data))
+            merge(self._state.setdefault(message.topic, {}), copy_json(data))
 
     def summary(self) -> str:
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.skipped.items()))
         return (f"published {self.published:,} messages, {self.deduplicated} repeated snapshots "
                 f"left out, skipped {sum(self.skipped.values())}{f' ({kinds})' if kinds else ''}")
 
-
-def _copy(value: Any) -> Any:
-    """A deep copy of JSON-shaped data (cheaper than copy.deepcopy)."""
-    if isinstance(value, dict):
-        return {key: _copy(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_copy(item) for item in value]
-    return value

@@ -32,6 +32,15 @@ def merge(state: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON-shaped data (merge changes state in place; copy what you keep)."""
+    if isinstance(value, dict):
+        return {key: copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [copy_json(item) for item in value]
+    return value
+
+
 def _merge_into_list(items: list[Any], update: dict[str, Any]) -> None:
     for key, value in update.items():
         if key == "_deleted" or not key.isdigit():

@@ -1,0 +1,182 @@
+"""The SQLite writer's tables, and how a message becomes rows in them.
+
+`messages` holds everything; the typed tables hold what people query most,
+already unpacked: drivers, laps, track status and race control from live
+timing. (Game telemetry tables come with the game UDP producer.) Every table
+is keyed so that writing the same message twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import defaultdict
+from typing import Any
+
+from broker.client import Message
+from producer.livetiming.state import copy_json, merge
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    epoch INTEGER NOT NULL,          -- the broker run that numbered it
+    topic TEXT NOT NULL,
+    seq INTEGER NOT NULL,            -- per topic, from 1, within an epoch
+    broker_ts_us INTEGER NOT NULL,   -- broker receive time, microseconds since 1970 UTC
+    source_ts TEXT,                  -- the source's own UTC timestamp, when it has one
+    data TEXT NOT NULL,              -- the payload as JSON (bytes as base64)
+    PRIMARY KEY (epoch, topic, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (broker_ts_us);
+
+CREATE TABLE IF NOT EXISTS drivers (
+    racing_number TEXT PRIMARY KEY,
+    tla TEXT, full_name TEXT, team TEXT, team_colour TEXT
+);
+CREATE TABLE IF NOT EXISTS live_laps (
+    epoch INTEGER NOT NULL,
+    racing_number TEXT NOT NULL,
+    lap INTEGER NOT NULL,
+    lap_time TEXT,                   -- as F1 shows it: M:SS.mmm
+    lap_time_s REAL,
+    sector1_s REAL, sector2_s REAL, sector3_s REAL,
+    position INTEGER,
+    broker_ts_us INTEGER NOT NULL,
+    PRIMARY KEY (epoch, racing_number, lap)
+);
+CREATE TABLE IF NOT EXISTS track_status (
+    epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+    broker_ts_us INTEGER NOT NULL, source_ts TEXT,
+    status TEXT, message TEXT,
+    PRIMARY KEY (epoch, seq)
+);
+CREATE TABLE IF NOT EXISTS race_control (
+    epoch INTEGER NOT NULL, seq INTEGER NOT NULL, item TEXT NOT NULL,
+    broker_ts_us INTEGER NOT NULL,
+    utc TEXT, category TEXT, flag TEXT, scope TEXT, sector INTEGER,
+    racing_number TEXT, lap INTEGER, message TEXT,
+    PRIMARY KEY (epoch, seq, item)
+);
+"""
+
+INSERT_MESSAGE = "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)"
+INSERT_DRIVER = "INSERT OR REPLACE INTO drivers VALUES (?, ?, ?, ?, ?)"
+INSERT_LAP = "INSERT OR IGNORE INTO live_laps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_TRACK = "INSERT OR IGNORE INTO track_status VALUES (?, ?, ?, ?, ?, ?)"
+INSERT_RACE_CONTROL = ("INSERT OR IGNORE INTO race_control VALUES "
+                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+class Rows(defaultdict[str, list[tuple[Any, ...]]]):
+    """Rows waiting for the next transaction: statement -> parameter tuples."""
+
+    def __init__(self) -> None:
+        super().__init__(list)
+
+
+def seconds(text: Any) -> float | None:
+    """'1:27.123' or '27.123' -> seconds; None for '' or anything else."""
+    if not isinstance(text, str) or not text:
+        return None
+    minutes, _, rest = text.rpartition(":")
+    try:
+        return (int(minutes) * 60 if minutes else 0) + float(rest)
+    except ValueError:
+        return None
+
+
+class LiveTables:
+    """Turns messages into rows, keeping the state live timing's partial updates need."""
+
+    def __init__(self) -> None:
+        self._timing: dict[str, Any] = {}  # merged TimingData
+        self._laps_seen: dict[str, int] = {}  # racing number -> NumberOfLaps so far
+        self._drivers: dict[str, Any] = {}  # merged DriverList
+
+    def rows_for(self, message: Message, rows: Rows) -> None:
+        data = message.data
+        source_ts = data.get("timestamp") if isinstance(data, dict) else None
+        rows[INSERT_MESSAGE].append((message.epoch, message.topic, message.seq,
+                                     message.timestamp_us,
+                                     source_ts if isinstance(source_ts, str) else None,
+                                     json.dumps(data, separators=(",", ":"), default=_text)))
+        if not message.topic.startswith("live.") or not isinstance(data, dict):
+            return
+        body = data.get("data")
+        if not isinstance(body, dict):
+            return
+        snapshot = bool(data.get("snapshot"))
+        match message.topic:
+            case "live.TimingData":
+                self._timing_rows(message, body, snapshot, rows)
+            case "live.DriverList":
+                self._driver_rows(body, snapshot, rows)
+            case "live.TrackStatus":
+                rows[INSERT_TRACK].append((message.epoch, message.seq, message.timestamp_us,
+                                           source_ts, body.get("Status"), body.get("Message")))
+            case "live.RaceControlMessages":
+                self._race_control_rows(message, body, rows)
+
+    def _timing_rows(self, message: Message, body: dict[str, Any], snapshot: bool,
+                     rows: Rows) -> None:
+        """A row per lap time, when F1 publishes it.
+
+        A timed lap's time comes with the NumberOfLaps that counts it; an
+        in-lap's time comes at the pit-lane line, before the count moves at pit
+        exit, so it belongs to the next lap. The out lap has no time. If F1 sends
+        two times for one lap (it does, rarely), the first is kept.
+        """
+        if snapshot:
+            self._timing = copy_json(body)
+        else:
+            merge(self._timing, copy_json(body))
+        for number, update in body.get("Lines", {}).items():
+            if not isinstance(update, dict):
+                continue
+            laps = update.get("NumberOfLaps")
+            if isinstance(laps, int):
+                self._laps_seen[number] = laps
+            lap_time = (update.get("LastLapTime") or {}).get("Value") \
+                if isinstance(update.get("LastLapTime"), dict) else None
+            if not lap_time:
+                continue
+            lap = laps if isinstance(laps, int) else self._laps_seen.get(number, 0) + 1
+            line = self._timing.get("Lines", {}).get(number, {})
+            sectors = line.get("Sectors") if isinstance(line.get("Sectors"), list) else []
+            sector_s = [seconds(s.get("Value")) if isinstance(s, dict) else None
+                        for s in sectors][:3]
+            sector_s += [None] * (3 - len(sector_s))
+            position = line.get("Position")
+            rows[INSERT_LAP].append((message.epoch, number, lap, lap_time, seconds(lap_time),
+                                     *sector_s,
+                                     int(position) if str(position).isdigit() else None,
+                                     message.timestamp_us))
+
+    def _driver_rows(self, body: dict[str, Any], snapshot: bool, rows: Rows) -> None:
+        if snapshot:
+            self._drivers = {}
+        merge(self._drivers, copy_json(body))
+        for number in body:
+            driver = self._drivers.get(number)
+            if isinstance(driver, dict) and driver.get("Tla"):
+                rows[INSERT_DRIVER].append((number, driver.get("Tla"), driver.get("FullName"),
+                                            driver.get("TeamName"), driver.get("TeamColour")))
+
+    @staticmethod
+    def _race_control_rows(message: Message, body: dict[str, Any], rows: Rows) -> None:
+        items = body.get("Messages")
+        entries = items.items() if isinstance(items, dict) else enumerate(items or [])
+        for item, entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            sector, lap = entry.get("Sector"), entry.get("Lap")
+            rows[INSERT_RACE_CONTROL].append((
+                message.epoch, message.seq, str(item), message.timestamp_us, entry.get("Utc"),
+                entry.get("Category"), entry.get("Flag"), entry.get("Scope"),
+                sector if isinstance(sector, int) else None, entry.get("RacingNumber"),
+                lap if isinstance(lap, int) else None, entry.get("Message")))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -1,0 +1,142 @@
+"""The SQLite writer against real processes: exact row counts through kills and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from broker import Client
+from tests.helpers import ROOT, Processes, RunningProcess, run_command
+
+SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
+
+
+def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as connection:
+        return connection.execute(sql).fetchall()
+
+
+async def wait_for_rows(db: Path, count: int, timeout_s: float = 20) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if db.exists():
+                try:
+                    if query(db, "SELECT count(*) FROM messages")[0][0] >= count:
+                        return
+                except sqlite3.OperationalError:
+                    pass  # the writer is still creating the schema
+            await asyncio.sleep(0.1)
+
+
+async def writer(processes: Processes, db: Path, broker: str, *args: str) -> RunningProcess:
+    return await processes.command("-m", "consumer", "sqlite", *args, "--db", str(db),
+                                   "--broker", broker)
+
+
+def raw_session() -> dict[str, list[dict[str, Any]]]:
+    return {path.name.removesuffix(".jsonStream"):
+            [json.loads(line.lstrip("\ufeff")[12:])
+             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            for path in SESSION.glob("*.jsonStream")}
+
+
+def lap_times_by_the_documented_rule() -> dict[tuple[str, int], str]:
+    """docs/sqlite.md's rule, applied to the raw lines: what live_laps must hold."""
+    laps: dict[str, int] = {}
+    found: dict[tuple[str, int], str] = {}
+    for update in raw_session()["TimingData"]:
+        for number, line in update.get("Lines", {}).items():
+            if not isinstance(line, dict):
+                continue
+            if isinstance(line.get("NumberOfLaps"), int):
+                laps[number] = line["NumberOfLaps"]
+            value = line.get("LastLapTime", {}).get("Value") \
+                if isinstance(line.get("LastLapTime"), dict) else None
+            if value:
+                lap = line["NumberOfLaps"] if "NumberOfLaps" in line else laps.get(number, 0) + 1
+                found.setdefault((number, lap), value)
+    return found
+
+
+async def test_the_real_session_fills_every_table(processes: Processes, tmp_path: Path) -> None:
+    broker = await processes.broker()
+    code, _, err = await run_command("-m", "producer", "replay", str(SESSION),
+                                     "--as-fast-as-possible", "--broker", broker.address)
+    assert code == 0, err
+    db = tmp_path / "session.db"
+    sqlite_writer = await writer(processes, db, broker.address, "--from", "earliest")
+    await wait_for_rows(db, 17_979)
+    assert await sqlite_writer.stop(signal.SIGINT) == 0
+    raw = raw_session()
+    assert dict(query(db, "SELECT topic, count(*) FROM messages GROUP BY topic")) == {
+        f"live.{topic}": len(lines) for topic, lines in raw.items()}
+    assert query(db, "PRAGMA journal_mode") == [("wal",)]
+    # Lap times, checked against the raw lines and against their own sectors.
+    expected = lap_times_by_the_documented_rule()
+    laps = {(number, lap): time for number, lap, time in
+            query(db, "SELECT racing_number, lap, lap_time FROM live_laps")}
+    assert laps == expected and len(laps) == 501
+    (fastest,) = query(db, "SELECT d.tla, l.lap_time, l.sector1_s + l.sector2_s + l.sector3_s "
+                           "FROM live_laps l JOIN drivers d USING (racing_number) "
+                           "ORDER BY l.lap_time_s LIMIT 1")
+    assert fastest[:2] == ("HAM", "1:25.606") and abs(fastest[2] - 85.606) < 0.0015
+    assert query(db, "SELECT count(*) FROM drivers")[0][0] == 20
+    assert [row[0] for row in query(db, "SELECT message FROM track_status ORDER BY seq")] == [
+        status["Message"] for status in raw["TrackStatus"]]
+    items = sum(len(m["Messages"]) for m in raw["RaceControlMessages"])
+    assert query(db, "SELECT count(*) FROM race_control")[0][0] == items
+    assert "sqlite: handled 17,979 messages, 0 gaps" in sqlite_writer.log()
+
+
+async def test_a_writer_killed_mid_stream_resumes_with_nothing_lost_or_doubled(
+        processes: Processes, tmp_path: Path) -> None:
+    broker = await processes.broker()
+    db = tmp_path / "kill.db"
+    first = await writer(processes, db, broker.address, "t.>")
+    await wait_for_rows_table(db)
+    publisher = await processes.command("-m", "producer", "pub", "t.load", "--count", "4000",
+                                        "--rate", "1000", "--size", "100",
+                                        "--broker", broker.address)
+    await wait_for_rows(db, 1000)
+    await first.kill()  # SIGKILL: no final commit, no final ack
+    second = await writer(processes, db, broker.address, "t.>")
+    assert await asyncio.wait_for(publisher.process.wait(), 30) == 0
+    await wait_for_rows(db, 4000)
+    await asyncio.sleep(0.5)  # anything extra would show up now
+    assert await second.stop(signal.SIGINT) == 0
+    assert query(db, "SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM messages") \
+        == [(4000, 4000, 1, 4000)]
+
+
+async def wait_for_rows_table(db: Path) -> None:
+    await wait_for_rows(db, 0)
+
+
+async def test_a_broker_restart_is_a_new_epoch_not_a_collision(processes: Processes,
+                                                               tmp_path: Path) -> None:
+    broker = await processes.broker()
+    db = tmp_path / "restart.db"
+    sqlite_writer = await writer(processes, db, broker.address, "t.>")
+    await wait_for_rows_table(db)
+    async with Client(broker.address, name="pub") as client:
+        for n in range(500):
+            await client.publish("t.a", n)
+        await client.flush()
+        await wait_for_rows(db, 500)
+        await broker.kill()
+        restarted = await processes.broker(port=broker.port)
+        for n in range(500, 800):  # seqs 1..300 again, in the new epoch
+            await client.publish("t.a", n)
+        await client.publish("t.a", 800, confirm=True)
+    await wait_for_rows(db, 801)
+    assert await sqlite_writer.stop(signal.SIGINT) == 0
+    epochs = query(db, "SELECT epoch, count(*), min(seq), max(seq) FROM messages "
+                       "GROUP BY epoch ORDER BY min(broker_ts_us)")
+    assert [row[1:] for row in epochs] == [(500, 1, 500), (301, 1, 301)]
+    assert [json.loads(data) for (data,) in query(
+        db, "SELECT data FROM messages ORDER BY broker_ts_us, seq")] == list(range(801))
+    assert restarted.port == broker.port
