@@ -1,0 +1,1 @@
+"""The alerter: rules in TOML, evaluated on every message, alerts out three ways."""

@@ -1,0 +1,100 @@
+"""`python -m consumer alerter --rules rules.toml`: alerts to the console, a file and the broker.
+
+Each alert is printed (coloured by severity on a terminal), appended to a
+JSON-lines file with --log, and published on `alerts.<severity>` so other
+consumers (the SQLite writer, a dashboard) see it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from broker.client import Message
+from consumer.alerter.rules import Alert, Rule, load_rules
+from consumer.api import Consumer
+from producer.livetiming.feed import FeedError, parse_utc
+
+SHIPPED_RULES = Path(__file__).with_name("rules.toml")
+COLOURS = {"info": "\033[36m", "warning": "\033[33m", "critical": "\033[1;31m"}
+RESET = "\033[0m"
+
+app = Consumer("alerter", description="Watch topics against alert rules (TOML) and report "
+                                      "each alert on the console, in a JSON-lines file and "
+                                      "on alerts.<severity>.")
+_state: dict[str, Any] = {"alerts": 0}
+
+
+@app.arguments
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rules", type=Path, default=SHIPPED_RULES,
+                        help="rules file (default: the shipped consumer/alerter/rules.toml)")
+    parser.add_argument("--log", type=Path, metavar="FILE",
+                        help="also append each alert to FILE as one JSON object per line")
+    parser.add_argument("--no-publish", action="store_true",
+                        help="do not publish alerts on alerts.<severity>")
+    parser.add_argument("--no-color", action="store_true", help="plain console output")
+
+
+@app.startup
+async def _load() -> None:
+    rules = load_rules(app.args.rules)  # a bad file stops us here: exit 2, with the line
+    colour = not app.args.no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    _state.update(rules=rules, colour=colour,
+                  log=app.args.log.open("a", encoding="utf-8") if app.args.log else None)
+    for pattern in sorted({rule.topic for rule in rules}):
+        app.add_handler(pattern, _handler([rule for rule in rules if rule.topic == pattern]))
+
+
+def _handler(rules: list[Rule]) -> Any:
+    async def check(message: Message) -> None:
+        when_us = source_time_us(message.data) or message.timestamp_us
+        for rule in rules:
+            for alert in rule.evaluate(message.topic, message.seq, when_us, message.data):
+                await _emit(alert)
+    check.__name__ = f"rules for {rules[0].topic}"
+    return check
+
+
+def source_time_us(data: Any) -> int | None:
+    """The source's own clock, when the message has one: replays alert as live did."""
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("offset_s"), int | float):
+        return int(data["offset_s"] * 1e6)
+    if isinstance(data.get("timestamp"), str):
+        try:
+            return int(parse_utc(data["timestamp"]).timestamp() * 1e6)
+        except FeedError:
+            return None
+    return None
+
+
+async def _emit(alert: Alert) -> None:
+    _state["alerts"] += 1
+    print(format_alert(alert, _state["colour"]), flush=True)
+    log: TextIO | None = _state["log"]
+    if log is not None:
+        log.write(json.dumps(alert.as_dict(), default=str) + "\n")
+        log.flush()
+    if not app.args.no_publish and app.client is not None:
+        await app.client.publish(f"alerts.{alert.severity}", alert.as_dict())
+
+
+def format_alert(alert: Alert, colour: bool) -> str:
+    stamp = datetime.now(UTC).strftime("%H:%M:%S")
+    text = f"{stamp} {alert.severity.upper():<8} {alert.message}  [{alert.rule}, {alert.topic} " \
+           f"#{alert.seq}]"
+    return f"{COLOURS[alert.severity]}{text}{RESET}" if colour else text
+
+
+@app.shutdown
+async def _close() -> None:
+    if _state.get("log") is not None:
+        _state["log"].close()
+    print(f"alerter: {_state['alerts']} alerts", file=sys.stderr)

@@ -1,0 +1,238 @@
+"""Alert rules: loading them from TOML (refusing bad ones clearly) and evaluating them.
+
+A rule watches one field of the messages of a topic pattern. The field path
+may contain `*`, so one rule covers every car or every driver; each match
+(its "key", e.g. the racing number) is tracked on its own. Comparisons fire
+when they become true (a held condition alerts once) and re-arm when they are
+false again (past `rearm`, for hysteresis); `cooldown_s` keeps a flapping
+value from alerting more than once in that many seconds. Pure logic, no I/O.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from pathlib import Path
+from typing import Any
+
+from broker.errors import ConfigError, ProtocolError
+from broker.routing import pattern_matches, validate_pattern
+
+CONDITIONS = (">", "<", "==", "!=", "in", "changed", "rising")
+SEVERITIES = ("info", "warning", "critical")
+KEYS = {"name", "topic", "field", "condition", "value", "rearm", "cooldown_s", "severity",
+        "message", "on_snapshot"}
+_MISSING: Any = object()
+
+
+@dataclass
+class Alert:
+    rule: str
+    severity: str
+    message: str
+    topic: str
+    seq: int
+    key: str
+    value: Any
+    previous: Any
+    broker_ts_us: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Track:
+    """What a rule remembers for one key."""
+
+    previous: Any = _MISSING
+    armed: bool = True
+    last_alert_us: int | None = None
+
+
+@dataclass
+class Rule:
+    name: str
+    topic: str
+    field: str
+    condition: str
+    severity: str
+    message: str
+    value: Any = None
+    rearm: Any = None
+    cooldown_s: float = 0.0
+    on_snapshot: bool = False  # a snapshot sets the baseline silently unless this is true
+    _tracks: dict[str, _Track] = dataclass_field(default_factory=dict, repr=False)
+
+    def matches(self, topic: str) -> bool:
+        return pattern_matches(self.topic, topic)
+
+    def evaluate(self, topic: str, seq: int, broker_ts_us: int, data: Any) -> Iterator[Alert]:
+        snapshot = isinstance(data, dict) and bool(data.get("snapshot"))
+        for key, value, parent in field_values(data, self.field.split(".")):
+            track = self._tracks.setdefault(key, _Track())
+            fire = self._fires(track, value)
+            previous, track.previous = track.previous, value
+            if not fire or (snapshot and not self.on_snapshot):
+                continue
+            if track.last_alert_us is not None and \
+                    broker_ts_us - track.last_alert_us < self.cooldown_s * 1e6:
+                continue
+            track.last_alert_us = broker_ts_us
+            text = render(self.message, value=value, key=key, topic=topic, seq=seq,
+                          previous=None if previous is _MISSING else previous, rule=self.name,
+                          severity=self.severity, parent=parent)
+            yield Alert(self.name, self.severity, text, topic, seq, key, value,
+                        None if previous is _MISSING else previous, broker_ts_us)
+
+    def _fires(self, track: _Track, value: Any) -> bool:
+        if self.condition == "changed":
+            return track.previous is not _MISSING and value != track.previous
+        if self.condition == "rising":  # an edge needs a value seen before it, like "changed"
+            return track.previous is not _MISSING and bool(value) and not bool(track.previous)
+        holds = _compare(self.condition, value, self.value)
+        if track.armed:
+            track.armed = not holds
+            return holds  # fires once, then stays quiet while the condition holds
+        if self.rearm is not None:  # hysteresis: > 90 with rearm 85 re-arms below 85
+            opposite = "<" if self.condition == ">" else ">"
+            track.armed = _compare(opposite, value, self.rearm)
+        else:
+            track.armed = not holds
+        return False
+
+
+def _compare(condition: str, value: Any, threshold: Any) -> bool:
+    try:
+        match condition:
+            case ">":
+                return bool(_number(value) > _number(threshold))
+            case "<":
+                return bool(_number(value) < _number(threshold))
+            case "==":
+                return bool(value == threshold)
+            case "!=":
+                return bool(value != threshold)
+            case "in":
+                return value in threshold
+    except (TypeError, ValueError):
+        return False
+    return False
+
+
+def _number(value: Any) -> float:
+    return float(value)  # F1 live timing sends numbers as strings ("28.6")
+
+
+class _Template(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+class _AnyItem:
+    """Stands in for {parent[...]} when a template is checked at load time."""
+
+    def __getitem__(self, key: Any) -> str:
+        return ""
+
+
+def render(template: str, **values: Any) -> str:
+    """The alert text; a placeholder that does not fit the message is left as it is."""
+    try:
+        return template.format_map(_Template(values))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return f"{template} [value={values.get('value')!r}]"
+
+
+def field_values(data: Any, path: list[str], key: tuple[str, ...] = (),
+                 parent: Any = None) -> Iterator[tuple[str, Any, Any]]:
+    """(key, value, parent) for every match of `path` in `data`; `*` matches every item."""
+    if not path:
+        yield ".".join(key), data, parent
+        return
+    head, rest = path[0], path[1:]
+    if isinstance(data, dict):
+        items = list(data.items()) if head == "*" else \
+            [(head, data[head])] if head in data else []
+    elif isinstance(data, list):
+        if head == "*":
+            items = [(str(i), item) for i, item in enumerate(data)]
+        elif head.isdigit() and int(head) < len(data):
+            items = [(head, data[int(head)])]
+        else:
+            items = []
+    else:
+        return
+    for name, item in items:
+        yield from field_values(item, rest, key + ((name,) if head == "*" else ()), data)
+
+
+# --- loading -----------------------------------------------------------------------
+
+
+def load_rules(path: Path) -> list[Rule]:
+    """Every rule of a TOML file, or ConfigError naming the file, the line and the reason."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read rules file {path}: {exc.strerror or exc}") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    entries = document.get("rule")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: no [[rule]] tables")
+    lines = [number for number, line in enumerate(text.splitlines(), 1)
+             if line.strip().replace(" ", "") == "[[rule]]"]
+    rules = []
+    for index, entry in enumerate(entries):
+        where = f"{path}, line {lines[index] if index < len(lines) else '?'}"
+        rules.append(_rule(entry, f"{where} (rule {entry.get('name', index + 1)!r})"))
+    names = [rule.name for rule in rules]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: rule names must be unique: {', '.join(duplicates)}")
+    return rules
+
+
+def _rule(entry: dict[str, Any], where: str) -> Rule:
+    def bad(reason: str) -> ConfigError:
+        return ConfigError(f"{where}: {reason}")
+
+    unknown = sorted(set(entry) - KEYS)
+    if unknown:
+        raise bad(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(KEYS))})")
+    for key in ("name", "topic", "field", "condition", "severity", "message"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            raise bad(f"{key!r} is required and must be a non-empty string")
+    try:
+        validate_pattern(entry["topic"])
+    except ProtocolError as exc:
+        raise bad(str(exc)) from None
+    if entry["condition"] not in CONDITIONS:
+        raise bad(f"unknown condition {entry['condition']!r} (one of: {', '.join(CONDITIONS)})")
+    if entry["severity"] not in SEVERITIES:
+        raise bad(f"severity {entry['severity']!r} is not one of {', '.join(SEVERITIES)}")
+    needs_value = entry["condition"] not in ("changed", "rising")
+    if needs_value and "value" not in entry:
+        raise bad(f"condition {entry['condition']!r} needs a 'value'")
+    if entry["condition"] == "in" and not isinstance(entry.get("value"), list):
+        raise bad("condition 'in' needs a list 'value', e.g. value = [\"RED\", \"YELLOW\"]")
+    if entry["condition"] in (">", "<") and not isinstance(entry["value"], int | float):
+        raise bad(f"condition {entry['condition']!r} needs a number 'value'")
+    if "rearm" in entry and entry["condition"] not in (">", "<"):
+        raise bad("'rearm' (hysteresis) only goes with '>' or '<'")
+    cooldown = entry.get("cooldown_s", 0)
+    if not isinstance(cooldown, int | float) or cooldown < 0:
+        raise bad(f"'cooldown_s' must be a number >= 0, got {cooldown!r}")
+    try:
+        entry["message"].format_map(_Template(parent=_AnyItem()))
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
+        raise bad(f"bad message template {entry['message']!r}: {exc}") from None
+    return Rule(name=entry["name"], topic=entry["topic"], field=entry["field"],
+                condition=entry["condition"], severity=entry["severity"],
+                message=entry["message"], value=entry.get("value"), rearm=entry.get("rearm"),
+                cooldown_s=float(cooldown), on_snapshot=bool(entry.get("on_snapshot", False)))

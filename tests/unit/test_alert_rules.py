@@ -1,0 +1,106 @@
+"""Alert rules, evaluated on scripted values (no sockets), and refused when malformed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.errors import ConfigError
+from consumer.alerter.rules import Rule, field_values, load_rules
+
+SHIPPED = Path(__file__).resolve().parents[2] / "consumer" / "alerter" / "rules.toml"
+
+
+def fired(rule: Rule, script: Sequence[tuple[float, Any]]) -> list[tuple[float, Any]]:
+    """(time s, value) in; (time s, value) of each alert out."""
+    alerts = []
+    for seq, (at_s, data) in enumerate(script, 1):
+        for alert in rule.evaluate("t", seq, int(at_s * 1e6), data):
+            alerts.append((at_s, alert.value))
+    return alerts
+
+
+def test_threshold_alerts_once_while_held_and_rearms_past_hysteresis() -> None:
+    rule = Rule("hot", "t", "v", ">", "warning", "{value}", value=90, rearm=85)
+    script = [(0, {"v": 80}), (1, {"v": 95}), (2, {"v": 96}), (3, {"v": 88}), (4, {"v": 97}),
+              (5, {"v": 80}), (6, {"v": 99})]
+    assert fired(rule, script) == [(1, 95), (6, 99)]
+
+
+def test_cooldown_keeps_a_flapping_value_quiet() -> None:
+    rule = Rule("hot", "t", "v", ">", "warning", "{value}", value=90, cooldown_s=10)
+    script = [(0, {"v": 95}), (1, {"v": 80}), (2, {"v": 95}), (3, {"v": 80}), (12, {"v": 91})]
+    assert fired(rule, script) == [(0, 95), (12, 91)]
+
+
+def test_changed_rising_and_in() -> None:
+    changed = Rule("c", "t", "mode", "changed", "info", "{previous}->{value}")
+    assert fired(changed, [(0, {"mode": "A"}), (1, {"mode": "A"}), (2, {"mode": "B"}),
+                           (3, {}), (4, {"mode": "A"})]) == [(2, "B"), (4, "A")]
+    rising = Rule("r", "t", "pit", "rising", "info", "{key}")
+    assert fired(rising, [(0, {"pit": True}), (1, {"pit": False}), (2, {"pit": True}),
+                          (3, {"pit": True})]) == [(2, True)]  # the first sighting is no edge
+    flags = Rule("f", "t", "flag", "in", "warning", "{value}", value=["RED", "YELLOW"])
+    assert fired(flags, [(0, {"flag": "GREEN"}), (1, {"flag": "RED"}),
+                         (2, {"flag": "YELLOW"}), (3, {"flag": "GREEN"}),
+                         (4, {"flag": "RED"})]) == [(1, "RED"), (4, "RED")]
+
+
+def test_wildcards_track_each_key_and_templates_see_the_parent() -> None:
+    rule = Rule("wear", "t", "cars.*.tyres.*", ">", "warning",
+                "car {key} at {value}% ({parent})", value=70)
+    data = {"cars": [{"tyres": [10, 75, 20, 71]}, {"tyres": [80, 0, 0, 0]}]}
+    alerts = list(rule.evaluate("t", 1, 0, data))
+    assert [(a.key, a.value) for a in alerts] == [("0.1", 75), ("0.3", 71), ("1.0", 80)]
+    assert alerts[0].message == "car 0.1 at 75% ([10, 75, 20, 71])"
+    assert list(rule.evaluate("t", 2, 1, data)) == []  # held: no repeat
+    assert list(field_values({"a": {"b": 1}}, ["a", "c"])) == []
+
+
+def test_a_snapshot_sets_the_baseline_silently() -> None:
+    rule = Rule("c", "t", "data.Status", "==", "critical", "red", value="5")
+    assert fired(rule, [(0, {"snapshot": True, "data": {"Status": "5"}}),
+                        (1, {"snapshot": False, "data": {"Status": "1"}}),
+                        (2, {"snapshot": False, "data": {"Status": "5"}})]) == [(2, "5")]
+
+
+def test_the_shipped_rules_load() -> None:
+    assert [rule.name for rule in load_rules(SHIPPED)] == [
+        "track-status", "yellow-flag", "safety-car", "red-flag", "race-control-flag",
+        "race-control-penalty", "pit-stop"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[[rule]]\nname = "a"\ntopic = "t"\nfield = "v"\ncondition = "bigger"\nvalue = 1\n'
+     'severity = "info"\nmessage = "x"\n',
+     "line 1 (rule 'a'): unknown condition 'bigger' (one of: >, <, ==, !=, in, changed, rising)"),
+    ('\n\n[[rule]]\nname = "a"\ntopic = "t"\nfield = "v"\ncondition = ">"\nseverity = "info"\n'
+     'message = "x"\n', "line 3 (rule 'a'): condition '>' needs a 'value'"),
+    ('[[rule]]\nname = "a"\ntopic = "t"\nfield = "v"\ncondition = "in"\nvalue = "RED"\n'
+     'severity = "info"\nmessage = "x"\n', "condition 'in' needs a list 'value'"),
+    ('[[rule]]\nname = "a"\ntopic = "t"\nfield = "v"\ncondition = "changed"\n'
+     'severity = "urgent"\nmessage = "x"\n', "severity 'urgent' is not one of"),
+    ('[[rule]]\nname = "a"\ntopic = "t..x"\nfield = "v"\ncondition = "changed"\n'
+     'severity = "info"\nmessage = "x"\n', "bad pattern 't..x'"),
+    ('[[rule]]\nname = "a"\ntopic = "t"\nfeild = "v"\ncondition = "changed"\n'
+     'severity = "info"\nmessage = "x"\n', "unknown key 'feild'"),
+    ('[[rule]]\nname = "a"\ntopic = "t"\ncondition = "changed"\nseverity = "info"\n'
+     'message = "x"\n', "'field' is required"),
+    ('[[rule]]\nname = "a"\ntopic = "t"\nfield = "v"\ncondition = "changed"\n'
+     'severity = "info"\nmessage = "{value"\n', "bad message template"),
+    ('[[rule]]\nname = "a"\ntopic = "t"\nfield = "v"\ncondition = "=="\nvalue = 1\n'
+     'rearm = 0\nseverity = "info"\nmessage = "x"\n', "'rearm' (hysteresis) only goes with"),
+    ('[[rule]\nname = "a"\n', "not valid TOML: "),
+    ('title = "no rules"\n', "no [[rule]] tables"),
+])
+def test_a_bad_rules_file_is_refused_with_file_line_and_reason(
+        tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_rules(path)
+    assert str(caught.value).startswith(str(path))
+    assert message in str(caught.value)
