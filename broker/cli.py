@@ -122,6 +122,8 @@ async def _cancel_on_signals(main: Coroutine[Any, Any, int]) -> int:
 
     def stop() -> None:
         nonlocal stopped_by_signal
+        if stopped_by_signal:
+            return  # a second Ctrl-C must not cut short the shutdown the first one began
         stopped_by_signal = True
         task.cancel()
 

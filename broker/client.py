@@ -338,6 +338,7 @@ class Client:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._broker_shutting_down = False
         self._failure: SlipstreamError | None = None
         self._subs: dict[int, Subscription] = {}
         self._ids = itertools.count(1)
@@ -462,8 +463,11 @@ class Client:
                 if not future.done():
                     future.set_exception(lost)
         self._confirms.clear()
-        if not self._closing:
+        if self._broker_shutting_down:
+            log.info("%s: the broker is shutting down", reason)
+        elif not self._closing:
             log.warning("%s", reason)
+        self._broker_shutting_down = False
 
     async def _reconnect(self) -> None:
         previous_epoch = self.epoch
@@ -526,7 +530,9 @@ class Client:
     def _broker_error(self, frame: p.Error) -> None:
         error = BrokerError(frame.code, frame.message)
         if frame.fatal:
-            if frame.code != "shutdown":
+            if frame.code == "shutdown":
+                self._broker_shutting_down = True  # expected: not worth a warning
+            else:
                 log.error("%s", error)
             return  # the broker closes the connection next; _run handles that
         # sids, confirm ids and request ids come from one counter, so `ref` names one thing.

@@ -1,9 +1,11 @@
-"""`make run`: the real bundled F1 session, replayed through the broker to a printer.
+"""`make run`: a real F1 session through the broker to a printer, a SQLite writer and an alerter.
 
-Three processes: the broker, the live-timing replay of the 2020 70th
-Anniversary GP Practice 2 (real data, at 30x: about three minutes), and a
-printer on the topics a person can read as they scroll by. At the end (or on
-Ctrl-C) it prints the broker's statistics and stops everything cleanly.
+Five processes: the broker; the live-timing replay of the 2020 70th
+Anniversary GP Practice 2 (real data, at 30x: about three minutes); the
+printer on the topics a person can read as they scroll by; the SQLite writer
+into data/slipstream.db; and the alerter with the shipped rules (also logging
+to data/alerts.jsonl). At the end, or on Ctrl-C, everything stops cleanly and
+it says where the data is and what to ask it.
 """
 
 from __future__ import annotations
@@ -19,24 +21,47 @@ PORT = int(os.environ.get("SLIPSTREAM_DEMO_PORT", "20778"))
 BROKER = f"127.0.0.1:{PORT}"
 SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
 SPEED = os.environ.get("SLIPSTREAM_DEMO_SPEED", "30")
-READABLE = ["live.SessionInfo", "live.SessionStatus", "live.TrackStatus",
-            "live.RaceControlMessages", "live.WeatherData"]
+DATA = ROOT / "data"
+DATABASE = DATA / "slipstream.db"
+ALERTS = DATA / "alerts.jsonl"
+READABLE = ["live.SessionInfo", "live.SessionStatus", "live.WeatherData"]
+FASTEST_LAPS = ("SELECT d.tla, l.lap_time, min(l.lap_time_s) AS s FROM live_laps l "
+                "JOIN drivers d USING (racing_number) GROUP BY l.racing_number "
+                "ORDER BY s LIMIT 5")
 
 
 def python(*args: str, **options: object) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, **options)  # type: ignore[call-overload, no-any-return]
 
 
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def main() -> int:
+    DATA.mkdir(exist_ok=True)
+    for stale in (DATABASE, ALERTS, *DATA.glob("slipstream.db-*")):
+        stale.unlink(missing_ok=True)  # each demo starts from an empty database
     print(f"starting the broker on {BROKER} ...", flush=True)
     broker = python("-m", "broker", "--port", str(PORT), "-q", stdout=subprocess.PIPE)
     assert broker.stdout is not None
     if not broker.stdout.readline():
         return broker.wait() or 1  # it said why on stderr (port in use, ...)
     children = [broker]
+    common = ["--from", "earliest", "--broker", BROKER]
     try:
-        children.append(python("-m", "consumer", "printer", *READABLE, "--from", "earliest",
-                               "--broker", BROKER))
+        children += [
+            python("-m", "consumer", "printer", *READABLE, *common),
+            python("-m", "consumer", "sqlite", "--db", str(DATABASE), *common),
+            python("-m", "consumer", "alerter", "--log", str(ALERTS), *common),
+        ]
         print(f"replaying {SESSION.name} at {SPEED}x (Ctrl-C stops) ...\n", flush=True)
         replay = python("-m", "producer", "replay", str(SESSION), "--speed", SPEED,
                         "--broker", BROKER)
@@ -47,16 +72,13 @@ def main() -> int:
     except KeyboardInterrupt:
         print("\nCtrl-C: stopping ...", file=sys.stderr)
     finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
-        for child in children:
-            try:
-                child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-    print("\nall stopped. Next: python -m consumer printer 'live.>' --from earliest while "
-          "python -m producer replay", SESSION.relative_to(ROOT), "runs (see README.md)")
+        # Consumers and producer first, so they finish with the broker still there.
+        stop([child for child in children if child is not broker])
+        stop([broker])
+    print(f"\nall stopped. The session is in {DATABASE.relative_to(ROOT)}, the alerts in "
+          f"{ALERTS.relative_to(ROOT)}. Fastest laps, with any SQLite tool:\n"
+          f"  sqlite3 {DATABASE.relative_to(ROOT)} "
+          f"\"{FASTEST_LAPS}\"\nMore queries: docs/sqlite.md")
     return 0
 
 
