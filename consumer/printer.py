@@ -17,6 +17,7 @@ from broker import cli
 from broker.client import Message
 from broker.protocol import Gap
 from consumer.api import Consumer
+from consumer.summaries import summarise
 
 LINE_CHARS = 160
 
@@ -38,13 +39,7 @@ def format_json(message: Message) -> str:
 
 def format_line(message: Message) -> str:
     stamp = datetime.fromtimestamp(message.timestamp_us / 1e6, UTC).strftime("%H:%M:%S.%f")[:-3]
-    data = message.data
-    tag = ""
-    if message.topic.startswith("live.") and isinstance(data, dict) and "data" in data:
-        tag = "snapshot " if data.get("snapshot") else ""  # live timing: show F1's part
-        data = data["data"]
-    text = json.dumps(data, default=_jsonable, separators=(",", ":"))
-    line = f"{stamp} {message.topic} #{message.seq} {tag}{text}"
+    line = f"{stamp} {message.topic} #{message.seq} {summarise(message.topic, message.data)}"
     return line if len(line) <= LINE_CHARS else line[: LINE_CHARS - 3] + "..."
 
 

@@ -24,7 +24,7 @@ SPEED = os.environ.get("SLIPSTREAM_DEMO_SPEED", "30")
 DATA = ROOT / "data"
 DATABASE = DATA / "slipstream.db"
 ALERTS = DATA / "alerts.jsonl"
-READABLE = ["live.SessionInfo", "live.SessionStatus", "live.WeatherData"]
+READABLE = ["live.SessionInfo", "live.SessionStatus", "live.WeatherData", "live.DriverList"]
 FASTEST_LAPS = ("SELECT d.tla, l.lap_time, min(l.lap_time_s) AS s FROM live_laps l "
                 "JOIN drivers d USING (racing_number) GROUP BY l.racing_number "
                 "ORDER BY s LIMIT 5")

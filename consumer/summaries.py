@@ -1,0 +1,140 @@
+"""One-line summaries of the messages people read most, for the printer.
+
+Each known topic gets a function that says what a person wants to know in a
+few words ("Yellow", "#44 P1 lap 9 1:25.606"); anything else is shown as
+compact JSON. Pure functions of the message data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+Summary = Callable[[Any], str]
+
+
+def _items(value: Any) -> list[Any]:
+    """F1 sends collections as lists in snapshots and as index-keyed maps in updates."""
+    if isinstance(value, dict):
+        return list(value.values())
+    return list(value) if isinstance(value, list) else []
+
+
+def track_status(data: dict[str, Any]) -> str:
+    return f"{data.get('Message', '?')} (status {data.get('Status', '?')})"
+
+
+def session_status(data: dict[str, Any]) -> str:
+    return str(data.get("Status", "?"))
+
+
+def session_info(data: dict[str, Any]) -> str:
+    meeting = data.get("Meeting", {}) if isinstance(data.get("Meeting"), dict) else {}
+    return f"{meeting.get('Name', '?')}, {data.get('Name', '?')} at {meeting.get('Location', '?')}"
+
+
+def weather(data: dict[str, Any]) -> str:
+    parts = [("air", "AirTemp", "°C"), ("track", "TrackTemp", "°C"),
+             ("humidity", "Humidity", "%"), ("wind", "WindSpeed", " m/s"),
+             ("rain", "Rainfall", "")]
+    return " ".join(f"{label} {data[key]}{unit}" for label, key, unit in parts if key in data)
+
+
+def race_control(data: dict[str, Any]) -> str:
+    texts = [f"[{m.get('Category', '?')}] {m.get('Message', '')}"
+             for m in _items(data.get("Messages")) if isinstance(m, dict)]
+    return " | ".join(texts) or "(no message)"
+
+
+def timing(data: dict[str, Any]) -> str:
+    """The changes that matter on the tower: positions, laps, sectors, pits."""
+    parts = []
+    for number, line in (data.get("Lines") or {}).items():
+        if not isinstance(line, dict):
+            continue
+        bits = []
+        if "Position" in line:
+            bits.append(f"P{line['Position']}")
+        if isinstance(line.get("NumberOfLaps"), int):
+            bits.append(f"lap {line['NumberOfLaps']}")
+        last = line.get("LastLapTime")
+        if isinstance(last, dict) and last.get("Value"):
+            bits.append(last["Value"])
+        if line.get("InPit") is True:
+            bits.append("in pit")
+        elif line.get("PitOut") is True:
+            bits.append("pit out")
+        for index, sector in _sectors(line.get("Sectors")):
+            bits.append(f"S{index + 1} {sector}")
+        for index, segments in _segments(line.get("Sectors")):
+            bits.append(f"S{index + 1} mini-sector {','.join(segments)}")
+        for trap, speed in (line.get("Speeds") or {}).items():
+            if isinstance(speed, dict) and speed.get("Value"):
+                bits.append(f"{trap} {speed['Value']} km/h")
+        if line.get("TimeDiffToFastest"):
+            bits.append(f"+{line['TimeDiffToFastest']} to fastest")
+        if bits:
+            parts.append(f"#{number} {' '.join(bits)}")
+    return " | ".join(parts) or f"{len(data.get('Lines') or {})} lines updated"
+
+
+def _sectors(sectors: Any) -> list[tuple[int, str]]:
+    found = []
+    entries = sectors.items() if isinstance(sectors, dict) else enumerate(
+        sectors if isinstance(sectors, list) else [])
+    for index, sector in entries:
+        if isinstance(sector, dict) and sector.get("Value"):
+            found.append((int(index), str(sector["Value"])))
+    return found
+
+
+def _segments(sectors: Any) -> list[tuple[int, list[str]]]:
+    """Mini-sector (segment) updates: F1's most frequent timing message."""
+    if not isinstance(sectors, dict):
+        return []
+    return [(int(index), [str(int(key) + 1) for key in sector["Segments"]])
+            for index, sector in sectors.items()
+            if isinstance(sector, dict) and isinstance(sector.get("Segments"), dict)]
+
+
+def drivers(data: dict[str, Any]) -> str:
+    named = [f"#{number} {d['Tla']} ({d.get('TeamName', '?')})" for number, d in data.items()
+             if isinstance(d, dict) and d.get("Tla")]
+    return ", ".join(named) or f"{len(data)} drivers updated"
+
+
+def stints(data: dict[str, Any]) -> str:
+    parts = []
+    for number, line in (data.get("Lines") or {}).items():
+        for stint in _items(line.get("Stints") if isinstance(line, dict) else None):
+            if isinstance(stint, dict) and stint.get("Compound"):
+                fresh = "new" if stint.get("New") == "true" else "used"
+                parts.append(f"#{number} {stint['Compound']} {fresh}")
+    return " | ".join(parts) or "stint laps updated"
+
+
+def alert(data: dict[str, Any]) -> str:
+    return f"[{data.get('severity', '?')}] {data.get('message', '')} ({data.get('rule', '?')})"
+
+
+LIVE: dict[str, Summary] = {
+    "live.TrackStatus": track_status, "live.SessionStatus": session_status,
+    "live.SessionInfo": session_info, "live.WeatherData": weather,
+    "live.RaceControlMessages": race_control, "live.TimingData": timing,
+    "live.DriverList": drivers, "live.TimingAppData": stints,
+}
+
+
+def summarise(topic: str, data: Any) -> str:
+    """The one-line summary of a message (compact JSON for topics without one)."""
+    try:
+        if topic.startswith("alerts.") and isinstance(data, dict):
+            return alert(data)
+        summary = LIVE.get(topic)
+        if summary is not None and isinstance(data, dict) and isinstance(data.get("data"), dict):
+            text = summary(data["data"])
+            return f"snapshot: {text}" if data.get("snapshot") else text
+    except (TypeError, ValueError, AttributeError, KeyError):
+        pass  # an unexpected shape: fall back to the data itself
+    return json.dumps(data, separators=(",", ":"), default=repr)

@@ -1,0 +1,50 @@
+"""The printer's one-line summaries, on real messages of the bundled session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from consumer.summaries import summarise
+
+SESSION = Path(__file__).resolve().parents[2] / "samples" / "livetiming" / \
+    "2020-08-07_70th-anniversary-fp2"
+
+
+def live(topic: str, index: int) -> dict[str, Any]:
+    """Line `index` of a topic, as the replay publishes it (first line: a snapshot)."""
+    lines = (SESSION / f"{topic}.jsonStream").read_text(encoding="utf-8").splitlines()
+    data = json.loads(lines[index].lstrip("\ufeff")[12:])
+    return {"topic": topic, "data": data, "timestamp": None, "offset_s": 0.0,
+            "snapshot": index == 0}
+
+
+def test_summaries_of_known_live_topics() -> None:
+    assert summarise("live.SessionInfo", live("SessionInfo", 0)) == \
+        "snapshot: 70th Anniversary Grand Prix, Practice 2 at Silverstone"
+    assert summarise("live.TrackStatus", live("TrackStatus", 6)) == "Red (status 5)"
+    assert summarise("live.RaceControlMessages", live("RaceControlMessages", 1)) == \
+        "[Other] CAR 3 (RIC) TIME 1:27.113 DELETED - TRACK LIMITS AT TURN 9"
+    assert summarise("live.WeatherData", live("WeatherData", 1)) == \
+        "air 30.4°C track 42.4°C humidity 33.4% wind 2.7 m/s rain 0"
+    assert summarise("live.DriverList", live("DriverList", 0)).startswith(
+        "snapshot: #3 RIC (Renault), #4 NOR (McLaren)")
+
+
+def test_timing_summaries_say_what_changed() -> None:
+    lap = {"Lines": {"44": {"NumberOfLaps": 9, "LastLapTime": {"Value": "1:25.606"},
+                            "Sectors": {"2": {"Value": "23.470"}}, "Position": "1"}}}
+    assert summarise("live.TimingData", {"data": lap, "snapshot": False}) == \
+        "#44 P1 lap 9 1:25.606 S3 23.470"
+    segment = {"Lines": {"10": {"Sectors": {"0": {"Segments": {"5": {"Status": 2049}}}}}}}
+    assert summarise("live.TimingData", {"data": segment}) == "#10 S1 mini-sector 6"
+    trap = {"Lines": {"7": {"Speeds": {"ST": {"Value": "324"}}, "InPit": True}}}
+    assert summarise("live.TimingData", {"data": trap}) == "#7 in pit ST 324 km/h"
+
+
+def test_alerts_and_unknown_topics() -> None:
+    assert summarise("alerts.critical", {"severity": "critical", "message": "RED FLAG",
+                                         "rule": "red-flag"}) == "[critical] RED FLAG (red-flag)"
+    assert summarise("demo.counter", {"n": 1}) == '{"n":1}'
+    assert summarise("live.TrackStatus", {"data": "not a map"}) == '{"data":"not a map"}'
