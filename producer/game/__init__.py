@@ -1,0 +1,1 @@
+"""The F1 games UDP telemetry: specifications as data, and the decoder."""
