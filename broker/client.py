@@ -350,6 +350,11 @@ class Client:
         self._flush_scheduled = False
         self._topics_seen: set[str] = set()
 
+    @property
+    def connected(self) -> bool:
+        """Whether a connection to the broker is up right now."""
+        return self._connected.is_set() and self._failure is None and not self._closing
+
     # --- connecting --------------------------------------------------------------
 
     async def __aenter__(self) -> Client:

@@ -114,6 +114,32 @@ def stints(data: dict[str, Any]) -> str:
     return " | ".join(parts) or "stint laps updated"
 
 
+def game_event(data: dict[str, Any]) -> str:
+    details = data.get("event_details") or {}
+    text = " ".join(f"{key}={value}" for key, value in details.items())
+    return f"{data.get('event_string_code', '?')} {text}".strip()
+
+
+def game_player_car(array: str, fields: tuple[str, ...]) -> Summary:
+    """The player's car of a per-car packet (the header says which one that is)."""
+    def summary(data: dict[str, Any]) -> str:
+        index = data["header"]["player_car_index"]
+        car = data[array][index]
+        return f"car {index}: " + " ".join(f"{name} {car[name]}" for name in fields)
+    return summary
+
+
+GAME: dict[str, Summary] = {
+    "game.event": game_event,
+    "game.car_telemetry": game_player_car("car_telemetry_data",
+                                          ("speed", "gear", "engine_rpm", "throttle", "brake")),
+    "game.lap_data": game_player_car("lap_data", ("current_lap_num", "car_position",
+                                                  "last_lap_time_in_ms", "lap_distance")),
+    "game.car_damage": game_player_car("car_damage_data", ("tyres_wear",)),
+    "game.car_status": game_player_car("car_status_data", ("fuel_in_tank", "tyres_age_laps")),
+}
+
+
 def alert(data: dict[str, Any]) -> str:
     return f"[{data.get('severity', '?')}] {data.get('message', '')} ({data.get('rule', '?')})"
 
@@ -131,6 +157,10 @@ def summarise(topic: str, data: Any) -> str:
     try:
         if topic.startswith("alerts.") and isinstance(data, dict):
             return alert(data)
+        if topic == "game.raw" and isinstance(data, bytes):
+            return f"{len(data)} bytes"
+        if topic in GAME and isinstance(data, dict):
+            return GAME[topic](data)
         summary = LIVE.get(topic)
         if summary is not None and isinstance(data, dict) and isinstance(data.get("data"), dict):
             text = summary(data["data"])

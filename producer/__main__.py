@@ -8,6 +8,7 @@ import sys
 
 from broker import cli
 from producer import pub
+from producer.game import commands as game
 from producer.livetiming import commands as livetiming
 
 
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     pub.add_parser(subparsers)
     livetiming.add_parsers(subparsers)
+    game.add_parsers(subparsers)
     args = parser.parse_args(argv)
     args.command_name = (argv if argv is not None else sys.argv[1:] or ["?"])[0]
     cli.setup_logging(args, default=getattr(args, "log_level", logging.WARNING))

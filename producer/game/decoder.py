@@ -102,6 +102,45 @@ class GameDecoder:
         data["event_details"], _ = layout.build(details.unpack_from(raw))
 
 
+class GameEncoder:
+    """Packets -> datagrams, the inverse of GameDecoder (for the simulator and tests)."""
+
+    def __init__(self, packet_format: int) -> None:
+        self.spec = SPECS[packet_format]
+        self.packet_format = packet_format
+        self._layouts = {packet_id: compile_layout(self.spec, struct_name(self.spec, name))
+                         for packet_id, name in self.spec.packet_ids.items()}
+        self._structs = {packet_id: layout.compile() for packet_id, layout
+                         in self._layouts.items()}
+        self.ids = {topic_name(name): packet_id
+                    for packet_id, name in self.spec.packet_ids.items()}
+        self._details = {member: compile_layout(self.spec, member, fields)
+                         for member, fields in self.spec.event_details.items()}
+
+    def blank(self, name: str) -> dict[str, Any]:
+        """A packet of zeros with its header's format and id set: fill it in, then encode."""
+        packet_id = self.ids[name]
+        data = self._layouts[packet_id].blank()
+        data["header"].update(packet_format=self.packet_format, packet_id=packet_id,
+                              game_year=self.packet_format % 100)
+        return data
+
+    def encode(self, name: str, data: dict[str, Any]) -> bytes:
+        packet_id = self.ids[name]
+        if name == "event":
+            data = {**data, "event_string_code": list(data["event_string_code"].encode()),
+                    "event_details": self.event_details(data["event_string_code"],
+                                                        data["event_details"])}
+        return self._structs[packet_id].pack(*self._layouts[packet_id].flatten(data, []))
+
+    def event_details(self, code: str, details: dict[str, Any]) -> bytes:
+        member = EVENT_DETAILS_BY_CODE.get(code)
+        if member is None or member not in self._details:
+            return b""
+        layout = self._details[member]
+        return layout.compile().pack(*layout.flatten({**layout.blank(), **details}, []))
+
+
 def struct_name(spec: Spec, packet_name: str) -> str:
     """The specification's struct for a packet name: 'CarSetups' -> 'PacketCarSetupData'."""
     for candidate in (f"Packet{packet_name}Data", f"Packet{packet_name}",

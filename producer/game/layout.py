@@ -86,6 +86,41 @@ class Layout:
         return result, index
 
 
+    def flatten(self, data: dict[str, Any], out: list[Any]) -> list[Any]:
+        """The inverse of build: nested data -> the flat values, appended to `out`."""
+        for kind, name, _, detail in self.plan:
+            value = data[name]
+            if kind == "value" or kind == "union":
+                out.append(value)
+            elif kind == "array":
+                out.extend(item for row in value for item in row) if len(detail) > 1 \
+                    else out.extend(value)
+            elif kind == "text":
+                out.append(value.encode())
+            else:
+                for item in value if kind == "structs" else [value]:
+                    detail.flatten(item, out)
+        return out
+
+    def blank(self) -> dict[str, Any]:
+        """A record of zeros (empty texts, zero-filled union): to fill in and encode."""
+        record: dict[str, Any] = {}
+        for kind, name, count, detail in self.plan:
+            if kind == "value":
+                record[name] = 0
+            elif kind == "array":
+                zeros = [0] * count
+                record[name] = _reshape(zeros, detail) if len(detail) > 1 else zeros
+            elif kind == "text":
+                record[name] = ""
+            elif kind == "union":
+                record[name] = b""
+            else:
+                items = [detail.blank() for _ in range(count)]
+                record[name] = items if kind == "structs" else items[0]
+        return record
+
+
 def _reshape(flat: list[Any], dims: tuple[int, ...]) -> list[Any]:
     step = len(flat) // dims[0]
     return [flat[i * step:(i + 1) * step] for i in range(dims[0])]

@@ -1,0 +1,57 @@
+"""`python -m consumer udp-forward --to HOST:PORT ...`: the game's datagrams, re-emitted.
+
+Only one program can bind the game's port; the UDP bridge (with --raw)
+publishes every untouched datagram on `game.raw`, and this consumer sends
+each one, byte for byte, to every target, so several existing telemetry
+tools can each have the game's stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from broker.client import Message, parse_address
+from broker.errors import ConfigError
+from consumer.api import Consumer
+
+app = Consumer("udp-forward", description="Re-send the game's raw datagrams (game.raw) to "
+                                          "one or more UDP targets, byte for byte.")
+_targets: list[Any] = []
+_sent = [0]
+
+
+@app.arguments
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--to", action="append", required=True, metavar="HOST:PORT",
+                        help="a UDP target (repeat for several)")
+
+
+@app.startup
+async def _open() -> None:
+    loop = asyncio.get_running_loop()
+    for text in app.args.to:
+        try:
+            address = parse_address(text)
+        except ConfigError as exc:
+            raise ConfigError(f"--to: {exc}") from None
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                           remote_addr=address)
+        _targets.append(transport)
+    app.add_handler("game.raw", forward)
+
+
+async def forward(message: Message) -> None:
+    datagram = message.data
+    if not isinstance(datagram, bytes):
+        raise TypeError(f"game.raw payload is {type(datagram).__name__}, not bytes")
+    for transport in _targets:
+        transport.sendto(datagram)
+    _sent[0] += 1
+
+
+@app.shutdown
+async def _close() -> None:
+    for transport in _targets:
+        transport.close()

@@ -1,0 +1,102 @@
+"""`python -m producer udp`: the game's UDP telemetry, decoded once, published for everyone.
+
+The receive path never waits for the broker: each datagram is decoded and
+queued at once, and a publisher task drains the queue. If the broker is
+slow or away, the queue fills and further datagrams are dropped, counted
+and reported; the client reconnects by itself. Each decoded packet goes to
+`game.<packet>` (header included); with --raw the untouched datagram also
+goes to `game.raw`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker.client import Client
+from producer.game.capture import CaptureWriter
+from producer.game.decoder import GameDecoder, Packet
+
+log = logging.getLogger("slipstream.game")
+QUEUE_DATAGRAMS = 10_000  # about three seconds of a full 22-car session
+
+
+@dataclass
+class BridgeStats:
+    received: int = 0
+    decoded: Counter[str] = field(default_factory=Counter)
+    undecodable: Counter[tuple[Any, Any]] = field(default_factory=Counter)
+    published: int = 0
+    dropped: int = 0
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{name} {count}" for name, count in sorted(self.decoded.items()))
+        return (f"received {self.received:,} datagrams, decoded {sum(self.decoded.values()):,}"
+                f" ({kinds or 'none'}), undecodable {sum(self.undecodable.values()):,}, "
+                f"published {self.published:,}, dropped {self.dropped:,}")
+
+
+class Bridge(asyncio.DatagramProtocol):
+    def __init__(self, client: Client, raw: bool, record: Path | None) -> None:
+        self.client = client
+        self.raw = raw
+        self.decoder = GameDecoder()
+        self.stats = BridgeStats()
+        self.capture = CaptureWriter(record) if record else None
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(QUEUE_DATAGRAMS)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        """The hot path: decode and queue, never wait."""
+        self.stats.received += 1
+        if self.capture is not None:
+            self.capture.write(time.time(), data)
+        packet = self.decoder.decode(data)
+        if isinstance(packet, Packet):
+            self.stats.decoded[packet.name] += 1
+            self._queue(f"game.{packet.name}", packet.data)
+        else:
+            key = (packet.packet_format, packet.packet_id)
+            if not self.stats.undecodable[key]:
+                log.warning("undecodable datagram from %s:%s (logged once per format and id):"
+                            " %s", addr[0], addr[1], packet.reason)
+            self.stats.undecodable[key] += 1
+        if self.raw:
+            self._queue("game.raw", data)
+
+    def _queue(self, topic: str, data: Any) -> None:
+        try:
+            self.queue.put_nowait((topic, data))
+        except asyncio.QueueFull:
+            self.stats.dropped += 1
+            if self.stats.dropped in (1, 100, 10_000) or self.stats.dropped % 100_000 == 0:
+                log.warning("broker not keeping up: %d messages dropped so far",
+                            self.stats.dropped)
+
+    async def publish_forever(self) -> None:
+        while True:
+            topic, data = await self.queue.get()
+            await self.client.publish(topic, data)
+            self.stats.published += 1
+            self.queue.task_done()
+
+    async def drain(self, timeout_s: float = 2.0) -> None:
+        """On the way out: publish what is queued (briefly), then flush."""
+        if not self.client.connected:
+            self.stats.dropped += self.queue.qsize()  # never reached the broker: say so
+            self.queue = asyncio.Queue(QUEUE_DATAGRAMS)
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not self.queue.empty():
+                    topic, data = self.queue.get_nowait()
+                    await self.client.publish(topic, data)
+                    self.stats.published += 1
+                await self.client.flush()
+        except TimeoutError:
+            self.stats.dropped += self.queue.qsize()
+        if self.capture is not None:
+            self.capture.close()

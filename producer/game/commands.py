@@ -1,0 +1,199 @@
+"""`python -m producer udp | udp-sim | udp-replay`: the F1 game telemetry commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from broker import cli
+from broker.client import Client, parse_address
+from broker.errors import ConfigError, ConnectError
+from producer.game.bridge import Bridge
+from producer.game.capture import CaptureReport, read_capture
+from producer.game.decoder import SPECS
+from producer.game.simulator import SessionSimulator
+
+log = logging.getLogger("slipstream.game")
+GAME_PORT = 20777
+
+
+def add_parsers(subparsers: Any) -> None:
+    udp = subparsers.add_parser(
+        "udp", help="bridge the F1 game's UDP telemetry into game.* topics",
+        description="Receive the F1 game's UDP telemetry (formats 2024, 2025, 2026), decode "
+                    "it and publish each packet on game.<packet>. Listens on loopback by "
+                    "default; --listen 0.0.0.0:20777 receives from a console or PC on the LAN.")
+    udp.add_argument("--listen", default=f"127.0.0.1:{GAME_PORT}", metavar="HOST:PORT",
+                     help="where the game sends to (default %(default)s)")
+    udp.add_argument("--raw", action="store_true",
+                     help="also publish each untouched datagram on game.raw")
+    udp.add_argument("--record", type=Path, metavar="FILE",
+                     help="append every datagram, with its receive time, to a capture file")
+    _common(udp, run_bridge)
+
+    sim = subparsers.add_parser(
+        "udp-sim", help="send a simulated game session as UDP datagrams",
+        description="Emit specification-valid datagrams of a plausible session: cars "
+                    "lapping, tyres wearing, a fastest lap, a penalty and a safety car.")
+    sim.add_argument("--to", default=f"127.0.0.1:{GAME_PORT}", metavar="HOST:PORT")
+    sim.add_argument("--format", type=int, choices=sorted(SPECS), default=2026)
+    sim.add_argument("--cars", type=cli.positive_int, default=20)
+    sim.add_argument("--hz", type=float, default=60.0, help="frames per second (default 60)")
+    sim.add_argument("--duration", type=float, default=120.0, metavar="S",
+                     help="session length in seconds (default 120)")
+    sim.add_argument("--as-fast-as-possible", action="store_true")
+    cli.add_logging_args(sim)
+    sim.set_defaults(command=run_simulator, log_level=logging.INFO)
+
+    replay = subparsers.add_parser(
+        "udp-replay", help="replay a capture into the broker or as UDP datagrams",
+        description="Replay a capture file (from `udp --record`), keeping its timing.")
+    replay.add_argument("capture", type=Path, metavar="FILE")
+    pace = replay.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, metavar="X")
+    pace.add_argument("--as-fast-as-possible", action="store_true")
+    replay.add_argument("--to", metavar="HOST:PORT",
+                        help="send the datagrams to this UDP port instead of the broker")
+    replay.add_argument("--raw", action="store_true", help="into the broker: also game.raw")
+    _common(replay, run_replay)
+
+
+def _common(parser: argparse.ArgumentParser, command: Any) -> None:
+    cli.add_connection_args(parser)
+    cli.add_logging_args(parser)
+    parser.set_defaults(command=command, log_level=logging.INFO)
+
+
+def _address(text: str, flag: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
+async def connect_with_retry(client: Client) -> None:
+    """Connect, and keep trying while the broker is away (the datagrams keep coming)."""
+    delay = 0.1
+    while True:
+        try:
+            await client.connect()
+            return
+        except ConnectError as exc:
+            log.warning("%s; retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def run_bridge(args: argparse.Namespace) -> int:
+    host, port = _address(args.listen, "--listen")
+    client = Client(args.broker, name="game-udp", token=args.token)
+    bridge = Bridge(client, args.raw, args.record)
+    loop = asyncio.get_running_loop()
+    try:
+        transport, _ = await loop.create_datagram_endpoint(lambda: bridge,
+                                                           local_addr=(host, port))
+    except OSError as exc:
+        return cli.fail("udp", f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    sock = transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    print(f"listening for game telemetry on {host}:{sock.getsockname()[1]}", flush=True)
+    try:
+        await connect_with_retry(client)
+        await bridge.publish_forever()
+    finally:
+        transport.close()
+        await bridge.drain()
+        await client.close()
+        print(f"udp: {bridge.stats.summary()}", file=sys.stderr)
+    return cli.EXIT_OK
+
+
+async def run_simulator(args: argparse.Namespace) -> int:
+    host, port = _address(args.to, "--to")
+    simulator = SessionSimulator(args.format, args.cars, args.hz, args.duration)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                       remote_addr=(host, port))
+    sent = 0
+    started = loop.time()
+    try:
+        for now, datagrams in simulator.frames():
+            if not args.as_fast_as_possible:
+                delay = started + now - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            for datagram in datagrams:
+                transport.sendto(datagram)
+            sent += len(datagrams)
+            if args.as_fast_as_possible and sent % 200 < len(datagrams):
+                await asyncio.sleep(0.001)  # let the receiver keep up on loopback
+    finally:
+        transport.close()
+        print(f"udp-sim: sent {sent:,} datagrams of format {args.format} "
+              f"({len(simulator.cars)} cars, {args.duration:g} s at {args.hz:g} Hz) "
+              f"to {host}:{port}", file=sys.stderr)
+    return cli.EXIT_OK
+
+
+async def run_replay(args: argparse.Namespace) -> int:
+    if not args.capture.is_file():
+        return cli.fail("udp-replay", f"no such file: {args.capture}", cli.EXIT_USAGE)
+    report = CaptureReport()
+    try:
+        records = list(read_capture(args.capture, report))
+    except ValueError as exc:
+        return cli.fail("udp-replay", str(exc), cli.EXIT_USAGE)
+    if report.torn:
+        log.warning("%s: %s", args.capture, report.torn)
+    speed = 0.0 if args.as_fast_as_possible else args.speed
+    if args.to:
+        sent = await _replay_to_udp(records, _address(args.to, "--to"), speed)
+        print(f"udp-replay: sent {sent:,} datagrams", file=sys.stderr)
+        return cli.EXIT_OK
+    async with cli.client_for(args, "game-replay") as client:
+        bridge = Bridge(client, args.raw, None)
+        publisher = asyncio.create_task(bridge.publish_forever())
+        try:
+            await _pace(records, speed, lambda datagram: bridge.datagram_received(
+                datagram, ("capture", 0)), yield_every=64)
+            await bridge.queue.join()  # everything handed to the client
+        finally:
+            publisher.cancel()
+            await bridge.drain()
+            print(f"udp-replay: {bridge.stats.summary()}", file=sys.stderr)
+    return cli.EXIT_OK
+
+
+async def _replay_to_udp(records: list[tuple[float, bytes]], target: tuple[str, int],
+                         speed: float) -> int:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                       remote_addr=target)
+    try:
+        await _pace(records, speed, transport.sendto, yield_every=200)
+    finally:
+        transport.close()
+    return len(records)
+
+
+async def _pace(records: list[tuple[float, bytes]], speed: float, send: Any,
+                yield_every: int) -> None:
+    """Call send(datagram) for each record, at the recorded spacing divided by `speed`."""
+    if not records:
+        return
+    first = records[0][0]
+    started = time.monotonic()
+    for index, (received_s, datagram) in enumerate(records):
+        if speed > 0:
+            delay = started + (received_s - first) / speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elif index % yield_every == yield_every - 1:
+            await asyncio.sleep(0.001)  # as fast as possible, but let the others breathe
+        send(datagram)

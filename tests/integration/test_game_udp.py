@@ -1,0 +1,178 @@
+"""The game UDP path with real processes: simulator -> UDP -> bridge -> broker -> consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from broker import Client, Message
+from producer.game.capture import CaptureReport, read_capture
+from producer.game.decoder import GameDecoder, Packet
+from tests.helpers import Processes, RunningProcess, run_command
+
+DECODER = GameDecoder()
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def bridge(processes: Processes, broker: str, *flags: str) -> tuple[RunningProcess, int]:
+    port = free_udp_port()
+    process = await processes.command("-m", "producer", "udp", "--listen",
+                                      f"127.0.0.1:{port}", "--broker", broker, *flags)
+    out: Path = process.out_path  # type: ignore[attr-defined]
+    async with asyncio.timeout(15):
+        while "listening" not in out.read_text():
+            await asyncio.sleep(0.05)
+    return process, port
+
+
+async def simulate(port: int, *flags: str) -> str:
+    code, _, err = await run_command("-m", "producer", "udp-sim", "--to", f"127.0.0.1:{port}",
+                                     "--hz", "10", "--duration", "60", "--cars", "20",
+                                     "--as-fast-as-possible", *flags, timeout_s=120)
+    assert code == 0, err
+    return err
+
+
+async def collect(client: Client, pattern: str, count: int) -> list[Message]:
+    sub = await client.subscribe(pattern, start="earliest")
+    async with asyncio.timeout(20):
+        return [await anext(sub) for _ in range(count)]
+
+
+def per_topic(items: list[tuple[str, Any]]) -> dict[str, list[Any]]:
+    topics: dict[str, list[Any]] = {}
+    for topic, data in items:
+        topics.setdefault(topic, []).append(data)
+    return topics
+
+
+def decoded(capture: Path) -> list[tuple[str, Any]]:
+    packets = [DECODER.decode(datagram) for _, datagram in read_capture(capture, CaptureReport())]
+    assert all(isinstance(p, Packet) for p in packets)
+    return [(f"game.{p.name}", p.data) for p in packets if isinstance(p, Packet)]
+
+
+async def test_simulator_to_consumer_delivers_exactly_what_was_sent(
+        processes: Processes, tmp_path: Path) -> None:
+    broker = await processes.broker()
+    capture = tmp_path / "session.cap"
+    udp, port = await bridge(processes, broker.address, "--record", str(capture))
+    err = await simulate(port, "--format", "2025")
+    sent = int(err.split("sent ")[1].split()[0].replace(",", ""))
+    async with Client(broker.address) as client:
+        messages = await collect(client, "game.>", sent)
+    assert await udp.stop(signal.SIGINT) == 0
+    assert f"received {sent:,} datagrams, decoded {sent:,}" in udp.log()
+    assert "undecodable 0, published" in udp.log() and "dropped 0" in udp.log()
+    # Every datagram the bridge received (its capture) arrived, decoded, in order per topic.
+    assert per_topic([(m.topic, m.data) for m in messages]) == per_topic(decoded(capture))
+    events = [m.data["event_string_code"] for m in messages if m.topic == "game.event"]
+    assert events == ["SSTA", "PENA", "SCAR", "SCAR", "FTLP", "SEND"]  # SC at 30 s and 36 s
+
+
+async def test_a_capture_replays_to_the_same_messages(processes: Processes,
+                                                      tmp_path: Path) -> None:
+    broker = await processes.broker()
+    capture = tmp_path / "session.cap"
+    udp, port = await bridge(processes, broker.address, "--record", str(capture))
+    await simulate(port, "--duration", "20")
+    await asyncio.sleep(0.5)
+    assert await udp.stop(signal.SIGINT) == 0
+    records = list(read_capture(capture, CaptureReport()))
+    replayed = await processes.broker()
+    code, _, err = await run_command("-m", "producer", "udp-replay", str(capture),
+                                     "--speed", "20", "--broker", replayed.address)
+    assert code == 0, err
+    async with Client(broker.address) as live, Client(replayed.address) as again:
+        first = await collect(live, "game.>", len(records))
+        second = await collect(again, "game.>", len(records))
+    assert per_topic([(m.topic, m.data) for m in second]) == \
+        per_topic([(m.topic, m.data) for m in first])
+
+
+async def test_udp_forward_re_emits_the_exact_datagrams(processes: Processes,
+                                                        tmp_path: Path) -> None:
+    broker = await processes.broker()
+    capture = tmp_path / "session.cap"
+    udp, port = await bridge(processes, broker.address, "--raw", "--record", str(capture))
+    target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    target.bind(("127.0.0.1", 0))
+    target.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+    target.setblocking(False)
+    forwarder = await processes.command("-m", "consumer", "udp-forward", "--to",
+                                        f"127.0.0.1:{target.getsockname()[1]}",
+                                        "--broker", broker.address)
+    async with Client(broker.address) as client:
+        async with asyncio.timeout(10):
+            while "udp-forward" not in [c["name"] for c in (await client.stats())["connections"]]:
+                await asyncio.sleep(0.05)
+    await simulate(port, "--duration", "15")
+    expected = [datagram for _, datagram in read_capture(capture, CaptureReport())]
+    received: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(20):
+        while len(received) < len(expected):
+            received.append(await loop.sock_recv(target, 65536))
+    target.close()
+    assert received == expected  # byte for byte, in order
+    assert await forwarder.stop(signal.SIGINT) == 0
+    assert await udp.stop(signal.SIGINT) == 0
+
+
+async def test_a_torn_capture_replays_every_whole_record(processes: Processes,
+                                                        tmp_path: Path) -> None:
+    broker = await processes.broker()
+    capture = tmp_path / "torn.cap"
+    udp, port = await bridge(processes, broker.address, "--record", str(capture))
+    await simulate(port, "--duration", "5")
+    await asyncio.sleep(0.3)
+    assert await udp.stop(signal.SIGINT) == 0
+    whole = len(list(read_capture(capture, CaptureReport())))
+    capture.write_bytes(capture.read_bytes()[:-7])  # as if the machine died mid-write
+    report = CaptureReport()
+    assert len(list(read_capture(capture, report))) == whole - 1
+    assert report.torn is not None and "torn record" in report.torn
+    code, _, err = await run_command("-m", "producer", "udp-replay", str(capture),
+                                     "--as-fast-as-possible", "--broker", broker.address)
+    assert code == 0 and "torn record" in err
+    assert f"received {whole - 1:,} datagrams" in err
+
+
+async def test_undecodable_datagrams_are_counted_logged_once_and_forwarded_raw(
+        processes: Processes) -> None:
+    broker = await processes.broker()
+    udp, port = await bridge(processes, broker.address, "--raw")
+    junk = [b"\x00" * 3, b"\xe7\x07" + bytes(40), b"hello world, not telemetry",
+            b"\xe9\x07" + bytes(4) + b"\x06" + bytes(10), b"\xe9\x07" + bytes(4) + b"\x06"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for datagram in junk:
+            sender.sendto(datagram, ("127.0.0.1", port))
+    async with Client(broker.address) as client:
+        raw = await collect(client, "game.raw", len(junk))
+    assert [m.data for m in raw] == junk
+    assert await udp.stop(signal.SIGINT) == 0
+    log = udp.log()
+    assert "received 5 datagrams, decoded 0 (none), undecodable 5" in log
+    assert "unknown packet format 2023" in log
+    assert "car_telemetry (format 2025, id 6) must be 1352 bytes, got 17" in log
+    assert log.count("(format 2025, id 6) must be") == 1  # once per (format, id)
+
+
+async def test_the_bridge_keeps_receiving_with_no_broker(processes: Processes) -> None:
+    udp, port = await bridge(processes, "127.0.0.1:1")
+    err = await simulate(port, "--duration", "5")
+    sent = int(err.split("sent ")[1].split()[0].replace(",", ""))
+    await asyncio.sleep(0.5)
+    assert await udp.stop(signal.SIGINT) == 0
+    assert f"received {sent:,} datagrams, decoded {sent:,}" in udp.log()
+    assert f"published 0, dropped {sent:,}" in udp.log()
+    assert "cannot reach broker at 127.0.0.1:1" in udp.log()
