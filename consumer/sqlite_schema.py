@@ -2,8 +2,8 @@
 
 `messages` holds everything; the typed tables hold what people query most,
 already unpacked: drivers, laps, track status and race control from live
-timing. (Game telemetry tables come with the game UDP producer.) Every table
-is keyed so that writing the same message twice changes nothing.
+timing; car telemetry and lap data per car per frame from the F1 game.
+Every table is keyed so that writing the same message twice changes nothing.
 """
 
 from __future__ import annotations
@@ -56,6 +56,23 @@ CREATE TABLE IF NOT EXISTS race_control (
     racing_number TEXT, lap INTEGER, message TEXT,
     PRIMARY KEY (epoch, seq, item)
 );
+CREATE TABLE IF NOT EXISTS game_car_telemetry (
+    epoch INTEGER NOT NULL, seq INTEGER NOT NULL, car_index INTEGER NOT NULL,
+    session_uid INTEGER, frame INTEGER, session_time REAL,
+    speed INTEGER, throttle REAL, steer REAL, brake REAL, gear INTEGER, engine_rpm INTEGER,
+    drs INTEGER, engine_temperature INTEGER,
+    brakes_temperature TEXT, tyres_surface_temperature TEXT,  -- JSON [RL, RR, FL, FR]
+    PRIMARY KEY (epoch, seq, car_index)
+);
+CREATE TABLE IF NOT EXISTS game_lap_data (
+    epoch INTEGER NOT NULL, seq INTEGER NOT NULL, car_index INTEGER NOT NULL,
+    session_uid INTEGER, frame INTEGER, session_time REAL,
+    current_lap_num INTEGER, car_position INTEGER, lap_distance REAL, total_distance REAL,
+    current_lap_time_ms INTEGER, last_lap_time_ms INTEGER, sector INTEGER,
+    pit_status INTEGER,
+    PRIMARY KEY (epoch, seq, car_index)
+);
+CREATE INDEX IF NOT EXISTS game_lap_data_by_frame ON game_lap_data (session_uid, frame);
 """
 
 INSERT_MESSAGE = "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)"
@@ -64,6 +81,10 @@ INSERT_LAP = "INSERT OR IGNORE INTO live_laps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,
 INSERT_TRACK = "INSERT OR IGNORE INTO track_status VALUES (?, ?, ?, ?, ?, ?)"
 INSERT_RACE_CONTROL = ("INSERT OR IGNORE INTO race_control VALUES "
                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT_GAME_TELEMETRY = ("INSERT OR IGNORE INTO game_car_telemetry VALUES "
+                         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT_GAME_LAP = ("INSERT OR IGNORE INTO game_lap_data VALUES "
+                   "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 class Rows(defaultdict[str, list[tuple[Any, ...]]]):
@@ -99,6 +120,9 @@ class LiveTables:
                                      message.timestamp_us,
                                      source_ts if isinstance(source_ts, str) else None,
                                      json.dumps(data, separators=(",", ":"), default=_text)))
+        if message.topic.startswith("game.") and isinstance(data, dict):
+            self._game_rows(message, data, rows)
+            return
         if not message.topic.startswith("live.") or not isinstance(data, dict):
             return
         body = data.get("data")
@@ -160,6 +184,27 @@ class LiveTables:
             if isinstance(driver, dict) and driver.get("Tla"):
                 rows[INSERT_DRIVER].append((number, driver.get("Tla"), driver.get("FullName"),
                                             driver.get("TeamName"), driver.get("TeamColour")))
+
+    def _game_rows(self, message: Message, data: dict[str, Any], rows: Rows) -> None:
+        header = data.get("header") or {}
+        where = (message.epoch, message.seq)
+        frame = (header.get("session_uid"), header.get("frame_identifier"),
+                 header.get("session_time"))
+        match message.topic:
+            case "game.car_telemetry":  # a row per car slot: the game sends them all
+                for index, car in enumerate(data["car_telemetry_data"]):
+                    rows[INSERT_GAME_TELEMETRY].append((
+                        *where, index, *frame, car["speed"], car["throttle"], car["steer"],
+                        car["brake"], car["gear"], car["engine_rpm"], car["drs"],
+                        car["engine_temperature"], json.dumps(car["brakes_temperature"]),
+                        json.dumps(car["tyres_surface_temperature"])))
+            case "game.lap_data":
+                for index, car in enumerate(data["lap_data"]):
+                    rows[INSERT_GAME_LAP].append((
+                        *where, index, *frame, car["current_lap_num"], car["car_position"],
+                        car["lap_distance"], car["total_distance"],
+                        car["current_lap_time_in_ms"], car["last_lap_time_in_ms"],
+                        car["sector"], car["pit_status"]))
 
     @staticmethod
     def _race_control_rows(message: Message, body: dict[str, Any], rows: Rows) -> None:

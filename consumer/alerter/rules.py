@@ -23,7 +23,7 @@ from broker.routing import pattern_matches, validate_pattern
 CONDITIONS = (">", "<", "==", "!=", "in", "changed", "rising")
 SEVERITIES = ("info", "warning", "critical")
 KEYS = {"name", "topic", "field", "condition", "value", "rearm", "cooldown_s", "severity",
-        "message", "on_snapshot"}
+        "message", "on_snapshot", "repeat"}
 _MISSING: Any = object()
 
 
@@ -64,6 +64,7 @@ class Rule:
     rearm: Any = None
     cooldown_s: float = 0.0
     on_snapshot: bool = False  # a snapshot sets the baseline silently unless this is true
+    repeat: bool = False  # alert on every message the condition holds (discrete events)
     _tracks: dict[str, _Track] = dataclass_field(default_factory=dict, repr=False)
 
     def matches(self, topic: str) -> bool:
@@ -93,6 +94,8 @@ class Rule:
         if self.condition == "rising":  # an edge needs a value seen before it, like "changed"
             return track.previous is not _MISSING and bool(value) and not bool(track.previous)
         holds = _compare(self.condition, value, self.value)
+        if self.repeat:
+            return holds
         if track.armed:
             track.armed = not holds
             return holds  # fires once, then stays quiet while the condition holds
@@ -131,11 +134,20 @@ class _Template(dict[str, Any]):
         return "{" + key + "}"
 
 
-class _AnyItem:
-    """Stands in for {parent[...]} when a template is checked at load time."""
+class _Anything:
+    """Stands in for every placeholder when a template is checked at load time:
+    it takes any index ({parent[Message]}) and any format ({value:.1f})."""
 
-    def __getitem__(self, key: Any) -> str:
+    def __getitem__(self, key: Any) -> _Anything:
+        return self
+
+    def __format__(self, spec: str) -> str:
         return ""
+
+
+class _AnyKey(dict[str, Any]):
+    def __missing__(self, key: str) -> _Anything:
+        return _Anything()
 
 
 def render(template: str, **values: Any) -> str:
@@ -223,16 +235,19 @@ def _rule(entry: dict[str, Any], where: str) -> Rule:
         raise bad("condition 'in' needs a list 'value', e.g. value = [\"RED\", \"YELLOW\"]")
     if entry["condition"] in (">", "<") and not isinstance(entry["value"], int | float):
         raise bad(f"condition {entry['condition']!r} needs a number 'value'")
+    if "repeat" in entry and entry["condition"] in ("changed", "rising"):
+        raise bad("'repeat' goes with comparisons, not 'changed' or 'rising'")
     if "rearm" in entry and entry["condition"] not in (">", "<"):
         raise bad("'rearm' (hysteresis) only goes with '>' or '<'")
     cooldown = entry.get("cooldown_s", 0)
     if not isinstance(cooldown, int | float) or cooldown < 0:
         raise bad(f"'cooldown_s' must be a number >= 0, got {cooldown!r}")
     try:
-        entry["message"].format_map(_Template(parent=_AnyItem()))
+        entry["message"].format_map(_AnyKey())
     except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
         raise bad(f"bad message template {entry['message']!r}: {exc}") from None
     return Rule(name=entry["name"], topic=entry["topic"], field=entry["field"],
                 condition=entry["condition"], severity=entry["severity"],
                 message=entry["message"], value=entry.get("value"), rearm=entry.get("rearm"),
-                cooldown_s=float(cooldown), on_snapshot=bool(entry.get("on_snapshot", False)))
+                cooldown_s=float(cooldown), on_snapshot=bool(entry.get("on_snapshot", False)),
+                repeat=bool(entry.get("repeat", False)))

@@ -204,7 +204,8 @@ class SessionSimulator:
 
     def _damage(self, data: dict[str, Any], now: float) -> None:
         for car, damage in zip(self.cars, data["car_damage_data"], strict=False):
-            worn = max(0.0, car.distance_m) / TRACK_LENGTH_M * (4 + car.index % 3)
+            # Faster than real tyres, so a few minutes of demo reach the interesting part.
+            worn = max(0.0, car.distance_m) / TRACK_LENGTH_M * (30 + 4 * (car.index % 3))
             damage.update(tyres_wear=[min(100.0, worn + i) for i in range(4)])
 
     def _session(self, data: dict[str, Any], now: float) -> None:

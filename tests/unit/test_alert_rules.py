@@ -70,7 +70,28 @@ def test_a_snapshot_sets_the_baseline_silently() -> None:
 def test_the_shipped_rules_load() -> None:
     assert [rule.name for rule in load_rules(SHIPPED)] == [
         "track-status", "yellow-flag", "safety-car", "red-flag", "race-control-flag",
-        "race-control-penalty", "pit-stop"]
+        "race-control-penalty", "pit-stop", "tyre-wear", "brake-temperature",
+        "tyre-temperature", "engine-temperature", "game-fastest-lap", "game-penalty",
+        "game-pit-stop", "game-safety-car"]
+
+
+def test_repeat_alerts_on_every_discrete_event() -> None:
+    rule = Rule("sc", "game.event", "event_string_code", "==", "warning", "{value}",
+                value="SCAR", repeat=True)
+    events = [(0, {"event_string_code": code}) for code in ("SSTA", "SCAR", "SCAR", "SEND")]
+    assert fired(rule, events) == [(0, "SCAR"), (0, "SCAR")]
+    held = Rule("sc", "game.event", "event_string_code", "==", "warning", "{value}",
+                value="SCAR")
+    assert fired(held, events) == [(0, "SCAR")]  # without repeat: once while it holds
+
+
+def test_templates_may_format_numbers_and_reach_into_the_parent() -> None:
+    rule = Rule("fl", "game.event", "event_string_code", "==", "info",
+                "car {parent[event_details][vehicle_idx]} {parent[event_details][lap_time]:.3f}",
+                value="FTLP", repeat=True)
+    data = {"event_string_code": "FTLP", "event_details": {"vehicle_idx": 3, "lap_time": 49.3}}
+    (alert,) = rule.evaluate("game.event", 1, 0, data)
+    assert alert.message == "car 3 49.300"
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -1,0 +1,80 @@
+"""The bundled game capture through the built-in consumers: SQLite game tables, game alerts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+from pathlib import Path
+
+from tests.helpers import ROOT, Processes, run_command
+
+CAPTURE = ROOT / "samples" / "game" / "session-2026.cap"
+CAR_SLOTS, FRAMES = 24, 241  # format 2026 has 24 car slots; the capture has 241 frames
+
+
+async def replayed_capture(processes: Processes) -> str:
+    broker = await processes.broker()
+    code, _, err = await run_command("-m", "producer", "udp-replay", str(CAPTURE),
+                                     "--as-fast-as-possible", "--broker", broker.address)
+    assert code == 0, err
+    assert "received 2,132 datagrams, decoded 2,132" in err
+    return broker.address
+
+
+async def test_game_tables_hold_every_car_of_every_frame(processes: Processes,
+                                                         tmp_path: Path) -> None:
+    broker = await replayed_capture(processes)
+    db = tmp_path / "game.db"
+    writer = await processes.command("-m", "consumer", "sqlite", "game.>", "--db", str(db),
+                                     "--from", "earliest", "--broker", broker)
+    async with asyncio.timeout(20):
+        while True:
+            await asyncio.sleep(0.2)
+            if db.exists():
+                try:
+                    with sqlite3.connect(db) as connection:
+                        if connection.execute("SELECT count(*) FROM messages").fetchone()[0] \
+                                >= 2132:
+                            break
+                except sqlite3.OperationalError:
+                    pass
+    assert await writer.stop(signal.SIGINT) == 0
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT count(*) FROM game_car_telemetry").fetchone()[0] \
+            == CAR_SLOTS * FRAMES
+        assert connection.execute("SELECT count(*) FROM game_lap_data").fetchone()[0] \
+            == CAR_SLOTS * FRAMES
+        # A speed trace of one lap: the player's car (index 0), lap 2, in frame order.
+        trace = connection.execute(
+            "SELECT l.lap_distance, t.speed FROM game_lap_data l JOIN game_car_telemetry t "
+            "USING (epoch, car_index, session_uid, frame) WHERE car_index = 0 AND "
+            "current_lap_num = 2 ORDER BY frame").fetchall()
+    distances = [row[0] for row in trace]
+    assert len(trace) > 50 and distances == sorted(distances)
+    assert all(0 < speed < 400 for _, speed in trace)
+
+
+async def test_game_rules_fire_on_the_bundled_session(processes: Processes,
+                                                      tmp_path: Path) -> None:
+    broker = await replayed_capture(processes)
+    log = tmp_path / "alerts.jsonl"
+    alerter = await processes.command("-m", "consumer", "alerter", "--from", "earliest",
+                                      "--log", str(log), "--broker", broker)
+    await asyncio.sleep(3)
+    assert await alerter.stop(signal.SIGINT) == 0
+    alerts = [json.loads(line) for line in log.read_text().splitlines()]
+    by_rule: dict[str, list[str]] = {}
+    for alert in alerts:
+        by_rule.setdefault(alert["rule"], []).append(alert["message"])
+    assert by_rule["game-penalty"] == ["Penalty: car 5, type 4, 5 s"]
+    assert by_rule["game-safety-car"] == [
+        "Safety car: type 1, event 0 (0 deployed, 1 returning, 2 returned)",
+        "Safety car: type 1, event 2 (0 deployed, 1 returning, 2 returned)"]
+    assert len(by_rule["game-fastest-lap"]) == 1
+    assert by_rule["game-fastest-lap"][0].startswith("Fastest lap: car 0, ")
+    # Tyre wear passes 70% on some wheels of the cars that wear fastest, once per wheel.
+    wear = by_rule["tyre-wear"]
+    keys = [alert["key"] for alert in alerts if alert["rule"] == "tyre-wear"]
+    assert wear and len(keys) == len(set(keys))
