@@ -1,11 +1,13 @@
-"""`make run`: a real F1 session through the broker to a printer, a SQLite writer and an alerter.
+"""`make run`: real F1 live timing and a simulated game session, through the broker, to
+a printer, a SQLite writer and an alerter.
 
-Five processes: the broker; the live-timing replay of the 2020 70th
-Anniversary GP Practice 2 (real data, at 30x: about three minutes); the
-printer on the topics a person can read as they scroll by; the SQLite writer
-into data/slipstream.db; and the alerter with the shipped rules (also logging
-to data/alerts.jsonl). At the end, or on Ctrl-C, everything stops cleanly and
-it says where the data is and what to ask it.
+Eight processes: the broker; the live-timing replay of the 2020 70th
+Anniversary GP Practice 2 (real data, at 30x: about three minutes); the game
+simulator sending UDP to the game bridge (as the F1 game would); the printer
+on what a person can read as it scrolls by; the SQLite writer into
+data/slipstream.db; and the alerter with the shipped rules (also logging to
+data/alerts.jsonl). At the end, or on Ctrl-C, everything stops cleanly and it
+says where the data is and what to ask it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ SPEED = os.environ.get("SLIPSTREAM_DEMO_SPEED", "30")
 DATA = ROOT / "data"
 DATABASE = DATA / "slipstream.db"
 ALERTS = DATA / "alerts.jsonl"
-READABLE = ["live.SessionInfo", "live.SessionStatus", "live.WeatherData", "live.DriverList"]
+READABLE = ["live.SessionInfo", "live.SessionStatus", "live.WeatherData", "live.DriverList",
+            "game.event"]
+GAME_PORT = int(os.environ.get("SLIPSTREAM_DEMO_GAME_PORT", "20777"))
+SPEED_TRACE = ("SELECT l.lap_distance, t.speed FROM game_lap_data l JOIN game_car_telemetry t "
+               "USING (epoch, car_index, session_uid, frame) WHERE car_index = 0 AND "
+               "current_lap_num = 2 ORDER BY frame")
 FASTEST_LAPS = ("SELECT d.tla, l.lap_time, min(l.lap_time_s) AS s FROM live_laps l "
                 "JOIN drivers d USING (racing_number) GROUP BY l.racing_number "
                 "ORDER BY s LIMIT 5")
@@ -62,7 +69,16 @@ def main() -> int:
             python("-m", "consumer", "sqlite", "--db", str(DATABASE), *common),
             python("-m", "consumer", "alerter", "--log", str(ALERTS), *common),
         ]
-        print(f"replaying {SESSION.name} at {SPEED}x (Ctrl-C stops) ...\n", flush=True)
+        bridge = python("-m", "producer", "udp", "--listen", f"127.0.0.1:{GAME_PORT}",
+                        "--broker", BROKER, "-q", stdout=subprocess.PIPE)
+        children.append(bridge)
+        assert bridge.stdout is not None
+        bridge.stdout.readline()  # listening: the simulator may start
+        children.append(python("-m", "producer", "udp-sim", "--to", f"127.0.0.1:{GAME_PORT}",
+                               "--hz", "20", "--duration", str(round(6200 / float(SPEED))),
+                               "-q"))
+        print(f"replaying {SESSION.name} at {SPEED}x and a simulated game session "
+              "(Ctrl-C stops) ...\n", flush=True)
         replay = python("-m", "producer", "replay", str(SESSION), "--speed", SPEED,
                         "--broker", BROKER)
         children.append(replay)
@@ -78,7 +94,8 @@ def main() -> int:
     print(f"\nall stopped. The session is in {DATABASE.relative_to(ROOT)}, the alerts in "
           f"{ALERTS.relative_to(ROOT)}. Fastest laps, with any SQLite tool:\n"
           f"  sqlite3 {DATABASE.relative_to(ROOT)} "
-          f"\"{FASTEST_LAPS}\"\nMore queries: docs/sqlite.md")
+          f"\"{FASTEST_LAPS}\"\nThe game car's speed over its second lap:\n  sqlite3 "
+          f"{DATABASE.relative_to(ROOT)} \"{SPEED_TRACE}\"\nMore queries: docs/sqlite.md")
     return 0
 
 
