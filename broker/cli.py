@@ -78,6 +78,14 @@ def add_logging_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
 
 
+def add_command(parser: argparse.ArgumentParser, command: Callable[..., Any],
+                log_level: int = logging.INFO) -> None:
+    """The flags every broker-connected subcommand shares, and what runs it."""
+    add_connection_args(parser)
+    add_logging_args(parser)
+    parser.set_defaults(command=command, log_level=log_level)
+
+
 def setup_logging(args: argparse.Namespace, default: int = logging.INFO) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else default
     logging.basicConfig(level=level, stream=sys.stderr,

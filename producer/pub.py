@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -39,9 +40,7 @@ def add_parser(subparsers: Any) -> None:
                         help="synthetic messages per second (default: as fast as possible)")
     parser.add_argument("--confirm", action="store_true",
                         help="wait for the broker to confirm each message and print its seq")
-    cli.add_connection_args(parser)
-    cli.add_logging_args(parser)
-    parser.set_defaults(command=run)
+    cli.add_command(parser, run, logging.WARNING)
 
 
 def synthetic_payloads(size: int) -> Iterator[bytes]:

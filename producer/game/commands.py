@@ -35,7 +35,7 @@ def add_parsers(subparsers: Any) -> None:
                      help="also publish each untouched datagram on game.raw")
     udp.add_argument("--record", type=Path, metavar="FILE",
                      help="append every datagram, with its receive time, to a capture file")
-    _common(udp, run_bridge)
+    cli.add_command(udp, run_bridge)
 
     sim = subparsers.add_parser(
         "udp-sim", help="send a simulated game session as UDP datagrams",
@@ -61,13 +61,7 @@ def add_parsers(subparsers: Any) -> None:
     replay.add_argument("--to", metavar="HOST:PORT",
                         help="send the datagrams to this UDP port instead of the broker")
     replay.add_argument("--raw", action="store_true", help="into the broker: also game.raw")
-    _common(replay, run_replay)
-
-
-def _common(parser: argparse.ArgumentParser, command: Any) -> None:
-    cli.add_connection_args(parser)
-    cli.add_logging_args(parser)
-    parser.set_defaults(command=command, log_level=logging.INFO)
+    cli.add_command(replay, run_replay)
 
 
 def _address(text: str, flag: str) -> tuple[str, int]:

@@ -46,7 +46,7 @@ def add_parsers(subparsers: Any) -> None:
     live.add_argument("--append", action="store_true", help="append to --record FILE")
     live.add_argument("--record-raw", type=Path, metavar="FILE",
                       help="also write every raw WebSocket message, for debugging")
-    _common(live, run_live_command)
+    cli.add_command(live, run_live_command)
 
     play = subparsers.add_parser(
         "replay", help="replay a recording or an archive folder into live.* topics",
@@ -55,7 +55,7 @@ def add_parsers(subparsers: Any) -> None:
     play.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                       help="an archive folder of <Topic>.jsonStream files, or FastF1 recordings")
     _pacing(play)
-    _common(play, run_replay_command)
+    cli.add_command(play, run_replay_command)
 
     past = subparsers.add_parser(
         "archive", help="list or replay sessions from F1's static archive",
@@ -71,7 +71,7 @@ def add_parsers(subparsers: Any) -> None:
     past.add_argument("--base-url", default=archive.DEFAULT_ARCHIVE_URL,
                       help="archive root (default %(default)s)")
     _pacing(past)
-    _common(past, run_archive_command)
+    cli.add_command(past, run_archive_command)
 
 
 def _pacing(parser: argparse.ArgumentParser) -> None:
@@ -82,12 +82,6 @@ def _pacing(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="start", default="00:00:00", metavar="HH:MM:SS",
                         help="start this far into the session, with the state up to there")
     parser.add_argument("--loop", action="store_true", help="start again at the end, forever")
-
-
-def _common(parser: argparse.ArgumentParser, command: Any) -> None:
-    cli.add_connection_args(parser)
-    cli.add_logging_args(parser)
-    parser.set_defaults(command=command, log_level=logging.INFO)
 
 
 def _replay_options(args: argparse.Namespace) -> ReplayOptions:
