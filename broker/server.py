@@ -621,7 +621,6 @@ class Connection:
                 f"took no bytes for {self.config.write_stall_timeout_s:g} s with "
                 f"{queued:,} bytes queued; disconnected so it cannot hold back others",
                 None, True))
-            self.reader.feed_eof()
             raise _Closed from None
 
     # --- reporting ---------------------------------------------------------------

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -211,6 +213,17 @@ class Consumer:
             if handler.pattern == pattern and handler.subscription is not None:
                 return handler.subscription
         raise KeyError(f"no running subscription for {pattern!r}")
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON of decoded message data; bytes (game.raw, say) become base64."""
+    return json.dumps(value, separators=(",", ":"), default=_bytes_as_base64)
+
+
+def _bytes_as_base64(value: Any) -> str:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def find_consumer(namespace: dict[str, Any], where: str) -> Consumer:

@@ -8,24 +8,16 @@ a loss is seen where it happened.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from broker import cli
 from broker.client import Message
 from broker.protocol import Gap
-from consumer.api import Consumer
+from consumer.api import Consumer, json_text
 from consumer.summaries import summarise
 
 LINE_CHARS = 160
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def format_json(message: Message) -> str:
@@ -34,7 +26,7 @@ def format_json(message: Message) -> str:
     if message.gap is not None:
         record["gap"] = {"first_seq": message.gap.first_seq, "missed": message.gap.missed,
                          "reason": message.gap.reason}
-    return json.dumps(record, default=_jsonable, separators=(",", ":"))
+    return json_text(record)
 
 
 def format_line(message: Message) -> str:

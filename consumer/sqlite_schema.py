@@ -8,12 +8,12 @@ Every table is keyed so that writing the same message twice changes nothing.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections import defaultdict
 from typing import Any
 
 from broker.client import Message
+from consumer.api import json_text
 from producer.livetiming.state import copy_json, merge
 
 SCHEMA = """
@@ -119,7 +119,7 @@ class LiveTables:
         rows[INSERT_MESSAGE].append((message.epoch, message.topic, message.seq,
                                      message.timestamp_us,
                                      source_ts if isinstance(source_ts, str) else None,
-                                     json.dumps(data, separators=(",", ":"), default=_text)))
+                                     json_text(data)))
         if message.topic.startswith("game.") and isinstance(data, dict):
             self._game_rows(message, data, rows)
             return
@@ -220,8 +220,3 @@ class LiveTables:
                 sector if isinstance(sector, int) else None, entry.get("RacingNumber"),
                 lap if isinstance(lap, int) else None, entry.get("Message")))
 
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -7,9 +7,10 @@ compact JSON. Pure functions of the message data.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
+
+from consumer.api import json_text
 
 Summary = Callable[[Any], str]
 
@@ -167,4 +168,4 @@ def summarise(topic: str, data: Any) -> str:
             return f"snapshot: {text}" if data.get("snapshot") else text
     except (TypeError, ValueError, AttributeError, KeyError):
         pass  # an unexpected shape: fall back to the data itself
-    return json.dumps(data, separators=(",", ":"), default=repr)
+    return json_text(data)
