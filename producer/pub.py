@@ -8,7 +8,6 @@ second (or as fast as the client can) and the achieved rate is reported.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
 import logging
@@ -21,6 +20,7 @@ import msgpack
 
 from broker import cli
 from broker.client import Client
+from producer.pacing import Pacer
 
 DESCRIPTION = """\
 Publish to a topic. With JSON, publishes that one message; with --count N,
@@ -88,16 +88,12 @@ async def publish_one(client: Client, args: argparse.Namespace, data: Any) -> No
 
 async def publish_synthetic(client: Client, args: argparse.Namespace) -> None:
     interval_s = 1.0 / args.rate if args.rate > 0 else 0.0
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    pacer = Pacer(1.0 if interval_s else 0.0)
     payloads = synthetic_payloads(args.size)
     for index in range(args.count):
-        if interval_s:
-            delay = started + index * interval_s - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        await pacer.wait_until(index * interval_s)
         await client.publish_bytes(args.topic, next(payloads), confirm=args.confirm)
     await client.flush()
-    elapsed = max(loop.time() - started, 1e-3)
+    elapsed = max(time.monotonic() - pacer.started, 1e-3)
     print(f"published {args.count:,} messages of {args.size} bytes to {args.topic} in "
           f"{elapsed:.3f} s: {args.count / elapsed:,.0f} msg/s", file=sys.stderr)

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from producer.game.bridge import Bridge
 from producer.game.capture import CaptureReport, read_capture
 from producer.game.decoder import SPECS
 from producer.game.simulator import SessionSimulator
+from producer.pacing import Pacer
 
 log = logging.getLogger("slipstream.game")
 GAME_PORT = 20777
@@ -115,13 +115,10 @@ async def run_simulator(args: argparse.Namespace) -> int:
     transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
                                                        remote_addr=(host, port))
     sent = 0
-    started = loop.time()
+    pacer = Pacer(0.0 if args.as_fast_as_possible else 1.0)
     try:
         for now, datagrams in simulator.frames():
-            if not args.as_fast_as_possible:
-                delay = started + now - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            await pacer.wait_until(now)
             for datagram in datagrams:
                 transport.sendto(datagram)
             sent += len(datagrams)
@@ -182,12 +179,9 @@ async def _pace(records: list[tuple[float, bytes]], speed: float, send: Any,
     if not records:
         return
     first = records[0][0]
-    started = time.monotonic()
+    pacer = Pacer(speed)
     for index, (received_s, datagram) in enumerate(records):
-        if speed > 0:
-            delay = started + (received_s - first) / speed - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        elif index % yield_every == yield_every - 1:
+        await pacer.wait_until(received_s - first)
+        if speed <= 0 and index % yield_every == yield_every - 1:
             await asyncio.sleep(0.001)  # as fast as possible, but let the others breathe
         send(datagram)

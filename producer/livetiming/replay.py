@@ -8,7 +8,6 @@ it, so a consumer sees a complete picture from its first message.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from producer.livetiming.feed import FeedMessage
 from producer.livetiming.publisher import LivePublisher
 from producer.livetiming.state import merge
+from producer.pacing import Pacer
 
 log = logging.getLogger("slipstream.livetiming")
 
@@ -96,14 +96,10 @@ async def _replay_once(messages: list[FeedMessage], publisher: LivePublisher,
         log.info("starting at %s: %d topics' state published, %d messages skipped",
                  format_clock(options.start_s), len(snapshots), first)
     times = session_times(messages)
-    started = time.monotonic()
-    next_progress = started + PROGRESS_INTERVAL_S
+    pacer = Pacer(options.speed)
+    next_progress = pacer.started + PROGRESS_INTERVAL_S
     for index in range(first, len(messages)):
-        if options.speed > 0:
-            due = started + (times[index] - options.start_s) / options.speed
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        await pacer.wait_until(times[index] - options.start_s)
         await publisher.publish(messages[index])
         if time.monotonic() >= next_progress:
             next_progress += PROGRESS_INTERVAL_S
