@@ -364,9 +364,15 @@ class Client:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def connect(self) -> None:
-        """Connect once, failing fast; after that, losses are handled by reconnecting."""
-        await self._open()
+    async def connect(self, wait: bool = False) -> None:
+        """Connect: once, failing fast, or with `wait` until the broker is up (backing off).
+
+        After that, losses are handled by reconnecting.
+        """
+        if wait:
+            await self._open_with_backoff("connect", wait_first=False)
+        else:
+            await self._open()
         self._task = asyncio.create_task(self._run(), name=f"slipstream-client-{self.name}")
 
     async def _open(self) -> None:
@@ -474,21 +480,26 @@ class Client:
             log.warning("%s", reason)
         self._broker_shutting_down = False
 
-    async def _reconnect(self) -> None:
-        previous_epoch = self.epoch
+    async def _open_with_backoff(self, what: str, *, wait_first: bool) -> int:
+        """Open a connection, retrying with exponential backoff and jitter; the attempt no."""
         delay = 0.05
         for attempt in itertools.count(1):
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter spreads a herd
+            if wait_first or attempt > 1:
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter spreads a herd
+                delay = min(delay * 2, self.reconnect_max_delay_s)
             if self._closing:
-                raise ConnectionLostError("client closed while reconnecting")
+                raise ConnectionLostError(f"client closed during {what}")
             try:
                 await self._open()
+                return attempt
             except (ConnectError, ProtocolError) as exc:
                 if attempt == 1 or attempt % 10 == 0:
-                    log.warning("reconnect attempt %d failed: %s", attempt, exc)
-                delay = min(delay * 2, self.reconnect_max_delay_s)
-                continue
-            break
+                    log.warning("%s attempt %d failed: %s", what, attempt, exc)
+        raise AssertionError("unreachable: itertools.count never ends")
+
+    async def _reconnect(self) -> None:
+        previous_epoch = self.epoch
+        attempt = await self._open_with_backoff("reconnect", wait_first=True)
         self.reconnects += 1
         log.info("reconnected to %s:%d (attempt %d)", self.host, self.port, attempt)
         restarted = self.epoch != previous_epoch

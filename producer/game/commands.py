@@ -12,7 +12,7 @@ from typing import Any
 
 from broker import cli
 from broker.client import Client, parse_address
-from broker.errors import ConfigError, ConnectError
+from broker.errors import ConfigError
 from producer.game.bridge import Bridge
 from producer.game.capture import CaptureReport, read_capture
 from producer.game.decoder import SPECS
@@ -71,19 +71,6 @@ def _address(text: str, flag: str) -> tuple[str, int]:
         raise ConfigError(f"{flag}: {exc}") from None
 
 
-async def connect_with_retry(client: Client) -> None:
-    """Connect, and keep trying while the broker is away (the datagrams keep coming)."""
-    delay = 0.1
-    while True:
-        try:
-            await client.connect()
-            return
-        except ConnectError as exc:
-            log.warning("%s; retrying in %.1f s", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
 async def run_bridge(args: argparse.Namespace) -> int:
     host, port = _address(args.listen, "--listen")
     client = Client(args.broker, name="game-udp", token=args.token)
@@ -98,7 +85,7 @@ async def run_bridge(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
     print(f"listening for game telemetry on {host}:{sock.getsockname()[1]}", flush=True)
     try:
-        await connect_with_retry(client)
+        await client.connect(wait=True)  # the datagrams keep coming while we wait
         await bridge.publish_forever()
     finally:
         transport.close()
