@@ -207,13 +207,6 @@ class Consumer:
                 f"{sum(s.gap_count for s in subs)} gaps ({sum(s.missed for s in subs):,} "
                 f"messages missed), {sum(h.failed for h in self.handlers)} handler errors")
 
-    def subscription_of(self, pattern: str) -> Subscription:
-        """The live subscription behind `pattern` (for manual acks)."""
-        for handler in self.handlers:
-            if handler.pattern == pattern and handler.subscription is not None:
-                return handler.subscription
-        raise KeyError(f"no running subscription for {pattern!r}")
-
 
 def json_text(value: Any) -> str:
     """Compact JSON of decoded message data; bytes (game.raw, say) become base64."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import ConfigError, ProtocolError
-from broker.routing import pattern_matches, validate_pattern
+from broker.routing import validate_pattern
 
 CONDITIONS = (">", "<", "==", "!=", "in", "changed", "rising")
 SEVERITIES = ("info", "warning", "critical")
@@ -66,9 +66,6 @@ class Rule:
     on_snapshot: bool = False  # a snapshot sets the baseline silently unless this is true
     repeat: bool = False  # alert on every message the condition holds (discrete events)
     _tracks: dict[str, _Track] = dataclass_field(default_factory=dict, repr=False)
-
-    def matches(self, topic: str) -> bool:
-        return pattern_matches(self.topic, topic)
 
     def evaluate(self, topic: str, seq: int, broker_ts_us: int, data: Any) -> Iterator[Alert]:
         snapshot = isinstance(data, dict) and bool(data.get("snapshot"))

@@ -175,3 +175,13 @@ def test_random_datagrams_never_raise(data: bytes, packet_format: int, packet_id
     datagram = struct.pack("<H4xB", packet_format, packet_id) + data
     for candidate in (data, datagram):
         assert isinstance(DECODER.decode(candidate), Packet | Undecodable)
+
+
+def test_readable_names_for_event_codes_and_tyre_compounds() -> None:
+    from producer.game.names import ACTUAL_TYRE_COMPOUNDS, VISUAL_TYRE_COMPOUNDS, event_name
+
+    assert [event_name(code) for code in ("FTLP", "PENA", "SCAR", "XXXX")] == [
+        "fastestLap", "penalty", "safetyCar", "XXXX"]
+    assert (ACTUAL_TYRE_COMPOUNDS[16], ACTUAL_TYRE_COMPOUNDS[22], ACTUAL_TYRE_COMPOUNDS[8]) == (
+        "C5", "C6", "wet")
+    assert VISUAL_TYRE_COMPOUNDS[17] == "medium"
