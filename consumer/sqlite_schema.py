@@ -14,7 +14,7 @@ from typing import Any
 
 from broker.client import Message
 from consumer.api import json_text
-from producer.livetiming.state import copy_json, merge
+from producer.livetiming.state import merge
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -149,10 +149,11 @@ class LiveTables:
         exit, so it belongs to the next lap. The out lap has no time. If F1 sends
         two times for one lap (it does, rarely), the first is kept.
         """
+        # No copy: the message's JSON is already in its row, and nothing else holds it.
         if snapshot:
-            self._timing = copy_json(body)
+            self._timing = body
         else:
-            merge(self._timing, copy_json(body))
+            merge(self._timing, body)
         for number, update in body.get("Lines", {}).items():
             if not isinstance(update, dict):
                 continue
@@ -178,7 +179,7 @@ class LiveTables:
     def _driver_rows(self, body: dict[str, Any], snapshot: bool, rows: Rows) -> None:
         if snapshot:
             self._drivers = {}
-        merge(self._drivers, copy_json(body))
+        merge(self._drivers, body)  # no copy, as for TimingData
         for number in body:
             driver = self._drivers.get(number)
             if isinstance(driver, dict) and driver.get("Tla"):
