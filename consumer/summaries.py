@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from consumer.api import json_text
+from producer.game.names import penalty_name, session_type_name, track_name
 
 Summary = Callable[[Any], str]
 
@@ -118,7 +119,14 @@ def stints(data: dict[str, Any]) -> str:
 def game_event(data: dict[str, Any]) -> str:
     details = data.get("event_details") or {}
     text = " ".join(f"{key}={value}" for key, value in details.items())
+    if isinstance(details.get("penalty_type"), int):
+        text += f" ({penalty_name(details['penalty_type'])})"
     return f"{data.get('event_string_code', '?')} {text}".strip()
+
+
+def game_session(data: dict[str, Any]) -> str:
+    return (f"{track_name(data['track_id'])}, {session_type_name(data['session_type'])}, "
+            f"{data['total_laps']} laps, {data['session_time_left']} s left")
 
 
 def game_player_car(array: str, fields: tuple[str, ...]) -> Summary:
@@ -132,6 +140,7 @@ def game_player_car(array: str, fields: tuple[str, ...]) -> Summary:
 
 GAME: dict[str, Summary] = {
     "game.event": game_event,
+    "game.session": game_session,
     "game.car_telemetry": game_player_car("car_telemetry_data",
                                           ("speed", "gear", "engine_rpm", "throttle", "brake")),
     "game.lap_data": game_player_car("lap_data", ("current_lap_num", "car_position",

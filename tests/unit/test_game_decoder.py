@@ -185,3 +185,14 @@ def test_readable_names_for_event_codes_and_tyre_compounds() -> None:
     assert (ACTUAL_TYRE_COMPOUNDS[16], ACTUAL_TYRE_COMPOUNDS[22], ACTUAL_TYRE_COMPOUNDS[8]) == (
         "C5", "C6", "wet")
     assert VISUAL_TYRE_COMPOUNDS[17] == "medium"
+
+
+def test_readable_names_for_tracks_session_types_and_penalties() -> None:
+    from producer.game.names import penalty_name, session_type_name, track_name
+
+    assert [track_name(i) for i in (0, 7, 28, 41, -1, 42)] == [
+        "Melbourne", "Silverstone", "Portimão", "Zandvoort (Reverse)", "track -1", "track 42"]
+    assert [session_type_name(i) for i in (1, 10, 15, 18, 99)] == [
+        "Practice 1", "Sprint Shootout 1", "Race", "Time Trial", "session type 99"]
+    assert [penalty_name(i) for i in (0, 4, 17, 18)] == [
+        "Drive through", "Time penalty", "Black flag timer", "penalty type 18"]

@@ -48,3 +48,20 @@ def test_alerts_and_unknown_topics() -> None:
                                          "rule": "red-flag"}) == "[critical] RED FLAG (red-flag)"
     assert summarise("demo.counter", {"n": 1}) == '{"n":1}'
     assert summarise("live.TrackStatus", {"data": "not a map"}) == '{"data":"not a map"}'
+
+
+def test_game_session_and_penalty_summaries_use_readable_names() -> None:
+    from producer.game.decoder import GameDecoder, Packet
+    from producer.game.simulator import SessionSimulator
+
+    decoder = GameDecoder()
+    seen: dict[str, str] = {}
+    for _, datagrams in SessionSimulator(cars=4, hz=5, duration_s=60).frames():
+        for datagram in datagrams:
+            packet = decoder.decode(datagram)
+            assert isinstance(packet, Packet)
+            if packet.name == "session" or packet.data.get("event_string_code") == "PENA":
+                seen.setdefault(packet.name, summarise(f"game.{packet.name}", packet.data))
+    assert seen["session"] == "Silverstone, Race, 10 laps, 60 s left"
+    assert seen["event"].startswith("PENA penalty_type=4 ")
+    assert seen["event"].endswith("(Time penalty)")
