@@ -14,6 +14,7 @@ from typing import Any
 
 from broker.client import Message
 from consumer.api import json_text
+from producer.livetiming.feed import lap_seconds
 from producer.livetiming.state import merge
 
 SCHEMA = """
@@ -94,17 +95,6 @@ class Rows(defaultdict[str, list[tuple[Any, ...]]]):
         super().__init__(list)
 
 
-def seconds(text: Any) -> float | None:
-    """'1:27.123' or '27.123' -> seconds; None for '' or anything else."""
-    if not isinstance(text, str) or not text:
-        return None
-    minutes, _, rest = text.rpartition(":")
-    try:
-        return (int(minutes) * 60 if minutes else 0) + float(rest)
-    except ValueError:
-        return None
-
-
 class LiveTables:
     """Turns messages into rows, keeping the state live timing's partial updates need."""
 
@@ -167,11 +157,11 @@ class LiveTables:
             lap = laps if isinstance(laps, int) else self._laps_seen.get(number, 0) + 1
             line = self._timing.get("Lines", {}).get(number, {})
             sectors = line.get("Sectors") if isinstance(line.get("Sectors"), list) else []
-            sector_s = [seconds(s.get("Value")) if isinstance(s, dict) else None
+            sector_s = [lap_seconds(s.get("Value")) if isinstance(s, dict) else None
                         for s in sectors][:3]
             sector_s += [None] * (3 - len(sector_s))
             position = line.get("Position")
-            rows[INSERT_LAP].append((message.epoch, number, lap, lap_time, seconds(lap_time),
+            rows[INSERT_LAP].append((message.epoch, number, lap, lap_time, lap_seconds(lap_time),
                                      *sector_s,
                                      int(position) if str(position).isdigit() else None,
                                      message.timestamp_us))

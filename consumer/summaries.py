@@ -12,15 +12,9 @@ from typing import Any
 
 from consumer.api import json_text
 from producer.game.names import penalty_name, session_type_name, track_name
+from producer.livetiming.state import as_list
 
 Summary = Callable[[Any], str]
-
-
-def _items(value: Any) -> list[Any]:
-    """F1 sends collections as lists in snapshots and as index-keyed maps in updates."""
-    if isinstance(value, dict):
-        return list(value.values())
-    return list(value) if isinstance(value, list) else []
 
 
 def track_status(data: dict[str, Any]) -> str:
@@ -45,7 +39,7 @@ def weather(data: dict[str, Any]) -> str:
 
 def race_control(data: dict[str, Any]) -> str:
     texts = [f"[{m.get('Category', '?')}] {m.get('Message', '')}"
-             for m in _items(data.get("Messages")) if isinstance(m, dict)]
+             for m in as_list(data.get("Messages")) if isinstance(m, dict)]
     return " | ".join(texts) or "(no message)"
 
 
@@ -109,7 +103,7 @@ def drivers(data: dict[str, Any]) -> str:
 def stints(data: dict[str, Any]) -> str:
     parts = []
     for number, line in (data.get("Lines") or {}).items():
-        for stint in _items(line.get("Stints") if isinstance(line, dict) else None):
+        for stint in as_list(line.get("Stints") if isinstance(line, dict) else None):
             if isinstance(stint, dict) and stint.get("Compound"):
                 fresh = "new" if stint.get("New") == "true" else "used"
                 parts.append(f"#{number} {stint['Compound']} {fresh}")

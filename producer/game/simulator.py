@@ -169,9 +169,13 @@ class SessionSimulator:
         data.update(local_velocity_z=car.speed_ms, front_wheels_angle=0.0)
 
     def _lap_data(self, data: dict[str, Any], now: float) -> None:
-        positions = {car.index: place for place, car in enumerate(self._order(), 1)}
+        order = self._order()
+        positions = {car.index: place for place, car in enumerate(order, 1)}
         for car, lap in zip(self.cars, data["lap_data"], strict=False):
-            lap.update(last_lap_time_in_ms=car.last_lap_ms,
+            ahead = order[max(0, positions[car.index] - 2)]
+            lap.update(**_delta("delta_to_race_leader", order[0], car),
+                       **_delta("delta_to_car_in_front", ahead, car),
+                       last_lap_time_in_ms=car.last_lap_ms,
                        current_lap_time_in_ms=round((now - car.lap_start_s) * 1000),
                        lap_distance=car.lap_distance_m, total_distance=car.distance_m,
                        car_position=positions[car.index], current_lap_num=max(1, car.lap),
@@ -234,3 +238,10 @@ class SessionSimulator:
             data["classification_data"][car.index].update(
                 position=place, num_laps=max(0, car.lap - 1), grid_position=car.index + 1,
                 best_lap_time_in_ms=car.best_lap_ms, result_status=3)
+
+
+def _delta(field: str, ahead: Car, car: Car) -> dict[str, int]:
+    """The time gap between two cars, as the game splits it into minutes and milliseconds."""
+    gap_ms = round(max(0.0, ahead.distance_m - car.distance_m) / (0.78 * car.pace) * 1000)
+    return {f"{field}_minutes_part": min(255, gap_ms // 60_000),
+            f"{field}_ms_part": gap_ms % 60_000}

@@ -96,3 +96,15 @@ def parse_utc(text: str) -> datetime:
     if moment.tzinfo is None:
         raise FeedError(f"timestamp {text!r} has no time zone")
     return moment
+
+
+def lap_seconds(text: Any) -> float | None:
+    """A lap or sector time as F1 writes it, '1:27.123' or '27.123', in seconds;
+    None for '' or anything else."""
+    if not isinstance(text, str) or not text:
+        return None
+    minutes, _, rest = text.rpartition(":")
+    try:
+        return (int(minutes) * 60 if minutes else 0) + float(rest)
+    except ValueError:
+        return None

@@ -32,6 +32,14 @@ def merge(state: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def as_list(value: Any) -> list[Any]:
+    """A collection F1 sends as a list in snapshots and as an index-keyed map in updates
+    (when no snapshot came first, merging builds the map), in index order."""
+    if isinstance(value, dict):
+        return [value[key] for key in sorted(value, key=lambda k: int(k) if k.isdigit() else -1)]
+    return list(value) if isinstance(value, list) else []
+
+
 def copy_json(value: Any) -> Any:
     """A deep copy of JSON-shaped data (merge changes state in place; copy what you keep)."""
     if isinstance(value, dict):

@@ -1,0 +1,1 @@
+"""The live web dashboard: `python -m consumer dashboard` (see app.py)."""

@@ -1,0 +1,125 @@
+"""`python -m consumer dashboard`: the live web dashboard, as a consumer plugin.
+
+It subscribes to live timing, alerts and the game packets it shows, keeps
+their state (model.py), and serves the page and its streams (web.py) on
+127.0.0.1:8080 by default. It starts at the earliest retained message, so a
+dashboard opened mid-session still has the drivers and the state F1 sent at
+the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import sys
+
+from aiohttp import web
+
+from broker.client import Message, parse_address
+from broker.errors import ConfigError
+from consumer.api import Consumer
+from consumer.dashboard.hub import Hub
+from consumer.dashboard.model import Dashboard
+from consumer.dashboard.web import DashboardWeb, Limits
+
+log = logging.getLogger("slipstream.dashboard")
+
+PATTERNS = ("live.>", "alerts.>", "game.session", "game.lap_data", "game.participants",
+            "game.car_telemetry", "game.car_status", "game.car_damage", "game.event")
+
+app = Consumer("dashboard", description="Serve a live web dashboard (timing tower, track "
+                                        "status, race control, alerts, game telemetry) over "
+                                        "HTTP, WebSocket and Server-Sent Events.")
+_running: dict[str, object] = {}
+
+
+@app.arguments
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT",
+                        help="where to serve the page (default %(default)s; 0.0.0.0:8080 "
+                             "opens it to the network, so give it a --token)")
+    parser.add_argument("--refresh", type=float, default=0.1, metavar="SECONDS",
+                        help="how often changed views are sent to browsers (default 0.1)")
+    parser.add_argument("--history", type=int, default=50, metavar="N",
+                        help="race control messages, alerts and game events a new browser "
+                             "gets first, per feed (default 50)")
+    parser.add_argument("--max-clients", type=int, default=64, metavar="N",
+                        help="browsers and SSE clients at once (default 64)")
+    parser.add_argument("--max-events", type=int, default=256, metavar="N",
+                        help="events queued per client before its oldest are dropped "
+                             "and counted (default 256)")
+    parser.add_argument("--send-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="disconnect a client that takes nothing for this long (default 30)")
+    # A dashboard opened mid-session needs the state F1 sent at the start.
+    parser.set_defaults(start="earliest")
+
+
+def http_address(text: str) -> tuple[str, int]:
+    if ":" not in text:
+        raise ConfigError(f"--http {text!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    try:
+        return parse_address(text)
+    except ConfigError as exc:
+        raise ConfigError(f"--http: {exc}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@app.startup
+async def _serve() -> None:
+    args = app.args
+    host, port = http_address(args.http)
+    for flag in ("refresh", "send_timeout"):
+        if getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be more than 0")
+    for flag in ("history", "max_clients", "max_events"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
+    if not _is_loopback(host) and not args.token:
+        log.warning("serving on %s without a token: anyone who can reach it can watch "
+                    "(give --token to require one)", host)
+    hub = Hub(Dashboard(history=args.history), max_events=args.max_events,
+              broker_connected=lambda: app.client is not None and app.client.connected)
+    site_web = DashboardWeb(hub, token=args.token, limits=Limits(
+        max_clients=args.max_clients, send_timeout_s=args.send_timeout))
+    runner = web.AppRunner(site_web.app(), handle_signals=False, access_log=None,
+                           shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    bound = runner.addresses[0][1] if runner.addresses else port
+    url = f"http://{host}:{bound}/" + ("?token=..." if args.token else "")
+    print(f"dashboard: {url}", flush=True)
+    _running.update(hub=hub, runner=runner,
+                    refresher=asyncio.create_task(hub.run(args.refresh), name="refresh"))
+
+    async def take(message: Message) -> None:
+        if hub.on_message(message.topic, message.data):
+            await asyncio.sleep(0)  # let the senders take the events before the next batch
+
+    for pattern in PATTERNS:
+        app.add_handler(pattern, take)
+
+
+@app.shutdown
+async def _stop() -> None:
+    refresher = _running.get("refresher")
+    if isinstance(refresher, asyncio.Task):
+        refresher.cancel()
+    runner = _running.get("runner")
+    if isinstance(runner, web.AppRunner):
+        await runner.cleanup()
+    hub = _running.get("hub")
+    if isinstance(hub, Hub):
+        print(f"dashboard: {sum(hub.model.handled.values()):,} messages shown, "
+              f"{len(hub.fanout.clients)} clients at the end", file=sys.stderr)

@@ -1,0 +1,161 @@
+"""The dashboard's state, kept up to date message by message (sans-I/O).
+
+`apply` takes one broker message and returns the events it makes (a race
+control message, an alert, a game event), which go to every browser in
+order. State views (the timing tower, the track status, the player's car)
+are not sent per message: `apply` marks them dirty, and the web side asks
+`take_changed` for the new values a few times a second. That is the first
+conflation: 17,000 timing updates make as many tower values as there are
+refreshes, not 17,000.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+from consumer.dashboard import game, tower
+from producer.game.names import event_name, penalty_name
+from producer.livetiming.state import as_list, merge
+
+State = dict[str, Any]
+Event = tuple[str, Any]  # (topic, data)
+
+# Which view each source topic feeds. Views named like a source topic
+# (live.TrackStatus) carry that topic's state; dashboard.* are derived.
+FEEDS = {
+    "live.DriverList": "dashboard.tower",
+    "live.TimingData": "dashboard.tower",
+    "live.TimingAppData": "dashboard.tower",
+    "live.TrackStatus": "live.TrackStatus",
+    "live.SessionInfo": "dashboard.session",
+    "live.SessionStatus": "dashboard.session",
+    "live.WeatherData": "dashboard.session",
+    "live.ExtrapolatedClock": "dashboard.session",
+    "live.LapCount": "dashboard.session",
+    "game.car_telemetry": "dashboard.game.car",
+    "game.car_status": "dashboard.game.car",
+    "game.car_damage": "dashboard.game.car",
+    "game.lap_data": "dashboard.game.leaderboard",
+    "game.participants": "dashboard.game.leaderboard",
+    "game.session": "dashboard.game.session",
+}
+EVENT_FEEDS = ("live.RaceControlMessages", "alerts", "game.event")
+
+
+class Dashboard:
+    def __init__(self, history: int = 50, trace_bin_m: float = 10.0) -> None:
+        self.live: dict[str, State] = {}  # "TimingData" -> its merged state
+        self.game: dict[str, State] = {}  # "lap_data" -> the latest packet
+        self.trace = game.LapTrace(trace_bin_m)
+        self.history: dict[str, deque[Event]] = {
+            feed: deque(maxlen=history) for feed in EVENT_FEEDS}
+        self.handled: Counter[str] = Counter()
+        self._dirty: set[str] = set()
+        self._race_control_seen = 0
+        self.views: dict[str, Callable[[], Any]] = {
+            "dashboard.session": self._session,
+            "live.TrackStatus": lambda: tower.track_status(self._state("TrackStatus")),
+            "dashboard.tower": self._tower,
+            "dashboard.game.session": lambda: game.session(self.game.get("session")),
+            "dashboard.game.leaderboard": lambda: game.leaderboard(
+                self.game.get("lap_data"), self.game.get("participants")),
+            "dashboard.game.car": lambda: game.player_car(
+                self.game.get("car_telemetry"), self.game.get("car_status"),
+                self.game.get("car_damage")),
+            "dashboard.game.trace": self.trace.view,
+        }
+
+    # --- taking messages ------------------------------------------------------------
+
+    def apply(self, topic: str, data: Any) -> list[Event]:
+        """Take one message; return the events to send now, in order."""
+        self.handled[topic] += 1
+        if not isinstance(data, dict):
+            return []
+        if topic.startswith("live."):
+            return self._apply_live(topic, data)
+        if topic.startswith("alerts."):
+            return self._remember("alerts", [(topic, data)])
+        if topic.startswith("game."):
+            return self._apply_game(topic[5:], data)
+        return []
+
+    def _apply_live(self, topic: str, message: State) -> list[Event]:
+        update = message.get("data")
+        if not isinstance(update, dict):
+            return []
+        name = topic[5:]
+        if message.get("snapshot") or name not in self.live:
+            self.live[name] = {}
+        merge(self.live[name], update)
+        if topic in FEEDS:
+            self._dirty.add(FEEDS[topic])
+        if topic == "live.RaceControlMessages":
+            return self._new_race_control(bool(message.get("snapshot")))
+        return []
+
+    def _new_race_control(self, snapshot: bool) -> list[Event]:
+        # Messages are a list that updates extend by index, so the new ones are
+        # those past the count already sent. A snapshot shorter than that is a
+        # new session: start counting again.
+        messages = as_list(self.live["RaceControlMessages"].get("Messages"))
+        if snapshot and len(messages) < self._race_control_seen:
+            self._race_control_seen = 0
+        fresh = messages[self._race_control_seen:]
+        self._race_control_seen = len(messages)
+        return self._remember("live.RaceControlMessages", [
+            ("live.RaceControlMessages", m) for m in fresh if isinstance(m, dict)])
+
+    def _apply_game(self, name: str, packet: State) -> list[Event]:
+        self.game[name] = packet
+        topic = f"game.{name}"
+        if topic in FEEDS:
+            self._dirty.add(FEEDS[topic])
+        if name == "car_telemetry" and "lap_data" in self.game:
+            self.trace.add(*game.trace_sample(packet, self.game["lap_data"]))
+            self._dirty.add("dashboard.game.trace")
+        if name == "event":
+            return self._remember("game.event", [(topic, _readable_event(packet))])
+        return []
+
+    def _remember(self, feed: str, events: list[Event]) -> list[Event]:
+        self.history[feed].extend(events)
+        return events
+
+    # --- reading views ------------------------------------------------------------
+
+    def take_changed(self) -> dict[str, Any]:
+        """The views changed since the last call, with their new values."""
+        changed = {topic: self.views[topic]() for topic in self.views if topic in self._dirty}
+        self._dirty.clear()
+        return changed
+
+    def all_views(self) -> dict[str, Any]:
+        return {topic: view() for topic, view in self.views.items()}
+
+    def recent_events(self) -> list[Event]:
+        """The bounded history every new browser gets first, feed by feed, oldest first."""
+        return [event for feed in EVENT_FEEDS for event in self.history[feed]]
+
+    def _state(self, name: str) -> State:
+        return self.live.get(name, {})
+
+    def _tower(self) -> list[dict[str, Any]]:
+        return tower.timing_tower(self._state("DriverList"), self._state("TimingData"),
+                                  self._state("TimingAppData"))
+
+    def _session(self) -> dict[str, Any]:
+        return tower.session_header(*(self._state(name) for name in (
+            "SessionInfo", "SessionStatus", "WeatherData", "ExtrapolatedClock", "LapCount")))
+
+
+def _readable_event(packet: State) -> State:
+    code = packet.get("event_string_code", "")
+    details = packet.get("event_details") or {}
+    text = event_name(code)
+    if isinstance(details.get("penalty_type"), int):
+        text += f": {penalty_name(details['penalty_type'])}"
+    return {"code": code, "name": text, "details": details,
+            "session_time": packet["header"]["session_time"]}

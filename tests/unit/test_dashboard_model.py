@@ -1,0 +1,139 @@
+"""The dashboard's state and views, fed the bundled real session and simulated game packets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from consumer.dashboard.model import Dashboard
+from consumer.dashboard.tower import timing_tower, track_status
+from producer.game.decoder import GameDecoder, Packet
+from producer.game.simulator import SessionSimulator
+from producer.livetiming.recordings import ReadReport, read_archive_folder
+
+SESSION = Path(__file__).resolve().parents[2] / "samples" / "livetiming" / \
+    "2020-08-07_70th-anniversary-fp2"
+
+
+def session_messages() -> list[tuple[str, dict[str, Any]]]:
+    messages = read_archive_folder(SESSION, ReadReport())
+    return [(m.broker_topic, m.to_payload()) for m in messages]
+
+
+def race_control_lines() -> list[str]:
+    """Every race-control message text in the raw file, in order."""
+    texts = []
+    for line in (SESSION / "RaceControlMessages.jsonStream").read_text("utf-8-sig").splitlines():
+        messages = json.loads(line[12:])["Messages"]
+        items = messages if isinstance(messages, list) else [messages[k] for k in sorted(
+            messages, key=int)]
+        texts += [m["Message"] for m in items]
+    return texts
+
+
+def test_the_whole_session_gives_a_20_driver_tower_and_every_race_control_message() -> None:
+    dashboard = Dashboard(history=100)
+    events = []
+    for topic, payload in session_messages():
+        events += dashboard.apply(topic, payload)
+
+    assert [e["Message"] for _, e in events] == race_control_lines()
+    assert len(events) == 21
+    views = dashboard.take_changed()
+    tower = views["dashboard.tower"]
+    assert len(tower) == 20
+    assert [row["position"] for row in tower] == list(range(1, 21))
+    leader = tower[0]
+    # HAM's 1:25.606 is the session's best (the sqlite test checks it against the sectors).
+    assert (leader["tla"], leader["team"], leader["colour"]) == ("HAM", "Mercedes", "#00D2BE")
+    assert leader["best_lap"] == {"value": "1:25.606", "colour": "purple"}
+    assert [row["best_lap"]["colour"] for row in tower[1:]] == [""] * 19
+    assert tower[1]["gap"] == "+0.176" and tower[1]["interval"] == "+0.176"
+    assert tower[0]["tyre"] == {"compound": "MEDIUM", "age": 16, "new": False}
+    assert views["live.TrackStatus"] == {"status": "5", "message": "Red", "level": "red",
+                                         "text": "Red flag"}
+    assert views["dashboard.session"]["meeting"] == "70th Anniversary Grand Prix"
+    assert dashboard.take_changed() == {}  # nothing changed since
+
+
+def test_views_change_only_when_their_topics_do() -> None:
+    dashboard = Dashboard()
+    dashboard.apply("live.TrackStatus", {"data": {"Status": "2", "Message": "Yellow"},
+                                         "snapshot": True})
+    assert dashboard.take_changed() == {"live.TrackStatus": {
+        "status": "2", "message": "Yellow", "level": "yellow", "text": "Yellow flag"}}
+    dashboard.apply("live.TrackStatus", {"data": {"Status": "4", "Message": "SCDeployed"}})
+    dashboard.apply("live.TrackStatus", {"data": {"Status": "1", "Message": "AllClear"}})
+    assert dashboard.take_changed()["live.TrackStatus"]["level"] == "green"  # the latest only
+
+
+def test_a_repeated_race_control_snapshot_sends_nothing_twice_and_a_new_session_starts_over(
+) -> None:
+    dashboard = Dashboard()
+    first = {"Utc": "2020-08-07T14:00:00", "Message": "GREEN LIGHT"}
+    second = {"Utc": "2020-08-07T14:36:59", "Message": "TIME DELETED"}
+    assert dashboard.apply("live.RaceControlMessages",
+                           {"data": {"Messages": [first]}, "snapshot": True}) == [
+        ("live.RaceControlMessages", first)]
+    assert dashboard.apply("live.RaceControlMessages",
+                           {"data": {"Messages": {"1": second}}}) == [
+        ("live.RaceControlMessages", second)]
+    again = {"data": {"Messages": [first, second]}, "snapshot": True}
+    assert dashboard.apply("live.RaceControlMessages", again) == []
+    new_session = {"data": {"Messages": [{"Message": "NEW SESSION"}]}, "snapshot": True}
+    assert [e["Message"] for _, e in dashboard.apply("live.RaceControlMessages",
+                                                     new_session)] == ["NEW SESSION"]
+
+
+def test_history_is_bounded_and_alerts_pass_through() -> None:
+    dashboard = Dashboard(history=3)
+    for n in range(5):
+        assert dashboard.apply("alerts.warning", {"message": f"alert {n}"}) == [
+            ("alerts.warning", {"message": f"alert {n}"})]
+    assert [e["message"] for _, e in dashboard.recent_events()] == [
+        "alert 2", "alert 3", "alert 4"]
+    assert dashboard.apply("live.TimingData", "not a map") == []
+    assert dashboard.handled["live.TimingData"] == 1
+
+
+def test_game_views_from_a_simulated_session() -> None:
+    decoder = GameDecoder()
+    dashboard = Dashboard(trace_bin_m=10.0)
+    events = []
+    for _, datagrams in SessionSimulator(cars=6, hz=20, duration_s=200).frames():
+        for datagram in datagrams:
+            packet = decoder.decode(datagram)
+            assert isinstance(packet, Packet)
+            events += dashboard.apply(f"game.{packet.name}", packet.data)
+    views = dashboard.take_changed()
+
+    assert views["dashboard.game.session"]["track"] == "Silverstone"
+    assert views["dashboard.game.session"]["session_type"] == "Race"
+    board = views["dashboard.game.leaderboard"]
+    assert [row["position"] for row in board] == list(range(1, 7))
+    assert sum(row["player"] for row in board) == 1
+    assert board[0]["gap_ms"] == 0 and all(row["gap_ms"] > 0 for row in board[1:])
+    car = views["dashboard.game.car"]
+    assert car["index"] == 0 and car["compound"] in {"soft", "medium", "hard"}
+    assert len(car["tyres_wear"]) == 4
+    trace = views["dashboard.game.trace"]
+    previous = trace["previous"]
+    assert previous["lap"] is not None and trace["current"]["lap"] == previous["lap"] + 1
+    # A whole lap of the 3 km track in 10 m bins, in distance order, every field per bin.
+    assert 250 <= len(previous["distance"]) <= 300
+    assert previous["distance"] == sorted(previous["distance"])
+    assert {len(previous[f]) for f in trace["fields"]} == {len(previous["distance"])}
+    assert max(previous["speed"]) > 200
+    codes = [e["code"] for _, e in events]
+    assert "PENA" in codes and "FTLP" in codes
+    penalty = next(e for _, e in events if e["code"] == "PENA")
+    assert penalty["name"] == "penalty: Time penalty"
+
+
+def test_track_status_and_tower_cope_with_missing_state() -> None:
+    assert track_status({})["level"] == "unknown"
+    assert timing_tower({}, {}, {}) == []
+    # Timing lines before the driver list arrives still make rows (named by number).
+    rows = timing_tower({}, {"Lines": {"44": {"Position": "1"}}}, {})
+    assert [(r["tla"], r["position"]) for r in rows] == [("44", 1)]
