@@ -24,6 +24,7 @@ run: $(SETUP)
 	$(PY) scripts/run_demo.py
 
 test: $(SETUP)
+	@sh scripts/ensure-chromium.sh
 	$(PY) -m pytest
 
 lint: $(SETUP)

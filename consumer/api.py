@@ -67,9 +67,10 @@ class Handler:
 class Consumer:
     """A named consumer: its handlers, its hooks and its command line."""
 
-    def __init__(self, name: str, description: str = "") -> None:
+    def __init__(self, name: str, description: str = "", start: str = "new") -> None:
         self.name = name
         self.description = description
+        self.default_start = start  # --from's default: "new", or "earliest" for whole state
         self.handlers: list[Handler] = []
         self.args = argparse.Namespace()  # the parsed command line, once running
         self.client: Client | None = None
@@ -125,9 +126,9 @@ class Consumer:
                                          description=self.description)
         for hook in self._argument_hooks:
             hook(parser)
-        parser.add_argument("--from", dest="start", type=cli.start_position, default="new",
-                            metavar="new|earliest|SEQ",
-                            help="where to start in each topic (default new)")
+        parser.add_argument("--from", dest="start", type=cli.start_position,
+                            default=self.default_start, metavar="new|earliest|SEQ",
+                            help=f"where to start in each topic (default {self.default_start})")
         parser.add_argument("--durable", metavar="NAME",
                             help="resume where the last consumer with this name stopped")
         parser.add_argument("--on-error", choices=["skip", "stop"], default="skip",

@@ -58,6 +58,15 @@ class RunningBroker(RunningProcess):
 
 
 @dataclass
+class RunningDashboard(RunningProcess):
+    url: str = ""  # http://127.0.0.1:PORT/
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rstrip("/").rsplit(":", 1)[1])
+
+
+@dataclass
 class Processes:
     """Starts slipstream processes and makes sure every one of them is gone afterwards."""
 
@@ -76,6 +85,22 @@ class Processes:
             await process.wait()
             raise AssertionError(f"broker exited {process.returncode}: {running.log()}")
         running.port = int(line.decode().rsplit(":", 1)[1])
+        return running
+
+    async def dashboard(self, broker: str, *flags: str, http: str = "127.0.0.1:0"
+                        ) -> RunningDashboard:
+        """`consumer dashboard` on a free port; returns once it says where it serves."""
+        log_path = self.directory / f"dashboard-{len(self.started)}.log"
+        process = await spawn(["-m", "consumer", "dashboard", "--broker", broker, "--http",
+                               http, *flags], log_path, stdout=asyncio.subprocess.PIPE)
+        running = RunningDashboard(process, log_path)
+        self.started.append(running)
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), STARTUP_TIMEOUT_S)
+        if not line.startswith(b"dashboard: http://"):
+            await process.wait()
+            raise AssertionError(f"dashboard exited {process.returncode}: {running.log()}")
+        running.url = line.decode().split()[1].split("?")[0]
         return running
 
     async def command(self, *args: str, stdout_path: Path | None = None) -> RunningProcess:

@@ -31,7 +31,9 @@ PATTERNS = ("live.>", "alerts.>", "game.session", "game.lap_data", "game.partici
 
 app = Consumer("dashboard", description="Serve a live web dashboard (timing tower, track "
                                         "status, race control, alerts, game telemetry) over "
-                                        "HTTP, WebSocket and Server-Sent Events.")
+                                        "HTTP, WebSocket and Server-Sent Events.",
+               # A dashboard opened mid-session needs the state F1 sent at the start.
+               start="earliest")
 _running: dict[str, object] = {}
 
 
@@ -52,8 +54,6 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                              "and counted (default 256)")
     parser.add_argument("--send-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="disconnect a client that takes nothing for this long (default 30)")
-    # A dashboard opened mid-session needs the state F1 sent at the start.
-    parser.set_defaults(start="earliest")
 
 
 def http_address(text: str) -> tuple[str, int]:

@@ -1,0 +1,76 @@
+"""The dashboard in a real browser: headless Chromium, driven by Playwright, during a replay
+of the bundled session. `make test` installs Chromium (scripts/ensure-chromium.sh)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, Processes
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed: make test installs Debian's chromium "
+                             "package with apt-get, which needs root or sudo here")
+playwright = pytest.importorskip("playwright.async_api")
+
+SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
+# Headless on a machine with no internet: no sandbox (we may be root), and none of the
+# background requests to Google's servers that Chromium makes at start.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 30_000
+
+
+def level_is(level: str) -> str:
+    return f"document.querySelector('#track-status').dataset.level === '{level}'"
+
+
+async def test_the_page_shows_the_session_live_and_survives_a_dashboard_restart(
+        processes: Processes, tmp_path: Path) -> None:
+    broker = await processes.broker()
+    dashboard = await processes.dashboard(broker.address)
+    async with playwright.async_playwright() as driver:
+        browser = await driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            await page.goto(dashboard.url)
+            await page.wait_for_selector("#connection[data-state=stale]", timeout=TIMEOUT_MS)
+            assert await page.locator("#tower tbody tr").count() == 0
+
+            # 1:30:30 into the session at 15x: the track goes yellow ~2 s later, VSC ~4 s.
+            replay = await processes.command(
+                "-m", "producer", "replay", str(SESSION), "--from", "01:30:30", "--speed", "15",
+                "--broker", broker.address)
+            await page.wait_for_function(
+                "document.querySelectorAll('#tower tbody tr').length === 20", timeout=TIMEOUT_MS)
+            await page.wait_for_function(level_is("green"), timeout=TIMEOUT_MS)
+            drivers = await page.locator("#tower td.tla").all_text_contents()
+            assert len(set(drivers)) == 20 and {"HAM", "BOT", "VER", "LEC"} <= set(drivers)
+            await page.wait_for_function(level_is("yellow"), timeout=TIMEOUT_MS)
+            await page.wait_for_function(level_is("vsc"), timeout=TIMEOUT_MS)
+            assert await page.locator("#track-status").text_content() == "Virtual safety car"
+            await page.wait_for_selector("#race-control li:first-child:has-text('VIRTUAL SAFETY "
+                                         "CAR DEPLOYED')", timeout=TIMEOUT_MS)
+            await page.wait_for_selector("#connection[data-state=ok]", timeout=TIMEOUT_MS)
+            assert await page.locator("#viewers").text_content() == "1 viewer"
+            screenshot = tmp_path / "dashboard.png"
+            await page.screenshot(path=str(screenshot), full_page=True)
+            assert screenshot.stat().st_size > 20_000
+
+            # The page says when its connection is lost, and comes back by itself.
+            assert await dashboard.stop(signal.SIGTERM) == 0
+            await page.wait_for_selector("#connection[data-state=lost]", timeout=TIMEOUT_MS)
+            await processes.dashboard(broker.address, http=f"127.0.0.1:{dashboard.port}")
+            await page.wait_for_selector("#connection[data-state=ok]", timeout=TIMEOUT_MS)
+            await page.wait_for_function(
+                "document.querySelectorAll('#tower tbody tr').length === 20", timeout=TIMEOUT_MS)
+            assert errors == []
+        finally:
+            await browser.close()
+    await replay.stop()
