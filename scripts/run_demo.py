@@ -1,12 +1,13 @@
 """`make run`: real F1 live timing and a simulated game session, through the broker, to
-a printer, a SQLite writer and an alerter.
+a printer, a SQLite writer, an alerter and the web dashboard.
 
-Eight processes: the broker; the live-timing replay of the 2020 70th
+Nine processes: the broker; the live-timing replay of the 2020 70th
 Anniversary GP Practice 2 (real data, at 30x: about three minutes); the game
 simulator sending UDP to the game bridge (as the F1 game would); the printer
 on what a person can read as it scrolls by; the SQLite writer into
 data/slipstream.db; and the alerter with the shipped rules (also logging to
-data/alerts.jsonl). At the end, or on Ctrl-C, everything stops cleanly and it
+data/alerts.jsonl); and the dashboard, whose address it prints (open it in a
+browser while the session runs). At the end, or on Ctrl-C, everything stops cleanly and it
 says where the data is and what to ask it.
 """
 
@@ -29,6 +30,7 @@ ALERTS = DATA / "alerts.jsonl"
 READABLE = ["live.SessionInfo", "live.SessionStatus", "live.WeatherData", "live.DriverList",
             "game.event"]
 GAME_PORT = int(os.environ.get("SLIPSTREAM_DEMO_GAME_PORT", "20777"))
+HTTP = os.environ.get("SLIPSTREAM_DEMO_HTTP", "127.0.0.1:8080")
 SPEED_TRACE = ("SELECT l.lap_distance, t.speed FROM game_lap_data l JOIN game_car_telemetry t "
                "USING (epoch, car_index, session_uid, frame) WHERE car_index = 0 AND "
                "current_lap_num = 2 ORDER BY frame")
@@ -69,6 +71,16 @@ def main() -> int:
             python("-m", "consumer", "sqlite", "--db", str(DATABASE), *common),
             python("-m", "consumer", "alerter", "--log", str(ALERTS), *common),
         ]
+        dashboard = python("-m", "consumer", "dashboard", "--http", HTTP, *common,
+                           stdout=subprocess.PIPE)
+        children.append(dashboard)
+        assert dashboard.stdout is not None
+        address = dashboard.stdout.readline().decode().removeprefix("dashboard: ").strip()
+        if address:
+            print(f"\n  the dashboard: open {address} in a browser\n", flush=True)
+        else:  # it said why on stderr (port in use, say); the rest of the demo goes on
+            print(f"the dashboard did not start (SLIPSTREAM_DEMO_HTTP={HTTP} picks another "
+                  "address)", file=sys.stderr, flush=True)
         bridge = python("-m", "producer", "udp", "--listen", f"127.0.0.1:{GAME_PORT}",
                         "--broker", BROKER, "-q", stdout=subprocess.PIPE)
         children.append(bridge)
@@ -95,7 +107,8 @@ def main() -> int:
           f"{ALERTS.relative_to(ROOT)}. Fastest laps, with any SQLite tool:\n"
           f"  sqlite3 {DATABASE.relative_to(ROOT)} "
           f"\"{FASTEST_LAPS}\"\nThe game car's speed over its second lap:\n  sqlite3 "
-          f"{DATABASE.relative_to(ROOT)} \"{SPEED_TRACE}\"\nMore queries: docs/sqlite.md")
+          f"{DATABASE.relative_to(ROOT)} \"{SPEED_TRACE}\"\nMore queries: docs/sqlite.md\n"
+          f"The dashboard on its own: python -m consumer dashboard (docs/dashboard.md)")
     return 0
 
 

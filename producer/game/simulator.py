@@ -177,7 +177,9 @@ class SessionSimulator:
                        **_delta("delta_to_car_in_front", ahead, car),
                        last_lap_time_in_ms=car.last_lap_ms,
                        current_lap_time_in_ms=round((now - car.lap_start_s) * 1000),
-                       lap_distance=car.lap_distance_m, total_distance=car.distance_m,
+                       # Negative until the car first crosses the line, as in the game.
+                       lap_distance=car.lap_distance_m if car.lap else car.distance_m,
+                       total_distance=car.distance_m,
                        car_position=positions[car.index], current_lap_num=max(1, car.lap),
                        sector=min(2, int(car.lap_distance_m / TRACK_LENGTH_M * 3)),
                        grid_position=car.index + 1, driver_status=4, result_status=2)
