@@ -50,6 +50,7 @@ class Limits:
     inbound_per_s: float = 5.0  # inbound messages per second, on average ...
     inbound_burst: int = 20  # ... with this many at once
     send_timeout_s: float = 30.0  # a client that takes no frame for this long is dropped
+    keepalive_s: float = 15.0  # an SSE comment after this long without a frame
 
 
 class TokenBucket:
@@ -158,6 +159,7 @@ class DashboardWeb:
         finally:
             self.hub.disconnect(client)
             sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
             self._sockets.discard(ws)
             await ws.close()
         return ws
@@ -170,19 +172,32 @@ class DashboardWeb:
         await response.prepare(request)
         client = self.hub.connect("sse", request.remote or "?", patterns)
         try:
-            # One event per frame: `event:` names its kind, `data:` is the JSON.
+            # One event per frame: `event:` names its kind, `data:` is the JSON. A
+            # comment line when there is nothing to send keeps proxies from timing the
+            # stream out, and finds a client that has gone.
             await self._send(client, request, response.write,
-                             lambda u: f"event: {u.kind}\ndata: {u.text}\n\n".encode())
+                             lambda u: f"event: {u.kind}\ndata: {u.text}\n\n".encode(),
+                             keepalive=b": keepalive\n\n")
         finally:
             self.hub.disconnect(client)
         return response
 
     async def _send(self, client: ClientQueue, request: web.Request,
                     write: Callable[[Any], Awaitable[None]],
-                    frame: Callable[[Update], Any]) -> None:
+                    frame: Callable[[Update], Any], keepalive: bytes | None = None) -> None:
         """Take the client's frames and write them, until it goes or stalls too long."""
         try:
-            while (update := await client.next()) is not None:
+            while True:
+                if keepalive is None:
+                    update = await client.next()
+                else:
+                    try:
+                        update = await asyncio.wait_for(client.next(), self.limits.keepalive_s)
+                    except TimeoutError:  # nothing to send (and nothing taken from the queue)
+                        await asyncio.wait_for(write(keepalive), self.limits.send_timeout_s)
+                        continue
+                if update is None:
+                    return
                 await asyncio.wait_for(write(frame(update)), self.limits.send_timeout_s)
         except TimeoutError:
             log.warning("client %d (%s, %s) took no frame for %.0f s: disconnecting it",
