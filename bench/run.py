@@ -151,6 +151,7 @@ async def main() -> int:
               f"{statistics.median(r.broker_cpu for r in runs):.2f} |")
     if not args.only:
         await replay_throughput(args.runs)
+        await dashboard_fanout(args.runs)
         await sqlite_throughput(args.runs)
         game_decoding()
         await bridge_throughput(args.runs)
@@ -189,6 +190,73 @@ async def replay_throughput(runs: int) -> None:
     print("Live-timing replay of the bundled real session (17,979 messages), as fast as "
           "possible, producer start (reading and parsing included) to the consumer's last "
           f"message: {spread(rates)} msgs/s")
+
+
+async def dashboard_fanout(runs: int, viewers: int = 20) -> None:
+    """The real session replayed as fast as possible into the dashboard, with `viewers`
+    WebSocket clients: how fast the dashboard takes it, and what each viewer got."""
+    import aiohttp
+
+    rates, frames, dropped, cpu = [], [], 0, []
+    for _ in range(runs):
+        broker, address = await start_broker([])
+        dashboard = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "consumer", "dashboard", "--http", "127.0.0.1:0",
+            "--broker", address, "-q", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL)
+        try:
+            assert dashboard.stdout is not None
+            url = (await asyncio.wait_for(dashboard.stdout.readline(), 15)).decode().split()[1]
+            counts = [0] * viewers
+            async with aiohttp.ClientSession() as session:
+                tasks = [asyncio.create_task(_count_frames(session, url + "ws", counts, i))
+                         for i in range(viewers)]
+                while True:  # polling another process: its own /api/stats says when
+                    stats = await _get_json(session, url + "api/stats")
+                    if stats["viewers"]["total"] >= viewers:
+                        break
+                    await asyncio.sleep(0.05)
+                before = cpu_seconds(dashboard.pid)
+                started = time.monotonic()
+                await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "producer", "replay", str(SESSION),
+                    "--as-fast-as-possible", "--broker", address, "-q", cwd=ROOT,
+                    stderr=asyncio.subprocess.DEVNULL)
+                while True:
+                    stats = await _get_json(session, url + "api/stats")
+                    if sum(stats["handled"].values()) >= SESSION_MESSAGES:
+                        break
+                    await asyncio.sleep(0.01)
+                elapsed = time.monotonic() - started
+                cpu.append((cpu_seconds(dashboard.pid) - before) / elapsed)
+                rates.append(SESSION_MESSAGES / elapsed)
+                await asyncio.sleep(0.5)  # the last refresh reaches the viewers
+                stats = await _get_json(session, url + "api/stats")
+                dropped += sum(client["dropped"] for client in stats["clients"])
+                frames.append(statistics.median(counts))
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for process in (dashboard, broker):
+                process.terminate()
+                await process.wait()
+    print()
+    print(f"Dashboard: the bundled session replayed as fast as possible into the dashboard "
+          f"with {viewers} WebSocket viewers: {spread(rates)} msgs/s taken from the broker "
+          f"(the replay above is the ceiling), {spread(frames)} frames per viewer, {dropped} "
+          f"events dropped, dashboard {statistics.median(cpu):.2f} cores busy")
+
+
+async def _count_frames(session: Any, url: str, counts: list[int], index: int) -> None:
+    async with session.ws_connect(url) as ws:
+        async for _ in ws:
+            counts[index] += 1  # count only: a browser's parsing is not the dashboard's cost
+
+
+async def _get_json(session: Any, url: str) -> Any:
+    async with session.get(url) as response:
+        return await response.json()
 
 
 # Packets per second the game sends in a race, by packet (the specification's rates).
