@@ -214,6 +214,9 @@ async def test_bad_requests_get_clear_answers_and_the_token_guards_everything(
                                      f"127.0.0.1:{dashboard.port}", "--broker", broker.address,
                                      "--token", "s3cret")
     assert code == 2 and f"cannot serve on 127.0.0.1:{dashboard.port}" in err
+    code, _, err = await run_command("-m", "consumer", "dashboard", "--refresh", "0",
+                                     "--broker", broker.address, "--token", "s3cret")
+    assert code == 2 and "--refresh must be more than 0" in err
 
 
 async def stalled_websocket(port: int) -> socket.socket:
