@@ -44,7 +44,7 @@ class Viewer:
                 f["topic"].startswith(prefix)]
 
     def last(self, topic: str) -> Any:
-        return next(f["data"] for f in reversed(self.frames) if f["topic"] == topic)
+        return next((f["data"] for f in reversed(self.frames) if f["topic"] == topic), None)
 
     def topics(self) -> set[str]:
         return {f["topic"] for f in self.frames}
@@ -113,9 +113,15 @@ async def test_websocket_and_sse_clients_get_every_event_and_the_final_state(
         await publish_alerts(broker.address, 5)
         await until(lambda: len(browser.events("alerts.")) == 5 and
                     len(script.events("alerts.")) == 5)
-        stats = await get_json(session, dashboard.url + "api/stats")
+        # live.> and alerts.> are separate subscriptions: wait for the last live message
+        # too, then for the final state to reach both clients.
+        await until(lambda: handled(session, dashboard, "live.", SESSION_MESSAGES))
         state = await get_json(session, dashboard.url + "api/state")
-        await until(lambda: browser.last("dashboard.tower") == state["views"]["dashboard.tower"])
+        views = state["views"]
+        await until(lambda: browser.last("dashboard.tower") == views["dashboard.tower"] and
+                    browser.last("live.TrackStatus") == views["live.TrackStatus"] and
+                    script.last("live.TrackStatus") == views["live.TrackStatus"])
+        stats = await get_json(session, dashboard.url + "api/stats")
 
     assert sum(v for k, v in stats["handled"].items() if k.startswith("live.")) == \
         SESSION_MESSAGES
@@ -140,10 +146,17 @@ async def test_websocket_and_sse_clients_get_every_event_and_the_final_state(
 
 
 
+async def handled(session: aiohttp.ClientSession, dashboard: RunningDashboard, prefix: str,
+                  count: int) -> bool:
+    stats = await get_json(session, dashboard.url + "api/stats")
+    return bool(sum(n for topic, n in stats["handled"].items() if topic.startswith(prefix))
+                == count)
+
+
 async def viewers(session: aiohttp.ClientSession, dashboard: RunningDashboard,
                   count: int) -> bool:
     stats = await get_json(session, dashboard.url + "api/stats")
-    return stats["viewers"]["total"] == count  # type: ignore[no-any-return]
+    return bool(stats["viewers"]["total"] == count)
 
 
 async def test_bad_requests_get_clear_answers_and_the_token_guards_everything(
