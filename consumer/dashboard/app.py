@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import logging
 import sys
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -34,7 +35,18 @@ app = Consumer("dashboard", description="Serve a live web dashboard (timing towe
                                         "HTTP, WebSocket and Server-Sent Events.",
                # A dashboard opened mid-session needs the state F1 sent at the start.
                start="earliest")
-_running: dict[str, object] = {}
+
+
+@dataclass
+class Running:
+    """What startup made and shutdown must stop."""
+
+    hub: Hub | None = None
+    runner: web.AppRunner | None = None
+    refresher: asyncio.Task[None] | None = None
+
+
+_running = Running()
 
 
 @app.arguments
@@ -87,9 +99,9 @@ async def _serve() -> None:
                     "(give --token to require one)", host)
     hub = Hub(Dashboard(history=args.history), max_events=args.max_events,
               broker_connected=lambda: app.client is not None and app.client.connected)
-    site_web = DashboardWeb(hub, token=args.token, limits=Limits(
+    server = DashboardWeb(hub, token=args.token, limits=Limits(
         max_clients=args.max_clients, send_timeout_s=args.send_timeout))
-    runner = web.AppRunner(site_web.app(), handle_signals=False, access_log=None,
+    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None,
                            shutdown_timeout=2.0)
     await runner.setup()
     try:
@@ -100,8 +112,8 @@ async def _serve() -> None:
     bound = runner.addresses[0][1] if runner.addresses else port
     url = f"http://{host}:{bound}/" + ("?token=..." if args.token else "")
     print(f"dashboard: {url}", flush=True)
-    _running.update(hub=hub, runner=runner,
-                    refresher=asyncio.create_task(hub.run(args.refresh), name="refresh"))
+    _running.hub, _running.runner = hub, runner
+    _running.refresher = asyncio.create_task(hub.run(args.refresh), name="refresh")
 
     async def take(message: Message) -> None:
         if hub.on_message(message.topic, message.data):
@@ -113,13 +125,12 @@ async def _serve() -> None:
 
 @app.shutdown
 async def _stop() -> None:
-    refresher = _running.get("refresher")
-    if isinstance(refresher, asyncio.Task):
-        refresher.cancel()
-    runner = _running.get("runner")
-    if isinstance(runner, web.AppRunner):
-        await runner.cleanup()
-    hub = _running.get("hub")
-    if isinstance(hub, Hub):
+    if _running.refresher is not None:
+        _running.refresher.cancel()
+    hub = _running.hub
+    connected = len(hub.fanout.clients) if hub is not None else 0
+    if _running.runner is not None:
+        await _running.runner.cleanup()  # closes every client's connection
+    if hub is not None:
         print(f"dashboard: {sum(hub.model.handled.values()):,} messages shown, "
-              f"{len(hub.fanout.clients)} clients at the end", file=sys.stderr)
+              f"{connected} clients still connected were closed", file=sys.stderr)
