@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, Processes
+from tests.helpers import ROOT, Processes, run_command
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(
 playwright = pytest.importorskip("playwright.async_api")
 
 SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
+CAPTURE = ROOT / "samples" / "game" / "session-2026.cap"
 # Headless on a machine with no internet: no sandbox (we may be root), and none of the
 # background requests to Google's servers that Chromium makes at start.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -68,6 +69,20 @@ async def test_the_page_shows_the_session_live_and_survives_a_dashboard_restart(
                                          "DEPLOYED')", timeout=TIMEOUT_MS)
             await page.wait_for_selector("#connection[data-state=ok]", timeout=TIMEOUT_MS)
             assert await page.locator("#viewers").text_content() == "1 viewer"
+
+            # A game session alongside: the bundled capture, replayed into the broker.
+            code, _, err = await run_command("-m", "producer", "udp-replay", str(CAPTURE),
+                                             "--as-fast-as-possible", "--broker", broker.address)
+            assert code == 0, err
+            await page.wait_for_selector("#game:not([hidden])", timeout=TIMEOUT_MS)
+            await page.wait_for_function(
+                "document.querySelectorAll('#leaderboard tbody tr').length === 20",
+                timeout=TIMEOUT_MS)
+            assert (await page.locator("#game-session").text_content() or "").startswith(
+                "Silverstone, Race, 10 laps")
+            assert await page.locator("#leaderboard tr.player").count() == 1
+            assert await page.locator("#tyres > div").count() == 4
+            assert int(await page.locator("#car-rpm").text_content() or "0") > 0
             screenshot = tmp_path / "dashboard.png"
             await page.screenshot(path=str(screenshot), full_page=True)
             assert screenshot.stat().st_size > 20_000
