@@ -13,6 +13,8 @@ from pathlib import Path
 from broker import protocol as p
 
 ROOT = Path(__file__).resolve().parents[1]
+SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"  # real, bundled
+SESSION_MESSAGES = 17_979
 STARTUP_TIMEOUT_S = 15.0
 
 
@@ -197,3 +199,12 @@ class RawPeer:
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
+
+
+async def replay_session(broker: str, *flags: str) -> str:
+    """Replay the bundled session into `broker` (as fast as possible unless `flags` say
+    otherwise); returns the replay's stderr."""
+    code, _, err = await run_command("-m", "producer", "replay", str(SESSION),
+                                     *(flags or ("--as-fast-as-possible",)), "--broker", broker)
+    assert code == 0, err
+    return err

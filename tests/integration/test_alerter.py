@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from broker import Client
-from tests.helpers import ROOT, Processes, RunningProcess, run_command
+from tests.helpers import SESSION, Processes, RunningProcess, replay_session, run_command
 
-SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
 FLAGS = {"YELLOW", "DOUBLE YELLOW", "RED", "CHEQUERED", "BLACK AND WHITE", "BLACK AND ORANGE"}
 
 
@@ -35,9 +34,7 @@ async def stop(alerter: RunningProcess) -> None:
 
 async def test_shipped_rules_on_the_real_session(processes: Processes, tmp_path: Path) -> None:
     broker = await processes.broker()
-    code, _, err = await run_command("-m", "producer", "replay", str(SESSION),
-                                     "--as-fast-as-possible", "--broker", broker.address)
-    assert code == 0, err
+    await replay_session(broker.address)
     log = tmp_path / "alerts.jsonl"
     alerter = await processes.command("-m", "consumer", "alerter", "--from", "earliest",
                                       "--log", str(log), "--broker", broker.address)

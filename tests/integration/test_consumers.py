@@ -9,16 +9,18 @@ from pathlib import Path
 import pytest
 
 from broker import Client
-from tests.helpers import ROOT, Processes, RunningBroker, RunningProcess, run_command
-
-SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
+from tests.helpers import (
+    Processes,
+    RunningBroker,
+    RunningProcess,
+    replay_session,
+    run_command,
+)
 
 
 async def replayed_session(processes: Processes) -> RunningBroker:
     broker = await processes.broker()
-    code, _, err = await run_command("-m", "producer", "replay", str(SESSION),
-                                     "--as-fast-as-possible", "--broker", broker.address)
-    assert code == 0, err
+    await replay_session(broker.address)
     return broker
 
 

@@ -14,11 +14,15 @@ from typing import Any
 import aiohttp
 
 from broker.client import Client
-from tests.helpers import ROOT, Processes, RunningDashboard, run_command
+from tests.helpers import (
+    SESSION_MESSAGES,
+    Processes,
+    RunningDashboard,
+    replay_session,
+    run_command,
+)
 from tests.unit.test_dashboard_model import race_control_lines
 
-SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
-SESSION_MESSAGES = 17_979
 Frame = dict[str, Any]
 
 
@@ -107,9 +111,7 @@ async def test_websocket_and_sse_clients_get_every_event_and_the_final_state(
             script.sse(session, dashboard.url + "events?topics=live.RaceControlMessages,"
                                                 "live.TrackStatus,alerts.>")):
         await until(lambda: viewers(session, dashboard, 2))
-        code, _, err = await run_command("-m", "producer", "replay", str(SESSION),
-                                         "--as-fast-as-possible", "--broker", broker.address)
-        assert code == 0, err
+        await replay_session(broker.address)
         await publish_alerts(broker.address, 5)
         await until(lambda: len(browser.events("alerts.")) == 5 and
                     len(script.events("alerts.")) == 5)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, Processes, run_command
+from tests.helpers import ROOT, SESSION, Processes, run_command
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -17,7 +17,6 @@ pytestmark = pytest.mark.skipif(
                              "package with apt-get, which needs root or sudo here")
 playwright = pytest.importorskip("playwright.async_api")
 
-SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
 CAPTURE = ROOT / "samples" / "game" / "session-2026.cap"
 # Headless on a machine with no internet: no sandbox (we may be root), and none of the
 # background requests to Google's servers that Chromium makes at start.

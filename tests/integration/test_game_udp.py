@@ -42,6 +42,14 @@ async def simulate(port: int, *flags: str) -> str:
     return err
 
 
+async def record(processes: Processes, broker: str, capture: Path, seconds: int) -> None:
+    """A simulated session of `seconds` through a bridge that records it to `capture`."""
+    udp, port = await bridge(processes, broker, "--record", str(capture))
+    await simulate(port, "--duration", str(seconds))
+    await asyncio.sleep(0.5)  # the last datagrams reach the bridge
+    assert await udp.stop(signal.SIGINT) == 0
+
+
 async def collect(client: Client, pattern: str, count: int) -> list[Message]:
     sub = await client.subscribe(pattern, start="earliest")
     async with asyncio.timeout(20):
@@ -83,10 +91,7 @@ async def test_a_capture_replays_to_the_same_messages(processes: Processes,
                                                       tmp_path: Path) -> None:
     broker = await processes.broker()
     capture = tmp_path / "session.cap"
-    udp, port = await bridge(processes, broker.address, "--record", str(capture))
-    await simulate(port, "--duration", "20")
-    await asyncio.sleep(0.5)
-    assert await udp.stop(signal.SIGINT) == 0
+    await record(processes, broker.address, capture, seconds=20)
     records = list(read_capture(capture, CaptureReport()))
     replayed = await processes.broker()
     code, _, err = await run_command("-m", "producer", "udp-replay", str(capture),
@@ -132,10 +137,7 @@ async def test_a_torn_capture_replays_every_whole_record(processes: Processes,
                                                         tmp_path: Path) -> None:
     broker = await processes.broker()
     capture = tmp_path / "torn.cap"
-    udp, port = await bridge(processes, broker.address, "--record", str(capture))
-    await simulate(port, "--duration", "5")
-    await asyncio.sleep(0.3)
-    assert await udp.stop(signal.SIGINT) == 0
+    await record(processes, broker.address, capture, seconds=5)
     whole = len(list(read_capture(capture, CaptureReport())))
     capture.write_bytes(capture.read_bytes()[:-7])  # as if the machine died mid-write
     report = CaptureReport()

@@ -12,13 +12,19 @@ import pytest
 from aiohttp import web
 
 from broker import Client, Message
-from tests.helpers import ROOT, Processes, RunningProcess, run_command
+from tests.helpers import (
+    ROOT,
+    SESSION,
+    SESSION_MESSAGES,
+    Processes,
+    RunningProcess,
+    replay_session,
+    run_command,
+)
 
 SAMPLES = ROOT / "samples" / "livetiming"
-SESSION = SAMPLES / "2020-08-07_70th-anniversary-fp2"
 TOPICS = "SessionInfo,TimingData,SessionStatus,DriverList,TimingAppData,WeatherData," \
          "TrackStatus,RaceControlMessages"
-SESSION_MESSAGES = 17_979
 
 
 def session_lines() -> dict[str, list[Any]]:
@@ -73,9 +79,7 @@ async def run_live(broker: str, port: int, *flags: str, env: dict[str, str] | No
 
 async def test_replay_of_the_real_session_delivers_every_message(processes: Processes) -> None:
     broker = await processes.broker()
-    code, _, err = await run_command("-m", "producer", "replay", str(SESSION),
-                                     "--as-fast-as-possible", "--broker", broker.address)
-    assert code == 0, err
+    err = await replay_session(broker.address)
     assert "replay: published 17,979 messages" in err
     assert_is_the_session(await everything_published(broker.address, SESSION_MESSAGES))
 
@@ -96,10 +100,7 @@ async def test_replay_paces_by_session_time(processes: Processes) -> None:
 
 async def test_replay_from_a_point_starts_with_the_state_there(processes: Processes) -> None:
     broker = await processes.broker()
-    code, _, err = await run_command("-m", "producer", "replay", str(SESSION),
-                                     "--as-fast-as-possible", "--from", "01:31:36",
-                                     "--broker", broker.address)
-    assert code == 0, err
+    await replay_session(broker.address, "--as-fast-as-possible", "--from", "01:31:36")
     async with Client(broker.address) as client:
         sub = await client.subscribe("live.TrackStatus", start="earliest")
         track = [(await anext(sub)).data for _ in range(5)]

@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import Client
-from tests.helpers import ROOT, Processes, RunningProcess, run_command
-
-SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
+from tests.helpers import SESSION, Processes, RunningProcess, replay_session
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -64,9 +62,7 @@ def lap_times_by_the_documented_rule() -> dict[tuple[str, int], str]:
 
 async def test_the_real_session_fills_every_table(processes: Processes, tmp_path: Path) -> None:
     broker = await processes.broker()
-    code, _, err = await run_command("-m", "producer", "replay", str(SESSION),
-                                     "--as-fast-as-possible", "--broker", broker.address)
-    assert code == 0, err
+    await replay_session(broker.address)
     db = tmp_path / "session.db"
     sqlite_writer = await writer(processes, db, broker.address, "--from", "earliest")
     await wait_for_rows(db, 17_979)

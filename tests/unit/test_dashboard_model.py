@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from consumer.dashboard.model import Dashboard
@@ -11,9 +10,7 @@ from consumer.dashboard.tower import timing_tower, track_status
 from producer.game.decoder import GameDecoder, Packet
 from producer.game.simulator import SessionSimulator
 from producer.livetiming.recordings import ReadReport, read_archive_folder
-
-SESSION = Path(__file__).resolve().parents[2] / "samples" / "livetiming" / \
-    "2020-08-07_70th-anniversary-fp2"
+from tests.helpers import SESSION
 
 
 def session_messages() -> list[tuple[str, dict[str, Any]]]:

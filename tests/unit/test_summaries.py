@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from consumer.summaries import summarise
-
-SESSION = Path(__file__).resolve().parents[2] / "samples" / "livetiming" / \
-    "2020-08-07_70th-anniversary-fp2"
+from tests.helpers import SESSION
 
 
 def live(topic: str, index: int) -> dict[str, Any]:
