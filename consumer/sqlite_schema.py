@@ -15,7 +15,7 @@ from typing import Any
 from broker.client import Message
 from consumer.api import json_text
 from producer.livetiming.feed import lap_seconds
-from producer.livetiming.state import merge
+from producer.livetiming.state import apply
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -140,10 +140,7 @@ class LiveTables:
         two times for one lap (it does, rarely), the first is kept.
         """
         # No copy: the message's JSON is already in its row, and nothing else holds it.
-        if snapshot:
-            self._timing = body
-        else:
-            merge(self._timing, body)
+        self._timing = apply(self._timing, body, snapshot=snapshot)
         for number, update in body.get("Lines", {}).items():
             if not isinstance(update, dict):
                 continue
@@ -167,9 +164,7 @@ class LiveTables:
                                      message.timestamp_us))
 
     def _driver_rows(self, body: dict[str, Any], snapshot: bool, rows: Rows) -> None:
-        if snapshot:
-            self._drivers = {}
-        merge(self._drivers, body)  # no copy, as for TimingData
+        self._drivers = apply(self._drivers, body, snapshot=snapshot)  # no copy, as above
         for number in body:
             driver = self._drivers.get(number)
             if isinstance(driver, dict) and driver.get("Tla"):

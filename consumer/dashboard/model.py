@@ -17,7 +17,7 @@ from typing import Any
 
 from consumer.dashboard import game, tower
 from producer.game.names import event_name, penalty_name
-from producer.livetiming.state import as_list, merge
+from producer.livetiming.state import apply, as_list
 
 State = dict[str, Any]
 Event = tuple[str, Any]  # (topic, data)
@@ -87,9 +87,8 @@ class Dashboard:
         if not isinstance(update, dict):
             return []
         name = topic[5:]
-        if message.get("snapshot") or name not in self.live:
-            self.live[name] = {}
-        merge(self.live[name], update)
+        self.live[name] = apply(self.live.get(name, {}), update,
+                                snapshot=bool(message.get("snapshot")))
         if topic in FEEDS:
             self._dirty.add(FEEDS[topic])
         if topic == "live.RaceControlMessages":

@@ -32,6 +32,15 @@ def merge(state: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def apply(state: dict[str, Any], update: dict[str, Any], *, snapshot: bool) -> dict[str, Any]:
+    """A topic's state after one message: a snapshot replaces it, an update merges into it.
+
+    Returns the state to keep from now on. Nothing is copied: the message's
+    data becomes part of the state, so apply each message only once.
+    """
+    return update if snapshot else merge(state, update)
+
+
 def as_list(value: Any) -> list[Any]:
     """A collection F1 sends as a list in snapshots and as an index-keyed map in updates
     (when no snapshot came first, merging builds the map), in index order."""

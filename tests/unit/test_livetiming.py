@@ -22,7 +22,7 @@ from producer.livetiming.recordings import (
     read_recording,
 )
 from producer.livetiming.replay import state_at
-from producer.livetiming.state import merge
+from producer.livetiming.state import apply, as_list, merge
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "livetiming"
 SESSION = SAMPLES / "2020-08-07_70th-anniversary-fp2"
@@ -85,6 +85,16 @@ def test_merge_updates_nested_dicts_lists_as_dicts_and_deletions() -> None:
                                "33": {"Position": "2"}}}
     merge(state, {"Lines": {"44": {"Sectors": {"3": {"Value": "19.9"}}}}})
     assert state["Lines"]["44"]["Sectors"][3] == {"Value": "19.9"}  # a list grows if F1 says so
+
+
+def test_apply_replaces_on_a_snapshot_and_merges_otherwise() -> None:
+    state = apply({}, {"Status": "1", "Message": "AllClear"}, snapshot=True)
+    state = apply(state, {"Status": "2"}, snapshot=False)
+    assert state == {"Status": "2", "Message": "AllClear"}
+    fresh = {"Status": "5"}
+    assert apply(state, fresh, snapshot=True) is fresh  # no copy, and nothing of the old state
+    assert as_list({"1": "b", "0": "a", "10": "c"}) == ["a", "b", "c"]
+    assert as_list(["a"]) == ["a"] and as_list(None) == []
 
 
 def test_merging_the_whole_real_session_gives_the_timing_tower() -> None:
