@@ -63,6 +63,14 @@ def broker_address(text: str) -> str:
     return text
 
 
+def flag_address(text: str, flag: str) -> tuple[str, int]:
+    """The HOST:PORT given to `flag`; a ConfigError that names the flag if malformed."""
+    try:
+        return parse_address(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
     """--broker and --token, with their environment variables."""
     parser.add_argument(

@@ -60,7 +60,7 @@ def parse_address(text: str) -> tuple[str, int]:
     try:
         port = int(port_text)
     except ValueError:
-        raise ConfigError(f"broker address {text!r} is not HOST:PORT") from None
+        raise ConfigError(f"address {text!r} is not HOST:PORT") from None
     if not 0 <= port <= 65535:
         raise ConfigError(f"port {port} in {text!r} is outside 0..65535")
     return host, port

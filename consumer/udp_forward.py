@@ -12,8 +12,8 @@ import argparse
 import asyncio
 from typing import Any
 
-from broker.client import Message, parse_address
-from broker.errors import ConfigError
+from broker import cli
+from broker.client import Message
 from consumer.api import Consumer
 
 app = Consumer("udp-forward", description="Re-send the game's raw datagrams (game.raw) to "
@@ -32,10 +32,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 async def _open() -> None:
     loop = asyncio.get_running_loop()
     for text in app.args.to:
-        try:
-            address = parse_address(text)
-        except ConfigError as exc:
-            raise ConfigError(f"--to: {exc}") from None
+        address = cli.flag_address(text, "--to")
         transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
                                                            remote_addr=address)
         _targets.append(transport)

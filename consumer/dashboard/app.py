@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from broker.client import Message, parse_address
+from broker import cli
+from broker.client import Message
 from broker.errors import ConfigError
 from consumer.api import Consumer
 from consumer.dashboard.hub import Hub
@@ -71,10 +72,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def http_address(text: str) -> tuple[str, int]:
     if ":" not in text:
         raise ConfigError(f"--http {text!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
-    try:
-        return parse_address(text)
-    except ConfigError as exc:
-        raise ConfigError(f"--http: {exc}") from None
+    return cli.flag_address(text, "--http")
 
 
 def _is_loopback(host: str) -> bool:

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import cli
-from broker.client import Client, parse_address
-from broker.errors import ConfigError
+from broker.client import Client
 from producer.game.bridge import Bridge
 from producer.game.capture import CaptureReport, read_capture
 from producer.game.decoder import SPECS
@@ -64,15 +63,8 @@ def add_parsers(subparsers: Any) -> None:
     cli.add_command(replay, run_replay)
 
 
-def _address(text: str, flag: str) -> tuple[str, int]:
-    try:
-        return parse_address(text)
-    except ConfigError as exc:
-        raise ConfigError(f"{flag}: {exc}") from None
-
-
 async def run_bridge(args: argparse.Namespace) -> int:
-    host, port = _address(args.listen, "--listen")
+    host, port = cli.flag_address(args.listen, "--listen")
     client = Client(args.broker, name="game-udp", token=args.token)
     bridge = Bridge(client, args.raw, args.record)
     loop = asyncio.get_running_loop()
@@ -96,7 +88,7 @@ async def run_bridge(args: argparse.Namespace) -> int:
 
 
 async def run_simulator(args: argparse.Namespace) -> int:
-    host, port = _address(args.to, "--to")
+    host, port = cli.flag_address(args.to, "--to")
     simulator = SessionSimulator(args.format, args.cars, args.hz, args.duration)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
@@ -131,7 +123,7 @@ async def run_replay(args: argparse.Namespace) -> int:
         log.warning("%s: %s", args.capture, report.torn)
     speed = 0.0 if args.as_fast_as_possible else args.speed
     if args.to:
-        sent = await _replay_to_udp(records, _address(args.to, "--to"), speed)
+        sent = await _replay_to_udp(records, cli.flag_address(args.to, "--to"), speed)
         print(f"udp-replay: sent {sent:,} datagrams", file=sys.stderr)
         return cli.EXIT_OK
     async with cli.client_for(args, "game-replay") as client:

@@ -178,3 +178,13 @@ async def test_the_bridge_keeps_receiving_with_no_broker(processes: Processes) -
     assert f"received {sent:,} datagrams, decoded {sent:,}" in udp.log()
     assert f"published 0, dropped {sent:,}" in udp.log()
     assert "cannot reach broker at 127.0.0.1:1" in udp.log()
+
+
+async def test_bad_addresses_name_their_flag_and_exit_2(processes: Processes) -> None:
+    broker = await processes.broker()
+    code, _, err = await run_command("-m", "producer", "udp-sim", "--to", "127.0.0.1:70000",
+                                     "--duration", "1")
+    assert code == 2 and "--to: port 70000 in '127.0.0.1:70000' is outside 0..65535" in err
+    code, _, err = await run_command("-m", "consumer", "udp-forward", "--to", "host:port",
+                                     "--broker", broker.address)
+    assert code == 2 and "--to: address 'host:port' is not HOST:PORT" in err
