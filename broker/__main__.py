@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -60,8 +61,44 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--handshake-timeout", type=float, default=5.0, metavar="SECONDS",
                         help="disconnect a client that sends no HELLO for this long "
                              "(default %(default)s)")
+    add_limit_args(parser)
     cli.add_logging_args(parser)
     return parser
+
+
+def add_limit_args(parser: argparse.ArgumentParser) -> None:
+    """The caps on what clients can make the broker hold; docs/protocol.md, "Limits"."""
+    d = BrokerConfig()
+    group = parser.add_argument_group(
+        "limits", "what clients can make the broker hold; each refusal is an ERROR with its "
+                  "own code, counted in stats (docs/protocol.md, 'Limits')")
+    group.add_argument("--max-memory", type=cli.parse_size, default=d.max_memory_bytes,
+                       metavar="SIZE", help="payload bytes retained across all topics; over "
+                       "it the largest topics evict their oldest (default 1GiB)")
+    group.add_argument("--max-connections", type=cli.positive_int, default=d.max_connections,
+                       metavar="N", help="connections at once (default %(default)s)")
+    group.add_argument("--max-handshakes", type=cli.positive_int, default=d.max_handshakes,
+                       metavar="N", help="connections still in their handshake at once "
+                       "(default %(default)s)")
+    group.add_argument("--max-subscriptions", type=cli.positive_int,
+                       default=d.max_subscriptions, metavar="N",
+                       help="subscriptions per connection (default %(default)s)")
+    group.add_argument("--max-topics", type=cli.positive_int, default=d.max_topics,
+                       metavar="N", help="topics in the broker (default %(default)s)")
+    group.add_argument("--max-durables", type=cli.positive_int, default=d.max_durables,
+                       metavar="N", help="durable subscription names (default %(default)s)")
+    group.add_argument("--topic-ttl", type=cli.duration, default=d.topic_ttl_s,
+                       metavar="DURATION", help="forget a topic nobody published to for this "
+                       "long, when no subscriber or durable needs it (default 24h)")
+    group.add_argument("--durable-ttl", type=cli.duration, default=d.durable_ttl_s,
+                       metavar="DURATION", help="forget a durable unused for this long "
+                       "(default 24h)")
+    group.add_argument("--max-publish-rate", type=float, default=0.0, metavar="MSGS",
+                       help="messages per second one connection may publish; a faster one "
+                            "is slowed, not refused (default: no limit)")
+    group.add_argument("--max-publish-bytes", type=cli.parse_size, default=0, metavar="SIZE",
+                       help="payload bytes per second one connection may publish "
+                            "(default: no limit)")
 
 
 def config_from(args: argparse.Namespace) -> BrokerConfig:
@@ -76,12 +113,30 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
     if args.max_frame < 4 * p.FRAME_ROOM_BYTES:
         raise SystemExit(cli.fail("python -m broker", f"--max-frame {args.max_frame} is below "
                                   f"{4 * p.FRAME_ROOM_BYTES}", cli.EXIT_USAGE))
+    if args.max_memory < args.retain_bytes:
+        raise SystemExit(cli.fail("python -m broker",
+                                  f"--max-memory {args.max_memory:,} is smaller than "
+                                  f"--retain-bytes {args.retain_bytes:,}: one topic would not "
+                                  "fit", cli.EXIT_USAGE))
     return BrokerConfig(
         host=args.host, port=args.port, on_full=args.on_full,
         retention=Retention(args.retain_messages, args.retain_bytes),
         max_frame_bytes=args.max_frame, token=args.token or None,
         write_stall_timeout_s=args.write_timeout,
-        handshake_timeout_s=args.handshake_timeout)
+        handshake_timeout_s=args.handshake_timeout,
+        max_memory_bytes=args.max_memory, max_connections=args.max_connections,
+        max_handshakes=args.max_handshakes, max_subscriptions=args.max_subscriptions,
+        max_topics=args.max_topics, max_durables=args.max_durables,
+        topic_ttl_s=args.topic_ttl, durable_ttl_s=args.durable_ttl,
+        max_publish_rate_msgs=args.max_publish_rate,
+        max_publish_rate_bytes=args.max_publish_bytes)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 async def serve(config: BrokerConfig) -> int:
@@ -91,6 +146,9 @@ async def serve(config: BrokerConfig) -> int:
     except OSError as exc:
         return cli.fail("python -m broker",
                         f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
+    if config.token is None and not is_loopback(config.host):
+        log.warning("listening on %s without --token: anyone who can reach this address can "
+                    "publish and read every topic", config.host)
     # The one line a supervisor (or a test) waits for before connecting.
     print(f"slipstream broker listening on {config.host}:{broker.port}", flush=True)
     try:
@@ -107,13 +165,18 @@ def stats_parser() -> argparse.ArgumentParser:
                     "and connections (delivered, pending, gaps).")
     cli.add_connection_args(parser)
     parser.add_argument("--json", action="store_true", help="print the raw stats as JSON")
+    parser.add_argument("--topics", metavar="PATTERN", type=cli.pattern_arg,
+                        help="only topics matching PATTERN (e.g. 'live.>')")
+    parser.add_argument("--no-connections", action="store_true",
+                        help="leave the connections out")
     cli.add_logging_args(parser)
     return parser
 
 
 async def show_stats(args: argparse.Namespace) -> int:
     async with cli.client_for(args, "stats", reconnect=False) as client:
-        stats = await client.stats()
+        stats = await client.stats_all(topics=args.topics,
+                                       connections=not args.no_connections)
     if args.json:
         json.dump(stats, sys.stdout, indent=2)
         print()
@@ -126,7 +189,11 @@ def format_stats(stats: dict[str, Any]) -> str:
     server = stats["server"]
     lines = [f"broker {server['name']} pid {server['pid']}, up {server['uptime_s']:.0f} s, "
              f"on-full={server['on_full']}, retain {server['retain_messages']:,} msgs / "
-             f"{server['retain_bytes']:,} B per topic", "",
+             f"{server['retain_bytes']:,} B per topic",
+             f"{server.get('topics', len(stats['topics'])):,} topics holding "
+             f"{server.get('retained_bytes', 0):,} of {server.get('max_memory_bytes', 0):,} B "
+             f"(--max-memory), {server['connections']} connections, "
+             f"{server['durables']} durables", "",
              f"{'topic':<32} {'published':>10} {'retained':>9} {'bytes':>12} {'evicted':>9} "
              f"{'subs':>5}"]
     for name, t in stats["topics"].items():

@@ -18,7 +18,14 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from broker.client import BROKER_ENV, DEFAULT_BROKER, TOKEN_ENV, Client, parse_address
-from broker.errors import ConfigError, ConnectError, HandshakeRefusedError, SlipstreamError
+from broker.errors import (
+    ConfigError,
+    ConnectError,
+    HandshakeRefusedError,
+    ProtocolError,
+    SlipstreamError,
+)
+from broker.routing import validate_pattern, validate_topic
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -53,6 +60,35 @@ def start_position(text: str) -> str | int:
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not 'new', 'earliest' or a sequence number >= 1") from None
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_SECONDS = {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """'30', '30s', '500ms', '15m', '24h', '7d' -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 15m, 24h or 7d")
+    return float(match.group(1)) * _SECONDS[match.group(2) or ""]
+
+
+def pattern_arg(text: str) -> str:
+    """A topic pattern given on the command line, checked before anything connects."""
+    try:
+        validate_pattern(text)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def topic_arg(text: str) -> str:
+    try:
+        validate_topic(text)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def broker_address(text: str) -> str:

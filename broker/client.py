@@ -52,10 +52,11 @@ YIELD_EVERY_BYTES = 256 * 1024  # a publishing task lets others run at least thi
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """'HOST:PORT' (or ':PORT', or 'HOST') -> (host, port); ConfigError if malformed."""
+    """'HOST:PORT' (or ':PORT', 'PORT' or 'HOST') -> (host, port); ConfigError if malformed."""
     host, sep, port_text = text.rpartition(":")
     if not sep:
-        host, port_text = text, str(p.DEFAULT_PORT)
+        # A bare number is a port on this machine (no host name is all digits).
+        host, port_text = ("", text) if text.strip().isdigit() else (text, str(p.DEFAULT_PORT))
     host = host.strip("[]") or "127.0.0.1"
     try:
         port = int(port_text)
@@ -187,6 +188,9 @@ class Client:
         except OSError as exc:
             raise ConnectError(f"{where} failed during the handshake: {exc}") from None
         first = frames[0]
+        if type(first) is p.Error and first.code in ("busy", "too_many_connections"):
+            # The broker is full for now: like an unreachable broker, worth retrying.
+            raise ConnectError(f"{where} is full [{first.code}]: {first.message}")
         if type(first) is p.Error:
             raise HandshakeRefusedError(f"{where} refused the handshake [{first.code}]: "
                                         f"{first.message}")
@@ -453,12 +457,37 @@ class Client:
             raise
         return sub
 
-    async def stats(self) -> dict[str, Any]:
-        """The broker's statistics (see docs/protocol.md, STATS)."""
+    async def stats(self, **options: Any) -> dict[str, Any]:
+        """One page of the broker's statistics (docs/protocol.md, STATS): `topics`
+        (a pattern), `after_topic`, `after_connection`, `limit`, `connections`."""
         request_id = next(self._ids)
-        stats: dict[str, Any] = await self._request(("stats", request_id),
-                                                    p.StatsRequest(request_id))
+        stats: dict[str, Any] = await self._request(
+            ("stats", request_id), p.StatsRequest(request_id, options or None))
         return stats
+
+    async def stats_all(self, topics: str | None = None,
+                        connections: bool = True) -> dict[str, Any]:
+        """Every page of the statistics, merged (the server totals from the first page)."""
+        query: dict[str, Any] = {} if topics is None else {"topics": topics}
+        if not connections:
+            query["connection_limit"] = 0
+        merged = await self.stats(**query)
+        more = merged.pop("more", None) or {}
+        while more.get("topics") is not None or more.get("connections") is not None:
+            page_query = dict(query)
+            if more.get("topics") is None:
+                page_query["topic_limit"] = 0
+            else:
+                page_query["after_topic"] = more["topics"]
+            if more.get("connections") is None:
+                page_query["connection_limit"] = 0
+            else:
+                page_query["after_connection"] = more["connections"]
+            page = await self.stats(**page_query)
+            merged["topics"].update(page["topics"])
+            merged["connections"].extend(page["connections"])
+            more = page.get("more") or {}
+        return merged
 
     async def ping(self) -> float:
         """Round-trip time to the broker, in seconds."""

@@ -149,7 +149,12 @@ class Pong(NamedTuple):
 
 
 class StatsRequest(NamedTuple):
+    """Client -> broker. `options` (may be left out on the wire) filters and pages the reply:
+    {"topics": pattern, "after_topic": name, "after_connection": id, "limit": n,
+    "connections": bool}; see docs/protocol.md."""
+
     request_id: int
+    options: dict[str, Any] | None = None
 
 
 class StatsReply(NamedTuple):
@@ -185,7 +190,9 @@ _Check = Callable[[Any], bool]
 
 
 def _is(*types: type) -> _Check:
-    return lambda value: isinstance(value, types)
+    # Exact types: msgpack's true/false decode to bool, which is an int to isinstance,
+    # and a boolean where a sid or seq belongs is a peer's mistake, not a 1 or a 0.
+    return lambda value: type(value) in types
 
 
 def _list_of(kind: type) -> _Check:
@@ -210,11 +217,13 @@ _SCHEMA: dict[int, tuple[type[Any], tuple[_Check, ...]]] = {
     FrameType.ACK: (Ack, (_int, _int)),
     FrameType.PING: (Ping, (_int,)),
     FrameType.PONG: (Pong, (_int,)),
-    FrameType.STATS: (StatsRequest, (_int,)),
+    FrameType.STATS: (StatsRequest, (_int, _is(dict, type(None)))),
     FrameType.STATS_REPLY: (StatsReply, (_int, _is(dict))),
     FrameType.ERROR: (Error, (_str, _str, _opt_int, _is(bool))),
 }
 _TYPE_OF: dict[type[Any], int] = {cls: code for code, (cls, _) in _SCHEMA.items()}
+# Trailing fields a sender may leave out (added in a later revision of version 1).
+_OPTIONAL_TAIL: dict[int, int] = {FrameType.STATS: 1}
 
 
 # --- Encoding -----------------------------------------------------------------
@@ -271,7 +280,9 @@ class FrameDecoder:
     def buffered_bytes(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Frame | UnknownFrame]:
+    def feed(self, data: bytes, max_frames: int = 0) -> list[Frame | UnknownFrame]:
+        """Every complete frame so far (at most `max_frames` when that is > 0; the
+        rest stays buffered for the next call, which may pass b"")."""
         if self.error is not None:
             raise self.error
         buffer = self._buffer
@@ -281,6 +292,8 @@ class FrameDecoder:
         available = len(buffer)
         with memoryview(buffer) as view:
             while available - position >= LENGTH_PREFIX_BYTES:
+                if max_frames and len(frames) >= max_frames:
+                    break
                 (size,) = _unpack_length(buffer, position)
                 if not 0 < size <= self.max_frame_bytes:
                     self.error = self._bad_length(size, position)
@@ -336,6 +349,9 @@ def parse_fields(fields: Any) -> Frame | UnknownFrame:
         return UnknownFrame(type_code, fields[1:])
     cls, checks = schema
     values = fields[1:]
+    optional = _OPTIONAL_TAIL.get(type_code, 0)
+    if optional and len(checks) - optional <= len(values) < len(checks):
+        values = values + [None] * (len(checks) - len(values))
     if len(values) != len(checks):
         raise ProtocolError(
             f"{cls.__name__} frame needs {len(checks)} fields "

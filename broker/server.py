@@ -8,6 +8,15 @@ the runs in one `writelines`. Publishing never waits for a subscriber
 (unless the block policy says so), and a subscriber that cannot keep up only
 moves its own cursor; when the log evicts past that cursor, it gets a GAP
 frame with the exact number of messages it lost.
+
+Every buffer a peer can fill is bounded (docs/protocol.md, "Limits"): what
+the broker writes to a connection goes through one path, and a connection
+whose unsent output is above the high-water mark is not read until it takes
+its bytes (or is cut off after --write-timeout); the reader acts on at most
+FRAMES_PER_PASS frames before it lets other connections run; a connection
+may send only a small HELLO before it is authenticated; topics, durables,
+subscriptions, connections and the bytes retained across all topics are
+capped, each refusal with its own error code.
 """
 
 from __future__ import annotations
@@ -15,22 +24,34 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from broker import protocol as p
+from broker import stats as broker_stats
 from broker.errors import ProtocolError
-from broker.routing import Router, validate_pattern, validate_topic
-from broker.topics import Retention, TopicLog
+from broker.limits import LogThrottle, TokenBucket
+from broker.routing import Router, echo, validate_pattern, validate_topic
+from broker.topics import ByteBudget, Retention, TopicLog
 
 log = logging.getLogger("slipstream.broker")
 
 OnFull = Literal["drop", "block"]
-READ_CHUNK_BYTES = 256 * 1024
+# asyncio's StreamReader buffers up to twice this before it stops reading the
+# socket, so it also bounds what a connection holds in the broker before HELLO.
+READ_CHUNK_BYTES = 64 * 1024
 MAX_WINDOW = 1_000_000
+# A HELLO is a version, a name and a token: frames before it may be no larger.
+MAX_HELLO_BYTES = 4096
+MAX_CLIENT_NAME_CHARS = 128
+# The reader lets the other connections run after this many frames.
+FRAMES_PER_PASS = 512
+# Block policy: what a blocked publisher's connection may have read ahead while
+# it waits (so that a publisher that hangs up is noticed and released).
+MAX_LOOKAHEAD_BYTES = 2 * READ_CHUNK_BYTES
+HOUSEKEEPING_MAX_INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -50,10 +71,31 @@ class BrokerConfig:
     # Caps on one MSG frame, so one busy topic cannot starve the others.
     max_run_messages: int = 4096
     max_run_bytes: int = 256 * 1024
+    # Caps on what clients can make the broker hold (0 = no limit for the rates).
+    max_connections: int = 1000
+    max_handshakes: int = 128  # connections that have not finished HELLO, at once
+    max_subscriptions: int = 1000  # per connection
+    max_topics: int = 10_000
+    max_durables: int = 10_000
+    max_memory_bytes: int = 1024 * 1024 * 1024  # payload bytes retained across all topics
+    topic_ttl_s: float = 24 * 3600.0  # idle topics nobody subscribes to are forgotten
+    durable_ttl_s: float = 24 * 3600.0  # offline durables are forgotten after this
+    max_publish_rate_msgs: float = 0.0  # per connection, per second
+    max_publish_rate_bytes: float = 0.0
 
     @property
     def max_payload_bytes(self) -> int:
         return self.max_frame_bytes - p.FRAME_ROOM_BYTES
+
+    def limits_summary(self) -> dict[str, float]:
+        return {"max_connections": self.max_connections, "max_handshakes": self.max_handshakes,
+                "max_subscriptions": self.max_subscriptions, "max_topics": self.max_topics,
+                "max_durables": self.max_durables, "max_memory_bytes": self.max_memory_bytes,
+                "topic_ttl_s": self.topic_ttl_s, "durable_ttl_s": self.durable_ttl_s,
+                "max_publish_rate_msgs": self.max_publish_rate_msgs,
+                "max_publish_rate_bytes": self.max_publish_rate_bytes,
+                "write_high_water_bytes": self.write_high_water_bytes,
+                "write_stall_timeout_s": self.write_stall_timeout_s}
 
 
 def now_us() -> int:
@@ -110,6 +152,7 @@ class Durable:
     pattern: str
     acked: dict[str, int]
     owner: Subscription | None = None
+    released_monotonic: float = field(default_factory=time.monotonic)
 
 
 class Broker:
@@ -117,13 +160,24 @@ class Broker:
         self.config = config
         self.epoch = time.time_ns() // 1000  # tells clients a restarted broker from the same one
         self.started_monotonic = time.monotonic()
+        self.budget = ByteBudget(config.max_memory_bytes)
         self.topics: dict[str, TopicLog] = {}
         self.router: Router[Subscription] = Router()
         self.durables: dict[str, Durable] = {}
         self.connections: set[Connection] = set()
+        self.handshaking = 0
+        # Totals of what the limits refused or removed, shown in STATS.
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("refused_connections", "budget_evictions", "expired_topics", "expired_durables",
+             "slow_consumers"), 0)
+        self.log_throttle = LogThrottle(log)
+        self._last_publish: dict[TopicLog, float] = {}
+        # A topic created again after it expired starts above every seq it had.
+        self._expired_seq_floor = 1
         self._room_freed: dict[TopicLog, asyncio.Event] = {}
         self._topic_locks: dict[TopicLog, asyncio.Lock] = {}
         self._server: asyncio.Server | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
         self._next_connection_id = 1
 
     # --- lifecycle -----------------------------------------------------------
@@ -132,9 +186,11 @@ class Broker:
         self._server = await asyncio.start_server(
             self._accept, self.config.host, self.config.port, limit=READ_CHUNK_BYTES
         )
-        log.info("listening on %s:%d (on-full=%s, retain %d messages / %d bytes per topic)",
-                 self.config.host, self.port, self.config.on_full,
-                 self.config.retention.max_messages, self.config.retention.max_bytes)
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="broker-housekeeping")
+        log.info("listening on %s:%d (on-full=%s, retain %d messages / %d bytes per topic, "
+                 "%d bytes in all)", self.config.host, self.port, self.config.on_full,
+                 self.config.retention.max_messages, self.config.retention.max_bytes,
+                 self.config.max_memory_bytes)
 
     @property
     def port(self) -> int:
@@ -146,6 +202,9 @@ class Broker:
         """Stop accepting, tell every client we are going, and end all connections."""
         if self._server is not None:
             self._server.close()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
         for connection in list(self.connections):
             connection.close(p.Error("shutdown", "broker is shutting down", None, True))
         tasks = [c.task for c in self.connections if c.task is not None]
@@ -159,6 +218,13 @@ class Broker:
         log.info("stopped")
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        refusal = self._refusal()
+        if refusal is not None:
+            self.counters["refused_connections"] += 1
+            self.log_throttle.warning(refusal.code, "refusing a connection: %s", refusal.message)
+            writer.write(p.encode(refusal))
+            writer.close()
+            return
         connection = Connection(self, self._next_connection_id, reader, writer)
         self._next_connection_id += 1
         self.connections.add(connection)
@@ -168,6 +234,59 @@ class Broker:
             self.connections.discard(connection)
             self._detach(connection)
 
+    def _refusal(self) -> p.Error | None:
+        """A fatal ERROR for a new connection over a cap, or None to let it in."""
+        config = self.config
+        if len(self.connections) >= config.max_connections:
+            return p.Error("too_many_connections", f"the broker holds its maximum of "
+                           f"{config.max_connections:,} connections (--max-connections)",
+                           None, True)
+        if self.handshaking >= config.max_handshakes:
+            return p.Error("busy", f"{config.max_handshakes:,} connections are already in "
+                           "their handshake (--max-handshakes); try again shortly", None, True)
+        return None
+
+    async def _housekeep(self) -> None:
+        """Forget idle topics nobody reads and durables nobody has used, now and then."""
+        interval = min(HOUSEKEEPING_MAX_INTERVAL_S,
+                       max(0.05, min(self.config.topic_ttl_s, self.config.durable_ttl_s) / 4))
+        while True:
+            await asyncio.sleep(interval)
+            self.expire(time.monotonic())
+
+    def expire(self, now: float) -> None:
+        ttl = self.config.durable_ttl_s
+        for name, durable in list(self.durables.items()):
+            if durable.owner is None and now - durable.released_monotonic > ttl:
+                del self.durables[name]
+                self.counters["expired_durables"] += 1
+                log.info("forgot durable %s: unused for %g s (--durable-ttl)", echo(name), ttl)
+        ttl = self.config.topic_ttl_s
+        for topic, last in list(self._last_publish.items()):
+            if now - last > ttl and self._expirable(topic):
+                self._forget_topic(topic)
+                log.info("forgot topic %s: no publish for %g s and no subscriber (--topic-ttl)",
+                         echo(topic.name), ttl)
+
+    def _expirable(self, topic: TopicLog) -> bool:
+        if any(True for _ in self.router.subscribers(topic.name)):
+            return False
+        # An offline durable that has not read all of it still needs it.
+        return all(d.acked.get(topic.name, topic.next_seq) >= topic.next_seq
+                   for d in self.durables.values())
+
+    def _forget_topic(self, topic: TopicLog) -> None:
+        self._expired_seq_floor = max(self._expired_seq_floor, topic.next_seq)
+        for durable in self.durables.values():
+            durable.acked.pop(topic.name, None)  # caught up: nothing of it is owed
+        del self.topics[topic.name]
+        self.router.remove_topic(topic.name)
+        self._last_publish.pop(topic, None)
+        self._room_freed.pop(topic, None)
+        self._topic_locks.pop(topic, None)
+        topic.release()
+        self.counters["expired_topics"] += 1
+
     # --- topics and subscriptions -------------------------------------------
 
     def topic(self, name: str) -> TopicLog:
@@ -175,9 +294,15 @@ class Broker:
         topic = self.topics.get(name)
         if topic is None:
             validate_topic(name)
-            topic = self.topics[name] = TopicLog(name, self.config.retention)
+            if len(self.topics) >= self.config.max_topics:
+                raise ProtocolError(
+                    f"cannot create topic {echo(name)}: the broker holds its maximum of "
+                    f"{self.config.max_topics:,} topics (--max-topics)", code="too_many_topics")
+            topic = TopicLog(name, self.config.retention, self.budget, self._expired_seq_floor)
+            self.topics[name] = topic
             for sub in self.router.add_topic(name):
-                sub.start_at(topic, 1)  # a topic born after the subscription: all of it is new
+                sub.start_at(topic, topic.created_seq)  # born after the subscription: all new
+        self._last_publish[topic] = time.monotonic()
         return topic
 
     def subscribe(self, connection: Connection, frame: p.Subscribe) -> Subscription:
@@ -189,20 +314,27 @@ class Broker:
         if not (start in ("new", "earliest") or (type(start) is int and start >= 1)):
             raise ProtocolError(f"start {start!r} is not 'new', 'earliest' or a seq >= 1",
                                 code="bad_subscribe")
-        sub = Subscription(connection, frame.sid, frame.pattern, frame.window, frame.durable)
         durable = self.durables.get(frame.durable) if frame.durable else None
         if durable is not None:
             self._check_durable(durable, frame)
+        elif frame.durable and len(self.durables) >= self.config.max_durables:
+            raise ProtocolError(
+                f"cannot create durable {echo(frame.durable)}: the broker holds its maximum of "
+                f"{self.config.max_durables:,} durables (--max-durables)",
+                code="too_many_durables")
+        sub = Subscription(connection, frame.sid, frame.pattern, frame.window, frame.durable)
         for name in self.router.add_subscriber(sub, frame.pattern):
             topic = self.topics[name]
             if durable is not None:
-                sub.start_at(topic, durable.acked.get(name, 1))
+                sub.start_at(topic, durable.acked.get(name, topic.created_seq))
             elif start == "new":
                 sub.start_at(topic, topic.next_seq)
             elif start == "earliest":
                 sub.start_at(topic, topic.first_seq)
             else:
-                sub.start_at(topic, int(start))
+                # A seq beyond the newest means "from the next message on" (nothing is
+                # skipped); one below the oldest is reported as a GAP of what was evicted.
+                sub.start_at(topic, min(int(start), topic.next_seq))
         if frame.durable:
             if durable is None:
                 durable = self.durables[frame.durable] = Durable(frame.pattern, {})
@@ -212,20 +344,22 @@ class Broker:
     def _check_durable(self, durable: Durable, frame: p.Subscribe) -> None:
         if durable.owner is not None:
             raise ProtocolError(
-                f"durable {frame.durable!r} is in use by connection "
+                f"durable {echo(frame.durable or '')} is in use by connection "
                 f"{durable.owner.connection.describe()}", code="durable_in_use")
         if durable.pattern != frame.pattern:
             raise ProtocolError(
-                f"durable {frame.durable!r} was created for pattern {durable.pattern!r}, "
-                f"not {frame.pattern!r}", code="durable_pattern")
+                f"durable {echo(frame.durable or '')} was created for pattern "
+                f"{echo(durable.pattern)}, not {echo(frame.pattern)}", code="durable_pattern")
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Forget a subscription; a durable one keeps its ack marks for the next owner."""
         self.router.remove_subscriber(sub)
         if sub.durable:
-            durable = self.durables[sub.durable]
-            durable.acked = {topic.name: seq for topic, seq in sub.acked.items()}
-            durable.owner = None
+            durable = self.durables.get(sub.durable)
+            if durable is not None:
+                durable.acked = {topic.name: seq for topic, seq in sub.acked.items()}
+                durable.owner = None
+                durable.released_monotonic = time.monotonic()
         for topic in sub.cursors:
             self.room_freed(topic)
 
@@ -241,49 +375,51 @@ class Broker:
         for sub in self.router.subscribers(topic.name):
             sub.connection.mark_dirty(sub, topic)
 
-    def keep_from(self, topic: TopicLog, publisher: Connection) -> int:
+    def keep_from(self, topic: TopicLog, publisher: Connection | None) -> int:
         """Block policy: the oldest seq some other connection's subscription still needs."""
         return min((sub.acked[topic] for sub in self.router.subscribers(topic.name)
                     if sub.connection is not publisher), default=topic.next_seq)
+
+    def make_room(self, wanted_bytes: int = 0) -> bool:
+        """Keep retained bytes across all topics within --max-memory.
+
+        Evicts the oldest messages of the largest topics (under `block`, only
+        messages every subscriber has acknowledged) until `wanted_bytes` more
+        fit, and a little further, so that one scan serves many publishes.
+        Returns whether they fit. Subscribers behind get a GAP, as with
+        per-topic retention.
+        """
+        budget = self.budget
+        if budget.used_bytes + wanted_bytes <= budget.limit_bytes:
+            return True
+        target = budget.limit_bytes - wanted_bytes - budget.limit_bytes // 64
+        block = self.config.on_full == "block"
+        for topic in sorted(self.topics.values(), key=lambda t: t.retained_bytes, reverse=True):
+            keep_from = self.keep_from(topic, None) if block else topic.next_seq
+            evicted_before = topic.evicted_total
+            topic.evict_for_budget(budget.used_bytes - target, keep_from)
+            if topic.evicted_total != evicted_before:
+                self.counters["budget_evictions"] += topic.evicted_total - evicted_before
+                self.notify(topic)  # so that a subscriber behind hears of its GAP now
+            if budget.used_bytes <= target:
+                break
+        return budget.used_bytes + wanted_bytes <= budget.limit_bytes
 
     def room_freed(self, topic: TopicLog) -> None:
         event = self._room_freed.pop(topic, None)
         if event is not None:
             event.set()
 
-    async def wait_for_room(self, topic: TopicLog) -> None:
-        event = self._room_freed.setdefault(topic, asyncio.Event())
-        await event.wait()
+    def room_event(self, topic: TopicLog) -> asyncio.Event:
+        return self._room_freed.setdefault(topic, asyncio.Event())
 
     def topic_lock(self, topic: TopicLog) -> asyncio.Lock:
         return self._topic_locks.setdefault(topic, asyncio.Lock())
 
     # --- stats -------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        subscribers: dict[str, int] = {}
-        for sub in (s for c in self.connections for s in c.subscriptions.values()):
-            for topic in sub.cursors:
-                subscribers[topic.name] = subscribers.get(topic.name, 0) + 1
-        return {
-            "server": {
-                "name": self.config.server_name, "protocol": p.PROTOCOL_VERSION,
-                "epoch": self.epoch, "pid": os.getpid(),
-                "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
-                "on_full": self.config.on_full,
-                "retain_messages": self.config.retention.max_messages,
-                "retain_bytes": self.config.retention.max_bytes,
-                "connections": len(self.connections), "durables": len(self.durables),
-            },
-            "topics": {
-                name: {"published": t.published_total, "retained": t.retained,
-                       "retained_bytes": t.retained_bytes, "first_seq": t.first_seq,
-                       "next_seq": t.next_seq, "evicted": t.evicted_total,
-                       "subscribers": subscribers.get(name, 0)}
-                for name, t in sorted(self.topics.items())
-            },
-            "connections": [c.stats() for c in sorted(self.connections, key=lambda c: c.id)],
-        }
+    def stats(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        return broker_stats.build(self, broker_stats.StatsQuery(options))
 
 
 class _Closed(Exception):
@@ -300,38 +436,54 @@ class Connection:
         self.id = connection_id
         self.reader = reader
         self.writer = writer
-        host, port = writer.get_extra_info("peername")[:2]
-        self.peer = f"{host}:{port}"
-        self.client_name = "?"
+        peer = writer.get_extra_info("peername")  # None when reset before we got here
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "(gone)"
+        self.client_name = "?"  # set from HELLO once the client is authenticated
         self.subscriptions: dict[int, Subscription] = {}
         self.task = asyncio.current_task()
         self.published = 0
+        self.throttled_s = 0.0
+        self._decoder = p.FrameDecoder(MAX_HELLO_BYTES)
+        self._lookahead: deque[bytes] = deque()  # read while a blocked PUB waited
+        self._lookahead_bytes = 0
         self._out: list[bytes] = []  # frames waiting for the next writelines
         self._dirty: dict[tuple[Subscription, TopicLog], None] = {}  # ordered set
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._errors_logged: set[str] = set()
         self._closing = False
+        self._message_rate = (TokenBucket(self.config.max_publish_rate_msgs)
+                              if self.config.max_publish_rate_msgs else None)
+        self._byte_rate = (TokenBucket(self.config.max_publish_rate_bytes)
+                           if self.config.max_publish_rate_bytes else None)
 
     def describe(self) -> str:
         return f"#{self.id} {self.client_name!r} ({self.peer})"
+
+    def write_buffer_bytes(self) -> int:
+        return self.writer.transport.get_write_buffer_size()
 
     # --- lifecycle -----------------------------------------------------------
 
     async def run(self) -> None:
         try:
-            await self._handshake()
+            self.broker.handshaking += 1
+            try:
+                frames = await self._handshake()
+            finally:
+                self.broker.handshaking -= 1
             async with asyncio.TaskGroup() as tasks:
                 self._sender = tasks.create_task(self._send_loop())
-                tasks.create_task(self._read_loop())
+                tasks.create_task(self._read_loop(frames))
         except* _Closed:
             pass
         except* (ConnectionError, TimeoutError) as group:
             log.info("connection %s ended: %s", self.describe(), group.exceptions[0])
         finally:
             self.writer.close()
-        log.info("connection %s closed: published %d, delivered %d, gaps %d (%d missed)",
-                 self.describe(), self.published, *self._delivery_totals())
+        if self.client_name != "?":
+            log.info("connection %s closed: published %d, delivered %d, gaps %d (%d missed)",
+                     self.describe(), self.published, *self.delivery_totals())
 
     def close(self, error: p.Error | None = None) -> None:
         """End this connection from the broker's side, telling the client why."""
@@ -352,26 +504,34 @@ class Connection:
             self.writer.close()
         self._wake.set()
 
-    async def _handshake(self) -> None:
-        decoder = p.FrameDecoder(self.config.max_frame_bytes)
+    async def _handshake(self) -> list[p.Frame | p.UnknownFrame]:
+        """HELLO first, small, and in time; returns the frames pipelined behind it.
+
+        Until the client is authenticated the decoder accepts frames of at most
+        MAX_HELLO_BYTES and asyncio buffers at most 2 x READ_CHUNK_BYTES, so a
+        connection that never finishes its HELLO holds little.
+        """
+        decoder = self._decoder
+        frames: list[p.Frame | p.UnknownFrame] = []
         try:
             async with asyncio.timeout(self.config.handshake_timeout_s):
-                frames: list[p.Frame | p.UnknownFrame] = []
                 while not frames and decoder.error is None:
                     data = await self.reader.read(READ_CHUNK_BYTES)
                     if not data:
                         raise _Closed
-                    frames = decoder.feed(data)
+                    frames = decoder.feed(data, max_frames=1)
         except TimeoutError:
             self._refuse("handshake_timeout",
                          f"no HELLO within {self.config.handshake_timeout_s:g} s")
         if decoder.error is not None:
-            self._refuse(decoder.error.code, str(decoder.error))
+            message = str(decoder.error)
+            if decoder.error.code == "frame_too_large":
+                message += f" (before HELLO, frames may be at most {MAX_HELLO_BYTES:,} bytes)"
+            self._refuse(decoder.error.code, message)
         hello = frames[0]
         if type(hello) is not p.Hello:
             self._refuse("handshake", f"first frame must be HELLO, got {type(hello).__name__}")
         assert type(hello) is p.Hello
-        self.client_name = hello.client_name
         if hello.version != p.PROTOCOL_VERSION:
             self._refuse("version", f"protocol version {hello.version} is not supported "
                                     f"(this broker speaks {p.PROTOCOL_VERSION})")
@@ -379,12 +539,14 @@ class Connection:
             (hello.token or "").encode(), self.config.token.encode()
         ):
             self._refuse("auth", "token missing or wrong" if hello.token else "token required")
+        # Only now is the name worth a log line; cut, so a client cannot fill the log.
+        self.client_name = hello.client_name[:MAX_CLIENT_NAME_CHARS]
         self._out.append(p.encode(p.Welcome(p.PROTOCOL_VERSION, self.config.server_name,
                                             self.broker.epoch, self.config.max_frame_bytes)))
         self._flush()
         log.info("connection %s: handshake done", self.describe())
-        self._decoder = decoder
-        self._act(frames[1:])
+        decoder.max_frame_bytes = self.config.max_frame_bytes
+        return decoder.feed(b"")  # frames pipelined behind HELLO, acted on by the reader
 
     def _refuse(self, code: str, message: str) -> None:
         self.close(p.Error(code, message, None, True))
@@ -392,48 +554,84 @@ class Connection:
 
     # --- reading ---------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, frames: list[p.Frame | p.UnknownFrame]) -> None:
         decoder = self._decoder
         while True:
-            data = await self.reader.read(READ_CHUNK_BYTES)
-            if not data:
-                self._stop_sender()
-                raise _Closed
-            frames = decoder.feed(data)
-            if self.config.on_full == "block":
-                await self._act_blocking(frames)
-            else:
-                self._act(frames)
+            await self._act(frames)
             if decoder.error is not None:
                 self.close(p.Error(decoder.error.code, str(decoder.error), None, True))
                 self._stop_sender()
                 raise _Closed
+            # Read no more while this client has not taken what we owe it: its
+            # requests (PING, STATS, ...) must not pile up answers in our memory.
+            await self._room_to_write()
+            data = await self._next_data()
+            if not data:
+                self._stop_sender()
+                raise _Closed
+            frames = decoder.feed(data)
+
+    async def _next_data(self) -> bytes:
+        if self._lookahead:
+            data = self._lookahead.popleft()
+            self._lookahead_bytes -= len(data)
+            return data
+        return await self.reader.read(READ_CHUNK_BYTES)
 
     def _stop_sender(self) -> None:
         if self._sender is not None:
             self._sender.cancel()
 
-    def _act(self, frames: list[p.Frame | p.UnknownFrame]) -> None:
+    async def _act(self, frames: list[p.Frame | p.UnknownFrame]) -> None:
+        """Act on frames in order; every FRAMES_PER_PASS frames, and whenever our
+        output is over the high-water mark, let others run (and wait for the socket)."""
+        block = self.config.on_full == "block"
+        rated = self._message_rate is not None or self._byte_rate is not None
+        budget = FRAMES_PER_PASS
         for frame in frames:
             try:
                 if type(frame) is p.Publish:
-                    self._publish(frame)
+                    if rated:
+                        await self._throttle(frame)
+                    if block:
+                        await self._publish_blocking(frame)
+                    else:
+                        self._publish(frame)
                 else:
                     self._control(frame)
+                    budget = 0 if self._out_over_high_water() else budget
             except ProtocolError as exc:
                 self._reject(exc, frame)
+            budget -= 1
+            if budget <= 0:
+                self._flush()
+                await self._room_to_write()
+                budget = FRAMES_PER_PASS
         self._flush()
 
-    async def _act_blocking(self, frames: list[p.Frame | p.UnknownFrame]) -> None:
-        for frame in frames:
-            try:
-                if type(frame) is p.Publish:
-                    await self._publish_blocking(frame)
-                else:
-                    self._control(frame)
-            except ProtocolError as exc:
-                self._reject(exc, frame)
+    def _out_over_high_water(self) -> bool:
         self._flush()
+        return self.writer.transport.get_write_buffer_size() > self.config.write_high_water_bytes
+
+    async def _room_to_write(self) -> None:
+        """Yield to the loop; and while our unsent output is over the high-water mark,
+        wait for the client to take it (cut off after --write-timeout)."""
+        if self._out_over_high_water():
+            await self._drain()
+        else:
+            await asyncio.sleep(0)
+
+    async def _throttle(self, frame: p.Publish) -> None:
+        """--max-publish-rate: a publisher over its rate is not read until it is back under."""
+        delay = 0.0
+        if self._message_rate is not None:
+            delay = self._message_rate.take(len(frame.payloads))
+        if self._byte_rate is not None:
+            delay = max(delay, self._byte_rate.take(sum(map(len, frame.payloads))))
+        if delay > 0:
+            self._flush()
+            self.throttled_s += delay
+            await asyncio.sleep(delay)
 
     def _reject(self, exc: ProtocolError, frame: p.Frame | p.UnknownFrame) -> None:
         """A request we refuse but can survive: answer with a non-fatal ERROR."""
@@ -444,11 +642,12 @@ class Connection:
 
     def _check_publish(self, frame: p.Publish) -> TopicLog:
         if not frame.payloads:
-            raise ProtocolError(f"PUB to {frame.topic!r} carries no payloads", code="bad_publish")
+            raise ProtocolError(f"PUB to {echo(frame.topic)} carries no payloads",
+                                code="bad_publish")
         biggest = max(map(len, frame.payloads))
         if biggest > self.config.max_payload_bytes:
             raise ProtocolError(
-                f"payload of {biggest:,} bytes to {frame.topic!r} exceeds max payload "
+                f"payload of {biggest:,} bytes to {echo(frame.topic)} exceeds max payload "
                 f"{self.config.max_payload_bytes:,} (max-frame minus {p.FRAME_ROOM_BYTES})",
                 code="payload_too_large")
         return self.broker.topic(frame.topic)
@@ -456,15 +655,23 @@ class Connection:
     def _publish(self, frame: p.Publish) -> None:
         topic = self._check_publish(frame)
         first_seq = topic.append(frame.payloads, now_us())
+        if self.broker.budget.over:
+            self.broker.make_room()
         self._published(topic, frame, first_seq)
 
     async def _publish_blocking(self, frame: p.Publish) -> None:
         """Block policy: append only what evicts no unacknowledged message; wait for the rest.
 
-        While we wait we do not read this connection, so TCP pushes back on
-        the publisher. The topic lock keeps this run's seqs consecutive.
+        While we wait we do not act on this connection's later frames, so TCP
+        pushes back on the publisher; we do keep reading a little ahead, to see
+        a publisher that hangs up. The topic lock keeps this run's seqs consecutive.
         """
         topic = self._check_publish(frame)
+        if not self.broker.make_room(sum(map(len, frame.payloads))):
+            raise ProtocolError(
+                f"PUB to {echo(topic.name)} refused: the broker's retained bytes are at "
+                f"--max-memory {self.config.max_memory_bytes:,} and every message is still "
+                "unacknowledged by some subscriber", code="memory_full")
         async with self.broker.topic_lock(topic):
             first_seq = topic.next_seq
             remaining = frame.payloads
@@ -476,8 +683,34 @@ class Connection:
                     self.broker.notify(topic)
                 else:
                     self._flush()
-                    await self.broker.wait_for_room(topic)
+                    await self._wait_for_room(topic)
         self._published(topic, frame, first_seq)
+
+    async def _wait_for_room(self, topic: TopicLog) -> None:
+        """Wait until a subscriber frees room in `topic`, or raise _Closed if the publisher
+        hangs up meanwhile (read ahead into a bounded buffer to see its end)."""
+        room = asyncio.ensure_future(self.broker.room_event(topic).wait())
+        try:
+            while not room.done():
+                if self._lookahead_bytes >= MAX_LOOKAHEAD_BYTES:
+                    await room  # read ahead as far as we may: now only TCP holds the rest
+                    break
+                reading = asyncio.ensure_future(self.reader.read(READ_CHUNK_BYTES))
+                await asyncio.wait({room, reading}, return_when=asyncio.FIRST_COMPLETED)
+                if not reading.done():
+                    reading.cancel()  # StreamReader keeps its bytes for the next read
+                    await asyncio.wait({reading})
+                if reading.cancelled():
+                    continue
+                data = reading.result()
+                if not data:
+                    log.info("connection %s hung up while its PUB to %s waited for room",
+                             self.describe(), echo(topic.name))
+                    raise _Closed
+                self._lookahead.append(data)
+                self._lookahead_bytes += len(data)
+        finally:
+            room.cancel()
 
     def _published(self, topic: TopicLog, frame: p.Publish, first_seq: int) -> None:
         self.published += len(frame.payloads)
@@ -492,17 +725,7 @@ class Connection:
             case p.Ack(sid, count):
                 self._ack(sid, count)
             case p.Subscribe():
-                if frame.sid in self.subscriptions:
-                    raise ProtocolError(f"sid {frame.sid} is already subscribed",
-                                        code="bad_subscribe")
-                sub = self.broker.subscribe(self, frame)
-                self.subscriptions[frame.sid] = sub
-                self._out.append(p.encode(p.Subscribed(frame.sid)))
-                log.info("connection %s subscribed sid %d to %r (start=%s%s)", self.describe(),
-                         frame.sid, frame.pattern, frame.start,
-                         f", durable {frame.durable!r}" if frame.durable else "")
-                for topic in sub.cursors:
-                    self.mark_dirty(sub, topic)
+                self._subscribe(frame)
             case p.Unsubscribe(sid):
                 self.broker.unsubscribe(self._subscription(sid))
                 del self.subscriptions[sid]
@@ -510,15 +733,34 @@ class Connection:
                 self._out.append(p.encode(p.Pong(nonce)))
             case p.Pong():
                 pass
-            case p.StatsRequest(request_id):
-                self._out.append(p.encode(p.StatsReply(request_id, self.broker.stats())))
+            case p.StatsRequest(request_id, options):
+                self._out.append(p.encode(p.StatsReply(request_id, self.broker.stats(options))))
             case p.Error(code, message):
-                log.warning("connection %s reports error [%s]: %s", self.describe(), code, message)
+                # Logged once per connection: a client cannot fill the broker's log.
+                self._log_once("client-error", "connection %s reports error [%s]: %s "
+                               "(further errors from it are not logged)", self.describe(),
+                               code[:64], message[:200])
             case p.UnknownFrame(type_code):
                 raise ProtocolError(f"unknown frame type {type_code}", code="unknown_frame")
             case _:
                 raise ProtocolError(f"{type(frame).__name__} frames are sent by the broker, "
                                     "not to it", code="unexpected_frame")
+
+    def _subscribe(self, frame: p.Subscribe) -> None:
+        if frame.sid in self.subscriptions:
+            raise ProtocolError(f"sid {frame.sid} is already subscribed", code="bad_subscribe")
+        if len(self.subscriptions) >= self.config.max_subscriptions:
+            raise ProtocolError(
+                f"connection has its maximum of {self.config.max_subscriptions:,} "
+                "subscriptions (--max-subscriptions)", code="too_many_subscriptions")
+        sub = self.broker.subscribe(self, frame)
+        self.subscriptions[frame.sid] = sub
+        self._out.append(p.encode(p.Subscribed(frame.sid)))
+        log.info("connection %s subscribed sid %d to %s (start=%s%s)", self.describe(),
+                 frame.sid, echo(frame.pattern), frame.start,
+                 f", durable {echo(frame.durable)}" if frame.durable else "")
+        for topic in sub.cursors:
+            self.mark_dirty(sub, topic)
 
     def _subscription(self, sid: int) -> Subscription:
         sub = self.subscriptions.get(sid)
@@ -553,12 +795,7 @@ class Connection:
                 for sub, topic in dirty:
                     if sub.connection.subscriptions.get(sub.sid) is sub:
                         self._deliver(sub, topic)
-                self._flush()
-                queued = self.writer.transport.get_write_buffer_size()
-                if queued > self.config.write_high_water_bytes:
-                    await self._drain()
-                elif self._dirty:
-                    await asyncio.sleep(0)  # more to send: let the readers run first
+                await self._room_to_write()  # more to send: let the readers run first
 
     def _deliver(self, sub: Subscription, topic: TopicLog) -> None:
         """Queue the next run of `topic` for `sub`, or a GAP if it fell behind retention."""
@@ -597,11 +834,12 @@ class Connection:
     def _gap(self, sub: Subscription, topic: TopicLog, first_missed: int, count: int) -> None:
         sub.gaps += 1
         sub.missed += count
-        reason = (f"evicted: fell behind retention of {topic.name!r} "
+        reason = (f"evicted: fell behind retention of {echo(topic.name)} "
                   f"({self.config.retention.max_messages:,} messages / "
-                  f"{self.config.retention.max_bytes:,} bytes)")
-        self._log_once("gap", "connection %s sid %d missed %d messages of %r from seq %d: %s",
-                       self.describe(), sub.sid, count, topic.name, first_missed, reason)
+                  f"{self.config.retention.max_bytes:,} bytes per topic, "
+                  f"{self.config.max_memory_bytes:,} bytes in all)")
+        self._log_once("gap", "connection %s sid %d missed %d messages of %s from seq %d: %s",
+                       self.describe(), sub.sid, count, echo(topic.name), first_missed, reason)
         self._out.append(p.encode(p.Gap(sub.sid, topic.name, first_missed, count, reason)))
 
     def _flush(self) -> None:
@@ -616,6 +854,7 @@ class Connection:
                 await self.writer.drain()
         except TimeoutError:
             queued = self.writer.transport.get_write_buffer_size()
+            self.broker.counters["slow_consumers"] += 1
             self.close(p.Error(
                 "slow_consumer",
                 f"took no bytes for {self.config.write_stall_timeout_s:g} s with "
@@ -630,24 +869,7 @@ class Connection:
             self._errors_logged.add(key)
             log.warning(message, *args)
 
-    def _delivery_totals(self) -> tuple[int, int, int]:
+    def delivery_totals(self) -> tuple[int, int, int]:
         subs = self.subscriptions.values()
         return (sum(s.delivered for s in subs), sum(s.gaps for s in subs),
                 sum(s.missed for s in subs))
-
-    def stats(self) -> dict[str, Any]:
-        delivered, gaps, missed = self._delivery_totals()
-        return {
-            "id": self.id, "name": self.client_name, "peer": self.peer,
-            "published": self.published, "delivered": delivered, "gaps": gaps,
-            "missed": missed,
-            "pending": sum(s.pending() for s in self.subscriptions.values()),
-            "unacked": sum(s.inflight for s in self.subscriptions.values()),
-            "write_buffer_bytes": self.writer.transport.get_write_buffer_size(),
-            "subscriptions": [
-                {"sid": s.sid, "pattern": s.pattern, "durable": s.durable,
-                 "delivered": s.delivered, "pending": s.pending(), "unacked": s.inflight,
-                 "gaps": s.gaps, "missed": s.missed}
-                for s in self.subscriptions.values()
-            ],
-        }

@@ -14,6 +14,10 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
 
+# How many evicted slots may pile up at the front of a log before they are cut off.
+# The slots hold no payload (it is released at eviction), only a list entry each.
+COMPACT_AFTER_SLOTS = 1024
+
 
 @dataclass(frozen=True)
 class Retention:
@@ -23,19 +27,46 @@ class Retention:
     max_bytes: int = 64 * 1024 * 1024
 
 
+class ByteBudget:
+    """Payload bytes retained across every topic of a broker, against one limit.
+
+    Per-topic retention alone has no bound over N topics; the broker checks
+    this after each publish and evicts from the largest topics while over.
+    """
+
+    __slots__ = ("limit_bytes", "used_bytes")
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.used_bytes = 0
+
+    @property
+    def over(self) -> bool:
+        return self.used_bytes > self.limit_bytes
+
+
 class TopicLog:
     """The retained messages of one topic, oldest first.
 
     Stored as two parallel Python lists (payloads, timestamps) plus a head
-    index: eviction moves the head, and the dead prefix is cut off once it is
-    as long as the live part, so both append and evict are amortised O(1) and
-    a read of a run of messages is one C-level list slice.
+    index: eviction releases the payload at once (its slot is emptied, so
+    evicted bytes are freed when they are evicted, not later) and moves the
+    head; the dead prefix of empty slots is cut off once it is as long as the
+    live part, so both append and evict are amortised O(1) and a read of a
+    run of messages is one C-level list slice.
+
+    `first_seq` is normally 1; a topic that is created again after it expired
+    starts above every seq it had before (see Broker.topic), so that
+    (epoch, topic, seq) still names one message.
     """
 
-    def __init__(self, name: str, retention: Retention) -> None:
+    def __init__(self, name: str, retention: Retention, budget: ByteBudget | None = None,
+                 first_seq: int = 1) -> None:
         self.name = name
         self.retention = retention
-        self.next_seq = 1  # the seq the next published message will get
+        self.budget = budget if budget is not None else ByteBudget(1 << 62)
+        self.created_seq = first_seq  # where a subscriber that predates the topic starts
+        self.next_seq = first_seq  # the seq the next published message will get
         self.retained_bytes = 0
         self.evicted_total = 0
         self._payloads: list[bytes] = []
@@ -56,14 +87,16 @@ class TopicLog:
 
     @property
     def published_total(self) -> int:
-        return self.next_seq - 1
+        return self.next_seq - self.created_seq
 
     def append(self, payloads: list[bytes], stamp_us: int) -> int:
         """Append every payload, evicting the oldest to stay in bounds; return the first new seq."""
         first = self.next_seq
         self._payloads.extend(payloads)
         self._stamps_us.extend([stamp_us] * len(payloads))
-        self.retained_bytes += sum(map(len, payloads))
+        size = sum(map(len, payloads))
+        self.retained_bytes += size
+        self.budget.used_bytes += size
         self.next_seq += len(payloads)
         self._evict(keep_from_seq=self.next_seq)
         return first
@@ -97,6 +130,7 @@ class TopicLog:
             self._payloads.append(payload)
             self._stamps_us.append(stamp_us)
             self.retained_bytes += size
+            self.budget.used_bytes += size
             self.next_seq += 1
             appended += 1
         return appended
@@ -125,11 +159,35 @@ class TopicLog:
         ):
             self._evict_oldest()
 
-    def _evict_oldest(self) -> None:
-        self.retained_bytes -= len(self._payloads[self._head])
-        self._head += 1
+    def evict_for_budget(self, bytes_wanted: int, keep_from_seq: int) -> int:
+        """Evict oldest messages (not `keep_from_seq` or later) until `bytes_wanted` are freed.
+
+        Returns the bytes freed; the broker's memory budget calls this on its largest topics.
+        """
+        freed = 0
+        while freed < bytes_wanted and self.retained and self.first_seq < keep_from_seq:
+            freed += self._evict_oldest()
+        return freed
+
+    def _evict_oldest(self) -> int:
+        head = self._head
+        size = len(self._payloads[head])
+        self._payloads[head] = b""  # release the payload now, not when the prefix is cut
+        self.retained_bytes -= size
+        self.budget.used_bytes -= size
+        self._head = head + 1
         self.evicted_total += 1
-        if self._head >= 1024 and self._head * 2 >= len(self._payloads):
+        if self._head >= COMPACT_AFTER_SLOTS and self._head * 2 >= len(self._payloads):
             del self._payloads[: self._head]
             del self._stamps_us[: self._head]
             self._head = 0
+        return size
+
+    def release(self) -> None:
+        """Give this topic's bytes back to the budget (the topic is being forgotten)."""
+        self.budget.used_bytes -= self.retained_bytes
+        self.retained_bytes = 0
+        self._payloads.clear()
+        self._stamps_us.clear()
+        self._head = 0
+        self.encoded_run = None

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,3 +209,22 @@ async def replay_session(broker: str, *flags: str) -> str:
                                      *(flags or ("--as-fast-as-possible",)), "--broker", broker)
     assert code == 0, err
     return err
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory (VmRSS) or its peak so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], what: str,
+                   timeout_s: float = 10.0, interval_s: float = 0.05) -> None:
+    """Poll `predicate` until it holds; fail with `what` if it does not within the time."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not await predicate():
+                await asyncio.sleep(interval_s)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}") from None
