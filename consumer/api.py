@@ -26,6 +26,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ from typing import Any, Literal
 
 from broker import cli
 from broker.client import Client, Message, Subscription
-from broker.errors import ConfigError
+from broker.errors import ConfigError, ProtocolError
+from broker.limits import LogThrottle
+from broker.routing import validate_pattern
 
 log = logging.getLogger("slipstream.consumer")
 
@@ -44,6 +47,12 @@ OnError = Literal["skip", "stop"]
 
 class HandlerFailed(Exception):
     """--on-error stop: a handler raised, so the consumer stops (exit code 1)."""
+
+
+class Fatal(Exception):
+    """Raise from a handler (or call `Consumer.fail`) to stop with exit 1, whatever
+    --on-error says: for failures no later message can fix (a database that
+    cannot be written)."""
 
 
 class _Stop(Exception):
@@ -78,6 +87,10 @@ class Consumer:
         self._shutdown: list[Hook] = []
         self._argument_hooks: list[Callable[[argparse.ArgumentParser], None]] = []
         self._stopping: asyncio.Event | None = None
+        self._failure: HandlerFailed | None = None
+        self._stdout_gone = False
+        # One handler raising on every message must not write a line per message.
+        self._error_log = LogThrottle(log, interval_s=10.0)
 
     # --- declaring ---------------------------------------------------------------
 
@@ -94,12 +107,17 @@ class Consumer:
         """The same as `on`, for patterns known only at startup (from the command line)."""
         if not asyncio.iscoroutinefunction(function):
             raise TypeError(f"handler {function!r} for {pattern!r} must be an async def")
+        try:
+            validate_pattern(pattern)
+        except ProtocolError as exc:
+            raise ConfigError(str(exc)) from None
         handler = Handler(pattern, function, auto_ack)
         self.handlers.append(handler)
         return handler
 
     def startup(self, hook: Hook) -> Hook:
-        """Decorator: run before subscribing (open a database, load state)."""
+        """Decorator: run before connecting (check flags, open a database, load state);
+        a ConfigError raised here is exit 2 with its message, and nothing connected."""
         self._startup.append(hook)
         return hook
 
@@ -118,6 +136,12 @@ class Consumer:
         """Finish cleanly: no more messages are handed out, shutdown hooks run."""
         if self._stopping is not None:
             self._stopping.set()
+
+    def fail(self, reason: str) -> None:
+        """Stop as `stop` does, then exit 1 with `reason` (from a hook or a background task)."""
+        if self._failure is None:
+            self._failure = HandlerFailed(reason)
+        self.stop()
 
     # --- running ---------------------------------------------------------------------
 
@@ -144,36 +168,41 @@ class Consumer:
         return cli.run(prog or self.name, self.serve)
 
     async def serve(self) -> int:
-        """Connect, run the startup hooks, handle messages until stopped, then shut down."""
+        """Run the startup hooks, connect, handle messages until stopped, then shut down."""
         self._stopping = asyncio.Event()
-        failure: HandlerFailed | None = None
-        async with Client(self.args.broker, name=self.name, token=self.args.token) as client:
-            self.client = client
-            try:
-                for hook in self._startup:
-                    await hook()
-                if not self.handlers:
-                    raise ConfigError(f"consumer {self.name!r} has no handlers")
-                for handler in self.handlers:
-                    handler.subscription = await client.subscribe(
-                        handler.pattern, start=self.args.start, auto_ack=handler.auto_ack,
-                        durable=f"{self.args.durable}:{handler.pattern}"
-                        if self.args.durable else None)
-                async with asyncio.TaskGroup() as tasks:
-                    for handler in self.handlers:
-                        tasks.create_task(self._pump(handler), name=handler.pattern)
-                    tasks.create_task(self._wait_for_stop())
-            except* _Stop:
-                pass
-            except* HandlerFailed as group:
-                failure = group.exceptions[0]  # type: ignore[assignment]
-            finally:
-                for hook in self._shutdown:
-                    await hook()
-                print(self.report(), file=sys.stderr)
-        if failure is not None:
-            return cli.fail(self.name, str(failure))
+        try:
+            for hook in self._startup:
+                await hook()
+            if not self.handlers:
+                raise ConfigError(f"consumer {self.name!r} has no handlers")
+            async with Client(self.args.broker, name=self.name, token=self.args.token) as client:
+                self.client = client
+                await self._consume(client)
+        finally:
+            for hook in self._shutdown:
+                await hook()
+            if self._stdout_gone:
+                _silence_stdout()
+            self._error_log.flush()
+            print(self.report(), file=sys.stderr)
+        if self._failure is not None:
+            return cli.fail(self.name, str(self._failure))
         return cli.EXIT_OK
+
+    async def _consume(self, client: Client) -> None:
+        for handler in self.handlers:
+            handler.subscription = await client.subscribe(
+                handler.pattern, start=self.args.start, auto_ack=handler.auto_ack,
+                durable=f"{self.args.durable}:{handler.pattern}" if self.args.durable else None)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for handler in self.handlers:
+                    tasks.create_task(self._pump(handler), name=handler.pattern)
+                tasks.create_task(self._wait_for_stop())
+        except* _Stop:
+            pass
+        except* HandlerFailed as group:
+            self._failure = self._failure or group.exceptions[0]  # type: ignore[assignment]
 
     async def _wait_for_stop(self) -> None:
         assert self._stopping is not None
@@ -193,13 +222,23 @@ class Consumer:
                 return
             try:
                 await handler.function(message)
+            except BrokenPipeError:
+                # Our reader went away (`| head`, a jq that exited): stop, quietly.
+                self._stdout_gone = True
+                self.stop()
+                return
+            except Fatal as exc:
+                raise HandlerFailed(str(exc)) from exc
             except Exception as exc:
                 handler.failed += 1
                 where = f"handler {handler.name!r} failed on {message.topic} #{message.seq}"
                 if self.args.on_error == "stop":
                     raise HandlerFailed(f"{where}: {type(exc).__name__}: {exc}") from exc
-                log.error("%s (skipped): %s: %s", where, type(exc).__name__, exc,
-                          exc_info=handler.failed == 1)  # the traceback once per handler
+                # Keyed on the handler and the error's type and text, not on the message:
+                # the same failure on every message is one line, then a count.
+                self._error_log.log(logging.ERROR, f"{handler.name}:{type(exc).__name__}:{exc}",
+                                    "%s (skipped): %s: %s", where, type(exc).__name__, exc,
+                                    exc_info=handler.failed == 1)  # the traceback once
             handler.handled += 1
 
     def report(self) -> str:
@@ -207,6 +246,13 @@ class Consumer:
         return (f"{self.name}: handled {sum(h.handled for h in self.handlers):,} messages, "
                 f"{sum(s.gap_count for s in subs)} gaps ({sum(s.missed for s in subs):,} "
                 f"messages missed), {sum(h.failed for h in self.handlers)} handler errors")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def json_text(value: Any) -> str:

@@ -6,6 +6,12 @@ event loop never waits for the disk. Messages are acknowledged to the broker
 only after their transaction committed, and the subscription is durable, so
 a writer killed at any moment and restarted resumes with nothing lost; what
 the broker sends again is ignored by the (epoch, topic, seq) key.
+
+A transaction that fails (disk full, the database locked by another process)
+is rolled back and the same rows are tried again with backoff for --retry-for
+seconds; meanwhile nothing more is acknowledged, so the broker holds the
+messages. If it still fails, the writer stops with exit 1 and the reason. A
+database that cannot be written at all is refused at start, with exit 2.
 Schema and example queries: docs/sqlite.md.
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,8 +27,14 @@ from typing import Any
 
 from broker import cli
 from broker.client import Message
-from consumer.api import Consumer
+from broker.errors import ConfigError, SlipstreamError
+from broker.tasks import stop_task
+from consumer.api import Consumer, Fatal
 from consumer.sqlite_schema import SCHEMA, LiveTables, Rows
+
+log = logging.getLogger("slipstream.sqlite")
+RETRY_FIRST_DELAY_S = 0.1
+RETRY_MAX_DELAY_S = 2.0
 
 app = Consumer("sqlite", description="Write every message of the topics matching PATTERN "
                                      "into a SQLite database (WAL, batched, durable).")
@@ -38,7 +51,14 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="commit after N messages (default %(default)s)")
     parser.add_argument("--flush-ms", type=cli.positive_int, default=200, metavar="T",
                         help="commit at least every T milliseconds (default %(default)s)")
+    parser.add_argument("--retry-for", type=float, default=30.0, metavar="SECONDS",
+                        help="keep retrying a failed transaction (disk full, database locked) "
+                             "this long before stopping with exit 1 (default %(default)s)")
     parser.set_defaults(durable="sqlite")  # resume after a restart unless told otherwise
+
+
+class WriteFailed(SlipstreamError):
+    """A transaction kept failing for --retry-for seconds: the writer stops (exit 1)."""
 
 
 class Writer:
@@ -55,22 +75,37 @@ class Writer:
         await self._run(self._open)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
-        db.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; fast commits
-        db.executescript(SCHEMA)
+        """Open, create the schema, and prove a write works: refuse a database we cannot
+        write now, rather than after the first batch of messages was handed to us."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA busy_timeout=1000")  # a lock held briefly elsewhere is waited for
+            db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+            db.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint
+            db.executescript(SCHEMA)
+            db.execute("BEGIN IMMEDIATE")  # takes the write lock: fails if we cannot write
+            db.execute("ROLLBACK")
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot write the database {self.path}: {exc}") from None
         self._db = db
 
     async def write(self, rows: Rows) -> None:
         await self._run(self._write, rows)
 
     def _write(self, rows: Rows) -> None:
-        assert self._db is not None
-        self._db.execute("BEGIN")
-        for statement, values in rows.items():
-            self._db.executemany(statement, values)
-        self._db.execute("COMMIT")
+        """One transaction: all of `rows`, or (rolled back) none of them."""
+        db = self._db
+        assert db is not None
+        try:
+            db.execute("BEGIN")
+            for statement, values in rows.items():
+                db.executemany(statement, values)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")  # else the next BEGIN fails: "within a transaction"
+            raise
         self.rows_written += sum(len(values) for values in rows.values())
         self.commits += 1
 
@@ -86,10 +121,14 @@ class Writer:
 class Batcher:
     """Collects rows from the handlers and commits them, then acknowledges."""
 
-    def __init__(self, writer: Writer, batch: int, flush_s: float) -> None:
+    def __init__(self, writer: Writer, batch: int, flush_s: float,
+                 retry_for_s: float = 30.0) -> None:
         self.writer = writer
         self.batch = batch
         self.flush_s = flush_s
+        self.retry_for_s = retry_for_s
+        self.failed_attempts = 0
+        self.failed = False  # gave up: the shutdown does not try again
         self.tables = LiveTables()
         self.rows = Rows()
         self.messages = 0
@@ -99,13 +138,17 @@ class Batcher:
         self.tables.rows_for(message, self.rows)
         self.messages += 1
         if self.messages >= self.batch:
-            await self.flush()
+            try:
+                await self.flush()
+            except WriteFailed as exc:
+                self.failed = True
+                raise Fatal(str(exc)) from None
 
     async def flush(self) -> None:
         async with self._lock:
             if not self.messages:
                 return
-            rows, self.rows, self.messages = self.rows, Rows(), 0
+            rows, count, self.rows, self.messages = self.rows, self.messages, Rows(), 0
             # What may be acknowledged once these rows are in: every message handed out
             # so far (the one being handled now is acknowledged with the next batch).
             client = app.client
@@ -113,15 +156,57 @@ class Batcher:
             acks = [(handler.subscription, handler.subscription.unacknowledged)
                     for handler in app.handlers if handler.subscription is not None]
             generation = client.generation
-            await self.writer.write(rows)
+            try:
+                await self._write_with_retries(rows)
+            except BaseException:
+                self._put_back(rows, count)  # not written: not acknowledged, kept for a retry
+                raise
             for subscription, count in acks:
                 if subscription is not None and count:
                     subscription.ack(count, generation)
 
+    async def _write_with_retries(self, rows: Rows) -> None:
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.retry_for_s
+        delay = RETRY_FIRST_DELAY_S
+        while True:
+            try:
+                await self.writer.write(rows)
+            except sqlite3.Error as exc:
+                self.failed_attempts += 1
+                if loop.time() + delay > give_up_at:
+                    raise WriteFailed(
+                        f"cannot write to {self.writer.path} for {self.retry_for_s:g} s: {exc}; "
+                        "the messages not written are not acknowledged, and the broker keeps "
+                        "them for the next run") from None
+                if self.failed_attempts == 1 or self.failed_attempts % 20 == 0:
+                    log.warning("writing %s failed (%s); rolled back, retrying for up to "
+                                "%g s", self.writer.path, exc, self.retry_for_s)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY_S)
+                continue
+            if self.failed_attempts:
+                log.warning("writing %s works again after %d failed attempts",
+                            self.writer.path, self.failed_attempts)
+                self.failed_attempts = 0
+            return
+
+    def _put_back(self, rows: Rows, count: int) -> None:
+        """Rows of a failed transaction go back in front of any added since."""
+        for statement, values in self.rows.items():
+            rows[statement].extend(values)
+        self.rows = rows
+        self.messages += count
+
     async def flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.flush_s)
-            await self.flush()
+            try:
+                await self.flush()
+            except WriteFailed as exc:
+                self.failed = True
+                app.fail(str(exc))
+                return
 
 
 _state: dict[str, Any] = {}
@@ -131,7 +216,7 @@ _state: dict[str, Any] = {}
 async def _open() -> None:
     writer = Writer(app.args.db)
     await writer.open()
-    batcher = Batcher(writer, app.args.batch, app.args.flush_ms / 1000)
+    batcher = Batcher(writer, app.args.batch, app.args.flush_ms / 1000, app.args.retry_for)
     _state.update(writer=writer, batcher=batcher,
                   timer=asyncio.create_task(batcher.flush_periodically()))
     for pattern in app.args.patterns:
@@ -142,10 +227,15 @@ async def _open() -> None:
 async def _close() -> None:
     if "writer" not in _state:
         return
-    _state["timer"].cancel()
-    await _state["batcher"].flush()
+    await stop_task(_state["timer"])
     writer: Writer = _state["writer"]
-    await writer.close()
+    try:
+        if not _state["batcher"].failed:
+            await _state["batcher"].flush()
+    except WriteFailed as exc:
+        app.fail(str(exc))
+    finally:
+        await writer.close()
     print(f"sqlite: {writer.rows_written:,} rows in {writer.commits:,} transactions written to "
           f"{writer.path}", flush=True)
     print(f"  try: sqlite3 {writer.path} \"SELECT topic, count(*) FROM messages GROUP BY topic\"",

@@ -21,6 +21,7 @@ from aiohttp import web
 from broker import cli
 from broker.client import Message
 from broker.errors import ConfigError
+from broker.tasks import stop_task
 from consumer.api import Consumer
 from consumer.dashboard.hub import Hub
 from consumer.dashboard.model import Dashboard
@@ -123,8 +124,7 @@ async def _serve() -> None:
 
 @app.shutdown
 async def _stop() -> None:
-    if _running.refresher is not None:
-        _running.refresher.cancel()
+    await stop_task(_running.refresher)
     hub = _running.hub
     connected = len(hub.fanout.clients) if hub is not None else 0
     if _running.runner is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from broker import cli
 from broker.client import Client
+from broker.tasks import stop_task
 from producer.game.bridge import Bridge
 from producer.game.capture import CaptureReport, read_capture
 from producer.game.decoder import SPECS
@@ -134,7 +135,7 @@ async def run_replay(args: argparse.Namespace) -> int:
                 datagram, ("capture", 0)), yield_every=64)
             await bridge.queue.join()  # everything handed to the client
         finally:
-            publisher.cancel()
+            await stop_task(publisher)
             await bridge.drain()
             print(f"udp-replay: {bridge.stats.summary()}", file=sys.stderr)
     return cli.EXIT_OK

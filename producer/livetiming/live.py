@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiohttp
 
 from broker.errors import SlipstreamError
+from broker.tasks import stop_task
 from producer.livetiming import signalr
 from producer.livetiming.feed import DEFAULT_TOPICS
 from producer.livetiming.publisher import LivePublisher
@@ -178,8 +179,7 @@ async def connect_once(http: aiohttp.ClientSession, options: LiveOptions,
         async with ws:
             await _read(ws, protocol, options, publisher, watch, raw)
     finally:
-        if pinger is not None:
-            pinger.cancel()
+        await stop_task(pinger)
 
 
 async def _ping(ws: aiohttp.ClientWebSocketResponse) -> None:
