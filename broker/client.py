@@ -400,15 +400,18 @@ class Client:
             await self._wait_connected()  # disconnected with a full buffer: wait it out
 
     async def _wait_connected(self) -> None:
-        while not self._connected.is_set():
+        """Return once connected; raise the stored failure (a SlipstreamError) if the
+        client has given up or is closed. `_fail_all` sets `_connected` to wake us."""
+        while True:
             if self._failure is not None:
                 raise self._failure
             if self._closing:
                 raise ConnectionLostError("client is closed")
-            waiter = asyncio.ensure_future(self._connected.wait())
-            done, _ = await asyncio.wait([waiter], timeout=0.5)
-            if not done:
-                waiter.cancel()
+            if self._connected.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):  # also re-checks _closing now and then
+                    await self._connected.wait()
 
     def _flush(self) -> None:
         """Write every queued run as a PUB frame, all in one writelines."""
@@ -498,13 +501,21 @@ class Client:
         return loop.time() - started
 
     async def _request(self, key: tuple[str, int], frame: p.Frame) -> Any:
+        """Send a request and wait for its answer; only SlipstreamErrors come out."""
         await self._wait_connected()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[key] = future
         self._flush()  # keep order: publishes queued before this request go first
         self._send_control(frame)
-        async with asyncio.timeout(self.connect_timeout_s + 5):
-            return await future
+        answer_within_s = self.connect_timeout_s + 5
+        try:
+            async with asyncio.timeout(answer_within_s):
+                return await future
+        except TimeoutError:
+            self._waiting.pop(key, None)
+            raise self._failure or ConnectionLostError(
+                f"broker at {self.host}:{self.port} did not answer "
+                f"{type(frame).__name__} within {answer_within_s:g} s") from None
 
     def _send_control(self, frame: p.Frame) -> None:
         if self._writer is not None and self._connected.is_set():
@@ -520,6 +531,10 @@ class Client:
 
     def _fail_all(self, error: SlipstreamError) -> None:
         self._failure = error
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error)
+        self._waiting.clear()
         for sub in self._subs.values():
             sub._close(StopAsyncIteration() if self._closing else error)
         self._connected.set()  # release anyone waiting to reconnect; they see _failure

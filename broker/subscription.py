@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("slipstream.client")
 
 ACK_DELAY_S = 0.05  # an idle subscription acknowledges what it finished this soon
+# Gap.missed when the count cannot be known: the broker restarted, and messages of its
+# old epoch published after the last one we saw may have been lost with it.
+UNKNOWN_COUNT = -1
 GAP_LOG_INTERVAL_S = 1.0  # a subscription losing messages logs a summary at most this often
 Start = Literal["new", "earliest"] | int
 
@@ -72,7 +75,8 @@ class Subscription:
         self.window = window
         self.received = 0  # messages handed to the application
         self.gap_count = 0  # losses reported, by the broker or found on reconnect
-        self.missed = 0  # messages those losses add up to
+        self.missed = 0  # messages those losses add up to (the counted ones)
+        self.unknown_gaps = 0  # losses whose size cannot be known (a broker restart)
         self.recent_gaps: deque[Gap] = deque(maxlen=100)  # the latest, for a closer look
         self._ack_every = max(1, window // 4)
         self._queue: deque[tuple[p.Deliver | Gap, int, int]] = deque()  # item, generation, epoch
@@ -86,6 +90,7 @@ class Subscription:
         self._done = 0  # finished, not yet acknowledged (current connection only)
         self._handed = 0  # manual ack: handed out on this connection, not yet ack()ed
         self._last_seq: dict[str, int] = {}  # highest seq handed out per topic, this epoch
+        self._received_last: dict[str, int] = {}  # highest seq received per topic, this epoch
         self._pending_gaps: dict[str, Gap] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
         self._gap_log_next = 0.0
@@ -153,11 +158,16 @@ class Subscription:
 
     def _record_gap(self, gap: Gap) -> None:
         self.gap_count += 1
-        self.missed += gap.missed
+        if gap.missed == UNKNOWN_COUNT:
+            self.unknown_gaps += 1
+        else:
+            self.missed += gap.missed
         self.recent_gaps.append(gap)
         earlier = self._pending_gaps.get(gap.topic)
         if earlier is not None:  # two losses with no message between: one gap to the reader
-            gap = earlier._replace(missed=earlier.missed + gap.missed)
+            unknown = UNKNOWN_COUNT in (earlier.missed, gap.missed)
+            gap = earlier._replace(
+                missed=UNKNOWN_COUNT if unknown else earlier.missed + gap.missed)
         self._pending_gaps[gap.topic] = gap
         self._log_gaps()
 
@@ -176,7 +186,10 @@ class Subscription:
         self._gaps_logged = (self.gap_count, self.missed)
         self._gap_log_next = loop.time() + GAP_LOG_INTERVAL_S
         gap = self.recent_gaps[-1]
-        if unlogged_gaps == 1:
+        if gap.missed == UNKNOWN_COUNT and unlogged_gaps == 1:
+            log.warning("subscription %r may have lost messages of %r after seq %d: %s",
+                        self.pattern, gap.topic, gap.first_seq - 1, gap.reason)
+        elif unlogged_gaps == 1:
             log.warning("subscription %r lost %d messages of %r from seq %d: %s",
                         self.pattern, gap.missed, gap.topic, gap.first_seq, gap.reason)
         else:
@@ -232,12 +245,29 @@ class Subscription:
     # --- fed by the client's reader ----------------------------------------------
 
     def _push(self, item: p.Deliver | Gap) -> None:
+        # The newest seq received per topic in this epoch: where a restart's gap begins.
+        last = item.first_seq - 1 + (len(item.payloads) if type(item) is p.Deliver
+                                     else item.missed)  # type: ignore[union-attr]
+        if last > self._received_last.get(item.topic, 0):
+            self._received_last[item.topic] = last
         self._queue.append((item, self.client.generation, self.client.epoch))
         self._ready.set()
 
     def _reconnected(self, broker_restarted: bool) -> None:
-        """A new connection starts with no credit used: old deliveries are no longer ackable."""
+        """A new connection starts with no credit used: old deliveries are no longer ackable.
+
+        After a broker restart, what the old broker held and had not sent us is gone,
+        and nobody can say how much: each topic we had seen gets a gap of unknown size.
+        """
         if broker_restarted:
+            # Queued behind what we still hold of the old epoch (epoch 0 matches none,
+            # so the gap leaves the new epoch's seq bookkeeping alone).
+            for topic, last in self._received_last.items():
+                self._queue.append((Gap(self.sid, topic, last + 1, UNKNOWN_COUNT,
+                                        "the broker restarted (new epoch): messages it held "
+                                        f"after #{last} of {topic!r} may be lost"), 0, 0))
+            self._received_last.clear()
+            self._ready.set()
             self._last_seq.clear()  # seqs start again from 1 in the new epoch
         self._done = 0
         self._handed = 0

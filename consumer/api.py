@@ -243,9 +243,11 @@ class Consumer:
 
     def report(self) -> str:
         subs = [h.subscription for h in self.handlers if h.subscription is not None]
+        unknown = sum(s.unknown_gaps for s in subs)
         return (f"{self.name}: handled {sum(h.handled for h in self.handlers):,} messages, "
                 f"{sum(s.gap_count for s in subs)} gaps ({sum(s.missed for s in subs):,} "
-                f"messages missed), {sum(h.failed for h in self.handlers)} handler errors")
+                f"messages missed{f', {unknown} of unknown size' if unknown else ''}), "
+                f"{sum(h.failed for h in self.handlers)} handler errors")
 
 
 def _silence_stdout() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from broker import cli
 from broker.client import Message
 from broker.protocol import Gap
+from broker.subscription import UNKNOWN_COUNT
 from consumer.api import Consumer, json_text
 from consumer.summaries import summarise
 
@@ -36,6 +37,8 @@ def format_line(message: Message) -> str:
 
 
 def format_gap(gap: Gap) -> str:
+    if gap.missed == UNKNOWN_COUNT:
+        return f"!! messages of {gap.topic} after #{gap.first_seq - 1} may be lost: {gap.reason}"
     last = gap.first_seq + gap.missed - 1
     return f"!! {gap.missed} messages of {gap.topic} lost (#{gap.first_seq}..#{last}): {gap.reason}"
 
@@ -48,6 +51,7 @@ _printed = 0
 @app.arguments
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("patterns", nargs="*", default=[">"], metavar="PATTERN",
+                        type=cli.pattern_arg,
                         help="topic patterns: '*' is one token, '>' the rest (default '>')")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line: topic, seq, ts, data")

@@ -44,6 +44,7 @@ DEFAULT_PATTERNS = ["live.>", "game.>", "alerts.>"]
 @app.arguments
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("patterns", nargs="*", default=DEFAULT_PATTERNS, metavar="PATTERN",
+                        type=cli.pattern_arg,
                         help=f"topics to store (default: {' '.join(DEFAULT_PATTERNS)})")
     parser.add_argument("--db", type=Path, default=Path("data/slipstream.db"),
                         help="database file, created if missing (default %(default)s)")

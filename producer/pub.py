@@ -20,7 +20,10 @@ import msgpack
 
 from broker import cli
 from broker.client import Client
+from broker.errors import ConnectionLostError
 from producer.pacing import Pacer
+
+log = logging.getLogger("slipstream.pub")
 
 DESCRIPTION = """\
 Publish to a topic. With JSON, publishes that one message; with --count N,
@@ -39,8 +42,41 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--rate", type=float, default=0.0, metavar="PER_S",
                         help="synthetic messages per second (default: as fast as possible)")
     parser.add_argument("--confirm", action="store_true",
-                        help="wait for the broker to confirm each message and print its seq")
+                        help="wait for the broker to confirm each message and print its seq; "
+                             "a publish whose connection is lost before its confirmation is "
+                             "'in doubt' (it may or may not be stored): stop with exit 1")
+    parser.add_argument("--retry", action="store_true",
+                        help="with --confirm: publish an in-doubt message again after "
+                             "reconnecting (it may then be stored twice), and count them")
     cli.add_command(parser, run, logging.WARNING)
+
+
+class InDoubt:
+    """Publishes whose outcome a lost connection hid, and what --retry does about them."""
+
+    def __init__(self, retry: bool) -> None:
+        self.retry = retry
+        self.count = 0
+
+    async def publish(self, client: Client, topic: str, payload: bytes,
+                      confirm: bool) -> int | None:
+        while True:
+            try:
+                return await client.publish_bytes(topic, payload, confirm=confirm)
+            except ConnectionLostError as exc:
+                self.count += 1
+                if not self.retry:
+                    raise ConnectionLostError(
+                        f"{exc}; 1 publish in doubt (to {topic}): it may or may not be stored "
+                        "(use --retry to publish it again after reconnecting)") from None
+                log.warning("publish to %s in doubt (%s): publishing it again once "
+                            "reconnected", topic, exc)
+
+    def summary(self) -> str:
+        if not self.count:
+            return ""
+        return (f"; {self.count} publishes were in doubt after a lost connection and were "
+                "published again (each may be stored twice)")
 
 
 def synthetic_payloads(size: int) -> Iterator[bytes]:
@@ -59,16 +95,21 @@ def synthetic_payloads(size: int) -> Iterator[bytes]:
 async def run(args: argparse.Namespace) -> int:
     if args.json is not None and args.count:
         return cli.fail("pub", "give either a JSON message or --count, not both", cli.EXIT_USAGE)
+    if args.retry and not args.confirm:
+        return cli.fail("pub", "--retry needs --confirm (only a confirmed publish can be "
+                               "known to be in doubt)", cli.EXIT_USAGE)
     message = parse_json(args.json, "the JSON argument") if args.json is not None else None
+    in_doubt = InDoubt(args.retry)
     async with cli.client_for(args, "pub") as client:
         if args.count:
-            await publish_synthetic(client, args)
+            await publish_synthetic(client, args, in_doubt)
         elif args.json is not None:
-            await publish_one(client, args, message)
+            await publish_one(client, args, message, in_doubt)
         else:
             for number, line in enumerate(sys.stdin, 1):
                 if line.strip():
-                    await publish_one(client, args, parse_json(line, f"stdin line {number}"))
+                    await publish_one(client, args, parse_json(line, f"stdin line {number}"),
+                                      in_doubt)
     return cli.EXIT_OK
 
 
@@ -80,20 +121,23 @@ def parse_json(text: str, where: str) -> Any:
                                   cli.EXIT_USAGE)) from None
 
 
-async def publish_one(client: Client, args: argparse.Namespace, data: Any) -> None:
-    seq = await client.publish(args.topic, data, confirm=args.confirm)
+async def publish_one(client: Client, args: argparse.Namespace, data: Any,
+                      in_doubt: InDoubt) -> None:
+    seq = await in_doubt.publish(client, args.topic, msgpack.packb(data), args.confirm)
     if seq is not None:
-        print(f"published {args.topic} #{seq}")
+        print(f"published {args.topic} #{seq}{in_doubt.summary()}")
 
 
-async def publish_synthetic(client: Client, args: argparse.Namespace) -> None:
+async def publish_synthetic(client: Client, args: argparse.Namespace,
+                            in_doubt: InDoubt) -> None:
     interval_s = 1.0 / args.rate if args.rate > 0 else 0.0
     pacer = Pacer(1.0 if interval_s else 0.0)
     payloads = synthetic_payloads(args.size)
     for index in range(args.count):
         await pacer.wait_until(index * interval_s)
-        await client.publish_bytes(args.topic, next(payloads), confirm=args.confirm)
+        await in_doubt.publish(client, args.topic, next(payloads), args.confirm)
     await client.flush()
     elapsed = max(time.monotonic() - pacer.started, 1e-3)
     print(f"published {args.count:,} messages of {args.size} bytes to {args.topic} in "
-          f"{elapsed:.3f} s: {args.count / elapsed:,.0f} msg/s", file=sys.stderr)
+          f"{elapsed:.3f} s: {args.count / elapsed:,.0f} msg/s{in_doubt.summary()}",
+          file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -58,4 +59,33 @@ async def test_messages_keep_the_epoch_that_numbered_them() -> None:
     sub._push(p.Deliver(1, "t", 1, [0], [b"new"]))
     first, second = await anext(sub), await anext(sub)
     assert (first.epoch, first.seq, second.epoch, second.seq) == (1, 7, 2, 1)
-    assert first.gap is None and second.gap is None  # a new epoch is not a loss
+    assert first.gap is None  # what the old broker may have lost after #7 is said, not hidden:
+    assert second.gap is not None and (second.gap.first_seq, second.gap.missed) == (8, -1)
+
+
+async def test_a_broker_restart_is_a_gap_of_unknown_size_after_what_was_received() -> None:
+    client = Client("127.0.0.1:1")
+    client.epoch = client.generation = 1
+    sub = Subscription(client, 1, "t.>", "new", None, window=10)
+    sub._push(p.Deliver(1, "t.a", 1, [0, 0], [b"1", b"2"]))
+    sub._push(p.Deliver(1, "t.b", 5, [0], [b"5"]))
+    client.epoch, client.generation = 2, 2  # the broker restarted; we reconnected
+    sub._reconnected(broker_restarted=True)
+    sub._push(p.Deliver(1, "t.a", 1, [0], [b"new"]))
+    got = [await anext(sub) for _ in range(4)]
+    assert [(m.topic, m.seq, m.epoch) for m in got] == [
+        ("t.a", 1, 1), ("t.a", 2, 1), ("t.b", 5, 1), ("t.a", 1, 2)]
+    gap = got[3].gap  # the old epoch's loss reaches the reader with the next message
+    assert gap is not None and gap.missed == -1 and gap.first_seq == 3
+    assert "broker restarted" in gap.reason
+    assert (sub.gap_count, sub.unknown_gaps, sub.missed) == (2, 2, 0)  # t.a and t.b
+
+
+async def test_requests_after_the_client_gave_up_raise_its_error_at_once() -> None:
+    from broker.errors import ConnectionLostError
+    client = Client("127.0.0.1:1", reconnect=False)
+    client._fail_all(ConnectionLostError("broker at 127.0.0.1:1 closed the connection"))
+    for request in (client.ping(), client.stats(), client.subscribe("t")):
+        with pytest.raises(ConnectionLostError, match="closed the connection"):
+            async with asyncio.timeout(1):
+                await request
