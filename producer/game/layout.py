@@ -129,7 +129,13 @@ def _reshape(flat: list[Any], dims: tuple[int, ...]) -> list[Any]:
 def compile_layout(spec: Spec, name: str, fields: list[Field] | None = None) -> Layout:
     """The compiled layout of struct `name` (or of the given fields)."""
     layout = Layout(name)
-    for field_name, type_name, dims in fields if fields is not None else spec.structs[name]:
+    fields = fields if fields is not None else spec.structs[name]
+    names = [field[0] for field in fields]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        # A repeated name would silently overwrite the earlier field in every decoded packet.
+        raise ValueError(f"struct {name} names {', '.join(map(repr, repeated))} more than once")
+    for field_name, type_name, dims in fields:
         count = 1
         for size in dims:
             count *= size

@@ -362,7 +362,7 @@ STRUCTS: dict[str, list[Field]] = {
         ("sector1_time_in_ms", "uint16", ()),
         ("sector1_time_minutes", "uint8", ()),
         ("sector2_time_in_ms", "uint16", ()),
-        ("sector1_time_minutes", "uint8", ()),
+        ("sector2_time_minutes", "uint8", ()),
         ("sector3_time_in_ms", "uint16", ()),
         ("sector3_time_minutes", "uint8", ()),
         ("lap_valid_bit_flags", "uint8", ()),

@@ -196,3 +196,26 @@ def test_readable_names_for_tracks_session_types_and_penalties() -> None:
         "Practice 1", "Sprint Shootout 1", "Race", "Time Trial", "session type 99"]
     assert [penalty_name(i) for i in (0, 4, 17, 18)] == [
         "Drive through", "Time penalty", "Black flag timer", "penalty type 18"]
+
+
+def test_no_struct_of_any_format_names_a_field_twice() -> None:
+    for packet_format, spec in SPECS.items():
+        for name, fields in spec.structs.items():
+            names = [field[0] for field in fields]
+            assert len(names) == len(set(names)), (packet_format, name)
+
+
+def test_the_layout_compiler_refuses_a_repeated_field_name() -> None:
+    from producer.game.layout import compile_layout
+    spec = SPECS[2024]
+    fields: list[Field] = [("a", "uint8", ()), ("b", "uint8", ()), ("a", "uint16", ())]
+    with pytest.raises(ValueError, match="struct Twice names 'a' more than once"):
+        compile_layout(spec, "Twice", fields)
+
+
+def test_f1_24_lap_history_keeps_sector_two_minutes() -> None:
+    from producer.game.layout import compile_layout
+    layout = compile_layout(SPECS[2024], "LapHistoryData")
+    raw = layout.compile().pack(95_000, 61_000, 1, 62_500, 2, 31_000, 0, 15)
+    data, _ = layout.build(layout.compile().unpack(raw))
+    assert (data["sector1_time_minutes"], data["sector2_time_minutes"]) == (1, 2)
