@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -132,13 +131,6 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
         max_publish_rate_bytes=args.max_publish_bytes)
 
 
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 async def serve(config: BrokerConfig) -> int:
     broker = Broker(config)
     try:
@@ -146,7 +138,7 @@ async def serve(config: BrokerConfig) -> int:
     except OSError as exc:
         return cli.fail("python -m broker",
                         f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
-    if config.token is None and not is_loopback(config.host):
+    if config.token is None and not cli.is_loopback(config.host):
         log.warning("listening on %s without --token: anyone who can reach this address can "
                     "publish and read every topic", config.host)
     # The one line a supervisor (or a test) waits for before connecting.

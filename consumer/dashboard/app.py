@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import sys
 from dataclasses import dataclass
@@ -56,6 +55,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT",
                         help="where to serve the page (default %(default)s; 0.0.0.0:8080 "
                              "opens it to the network, so give it a --token)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME:PORT",
+                        help="also answer to this Host (and pages from it), e.g. behind a "
+                             "proxy; by default only the address served (loopback names "
+                             "when on loopback)")
     parser.add_argument("--refresh", type=float, default=0.1, metavar="SECONDS",
                         help="how often changed views are sent to browsers (default 0.1)")
     parser.add_argument("--history", type=int, default=50, metavar="N",
@@ -76,13 +79,6 @@ def http_address(text: str) -> tuple[str, int]:
     return cli.flag_address(text, "--http")
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 @app.startup
 async def _serve() -> None:
     args = app.args
@@ -93,12 +89,12 @@ async def _serve() -> None:
     for flag in ("history", "max_clients", "max_events"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
-    if not _is_loopback(host) and not args.token:
+    if not cli.is_loopback(host) and not args.token:
         log.warning("serving on %s without a token: anyone who can reach it can watch "
                     "(give --token to require one)", host)
     hub = Hub(Dashboard(history=args.history), max_events=args.max_events,
               broker_connected=lambda: app.client is not None and app.client.connected)
-    server = DashboardWeb(hub, token=args.token, limits=Limits(
+    server = DashboardWeb(hub, token=args.token, allow_hosts=tuple(args.allow_host), limits=Limits(
         max_clients=args.max_clients, send_timeout_s=args.send_timeout))
     runner = web.AppRunner(server.app(), handle_signals=False, access_log=None,
                            shutdown_timeout=2.0)
@@ -109,6 +105,7 @@ async def _serve() -> None:
         await runner.cleanup()
         raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     bound = runner.addresses[0][1] if runner.addresses else port
+    server.serving_at(host, bound)
     url = f"http://{host}:{bound}/" + ("?token=..." if args.token else "")
     print(f"dashboard: {url}", flush=True)
     _running.hub, _running.runner = hub, runner

@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from broker import cli
 from consumer.api import json_text
 from consumer.dashboard.fanout import ClientQueue, Update, parse_patterns
 from consumer.dashboard.hub import Hub
@@ -75,10 +76,14 @@ def error(status: int, message: str) -> web.Response:
 
 
 class DashboardWeb:
-    def __init__(self, hub: Hub, token: str | None = None, limits: Limits = Limits()) -> None:
+    def __init__(self, hub: Hub, token: str | None = None, limits: Limits = Limits(),
+                 allow_hosts: tuple[str, ...] = ()) -> None:
         self.hub = hub
         self.token = token
         self.limits = limits
+        # Host names (HOST:PORT) this dashboard answers to; filled by serving_at().
+        self.extra_hosts = {host.lower() for host in allow_hosts}
+        self.hosts: set[str] | None = None  # None: any Host (bound to every interface)
         self.page = render_page()
         self._sockets: set[web.WebSocketResponse] = set()
 
@@ -91,6 +96,37 @@ class DashboardWeb:
         app.router.add_get("/api/stats", self.stats)
         app.on_shutdown.append(self._close_clients)
         return app
+
+    def serving_at(self, host: str, port: int) -> None:
+        """Which Host headers to accept, now that the port is known.
+
+        A page on another site must not read the feed: browsers send the page's
+        Origin with a WebSocket handshake and with cross-site requests, and DNS
+        rebinding shows up as a Host that is not ours. Bound to loopback (the
+        default), only loopback names are ours; bound to every interface, any Host
+        is, and the Origin must still match it.
+        """
+        if host in ("0.0.0.0", "::", ""):
+            self.hosts = None
+            return
+        names = {host, "localhost", "127.0.0.1", "[::1]"} if cli.is_loopback(host) else {host}
+        self.hosts = {f"{name}:{port}".lower() for name in names} | self.extra_hosts
+        if port == 80:
+            self.hosts |= {name.lower() for name in names}
+
+    def _foreign(self, request: web.Request) -> str | None:
+        """Why this request comes from outside the dashboard's own page, or None."""
+        host = request.headers.get("Host", "").lower()
+        if self.hosts is not None and host not in self.hosts:
+            return (f"Host {host[:100]!r} is not this dashboard's address (a DNS-rebinding "
+                    "page?); to serve it under another name, start with --allow-host NAME:PORT")
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            origin_host = origin.lower().removeprefix("http://").removeprefix("https://")
+            if origin_host != host and origin_host not in self.extra_hosts:
+                return (f"Origin {origin[:100]!r} is another site: only this dashboard's own "
+                        "page may read it (or start with --allow-host for that origin's host)")
+        return None
 
     # --- every request -----------------------------------------------------------------
 
@@ -107,6 +143,9 @@ class DashboardWeb:
         if unknown:
             return error(400, f"unknown query parameter {', '.join(map(repr, unknown))} for "
                               f"{request.path} (it takes: {', '.join(sorted(allowed))})")
+        foreign = self._foreign(request)
+        if foreign is not None:
+            return error(403, foreign)
         if self.token is not None and not self._authorised(request):
             return error(401, "this dashboard needs its token: add ?token=... to the address "
                               "(or send Authorization: Bearer ...)")

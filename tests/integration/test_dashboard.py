@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import pytest
 
 from broker.client import Client
 from tests.helpers import (
@@ -241,7 +242,8 @@ async def stalled_websocket(port: int) -> socket.socket:
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
     await loop.sock_connect(sock, ("127.0.0.1", port))
-    await loop.sock_sendall(sock, b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+    host = f"Host: 127.0.0.1:{port}\r\n".encode()  # as a browser sends it
+    await loop.sock_sendall(sock, b"GET /ws HTTP/1.1\r\n" + host + b"Upgrade: websocket\r\n"
                                   b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                                   b"Sec-WebSocket-Key: c2xpcHN0cmVhbSB0ZXN0IQ==\r\n\r\n")
     reply = await loop.sock_recv(sock, 1024)
@@ -279,3 +281,26 @@ async def test_a_stalled_browser_does_not_hold_up_the_others(processes: Processe
     assert stuck["dropped"] > 0 and stuck["sent"] < count // 2
     assert stuck["queue_depth"] <= 256 + 10  # its events, plus one value per state view
     assert "took no frame for 10 s: disconnecting it" in dashboard.log()
+
+
+async def test_other_sites_and_rebound_names_are_refused(processes: Processes) -> None:
+    """A page on another site must not read the feed (Origin), nor a DNS-rebinding one (Host)."""
+    broker = await processes.broker()
+    dashboard = await processes.dashboard(broker.address)
+    own = f"127.0.0.1:{dashboard.port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(dashboard.url + "api/state",
+                               headers={"Host": f"attacker.example:{dashboard.port}"}) as r:
+            assert r.status == 403 and "DNS-rebinding" in (await r.json())["error"]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(dashboard.url + "ws",
+                                     headers={"Origin": "http://evil.example"})
+        assert refused.value.status == 403
+        async with session.get(dashboard.url + "events",
+                               headers={"Origin": "http://evil.example"}) as r:
+            assert r.status == 403
+        # The dashboard's own page, under each loopback name, still works.
+        for name in (own, f"localhost:{dashboard.port}"):
+            async with session.ws_connect(dashboard.url + "ws", headers={
+                    "Host": name, "Origin": f"http://{name}"}) as ws:
+                assert await ws.receive_json(timeout=5)  # the first frame of the feed
