@@ -131,6 +131,14 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
         max_publish_rate_bytes=args.max_publish_bytes)
 
 
+def exposure_warning(config: BrokerConfig) -> str | None:
+    """What to say when the broker can be reached from other machines with no token."""
+    if config.token is None and not cli.is_loopback(config.host):
+        return (f"listening on {config.host} without --token: anyone who can reach this "
+                "address can publish and read every topic")
+    return None
+
+
 async def serve(config: BrokerConfig) -> int:
     broker = Broker(config)
     try:
@@ -138,9 +146,9 @@ async def serve(config: BrokerConfig) -> int:
     except OSError as exc:
         return cli.fail("python -m broker",
                         f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
-    if config.token is None and not cli.is_loopback(config.host):
-        log.warning("listening on %s without --token: anyone who can reach this address can "
-                    "publish and read every topic", config.host)
+    warning = exposure_warning(config)
+    if warning:
+        log.warning("%s", warning)
     # The one line a supervisor (or a test) waits for before connecting.
     print(f"slipstream broker listening on {config.host}:{broker.port}", flush=True)
     try:

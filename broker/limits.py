@@ -81,5 +81,5 @@ class LogThrottle:
     def flush(self) -> None:
         """Write the counts still owed (on the way out)."""
         for key, count in self._suppressed.items():
-            self.logger.warning("... and %d more like %r not logged", count, key)
+            self.logger.warning("... and %s more like %r not logged", f"{count:,}", key)
         self._suppressed.clear()

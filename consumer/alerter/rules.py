@@ -187,6 +187,9 @@ def load_rules(path: Path) -> list[Rule]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read rules file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start:,} is "
+                          f"0x{exc.object[exc.start]:02x}); rules files are TOML") from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.client import Client
+from broker.limits import LogThrottle
 from producer.game.capture import CaptureWriter
 from producer.game.decoder import GameDecoder, Packet
 
@@ -30,7 +31,7 @@ QUEUE_DATAGRAMS = 10_000  # about three seconds of a full 22-car session
 class BridgeStats:
     received: int = 0
     decoded: Counter[str] = field(default_factory=Counter)
-    undecodable: Counter[tuple[Any, Any]] = field(default_factory=Counter)
+    undecodable: Counter[str] = field(default_factory=Counter)  # by kind, a bounded set
     published: int = 0
     dropped: int = 0
 
@@ -49,6 +50,7 @@ class Bridge(asyncio.DatagramProtocol):
         self.stats = BridgeStats()
         self.capture = CaptureWriter(record) if record else None
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(QUEUE_DATAGRAMS)
+        self.warnings = LogThrottle(log)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         """The hot path: decode and queue, never wait."""
@@ -60,11 +62,11 @@ class Bridge(asyncio.DatagramProtocol):
             self.stats.decoded[packet.name] += 1
             self._queue(f"game.{packet.name}", packet.data)
         else:
-            key = (packet.packet_format, packet.packet_id)
-            if not self.stats.undecodable[key]:
-                log.warning("undecodable datagram from %s:%s (logged once per format and id):"
-                            " %s", addr[0], addr[1], packet.reason)
+            key = self.decoder.kind_of(packet)  # bounded: a flood of random ids is one key
             self.stats.undecodable[key] += 1
+            self.warnings.warning(
+                f"undecodable:{key}", "undecodable datagram from %s:%s: %s (%s; logged once "
+                "per kind, then counted every 10 s)", addr[0], addr[1], packet.reason, key)
         if self.raw:
             self._queue("game.raw", data)
 

@@ -120,6 +120,9 @@ async def run_replay(args: argparse.Namespace) -> int:
         records = list(read_capture(args.capture, report))
     except ValueError as exc:
         return cli.fail("udp-replay", str(exc), cli.EXIT_USAGE)
+    if not records:
+        return cli.fail("udp-replay", f"{args.capture} holds no whole record"
+                        f"{': ' + report.torn if report.torn else ''}", cli.EXIT_USAGE)
     if report.torn:
         log.warning("%s: %s", args.capture, report.torn)
     speed = 0.0 if args.as_fast_as_possible else args.speed

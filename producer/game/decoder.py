@@ -65,6 +65,16 @@ class GameDecoder:
                 detail = compile_layout(spec, member, fields)
                 self._details[packet_format, member] = (detail, detail.compile())
 
+    def kind_of(self, packet: Undecodable) -> str:
+        """A name for what was wrong, from a small fixed set (never the peer's raw values)."""
+        if packet.packet_format is None:
+            return "too short"
+        if packet.packet_format not in SPECS:
+            return "unknown format"
+        if (packet.packet_format, packet.packet_id) not in self._packets:
+            return f"format {packet.packet_format}, unknown packet id"
+        return f"format {packet.packet_format}, packet id {packet.packet_id}, wrong size"
+
     def size(self, packet_format: int, packet_id: int) -> int:
         return self._packets[packet_format, packet_id].struct.size
 

@@ -137,6 +137,11 @@ async def _replay_paths(paths: list[Path], args: argparse.Namespace,
         messages = read_recording(paths, report)
     except FeedError as exc:
         return cli.fail("replay", str(exc), cli.EXIT_USAGE)
+    if not messages:
+        where = ", ".join(map(str, paths))
+        return cli.fail("replay", f"no live-timing messages in {where} ({report.damaged} "
+                        "damaged lines): give an archive folder of .jsonStream files or a "
+                        "FastF1 recording (docs/live-timing.md)", cli.EXIT_USAGE)
     log.info("read %d messages from %s (%d damaged lines skipped, %d duplicates dropped)",
              report.messages, ", ".join(map(str, paths)), report.damaged, report.duplicates)
     for damage in report.first_damage:

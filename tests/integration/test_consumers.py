@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 
 from broker import Client
 from tests.helpers import (
+    ROOT,
     Processes,
     RunningBroker,
     RunningProcess,
     replay_session,
     run_command,
+    wait_for,
 )
 
 
@@ -163,3 +166,47 @@ async def test_bad_plugin_files_exit_2_with_the_reason(processes: Processes, tmp
                                      "--broker", broker.address)
     assert code == 2, err
     assert message.format(path=plugin) in err
+
+
+async def test_printer_into_a_pipe_that_closes_exits_quietly(processes: Processes) -> None:
+    broker = await processes.broker()
+    async with Client(broker.address, name="many") as client:
+        for n in range(2000):
+            await client.publish("piped", {"n": n})
+        await client.publish("piped", "last", confirm=True)
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", f"set -o pipefail; {sys.executable} -m consumer printer piped "
+                      f"--from earliest --broker {broker.address} | head -3",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    assert len(out.decode().splitlines()) == 3
+    assert "BrokenPipe" not in err.decode() and "ERROR" not in err.decode()
+
+
+async def test_a_handler_failing_on_every_message_logs_once_and_counts(
+        processes: Processes, tmp_path: Path) -> None:
+    broker = await processes.broker()
+    plugin = tmp_path / "typo.py"
+    plugin.write_text("from consumer.api import Consumer\napp = Consumer('typo')\n"
+                      "@app.on('t')\nasync def show(message):\n"
+                      "    print(message.data['spede'])\n")
+    async with Client(broker.address, name="p") as client:
+        for n in range(1200):
+            await client.publish("t", {"speed": n})
+        await client.publish("t", {"speed": 0}, confirm=True)
+    consumer = await processes.command("-m", "consumer", "run", str(plugin), "--from",
+                                       "earliest", "--broker", broker.address)
+    async with Client(broker.address, name="probe") as probe:
+        await wait_for(lambda: _acked_all(probe, 1201), "the consumer to get through all 1,201")
+    assert await consumer.stop(signal.SIGINT) == 0
+    log = consumer.log()
+    assert log.count("handler 'show' failed") == 1, log[:2000]
+    assert "1201 handler errors" in log
+    assert "and 1,200 more like \"show:KeyError:'spede'\" not logged" in log
+
+
+async def _acked_all(client: Client, count: int) -> bool:
+    stats = await client.stats()
+    subs = [s for c in stats["connections"] if c["name"] == "typo" for s in c["subscriptions"]]
+    return bool(subs) and subs[0]["delivered"] == count and subs[0]["unacked"] == 0

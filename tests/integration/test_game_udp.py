@@ -188,3 +188,21 @@ async def test_bad_addresses_name_their_flag_and_exit_2(processes: Processes) ->
     code, _, err = await run_command("-m", "consumer", "udp-forward", "--to", "host:port",
                                      "--broker", broker.address)
     assert code == 2 and "--to: address 'host:port' is not HOST:PORT" in err
+
+
+async def test_a_flood_of_random_undecodable_datagrams_logs_a_few_lines(
+        processes: Processes) -> None:
+    broker = await processes.broker()
+    udp, port = await bridge(processes, broker.address)
+    flood = [n.to_bytes(2, "little") + bytes(4) + bytes([n % 256]) + bytes(n % 50)
+             for n in range(5000)]  # every format and id the header can carry
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        for datagram in flood:
+            sender.sendto(datagram, ("127.0.0.1", port))
+    assert await udp.stop(signal.SIGINT) == 0
+    log = udp.log()
+    received = int(log.split("received ")[1].split()[0].replace(",", ""))
+    assert received > 0 and f"undecodable {received:,}" in log
+    warnings = [line for line in log.splitlines() if "undecodable datagram" in line]
+    assert 1 <= len(warnings) <= 10, len(warnings)  # 13,960 lines before (one per id)
