@@ -228,3 +228,38 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], what: str,
                 await asyncio.sleep(interval_s)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}") from None
+
+
+async def drained(address: str, name: str) -> bool:
+    """Whether the consumer connected as `name` has been sent everything its subscriptions
+    match and has acknowledged all of it (so it has handled all of it)."""
+    from broker import Client
+
+    async with Client(address, name="drained-probe", reconnect=False) as client:
+        stats = await client.stats_all()
+    mine = [c for c in stats["connections"] if c["name"] == name]
+    return bool(mine) and all(c["pending"] == 0 and c["unacked"] == 0 and c["delivered"] > 0
+                              for c in mine)
+
+
+async def wait_drained(address: str, name: str, timeout_s: float = 20.0) -> None:
+    await wait_for(lambda: drained(address, name), f"{name!r} to handle everything", timeout_s)
+
+
+def udp_backlog(port: int) -> int | None:
+    """Bytes waiting in this machine's receive queue of UDP port `port` (from /proc/net/udp),
+    or None if nothing listens there: 0 means the listener has read every datagram."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return int(fields[4].split(":")[1], 16)
+    return None
+
+
+async def wait_udp_read(port: int, timeout_s: float = 10.0) -> None:
+    """Wait until the process listening on UDP `port` has read every datagram sent to it."""
+    async def empty() -> bool:
+        return udp_backlog(port) == 0
+    await wait_for(empty, f"the listener on UDP port {port} to read its datagrams", timeout_s)

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from broker import Client
-from tests.helpers import SESSION, Processes, RunningProcess, replay_session, run_command
+from tests.helpers import (
+    SESSION,
+    Processes,
+    RunningProcess,
+    replay_session,
+    run_command,
+    wait_drained,
+)
 
 FLAGS = {"YELLOW", "DOUBLE YELLOW", "RED", "CHEQUERED", "BLACK AND WHITE", "BLACK AND ORANGE"}
 
@@ -42,7 +49,7 @@ async def test_shipped_rules_on_the_real_session(processes: Processes, tmp_path:
     flags = [item["Message"] for message in raw("RaceControlMessages")[1:]  # [0]: snapshot
              for item in (message["Messages"].values() if isinstance(message["Messages"], dict)
                           else message["Messages"]) if item.get("Flag") in FLAGS]
-    await asyncio.sleep(2)
+    await wait_drained(broker.address, "alerter")
     await stop(alerter)
     alerts = await alerts_in(log, 1)
     track = [(a["rule"], a["message"]) for a in alerts if a["topic"] == "live.TrackStatus"]
@@ -97,7 +104,7 @@ async def test_a_scripted_sequence_fires_exactly_the_expected_alerts(
         ("0", 905, "brake 0 of car.44 at 905 C")]   # t=12: re-armed at t=5, cooled down
     # t=2,4: still hot or not below the re-arm mark; t=6: re-armed but within 10 s of t=1.
     assert [m.data["value"] for m in seen] == [950, 910, 905]
-    await asyncio.sleep(0.3)
+    await wait_drained(broker.address, "alerter")  # anything extra would be logged by now
     await stop(alerter)
     assert len(log.read_text().splitlines()) == 3
 

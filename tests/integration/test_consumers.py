@@ -17,6 +17,7 @@ from tests.helpers import (
     RunningProcess,
     replay_session,
     run_command,
+    wait_drained,
     wait_for,
 )
 
@@ -41,7 +42,7 @@ async def test_fastest_lap_example_runs_end_to_end(processes: Processes) -> None
     example = await processes.command("-m", "consumer", "run", "examples/fastest_laps.py",
                                       "--from", "earliest", "--broker", broker.address)
     await wait_for_output(example, "HAM 1:25.606")
-    await asyncio.sleep(0.5)  # let it finish the session
+    await wait_drained(broker.address, "fastest-laps")  # the whole session handled
     assert await example.stop(signal.SIGINT) == 0
     lines = example.out_path.read_text().splitlines()  # type: ignore[attr-defined]
     assert lines[-1] == "fastest lap: HAM 1:25.606"
@@ -58,7 +59,7 @@ async def test_csv_export_example_with_its_own_flags_and_hooks(processes: Proces
     async with asyncio.timeout(15):
         while "csv-export" not in (await _stats_names(broker.address)):
             await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)
+    await wait_drained(broker.address, "csv-export")
     assert await example.stop(signal.SIGTERM) == 0
     rows = csv_path.read_text().splitlines()  # the shutdown hook closed (flushed) it
     assert rows[0] == "topic,seq,broker_time_us,data" and len(rows) == 1 + 7
@@ -124,7 +125,7 @@ async def test_a_slow_handler_holds_back_its_subscription_not_memory(
         for n in range(20_000):
             await client.publish("t", n)
         await client.flush()
-        await asyncio.sleep(1.0)
+        await wait_for(lambda: _window_full(client), "the slow consumer's window to fill")
         (slow,) = [c for c in (await client.stats())["connections"] if c["name"] == "slow"]
     # It holds at most its window (8,192) unacknowledged, was sent no more than that plus
     # what it finished (~20 in a second at 50 ms each), and the rest waits in the broker.
@@ -204,6 +205,11 @@ async def test_a_handler_failing_on_every_message_logs_once_and_counts(
     assert log.count("handler 'show' failed") == 1, log[:2000]
     assert "1201 handler errors" in log
     assert "and 1,200 more like \"show:KeyError:'spede'\" not logged" in log
+
+
+async def _window_full(client: Client) -> bool:
+    (slow,) = [c for c in (await client.stats())["connections"] if c["name"] == "slow"]
+    return bool(slow["delivered"] >= 8192)
 
 
 async def _acked_all(client: Client, count: int) -> bool:

@@ -9,7 +9,7 @@ import pytest
 
 from broker import Client, Message, Subscription
 from broker.errors import BrokerError, HandshakeRefusedError, ProtocolError
-from tests.helpers import Processes
+from tests.helpers import Processes, wait_for
 
 
 async def take(sub: Subscription, count: int, timeout_s: float = 10.0) -> list[Message]:
@@ -107,7 +107,8 @@ async def test_stalled_subscriber_gets_gap_notice_fast_one_gets_all(processes: P
             for n in range(burst * 50, burst * 50 + 50):
                 await producer.publish("t", n)
             got_fast += await take(fast, 50)
-        await asyncio.sleep(0.2)  # the stalled one has 10 in hand and read nothing else
+        # The stalled one has 10 in hand and read nothing else.
+        await wait_for(lambda: _in_hand(producer, "stalled", 10), "10 sent to the stalled one")
         got_stalled = await take(stalled, 110)
         await assert_nothing_more(stalled)
     assert [m.data for m in got_fast] == list(range(1000))
@@ -253,3 +254,9 @@ async def test_a_tight_publish_loop_still_lets_other_tasks_run(processes: Proces
             published += 1
     assert other_ran.is_set()
     assert published < 10_000  # within 256 KiB of payload
+
+
+async def _in_hand(client: Client, name: str, count: int) -> bool:
+    stats = await client.stats()
+    return any(c["name"] == name and c["delivered"] == count == c["unacked"]
+               for c in stats["connections"])

@@ -8,7 +8,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from tests.helpers import ROOT, Processes, run_command
+from tests.helpers import ROOT, Processes, run_command, wait_drained
 
 CAPTURE = ROOT / "samples" / "game" / "session-2026.cap"
 CAR_SLOTS, FRAMES = 24, 241  # format 2026 has 24 car slots; the capture has 241 frames
@@ -62,7 +62,7 @@ async def test_game_rules_fire_on_the_bundled_session(processes: Processes,
     log = tmp_path / "alerts.jsonl"
     alerter = await processes.command("-m", "consumer", "alerter", "--from", "earliest",
                                       "--log", str(log), "--broker", broker)
-    await asyncio.sleep(3)
+    await wait_drained(broker, "alerter")
     assert await alerter.stop(signal.SIGINT) == 0
     alerts = [json.loads(line) for line in log.read_text().splitlines()]
     by_rule: dict[str, list[str]] = {}

@@ -11,7 +11,7 @@ from typing import Any
 from broker import Client, Message
 from producer.game.capture import CaptureReport, read_capture
 from producer.game.decoder import GameDecoder, Packet
-from tests.helpers import Processes, RunningProcess, run_command
+from tests.helpers import Processes, RunningProcess, run_command, wait_udp_read
 
 DECODER = GameDecoder()
 
@@ -46,7 +46,7 @@ async def record(processes: Processes, broker: str, capture: Path, seconds: int)
     """A simulated session of `seconds` through a bridge that records it to `capture`."""
     udp, port = await bridge(processes, broker, "--record", str(capture))
     await simulate(port, "--duration", str(seconds))
-    await asyncio.sleep(0.5)  # the last datagrams reach the bridge
+    await wait_udp_read(port)  # the bridge has taken (and recorded) every datagram
     assert await udp.stop(signal.SIGINT) == 0
 
 
@@ -173,7 +173,7 @@ async def test_the_bridge_keeps_receiving_with_no_broker(processes: Processes) -
     udp, port = await bridge(processes, "127.0.0.1:1")
     err = await simulate(port, "--duration", "5")
     sent = int(err.split("sent ")[1].split()[0].replace(",", ""))
-    await asyncio.sleep(0.5)
+    await wait_udp_read(port)
     assert await udp.stop(signal.SIGINT) == 0
     assert f"received {sent:,} datagrams, decoded {sent:,}" in udp.log()
     assert f"published 0, dropped {sent:,}" in udp.log()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker import Client, Message
-from tests.helpers import Processes, RunningProcess, run_command
+from tests.helpers import Processes, RunningProcess, run_command, wait_for
 
 
 async def wait_for_lines(path: Path, count: int, timeout_s: float = 15.0) -> list[str]:
@@ -76,7 +76,7 @@ async def test_clients_reconnect_after_the_broker_is_killed_and_restarted(
             await producer.publish("live.TimingData", n)
         before = [await anext(sub) for _ in range(100)]
         await broker.kill()  # SIGKILL: no goodbye
-        await asyncio.sleep(0.3)
+        await wait_for(lambda: _disconnected(producer), "the producer to notice")
         for n in range(100, 200):  # buffered by the client while the broker is down
             await producer.publish("live.TimingData", n)
         restarted = await processes.broker(port=broker.port)
@@ -230,3 +230,7 @@ async def test_killed_durable_consumer_resumes_without_loss_and_others_are_unhar
     assert after[0] <= len(before) + 1
     assert len(before) - after[0] + 1 <= 8192 // 4
     assert "0 gaps" in second.log()
+
+
+async def _disconnected(client: Client) -> bool:
+    return not client.connected

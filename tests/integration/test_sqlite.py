@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import Client
-from tests.helpers import SESSION, Processes, RunningProcess, replay_session
+from tests.helpers import SESSION, Processes, RunningProcess, replay_session, wait_drained
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -102,7 +102,7 @@ async def test_a_writer_killed_mid_stream_resumes_with_nothing_lost_or_doubled(
     second = await writer(processes, db, broker.address, "t.>")
     assert await asyncio.wait_for(publisher.process.wait(), 30) == 0
     await wait_for_rows(db, 4000)
-    await asyncio.sleep(0.5)  # anything extra would show up now
+    await wait_drained(broker.address, "sqlite")  # anything extra would be stored by now
     assert await second.stop(signal.SIGINT) == 0
     assert query(db, "SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM messages") \
         == [(4000, 4000, 1, 4000)]
