@@ -12,7 +12,7 @@ help:
 	@echo "make run    set up, then run the demo: broker + publisher + printer"
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make lint   ruff and mypy --strict"
-	@echo "make bench  throughput and latency benchmarks (prints a table)"
+	@echo "make bench  throughput and latency benchmarks, and what hostile clients cost"
 
 $(SETUP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,7 @@ lint: $(SETUP)
 
 bench: $(SETUP)
 	$(PY) bench/run.py
+	$(PY) bench/limits.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

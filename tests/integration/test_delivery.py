@@ -197,6 +197,7 @@ async def test_a_durable_in_use_is_refused_for_a_second_client(processes: Proces
         with pytest.raises(BrokerError, match=r"durable 'd' is in use by connection #1 'a'"):
             await b.subscribe("x.>", durable="d")
         await held.unsubscribe()
+        await first.ping()  # frames are acted on in order: the UNSUB is done once PONG is back
         with pytest.raises(BrokerError, match=r"created for pattern 'x\.>', not 'y\.>'"):
             await b.subscribe("y.>", durable="d")
         await b.subscribe("x.>", durable="d")  # released: the second client may take it
