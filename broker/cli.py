@@ -19,13 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from broker.client import BROKER_ENV, DEFAULT_BROKER, TOKEN_ENV, Client, parse_address
-from broker.errors import (
-    ConfigError,
-    ConnectError,
-    HandshakeRefusedError,
-    ProtocolError,
-    SlipstreamError,
-)
+from broker.errors import ConfigError, ConnectError, HandshakeRefusedError, SlipstreamError
 from broker.routing import validate_pattern, validate_topic
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -83,29 +77,21 @@ def duration(text: str) -> float:
     return float(match.group(1)) * _SECONDS[match.group(2) or ""]
 
 
-def pattern_arg(text: str) -> str:
-    """A topic pattern given on the command line, checked before anything connects."""
-    try:
-        validate_pattern(text)
-    except ProtocolError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+def _checked_by(check: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse `type` that runs `check` on the text: its SlipstreamError becomes the
+    one-line usage error (exit 2), before anything connects."""
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except SlipstreamError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    return parse
 
 
-def topic_arg(text: str) -> str:
-    try:
-        validate_topic(text)
-    except ProtocolError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def broker_address(text: str) -> str:
-    try:
-        parse_address(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+pattern_arg = _checked_by(validate_pattern)  # a topic pattern: 'live.>', 'game.*'
+topic_arg = _checked_by(validate_topic)
+broker_address = _checked_by(parse_address)
 
 
 def flag_address(text: str, flag: str) -> tuple[str, int]:

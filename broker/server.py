@@ -52,6 +52,7 @@ FRAMES_PER_PASS = 512
 # it waits (so that a publisher that hangs up is noticed and released).
 MAX_LOOKAHEAD_BYTES = 2 * READ_CHUNK_BYTES
 HOUSEKEEPING_MAX_INTERVAL_S = 30.0
+_COSTLY_FRAMES = (p.Subscribe, p.StatsRequest)
 
 
 @dataclass(frozen=True)
@@ -599,7 +600,10 @@ class Connection:
                         self._publish(frame)
                 else:
                     self._control(frame)
-                    budget = 0 if self._out_over_high_water() else budget
+                    # SUB and STATS cost up to O(topics): each ends the pass, so a storm of
+                    # them cannot hold the loop; so does output over the high-water mark.
+                    if type(frame) in _COSTLY_FRAMES or self._out_over_high_water():
+                        budget = 0
             except ProtocolError as exc:
                 self._reject(exc, frame)
             budget -= 1

@@ -234,9 +234,10 @@ class Consumer:
                 where = f"handler {handler.name!r} failed on {message.topic} #{message.seq}"
                 if self.args.on_error == "stop":
                     raise HandlerFailed(f"{where}: {type(exc).__name__}: {exc}") from exc
-                # Keyed on the handler and the error's type and text, not on the message:
-                # the same failure on every message is one line, then a count.
-                self._error_log.log(logging.ERROR, f"{handler.name}:{type(exc).__name__}:{exc}",
+                # Keyed on the handler and the error's type, not its text (which may name
+                # each message's data): the same failure on every message is one line,
+                # then a count every 10 s.
+                self._error_log.log(logging.ERROR, f"{handler.name}:{type(exc).__name__}",
                                     "%s (skipped): %s: %s", where, type(exc).__name__, exc,
                                     exc_info=handler.failed == 1)  # the traceback once
             handler.handled += 1

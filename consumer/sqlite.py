@@ -85,8 +85,7 @@ class Writer:
             db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
             db.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint
             db.executescript(SCHEMA)
-            db.execute("BEGIN IMMEDIATE")  # takes the write lock: fails if we cannot write
-            db.execute("ROLLBACK")
+            _prove_writable(db)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot write the database {self.path}: {exc}") from None
         self._db = db
@@ -117,6 +116,18 @@ class Writer:
 
     async def _run(self, function: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+
+
+def _prove_writable(db: sqlite3.Connection) -> None:
+    """Take the write lock and let it go: raises if the database cannot be written. A lock
+    another process holds now is not that (the writer waits such locks out)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return
+        raise
+    db.execute("ROLLBACK")
 
 
 class Batcher:

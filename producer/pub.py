@@ -34,7 +34,7 @@ reports the rate; with neither, publishes each JSON line read from stdin."""
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("pub", help="publish one message or a synthetic stream",
                                    description=DESCRIPTION)
-    parser.add_argument("topic", help="topic to publish to, e.g. demo.hello")
+    parser.add_argument("topic", type=cli.topic_arg, help="topic to publish to, e.g. demo.hello")
     parser.add_argument("json", nargs="?", help="message as JSON, e.g. '{\"lap\": 3}'")
     parser.add_argument("--count", type=cli.positive_int, help="publish N synthetic messages")
     parser.add_argument("--size", type=cli.parse_size, default=200,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from broker import Client
-from tests.helpers import Processes, RunningProcess, run_command, wait_for
+from tests.helpers import Processes, RunningBroker, RunningProcess, run_command, wait_for
 
 MESSAGES = 500
 PAYLOAD = {"pad": "x" * 4000}  # 500 x 4 KB: more than the 1 MiB disk below holds
@@ -58,6 +58,16 @@ async def start_writer(processes: Processes, db: Path, address: str,
                                    "--batch", "50", "--broker", address, *flags)
 
 
+async def writing_while_full(processes: Processes, db: Path, *flags: str
+                             ) -> tuple[RunningBroker, RunningProcess]:
+    """A broker and a writer on `db`, and every message published meanwhile."""
+    broker = await processes.broker()
+    writer = await start_writer(processes, db, broker.address, *flags)
+    await wait_for(lambda: _exists(db), "the database")
+    await publish_all(broker.address)
+    return broker, writer
+
+
 async def rows_are(db: Path, count: int) -> bool:
     try:
         return len(stored(db)) == count
@@ -67,11 +77,8 @@ async def rows_are(db: Path, count: int) -> bool:
 
 async def test_full_disk_is_retried_and_no_row_is_lost_when_space_returns(
         processes: Processes, small_disk: Path) -> None:
-    broker = await processes.broker()
     db = small_disk / "full.db"
-    writer = await start_writer(processes, db, broker.address, "--retry-for", "120")
-    await wait_for(lambda: _exists(db), "the database")
-    await publish_all(broker.address)
+    _, writer = await writing_while_full(processes, db, "--retry-for", "120")
     await wait_for(lambda: _logged(writer, "failed (database or disk is full)"),
                    "the writer to hit the full disk")
     remount(small_disk, "size=64m")
@@ -83,11 +90,8 @@ async def test_full_disk_is_retried_and_no_row_is_lost_when_space_returns(
 
 async def test_disk_full_for_too_long_exits_1_and_a_restart_loses_nothing(
         processes: Processes, small_disk: Path) -> None:
-    broker = await processes.broker()
     db = small_disk / "full.db"
-    writer = await start_writer(processes, db, broker.address, "--retry-for", "1")
-    await wait_for(lambda: _exists(db), "the database")
-    await publish_all(broker.address)
+    broker, writer = await writing_while_full(processes, db, "--retry-for", "1")
     await wait_for(lambda: _exited(writer), "the writer to give up", 30)
     assert writer.process.returncode == 1
     reason = [line for line in writer.log().splitlines() if line.startswith("sqlite: error:")]
