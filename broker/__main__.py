@@ -112,6 +112,12 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
     if args.max_frame < 4 * p.FRAME_ROOM_BYTES:
         raise SystemExit(cli.fail("python -m broker", f"--max-frame {args.max_frame} is below "
                                   f"{4 * p.FRAME_ROOM_BYTES}", cli.EXIT_USAGE))
+    for flag, value in (("--max-publish-rate", args.max_publish_rate),
+                        ("--write-timeout", args.write_timeout),
+                        ("--handshake-timeout", args.handshake_timeout)):
+        if not value >= 0:  # also refuses nan
+            raise SystemExit(cli.fail("python -m broker", f"{flag} {value} must be 0 or more",
+                                      cli.EXIT_USAGE))
     if args.max_memory < args.retain_bytes:
         raise SystemExit(cli.fail("python -m broker",
                                   f"--max-memory {args.max_memory:,} is smaller than "
