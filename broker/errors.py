@@ -45,3 +45,7 @@ class BrokerError(SlipstreamError):
         super().__init__(f"broker error [{code}]: {message}")
         self.code = code
         self.text = message
+
+
+class StorageError(SlipstreamError):
+    """A topic's files on disk cannot be read or written as docs/storage.md describes."""

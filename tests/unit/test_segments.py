@@ -1,0 +1,166 @@
+"""The on-disk topic log (broker/segments.py): records, reads from any seq, rolling,
+retention by whole segments, and recovery from what a crash or a bad disk leaves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker.errors import StorageError
+from broker.segments import (
+    HEADER,
+    INDEX_EVERY_BYTES,
+    TopicStore,
+    encode_records,
+    scan,
+    topic_directory_name,
+)
+
+
+def payload(seq: int, size: int = 100) -> bytes:
+    return (seq.to_bytes(8, "big") * (size // 8 + 1))[:size]
+
+
+def filled(tmp_path: Path, count: int, segment_bytes: int = 1 << 20, size: int = 100,
+           name: str = "live.TimingData") -> TopicStore:
+    store = TopicStore.create(tmp_path, name, segment_bytes=segment_bytes)
+    for first in range(1, count + 1, 50):
+        batch = [payload(seq, size) for seq in range(first, min(first + 50, count + 1))]
+        assert store.append(batch, 1_000_000 + first) == first
+    return store
+
+
+def test_records_round_trip_through_scan() -> None:
+    data = encode_records(7, 123, [b"a", b"", b"ccc"])
+    found = scan(data, expect_seq=7)
+    assert list(found.seqs) == [7, 8, 9] and list(found.stamps) == [123] * 3
+    assert list(found.lengths) == [1, 0, 3] and found.end == len(data)
+    assert found.torn is None and found.corrupt is None
+
+
+def test_scan_tells_a_torn_tail_from_corruption_in_the_middle() -> None:
+    data = bytearray(encode_records(1, 5, [b"x" * 50] * 3))
+    torn = scan(bytes(data[:-10]))
+    assert torn.count == 2 and torn.torn is not None and torn.corrupt is None
+    flipped = bytearray(data)
+    flipped[HEADER.size + 20] ^= 0xFF  # inside the first payload, with records after it
+    middle = scan(bytes(flipped))
+    assert middle.count == 0 and middle.corrupt is not None and "fails its CRC" in middle.corrupt
+    last = bytearray(data)
+    last[-1] ^= 0xFF  # the last record is bad, nothing follows: a torn write
+    assert scan(bytes(last)).torn is not None and scan(bytes(last)).count == 2
+
+
+def test_scan_refuses_a_seq_out_of_order() -> None:
+    data = encode_records(1, 0, [b"a"]) + encode_records(3, 0, [b"b"]) + encode_records(
+        4, 0, [b"c"])
+    found = scan(data, expect_seq=1)
+    assert found.count == 1 and "has seq 3, expected 2" in (found.corrupt or "")
+
+
+def test_reads_from_any_seq_across_index_marks_and_segments(tmp_path: Path) -> None:
+    store = filled(tmp_path, 5000, segment_bytes=128 * 1024)
+    assert len(store.segments) > 3 and (store.first_seq, store.next_seq) == (1, 5001)
+    for start in (1, 2, 37, 600, 601, 2999, 5000):
+        _, payloads = store.read(start, 10, 1 << 20)  # fewer at a segment's end
+        assert payloads and payloads == [payload(s) for s in range(start, start + len(payloads))]
+    assert store.read(5001, 10, 1 << 20) == ([], [])
+
+
+def test_reads_stop_at_max_bytes_but_always_return_one(tmp_path: Path) -> None:
+    store = filled(tmp_path, 100, size=1000)
+    assert len(store.read(1, 100, 4500)[1]) == 4
+    assert len(store.read(1, 100, 10)[1]) == 1
+
+
+def test_a_reopened_topic_continues_its_seqs(tmp_path: Path) -> None:
+    store = filled(tmp_path, 1000, segment_bytes=64 * 1024)
+    directory = store.directory
+    store.close()
+    again, report = TopicStore.open(directory, segment_bytes=64 * 1024)
+    assert (again.first_seq, again.next_seq, report.records) == (1, 1001, 1000)
+    assert again.append([b"next"], 9) == 1001
+    assert again.read(1001, 1, 100)[1] == [b"next"]
+    assert again.read(500, 1, 1000)[1] == [payload(500)]
+
+
+def test_a_torn_tail_is_cut_and_counted(tmp_path: Path) -> None:
+    store = filled(tmp_path, 300)
+    store.close()
+    last = store.segments[-1].path
+    last.write_bytes(last.read_bytes()[:-37])  # as if the machine died mid-write
+    again, report = TopicStore.open(store.directory)
+    assert again.next_seq == 300 and report.torn_bytes == HEADER.size + 100 - 37
+    assert "cut a torn tail" in report.notes[0]
+    assert again.append([b"after"], 1) == 300  # the torn record's seq is written again
+
+
+def test_corruption_in_the_middle_stops_the_open_unless_repaired(tmp_path: Path) -> None:
+    store = filled(tmp_path, 300)
+    store.close()
+    segment = store.segments[-1].path
+    data = bytearray(segment.read_bytes())
+    data[(HEADER.size + 100) * 100 + HEADER.size + 5] ^= 0xFF  # inside record 101
+    segment.write_bytes(bytes(data))
+    with pytest.raises(StorageError) as refused:
+        TopicStore.open(store.directory)
+    message = str(refused.value)
+    assert segment.name in message and "offset 12,400" in message and "--repair" in message
+    repaired, report = TopicStore.open(store.directory, repair=True)
+    assert repaired.next_seq == 101 and report.repaired_bytes > 0
+    assert repaired.read(100, 5, 1 << 20)[1] == [payload(100)]
+
+
+def test_damage_in_an_older_segment_tail_is_found_at_open(tmp_path: Path) -> None:
+    store = filled(tmp_path, 3000, segment_bytes=64 * 1024)
+    store.close()
+    older = store.segments[1].path
+    older.write_bytes(older.read_bytes()[:-50])  # an older segment lost its end
+    with pytest.raises(StorageError, match="--repair"):
+        TopicStore.open(store.directory, segment_bytes=64 * 1024)
+    repaired, report = TopicStore.open(store.directory, repair=True,
+                                       segment_bytes=64 * 1024)
+    assert len(repaired.segments) == 2 and repaired.next_seq == store.segments[1].next_seq - 1
+    assert any("removed segment" in note for note in report.notes)
+
+
+def test_a_lost_index_is_rebuilt(tmp_path: Path) -> None:
+    store = filled(tmp_path, 3000, segment_bytes=64 * 1024)
+    store.close()
+    store.segments[0].index_path.unlink()
+    again, _ = TopicStore.open(store.directory, segment_bytes=64 * 1024)
+    assert again.segments[0].index_path.exists()
+    assert again.read(77, 1, 1000)[1] == [payload(77)]
+
+
+def test_retention_deletes_whole_segments_oldest_first(tmp_path: Path) -> None:
+    store = filled(tmp_path, 5000, segment_bytes=64 * 1024)
+    segments_before = len(store.segments)
+    removed = store.enforce_retention(max_messages=2000, max_bytes=1 << 30)
+    assert removed > 0 and store.retained >= 2000 and store.retained - 2000 < 600
+    assert len(store.segments) < segments_before
+    assert store.first_seq == 5001 - store.retained
+    assert not store.segments[0].path.with_name(f"{1:020d}.seg").exists()
+    assert store.read(store.first_seq, 1, 1000)[1] == [payload(store.first_seq)]
+    by_age = store.enforce_retention(max_messages=10**9, max_bytes=1 << 30, max_age_s=1,
+                                     now_us=1_000_000 + 10**9)
+    assert by_age > 0 and len(store.segments) == 1  # never the active one
+
+
+def test_index_is_sparse(tmp_path: Path) -> None:
+    store = filled(tmp_path, 20_000, segment_bytes=64 << 20, size=100)
+    segment = store.segments[0]
+    assert len(segment.index_seqs) == pytest.approx(segment.size / INDEX_EVERY_BYTES, abs=2)
+
+
+@pytest.mark.parametrize("name", ["live.TimingData", "a/b.c", "x" * 255, "é.ü"])
+def test_any_topic_gets_a_safe_directory_and_keeps_its_exact_name(
+        tmp_path: Path, name: str) -> None:
+    directory = topic_directory_name(name)
+    assert "/" not in directory and len(directory.encode()) <= 255 and directory not in (
+        ".", "..")
+    store = TopicStore.create(tmp_path, name)
+    store.append([b"1"], 1)
+    store.close()
+    assert TopicStore.open(store.directory)[0].name == name
