@@ -518,8 +518,9 @@ class Client:
                 f"{type(frame).__name__} within {answer_within_s:g} s") from None
 
     def _send_control(self, frame: p.Frame) -> None:
-        if self._writer is not None and self._connected.is_set():
-            self._writer.write(p.encode(frame))
+        writer = self._writer
+        if writer is not None and self._connected.is_set() and not writer.is_closing():
+            writer.write(p.encode(frame))
 
     def _send_ack(self, sid: int, count: int) -> None:
         self._send_control(p.Ack(sid, count))

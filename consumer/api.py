@@ -170,6 +170,7 @@ class Consumer:
     async def serve(self) -> int:
         """Run the startup hooks, connect, handle messages until stopped, then shut down."""
         self._stopping = asyncio.Event()
+        shut_down = False
         try:
             for hook in self._startup:
                 await hook()
@@ -177,10 +178,14 @@ class Consumer:
                 raise ConfigError(f"consumer {self.name!r} has no handlers")
             async with Client(self.args.broker, name=self.name, token=self.args.token) as client:
                 self.client = client
-                await self._consume(client)
+                try:
+                    await self._consume(client)
+                finally:
+                    shut_down = True  # while connected: a last flush can still acknowledge
+                    await self._run_shutdown_hooks()
         finally:
-            for hook in self._shutdown:
-                await hook()
+            if not shut_down:  # startup or connecting failed: close what startup opened
+                await self._run_shutdown_hooks()
             if self._stdout_gone:
                 _silence_stdout()
             self._error_log.flush()
@@ -188,6 +193,10 @@ class Consumer:
         if self._failure is not None:
             return cli.fail(self.name, str(self._failure))
         return cli.EXIT_OK
+
+    async def _run_shutdown_hooks(self) -> None:
+        for hook in self._shutdown:
+            await hook()
 
     async def _consume(self, client: Client) -> None:
         for handler in self.handlers:
