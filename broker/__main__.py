@@ -8,10 +8,13 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from broker import cli
 from broker import protocol as p
+from broker.datadir import DATA_DIR_ENV
+from broker.errors import StorageError
 from broker.server import Broker, BrokerConfig
 from broker.topics import Retention
 
@@ -60,9 +63,33 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--handshake-timeout", type=float, default=5.0, metavar="SECONDS",
                         help="disconnect a client that sends no HELLO for this long "
                              "(default %(default)s)")
+    add_storage_args(parser)
     add_limit_args(parser)
     cli.add_logging_args(parser)
     return parser
+
+
+FSYNC_HELP = """with --data-dir, when writes reach the disk itself: 'always' before each PUBACK
+(survives a power loss; slowest), 'interval' (default) within 100 ms, 'never'
+(left to the OS). Whatever the policy, a PUBACK is sent only after the write
+reached the OS, so a confirmed message survives the broker being killed."""
+
+
+def add_storage_args(parser: argparse.ArgumentParser) -> None:
+    """--data-dir and its companions; docs/storage.md."""
+    group = parser.add_argument_group(
+        "storage", "keep topics, seqs, the epoch and durable positions on disk "
+                   "(docs/storage.md); without --data-dir everything is in memory")
+    group.add_argument("--data-dir", type=Path, default=os.environ.get(DATA_DIR_ENV) or None,
+                       metavar="DIR", help=f"directory for the topics' logs (env {DATA_DIR_ENV})")
+    group.add_argument("--fsync", choices=["always", "interval", "never"], default="interval",
+                       help=FSYNC_HELP)
+    group.add_argument("--repair", action="store_true",
+                       help="start even if a segment is damaged, keeping the records before "
+                            "the damage (without it, the broker names the file and stops)")
+    group.add_argument("--retain-age", type=cli.duration, default=0.0, metavar="DURATION",
+                       help="with --data-dir, delete segments older than this, e.g. 7d "
+                            "(default: no age limit)")
 
 
 def add_limit_args(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +161,9 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
         max_topics=args.max_topics, max_durables=args.max_durables,
         topic_ttl_s=args.topic_ttl, durable_ttl_s=args.durable_ttl,
         max_publish_rate_msgs=args.max_publish_rate,
-        max_publish_rate_bytes=args.max_publish_bytes)
+        max_publish_rate_bytes=args.max_publish_bytes,
+        data_dir=args.data_dir, fsync=args.fsync, repair=args.repair,
+        retain_age_s=args.retain_age)
 
 
 def exposure_warning(config: BrokerConfig) -> str | None:
@@ -149,6 +178,8 @@ async def serve(config: BrokerConfig) -> int:
     broker = Broker(config)
     try:
         await broker.start()
+    except StorageError as exc:
+        return cli.fail("python -m broker", str(exc), cli.EXIT_USAGE)
     except OSError as exc:
         return cli.fail("python -m broker",
                         f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")

@@ -433,14 +433,20 @@ class TopicStore:
         return stamps, payloads
 
     def enforce_retention(self, max_messages: int, max_bytes: int, max_age_s: float = 0.0,
-                          now_us: int | None = None) -> int:
+                          now_us: int | None = None, keep_from_seq: int | None = None,
+                          below_seq: int = 0) -> int:
         """Delete whole segments, oldest first, while the rest still holds more than the
-        limits allow; never the active segment. Returns how many messages went."""
+        limits allow, or the segment lies wholly below `below_seq`; never the active
+        segment, nor one holding `keep_from_seq` or later (the block policy's
+        unacknowledged messages). Returns how many messages went."""
         now_us = now_us if now_us is not None else time.time_ns() // 1000
         removed = 0
         while len(self.segments) > 1:
             oldest = self.segments[0]
-            over_count = self.retained - oldest.count >= max_messages
+            if keep_from_seq is not None and oldest.next_seq > keep_from_seq:
+                break
+            below = oldest.next_seq <= below_seq
+            over_count = below or self.retained - oldest.count >= max_messages
             over_bytes = self.size_bytes - oldest.size >= max_bytes
             too_old = max_age_s > 0 and now_us - oldest.last_stamp_us > max_age_s * 1e6
             if not (over_count or over_bytes or too_old):
@@ -450,6 +456,11 @@ class TopicStore:
             self.segments.pop(0)
         self.evicted_total += removed
         return removed
+
+    def over_retention(self, max_messages: int, max_bytes: int, adding: int,
+                       adding_bytes: int) -> bool:
+        return (self.retained + adding > max_messages
+                or self.size_bytes + adding_bytes > max_bytes)
 
     def fsync(self) -> None:
         self.segments[-1].fsync()

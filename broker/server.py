@@ -27,14 +27,20 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from broker import protocol as p
 from broker import stats as broker_stats
-from broker.errors import ProtocolError
+from broker.datadir import DataDir, FsyncPolicy
+from broker.disk_topics import DiskTopicLog
+from broker.errors import ProtocolError, StorageError
 from broker.limits import LogThrottle, TokenBucket
 from broker.routing import Router, echo, validate_pattern, validate_topic
+from broker.segments import DEFAULT_SEGMENT_BYTES
 from broker.topics import ByteBudget, Retention, TopicLog
+
+Topic = TopicLog | DiskTopicLog  # in memory, or on disk with --data-dir
 
 log = logging.getLogger("slipstream.broker")
 
@@ -52,6 +58,7 @@ FRAMES_PER_PASS = 512
 # it waits (so that a publisher that hangs up is noticed and released).
 MAX_LOOKAHEAD_BYTES = 2 * READ_CHUNK_BYTES
 HOUSEKEEPING_MAX_INTERVAL_S = 30.0
+SYNC_INTERVAL_S = 0.1  # --fsync interval: topics and durable positions reach the disk this often
 _COSTLY_FRAMES = (p.Subscribe, p.StatsRequest)
 
 
@@ -83,6 +90,16 @@ class BrokerConfig:
     durable_ttl_s: float = 24 * 3600.0  # offline durables are forgotten after this
     max_publish_rate_msgs: float = 0.0  # per connection, per second
     max_publish_rate_bytes: float = 0.0
+    # --data-dir: topics, the epoch and durable positions on disk (None: in memory only).
+    data_dir: Path | None = None
+    fsync: FsyncPolicy = "interval"
+    repair: bool = False
+    retain_age_s: float = 0.0  # on disk: delete segments older than this (0: no limit)
+
+    @property
+    def segment_bytes(self) -> int:
+        """Segments small enough that retention by bytes deletes about a quarter at a time."""
+        return max(1 << 20, min(DEFAULT_SEGMENT_BYTES, self.retention.max_bytes // 4))
 
     @property
     def max_payload_bytes(self) -> int:
@@ -116,15 +133,15 @@ class Subscription:
         self.pattern = pattern
         self.window = window
         self.durable = durable
-        self.cursors: dict[TopicLog, int] = {}  # next seq to send, per topic
-        self.acked: dict[TopicLog, int] = {}  # first seq not yet acknowledged, per topic
+        self.cursors: dict[Topic, int] = {}  # next seq to send, per topic
+        self.acked: dict[Topic, int] = {}  # first seq not yet acknowledged, per topic
         self.unacked: deque[list[Any]] = deque()  # [log, end_seq, count] per run sent
         self.inflight = 0
         self.delivered = 0
         self.gaps = 0
         self.missed = 0
 
-    def start_at(self, topic: TopicLog, seq: int) -> None:
+    def start_at(self, topic: Topic, seq: int) -> None:
         self.cursors[topic] = seq
         self.acked[topic] = seq
 
@@ -160,9 +177,12 @@ class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self.epoch = time.time_ns() // 1000  # tells clients a restarted broker from the same one
+        self.data = DataDir(config.data_dir, config.fsync) if config.data_dir else None
+        self._durables_dirty = False
+        self.storage_failing = False  # the last write to --data-dir failed
         self.started_monotonic = time.monotonic()
         self.budget = ByteBudget(config.max_memory_bytes)
-        self.topics: dict[str, TopicLog] = {}
+        self.topics: dict[str, Topic] = {}
         self.router: Router[Subscription] = Router()
         self.durables: dict[str, Durable] = {}
         self.connections: set[Connection] = set()
@@ -172,22 +192,27 @@ class Broker:
             ("refused_connections", "budget_evictions", "expired_topics", "expired_durables",
              "slow_consumers"), 0)
         self.log_throttle = LogThrottle(log)
-        self._last_publish: dict[TopicLog, float] = {}
+        self._last_publish: dict[Topic, float] = {}
         # A topic created again after it expired starts above every seq it had.
         self._expired_seq_floor = 1
-        self._room_freed: dict[TopicLog, asyncio.Event] = {}
-        self._topic_locks: dict[TopicLog, asyncio.Lock] = {}
+        self._room_freed: dict[Topic, asyncio.Event] = {}
+        self._topic_locks: dict[Topic, asyncio.Lock] = {}
         self._server: asyncio.Server | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._syncer: asyncio.Task[None] | None = None
         self._next_connection_id = 1
 
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
+        if self.data is not None:
+            self._load()  # before listening: a damaged DIR stops the start, nothing half-up
         self._server = await asyncio.start_server(
             self._accept, self.config.host, self.config.port, limit=READ_CHUNK_BYTES
         )
         self._housekeeping = asyncio.create_task(self._housekeep(), name="broker-housekeeping")
+        if self.data is not None and self.config.fsync != "always":
+            self._syncer = asyncio.create_task(self._sync_periodically(), name="broker-sync")
         log.info("listening on %s:%d (on-full=%s, retain %d messages / %d bytes per topic, "
                  "%d bytes in all)", self.config.host, self.port, self.config.on_full,
                  self.config.retention.max_messages, self.config.retention.max_bytes,
@@ -203,9 +228,10 @@ class Broker:
         """Stop accepting, tell every client we are going, and end all connections."""
         if self._server is not None:
             self._server.close()
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            await asyncio.gather(self._housekeeping, return_exceptions=True)
+        for task in (self._housekeeping, self._syncer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for connection in list(self.connections):
             connection.close(p.Error("shutdown", "broker is shutting down", None, True))
         tasks = [c.task for c in self.connections if c.task is not None]
@@ -216,7 +242,69 @@ class Broker:
             await asyncio.gather(*still_running, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        if self.data is not None:
+            self._sync_all()
+            for topic in self.topics.values():
+                topic.release()
+            self.data.close()
         log.info("stopped")
+
+    # --- the data directory ------------------------------------------------------
+
+    def _load(self) -> None:
+        """Open DIR: its lock, its epoch, every topic (checked) and the durable positions."""
+        assert self.data is not None
+        config = self.config
+        self.data.open()
+        self.epoch = self.data.epoch
+        for store, report in self.data.open_topics(config.repair, config.segment_bytes):
+            topic = DiskTopicLog(store, config.retention, self.budget, config.retain_age_s)
+            self.topics[store.name] = topic
+            self.router.add_topic(store.name)
+            self._last_publish[topic] = time.monotonic()
+            for note in report.notes:
+                log.warning("topic %s: %s", echo(store.name), note)
+        for name, (pattern, acked) in self.data.load_durables().items():
+            self.durables[name] = Durable(pattern, acked)
+        log.info("data directory %s: epoch %d, %d topics, %d durables", self.data.path,
+                 self.epoch, len(self.topics), len(self.durables))
+
+    async def _sync_periodically(self) -> None:
+        """--fsync interval: what was written reaches the disk within SYNC_INTERVAL_S."""
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL_S)
+            topics = [t for t in self.topics.values()
+                      if type(t) is DiskTopicLog and t.unsynced]
+            if self.config.fsync == "interval" and topics:
+                await asyncio.to_thread(_sync_topics, topics)
+            if self._durables_dirty:
+                self._durables_dirty = False
+                snapshot = self._durable_positions()
+                assert self.data is not None
+                await asyncio.to_thread(self.data.save_durables, snapshot)
+
+    def _sync_all(self) -> None:
+        assert self.data is not None
+        if self.config.fsync != "never":
+            _sync_topics([t for t in self.topics.values() if type(t) is DiskTopicLog])
+        self.data.save_durables(self._durable_positions())
+
+    def durables_moved(self) -> None:
+        """A durable's positions changed: written with the next sync (or now, under always)."""
+        if self.data is None:
+            return
+        if self.config.fsync == "always":
+            self.data.save_durables(self._durable_positions())
+        else:
+            self._durables_dirty = True
+
+    def _durable_positions(self) -> dict[str, tuple[str, dict[str, int]]]:
+        positions = {}
+        for name, durable in self.durables.items():
+            acked = durable.acked if durable.owner is None else {
+                topic.name: seq for topic, seq in durable.owner.acked.items()}
+            positions[name] = (durable.pattern, dict(acked))
+        return positions
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         refusal = self._refusal()
@@ -260,8 +348,14 @@ class Broker:
         for name, durable in list(self.durables.items()):
             if durable.owner is None and now - durable.released_monotonic > ttl:
                 del self.durables[name]
+                self.durables_moved()
                 self.counters["expired_durables"] += 1
                 log.info("forgot durable %s: unused for %g s (--durable-ttl)", echo(name), ttl)
+        if self.data is not None:
+            for topic in self.topics.values():
+                if type(topic) is DiskTopicLog and topic.expire_by_age():
+                    self.notify(topic)
+            return  # on disk, topics are not forgotten: --retain-age bounds them
         ttl = self.config.topic_ttl_s
         for topic, last in list(self._last_publish.items()):
             if now - last > ttl and self._expirable(topic):
@@ -269,14 +363,14 @@ class Broker:
                 log.info("forgot topic %s: no publish for %g s and no subscriber (--topic-ttl)",
                          echo(topic.name), ttl)
 
-    def _expirable(self, topic: TopicLog) -> bool:
+    def _expirable(self, topic: Topic) -> bool:
         if any(True for _ in self.router.subscribers(topic.name)):
             return False
         # An offline durable that has not read all of it still needs it.
         return all(d.acked.get(topic.name, topic.next_seq) >= topic.next_seq
                    for d in self.durables.values())
 
-    def _forget_topic(self, topic: TopicLog) -> None:
+    def _forget_topic(self, topic: Topic) -> None:
         self._expired_seq_floor = max(self._expired_seq_floor, topic.next_seq)
         for durable in self.durables.values():
             durable.acked.pop(topic.name, None)  # caught up: nothing of it is owed
@@ -290,7 +384,7 @@ class Broker:
 
     # --- topics and subscriptions -------------------------------------------
 
-    def topic(self, name: str) -> TopicLog:
+    def topic(self, name: str) -> Topic:
         """The log of topic `name`, created (and routed) on first use."""
         topic = self.topics.get(name)
         if topic is None:
@@ -299,12 +393,22 @@ class Broker:
                 raise ProtocolError(
                     f"cannot create topic {echo(name)}: the broker holds its maximum of "
                     f"{self.config.max_topics:,} topics (--max-topics)", code="too_many_topics")
-            topic = TopicLog(name, self.config.retention, self.budget, self._expired_seq_floor)
+            topic = self._new_topic(name)
             self.topics[name] = topic
             for sub in self.router.add_topic(name):
                 sub.start_at(topic, topic.created_seq)  # born after the subscription: all new
         self._last_publish[topic] = time.monotonic()
         return topic
+
+    def _new_topic(self, name: str) -> Topic:
+        config = self.config
+        if self.data is None:
+            return TopicLog(name, config.retention, self.budget, self._expired_seq_floor)
+        try:
+            store = self.data.create_topic(name, self._expired_seq_floor, config.segment_bytes)
+        except StorageError as exc:
+            raise ProtocolError(str(exc), code="storage") from None
+        return DiskTopicLog(store, config.retention, self.budget, config.retain_age_s)
 
     def subscribe(self, connection: Connection, frame: p.Subscribe) -> Subscription:
         validate_pattern(frame.pattern)
@@ -339,6 +443,7 @@ class Broker:
         if frame.durable:
             if durable is None:
                 durable = self.durables[frame.durable] = Durable(frame.pattern, {})
+                self.durables_moved()
             durable.owner = sub
         return sub
 
@@ -361,6 +466,7 @@ class Broker:
                 durable.acked = {topic.name: seq for topic, seq in sub.acked.items()}
                 durable.owner = None
                 durable.released_monotonic = time.monotonic()
+                self.durables_moved()
         for topic in sub.cursors:
             self.room_freed(topic)
 
@@ -371,12 +477,12 @@ class Broker:
 
     # --- publishing ------------------------------------------------------------
 
-    def notify(self, topic: TopicLog) -> None:
+    def notify(self, topic: Topic) -> None:
         """Tell every subscription of `topic` that it has something new to read."""
         for sub in self.router.subscribers(topic.name):
             sub.connection.mark_dirty(sub, topic)
 
-    def keep_from(self, topic: TopicLog, publisher: Connection | None) -> int:
+    def keep_from(self, topic: Topic, publisher: Connection | None) -> int:
         """Block policy: the oldest seq some other connection's subscription still needs."""
         return min((sub.acked[topic] for sub in self.router.subscribers(topic.name)
                     if sub.connection is not publisher), default=topic.next_seq)
@@ -406,15 +512,15 @@ class Broker:
                 break
         return budget.used_bytes + wanted_bytes <= budget.limit_bytes
 
-    def room_freed(self, topic: TopicLog) -> None:
+    def room_freed(self, topic: Topic) -> None:
         event = self._room_freed.pop(topic, None)
         if event is not None:
             event.set()
 
-    def room_event(self, topic: TopicLog) -> asyncio.Event:
+    def room_event(self, topic: Topic) -> asyncio.Event:
         return self._room_freed.setdefault(topic, asyncio.Event())
 
-    def topic_lock(self, topic: TopicLog) -> asyncio.Lock:
+    def topic_lock(self, topic: Topic) -> asyncio.Lock:
         return self._topic_locks.setdefault(topic, asyncio.Lock())
 
     # --- stats -------------------------------------------------------------------
@@ -448,7 +554,7 @@ class Connection:
         self._lookahead: deque[bytes] = deque()  # read while a blocked PUB waited
         self._lookahead_bytes = 0
         self._out: list[bytes] = []  # frames waiting for the next writelines
-        self._dirty: dict[tuple[Subscription, TopicLog], None] = {}  # ordered set
+        self._dirty: dict[tuple[Subscription, Topic], None] = {}  # ordered set
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._errors_logged: set[str] = set()
@@ -644,7 +750,7 @@ class Connection:
         self._log_once(exc.code, "connection %s: %s", self.describe(), exc)
         self._out.append(p.encode(p.Error(exc.code, str(exc), ref, False)))
 
-    def _check_publish(self, frame: p.Publish) -> TopicLog:
+    def _check_publish(self, frame: p.Publish) -> Topic:
         if not frame.payloads:
             raise ProtocolError(f"PUB to {echo(frame.topic)} carries no payloads",
                                 code="bad_publish")
@@ -658,7 +764,13 @@ class Connection:
 
     def _publish(self, frame: p.Publish) -> None:
         topic = self._check_publish(frame)
-        first_seq = topic.append(frame.payloads, now_us())
+        try:
+            first_seq = topic.append(frame.payloads, now_us())
+        except OSError as exc:
+            raise self._storage_error(topic, exc) from None
+        if self.broker.storage_failing:
+            self.broker.storage_failing = False
+            log.warning("storage works again: %s can be written", self.config.data_dir)
         if self.broker.budget.over:
             self.broker.make_room()
         self._published(topic, frame, first_seq)
@@ -681,7 +793,10 @@ class Connection:
             remaining = frame.payloads
             while remaining:
                 keep_from = self.broker.keep_from(topic, self)
-                appended = topic.append_within(remaining, now_us(), keep_from)
+                try:
+                    appended = topic.append_within(remaining, now_us(), keep_from)
+                except OSError as exc:
+                    raise self._storage_error(topic, exc) from None
                 if appended:
                     remaining = remaining[appended:]
                     self.broker.notify(topic)
@@ -690,7 +805,7 @@ class Connection:
                     await self._wait_for_room(topic)
         self._published(topic, frame, first_seq)
 
-    async def _wait_for_room(self, topic: TopicLog) -> None:
+    async def _wait_for_room(self, topic: Topic) -> None:
         """Wait until a subscriber frees room in `topic`, or raise _Closed if the publisher
         hangs up meanwhile (read ahead into a bounded buffer to see its end)."""
         room = asyncio.ensure_future(self.broker.room_event(topic).wait())
@@ -716,7 +831,17 @@ class Connection:
         finally:
             room.cancel()
 
-    def _published(self, topic: TopicLog, frame: p.Publish, first_seq: int) -> None:
+    def _storage_error(self, topic: Topic, exc: OSError) -> ProtocolError:
+        """Disk full, read-only: this PUB is refused (nothing of it stored), reads go on."""
+        self.broker.storage_failing = True
+        return ProtocolError(
+            f"PUB to {echo(topic.name)} not stored: {exc.strerror or exc} "
+            f"({self.config.data_dir}); publishing works again once it can be written",
+            code="storage")  # logged once per connection, as every refusal is
+
+    def _published(self, topic: Topic, frame: p.Publish, first_seq: int) -> None:
+        if self.config.fsync == "always" and type(topic) is DiskTopicLog:
+            topic.sync()  # on the disk itself before the PUBACK says so
         self.published += len(frame.payloads)
         self.broker.notify(topic)
         if frame.confirm_id is not None:
@@ -778,6 +903,8 @@ class Connection:
             raise ProtocolError(f"ACK of {count} for sid {sid}, which has {sub.inflight} "
                                 "unacknowledged", code="bad_ack")
         sub.acknowledge(count)
+        if sub.durable:
+            self.broker.durables_moved()
         for topic, cursor in sub.cursors.items():
             if cursor < topic.next_seq:
                 self.mark_dirty(sub, topic)
@@ -785,7 +912,7 @@ class Connection:
 
     # --- sending ---------------------------------------------------------------
 
-    def mark_dirty(self, sub: Subscription, topic: TopicLog) -> None:
+    def mark_dirty(self, sub: Subscription, topic: Topic) -> None:
         self._dirty[sub, topic] = None
         self._wake.set()
 
@@ -801,7 +928,7 @@ class Connection:
                         self._deliver(sub, topic)
                 await self._room_to_write()  # more to send: let the readers run first
 
-    def _deliver(self, sub: Subscription, topic: TopicLog) -> None:
+    def _deliver(self, sub: Subscription, topic: Topic) -> None:
         """Queue the next run of `topic` for `sub`, or a GAP if it fell behind retention."""
         credit = sub.window - sub.inflight
         if credit <= 0:
@@ -835,7 +962,7 @@ class Connection:
         if cursor < topic.next_seq and sub.inflight < sub.window:
             self._dirty[sub, topic] = None
 
-    def _gap(self, sub: Subscription, topic: TopicLog, first_missed: int, count: int) -> None:
+    def _gap(self, sub: Subscription, topic: Topic, first_missed: int, count: int) -> None:
         sub.gaps += 1
         sub.missed += count
         reason = (f"evicted: fell behind retention of {echo(topic.name)} "
@@ -877,3 +1004,9 @@ class Connection:
         subs = self.subscriptions.values()
         return (sum(s.delivered for s in subs), sum(s.gaps for s in subs),
                 sum(s.missed for s in subs))
+
+
+def _sync_topics(topics: list[DiskTopicLog]) -> None:
+    """fsync each topic written since its last sync (run in a thread: fsync can take ms)."""
+    for topic in topics:
+        topic.sync()

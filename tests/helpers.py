@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,9 +75,13 @@ class Processes:
 
     directory: Path
     started: list[RunningProcess] = field(default_factory=list)
+    # "disk": every broker started gets a --data-dir of its own (see test_delivery.py).
+    storage: str = "memory"
 
     async def broker(self, *flags: str, port: int = 0) -> RunningBroker:
         log_path = self.directory / f"broker-{len(self.started)}.log"
+        if self.storage == "disk" and "--data-dir" not in flags:
+            flags = (*flags, "--data-dir", str(self.directory / f"data-{len(self.started)}"))
         process = await spawn(["-m", "broker", "--port", str(port), *flags], log_path,
                               stdout=asyncio.subprocess.PIPE)
         running = RunningBroker(process, log_path)
@@ -263,3 +267,29 @@ async def wait_udp_read(port: int, timeout_s: float = 10.0) -> None:
     async def empty() -> bool:
         return udp_backlog(port) == 0
     await wait_for(empty, f"the listener on UDP port {port} to read its datagrams", timeout_s)
+
+
+@contextlib.contextmanager
+def small_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A real, small file system to fill (needs root and mount; skips, saying why, where
+    impossible). Unmounted afterwards."""
+    import subprocess
+
+    import pytest
+
+    mount_point.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                           str(mount_point)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def remount(mount_point: Path, options: str) -> None:
+    """Change a mount's options (size=64m, ro): a quick mount-table change."""
+    import subprocess
+
+    subprocess.run(["mount", "-o", f"remount,{options}", str(mount_point)], check=True)

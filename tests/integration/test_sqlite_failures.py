@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from broker import Client
-from tests.helpers import Processes, RunningBroker, RunningProcess, run_command, wait_for
+from tests.helpers import (
+    Processes,
+    RunningBroker,
+    RunningProcess,
+    remount,
+    run_command,
+    small_tmpfs,
+    wait_for,
+)
 
 MESSAGES = 500
 PAYLOAD = {"pad": "x" * 4000}  # 500 x 4 KB: more than the 1 MiB disk below holds
@@ -21,22 +28,10 @@ PAYLOAD = {"pad": "x" * 4000}  # 500 x 4 KB: more than the 1 MiB disk below hold
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (needs root and mount); skipped, with the reason, where impossible."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "1m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def remount(mount_point: Path, options: str) -> None:
-    """Quick (a mount table change), so running it from a test coroutine is fine."""
-    subprocess.run(["mount", "-o", f"remount,{options}", str(mount_point)], check=True)
 
 
 def stored(db: Path) -> list[int]:

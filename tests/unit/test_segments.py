@@ -164,3 +164,28 @@ def test_any_topic_gets_a_safe_directory_and_keeps_its_exact_name(
     store.append([b"1"], 1)
     store.close()
     assert TopicStore.open(store.directory)[0].name == name
+
+
+def test_disk_topic_retention_by_count_is_exact_like_memory(tmp_path: Path) -> None:
+    from broker.disk_topics import DiskTopicLog
+    from broker.topics import ByteBudget, Retention
+    store = TopicStore.create(tmp_path, "t", segment_bytes=4096)
+    topic = DiskTopicLog(store, Retention(max_messages=10, max_bytes=1 << 30), ByteBudget(1 << 30))
+    for n in range(25):
+        topic.append([payload(n + 1)], n)
+    assert (topic.first_seq, topic.next_seq, topic.retained, topic.evicted_total) == (
+        16, 26, 10, 15)
+    assert topic.read(16, 100, 1 << 20)[1] == [payload(s) for s in range(16, 26)]
+    assert store.first_seq <= 16 and len(store.segments) < 5  # files go a segment at a time
+
+
+def test_disk_topic_block_policy_appends_only_what_fits(tmp_path: Path) -> None:
+    from broker.disk_topics import DiskTopicLog
+    from broker.topics import ByteBudget, Retention
+    store = TopicStore.create(tmp_path, "t")
+    topic = DiskTopicLog(store, Retention(max_messages=5, max_bytes=1 << 30), ByteBudget(1 << 30))
+    assert topic.append_within([payload(n) for n in range(1, 4)], 0, keep_from_seq=1) == 3
+    assert topic.append_within([payload(n) for n in range(4, 9)], 0, keep_from_seq=1) == 2
+    assert topic.append_within([payload(9)], 0, keep_from_seq=1) == 0  # full of unacked
+    assert topic.append_within([payload(6)], 0, keep_from_seq=3) == 1  # two acked: room
+    assert (topic.first_seq, topic.next_seq) == (2, 7)
