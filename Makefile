@@ -33,6 +33,7 @@ lint: $(SETUP)
 
 bench: $(SETUP)
 	$(PY) bench/run.py
+	$(PY) bench/storage.py
 	$(PY) bench/limits.py
 
 clean:

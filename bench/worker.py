@@ -54,7 +54,7 @@ async def consume(args: argparse.Namespace) -> int:
     import msgpack
 
     async with Client(args.broker, name="bench-consumer") as client:
-        sub = await client.subscribe(args.pattern, window=args.window)
+        sub = await client.subscribe(args.pattern, window=args.window, start=args.start)
         print("ready", flush=True)
         received = lost = 0
         latencies_us: list[int] = []
@@ -87,6 +87,7 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=8192)
     parser.add_argument("--latency", action="store_true")
     parser.add_argument("--pattern", default="bench.>")
+    parser.add_argument("--from", dest="start", default="new", choices=["new", "earliest"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # losses are counted in the results instead
     return run("bench", lambda: produce(args) if args.role == "produce" else consume(args))
