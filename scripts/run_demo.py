@@ -14,6 +14,7 @@ says where the data is and what to ask it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ SPEED = os.environ.get("SLIPSTREAM_DEMO_SPEED", "30")
 DATA = ROOT / "data"
 DATABASE = DATA / "slipstream.db"
 ALERTS = DATA / "alerts.jsonl"
+BROKER_DATA = DATA / "broker"  # the broker's --data-dir: topics on disk (docs/storage.md)
 READABLE = ["live.SessionInfo", "live.SessionStatus", "live.WeatherData", "live.DriverList",
             "game.event"]
 GAME_PORT = int(os.environ.get("SLIPSTREAM_DEMO_GAME_PORT", "20777"))
@@ -58,8 +60,10 @@ def main() -> int:
     DATA.mkdir(exist_ok=True)
     for stale in (DATABASE, ALERTS, *DATA.glob("slipstream.db-*")):
         stale.unlink(missing_ok=True)  # each demo starts from an empty database
-    print(f"starting the broker on {BROKER} ...", flush=True)
-    broker = python("-m", "broker", "--port", str(PORT), "-q", stdout=subprocess.PIPE)
+    shutil.rmtree(BROKER_DATA, ignore_errors=True)  # ... and an empty broker log
+    print(f"starting the broker on {BROKER}, keeping its log in {BROKER_DATA} ...", flush=True)
+    broker = python("-m", "broker", "--port", str(PORT), "-q", "--data-dir", str(BROKER_DATA),
+                    stdout=subprocess.PIPE)
     assert broker.stdout is not None
     if not broker.stdout.readline():
         return broker.wait() or 1  # it said why on stderr (port in use, ...)
