@@ -106,10 +106,11 @@ async def test_the_epoch_and_seqs_are_kept_and_a_new_dir_gets_a_new_epoch(
         assert client.epoch != epoch
 
 
+@pytest.mark.parametrize("fsync", ["always", "interval", "never"])
 async def test_a_durable_resumes_right_after_its_last_ack_across_a_kill(
-        processes: Processes, tmp_path: Path) -> None:
+        processes: Processes, tmp_path: Path, fsync: str) -> None:
     data, port = tmp_path / "data", free_port()
-    broker = await on_disk(processes, data, port)
+    broker = await on_disk(processes, data, port, "--fsync", fsync)
     async with Client(broker.address) as client:
         for n in range(1000):
             await client.publish("t", n)
@@ -126,8 +127,9 @@ async def test_a_durable_resumes_right_after_its_last_ack_across_a_kill(
                 "d", {}).get("acked", {}).get("t") == 300
         await wait_for(stored, "the durable position on disk")
         await broker.kill()
-    broker = await on_disk(processes, data, port)
+    broker = await on_disk(processes, data, port, "--fsync", fsync)
     async with Client(broker.address) as client:
+        assert (await client.stats())["topics"]["t"]["next_seq"] == 1001  # all 1,000 kept
         sub = await client.subscribe("t", durable="d")
         first = await anext(sub)
         assert (first.seq, first.data, first.gap) == (300, 299, None)  # right after #299

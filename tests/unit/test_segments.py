@@ -189,3 +189,19 @@ def test_disk_topic_block_policy_appends_only_what_fits(tmp_path: Path) -> None:
     assert topic.append_within([payload(9)], 0, keep_from_seq=1) == 0  # full of unacked
     assert topic.append_within([payload(6)], 0, keep_from_seq=3) == 1  # two acked: room
     assert (topic.first_seq, topic.next_seq) == (2, 7)
+
+
+def test_disk_topic_age_retention_deletes_old_segments(tmp_path: Path) -> None:
+    from broker.disk_topics import DiskTopicLog
+    from broker.topics import ByteBudget, Retention
+    store = TopicStore.create(tmp_path, "t", segment_bytes=4096)
+    topic = DiskTopicLog(store, Retention(), ByteBudget(1 << 30))  # no age limit yet
+    old_us = 1_000_000  # 1970: far older than a minute
+    for n in range(1, 101):
+        topic.append([payload(n)], old_us)
+    topic.append([payload(101)], 2**62)  # a far-future stamp keeps the active segment young
+    assert topic.first_seq == 1
+    topic.max_age_s = 60  # as --retain-age 60s, seen by the broker's periodic check
+    evicted = topic.expire_by_age()
+    assert evicted > 0 and topic.first_seq == 1 + evicted
+    assert topic.read(topic.first_seq, 1, 1 << 20)[1] == [payload(topic.first_seq)]
