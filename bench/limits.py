@@ -22,6 +22,10 @@ from pathlib import Path
 
 import msgpack
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import memory_mib
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,13 +36,6 @@ def frame(*fields: object) -> bytes:
 
 def hello(name: str, token: str | None = None) -> bytes:
     return frame(1, 1, name, token)
-
-
-def rss_mib(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Broker:
@@ -129,7 +126,7 @@ async def flood_of_requests(root: Path) -> str:
             await asyncio.sleep(0.15)
         await ping
         writer.transport.abort()
-        return (f"peak RSS {rss_mib(broker.pid, 'VmHWM'):,.0f} MiB, bystander's worst PING "
+        return (f"peak RSS {memory_mib(broker.pid, 'VmHWM'):,.0f} MiB, bystander's worst PING "
                 f"{pinger.worst_s * 1000:,.0f} ms ({pinger.answered} answered)")
 
 
@@ -146,8 +143,8 @@ async def evicted_payloads(root: Path) -> str:
         await reader.read(65536)  # PONG: every PUB is in
         await asyncio.sleep(0.5)
         writer.close()
-        return (f"RSS {rss_mib(broker.pid, 'VmRSS'):,.0f} MiB at rest for 64 MiB retained "
-                f"(peak {rss_mib(broker.pid, 'VmHWM'):,.0f} MiB)")
+        return (f"RSS {memory_mib(broker.pid, 'VmRSS'):,.0f} MiB at rest for 64 MiB retained "
+                f"(peak {memory_mib(broker.pid, 'VmHWM'):,.0f} MiB)")
 
 
 async def evicted_small_payloads(root: Path) -> str:
@@ -163,7 +160,7 @@ async def evicted_small_payloads(root: Path) -> str:
         await reader.read(65536)
         await asyncio.sleep(0.5)
         writer.close()
-        return f"RSS {rss_mib(broker.pid, 'VmRSS'):,.0f} MiB at rest for 64 MiB retained"
+        return f"RSS {memory_mib(broker.pid, 'VmRSS'):,.0f} MiB at rest for 64 MiB retained"
 
 
 async def before_hello(root: Path) -> str:
@@ -175,7 +172,7 @@ async def before_hello(root: Path) -> str:
             writer.write(struct.pack(">I", 1_000_000) + b"\x94" + b"x" * 999_000)
             writers.append(writer)
         await asyncio.sleep(2)
-        peak = rss_mib(broker.pid, "VmHWM")
+        peak = memory_mib(broker.pid, "VmHWM")
         for writer in writers:
             writer.transport.abort()
         return f"peak RSS {peak:,.0f} MiB with 300 connections before HELLO"
@@ -196,7 +193,7 @@ async def many_topics(root: Path) -> str:
         await writer.drain()
         await answers
         writer.close()
-        return f"peak RSS {rss_mib(broker.pid, 'VmHWM'):,.0f} MiB"
+        return f"peak RSS {memory_mib(broker.pid, 'VmHWM'):,.0f} MiB"
 
 
 async def read_until_pong(reader: asyncio.StreamReader, pong: bytes) -> None:

@@ -40,11 +40,16 @@ class Result:
     broker_cpu: float = 0.0  # cores busy over the run
 
 
-def peak_rss_mib(pid: int) -> float:
+def memory_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (VmRSS) or its peak so far (VmHWM), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def peak_rss_mib(pid: int) -> float:
+    return memory_mib(pid, "VmHWM")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -22,16 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import peak_rss_mib, run_workload, spread, start_broker, worker
+from run import memory_mib, peak_rss_mib, run_workload, spread, start_broker, worker
 
 BIG = ["--retain-messages", "100000000", "--retain-bytes", "4GiB", "--max-memory", "4GiB"]
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def log_mib(directory: str) -> float:
@@ -76,7 +69,7 @@ async def catch_up(count: int) -> None:
             highest = 0.0
             done = asyncio.create_task(consumer.communicate())
             while not done.done():  # RSS now, not the peak of the publishing before
-                highest = max(highest, rss_mib(broker.pid))
+                highest = max(highest, memory_mib(broker.pid))
                 await asyncio.wait({done}, timeout=0.2)
             result = json.loads((await done)[0])
             rate = result["received"] / ((result["last_ns"] - result["first_ns"]) / 1e9)
@@ -106,7 +99,7 @@ async def startup(size_gib: float) -> None:
         started = time.monotonic()
         broker, address = await start_broker(["--data-dir", directory, *BIG])
         elapsed = time.monotonic() - started
-        resident = rss_mib(broker.pid)
+        resident = memory_mib(broker.pid)
         broker.terminate()
         await broker.wait()
         print(f"| start-up on {size_mib:,.0f} MiB of log | {elapsed:.2f} s "
