@@ -231,7 +231,10 @@ _OPTIONAL_TAIL: dict[int, int] = {FrameType.STATS: 1}
 
 def encode(frame: Frame) -> bytes:
     """One frame as wire bytes: length prefix and msgpack body."""
-    body = msgpack.packb((_TYPE_OF[type(frame)], *frame))
+    code = _TYPE_OF[type(frame)]
+    if code in _OPTIONAL_TAIL and frame[-1] is None:
+        frame = frame[:-1]  # type: ignore[assignment]  # left out, as an older peer expects
+    body = msgpack.packb((code, *frame))
     return _pack_length(len(body)) + body
 
 

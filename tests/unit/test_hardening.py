@@ -94,3 +94,10 @@ def test_listening_beyond_loopback_without_a_token_warns() -> None:
     assert exposure_warning(BrokerConfig(host="0.0.0.0", token="s")) is None
     warning = exposure_warning(BrokerConfig(host="0.0.0.0"))
     assert warning is not None and "without --token" in warning
+
+
+def test_stats_without_options_is_encoded_as_before() -> None:
+    """An older broker takes STATS with exactly one field: options left out stay out."""
+    assert p.encode(p.StatsRequest(5)) == b"\x00\x00\x00\x03\x92\x0d\x05"
+    assert p.encode(p.StatsRequest(5, {"topic_limit": 1}))[4:] == msgpack.packb(
+        [13, 5, {"topic_limit": 1}])
