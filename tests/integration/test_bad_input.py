@@ -166,3 +166,18 @@ async def test_client_that_never_reads_is_cut_off_and_others_keep_up(
     assert "closing #1 'never-reads'" in broker.log()
     assert "took no bytes for 1 s" in broker.log()
     await silent.close()
+
+
+async def test_a_client_that_half_closes_still_gets_what_its_frames_owed(
+        processes: Processes) -> None:
+    """docs/protocol.md, Closing: no goodbye frame; frames read before the end are acted on."""
+    broker = await processes.broker()
+    peer = await RawPeer.connect(broker.port, name=None)
+    peer.send_bytes(p.encode(p.Hello(1, "brief", None)) + p.encode(p.Publish("t", [b"a"], 7))
+                    + p.encode(p.Ping(9)))
+    peer.writer.write_eof()  # half-close: we send nothing more, and keep reading
+    frames = await peer.read_until_closed()
+    assert [type(f).__name__ for f in frames] == ["Welcome", "PublishAck", "Pong"]
+    assert frames[1] == p.PublishAck(7, 1, 1)
+    async with Client(broker.address) as client:
+        assert (await client.stats())["topics"]["t"]["published"] == 1

@@ -148,3 +148,26 @@ def test_truncated_stream_yields_exactly_the_complete_frames(
     assert decoded == frames[:complete]
     assert decoder.error is None
     assert decoder.feed(stream[cut:]) == frames[complete:]
+
+
+def _doc_examples() -> list[tuple[str, bytes]]:
+    """Every hex example in docs/protocol.md: (its label line, its bytes)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    examples = []
+    for label, hex_line in re.findall(r"^([A-Z_]+ .*)\n((?:[0-9a-f]{2} *)+)$", text, re.M):
+        examples.append((label, bytes.fromhex(hex_line.replace(" ", ""))))
+    return examples
+
+
+def test_every_hex_example_in_the_protocol_doc_decodes_and_encodes_back() -> None:
+    examples = _doc_examples()
+    assert [label.split()[0] for label, _ in examples] == ["HELLO", "PUB", "MSG", "ACK"]
+    for label, data in examples:
+        decoder = p.FrameDecoder()
+        frames = decoder.feed(data)
+        assert decoder.error is None and len(frames) == 1, label
+        assert type(frames[0]).__name__ != "UnknownFrame", label
+        assert p.encode(frames[0]) == data, label  # type: ignore[arg-type]
