@@ -22,6 +22,7 @@ capped, each refusal with its own error code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -58,6 +59,10 @@ FRAMES_PER_PASS = 512
 # it waits (so that a publisher that hangs up is noticed and released).
 MAX_LOOKAHEAD_BYTES = 2 * READ_CHUNK_BYTES
 HOUSEKEEPING_MAX_INTERVAL_S = 30.0
+# After a fatal ERROR the broker half-closes and reads (and drops) what the client still
+# sends for up to this long: closing with unread bytes would be a TCP reset, which can
+# destroy the ERROR in the client's buffers before it is read.
+LINGER_AFTER_FATAL_S = 1.0
 SYNC_INTERVAL_S = 0.1  # --fsync interval: topics and durable positions reach the disk this often
 _COSTLY_FRAMES = (p.Subscribe, p.StatsRequest)
 
@@ -559,6 +564,7 @@ class Connection:
         self._sender: asyncio.Task[None] | None = None
         self._errors_logged: set[str] = set()
         self._closing = False
+        self._linger = False  # a fatal ERROR was sent: let it arrive before closing
         self._message_rate = (TokenBucket(self.config.max_publish_rate_msgs)
                               if self.config.max_publish_rate_msgs else None)
         self._byte_rate = (TokenBucket(self.config.max_publish_rate_bytes)
@@ -587,7 +593,11 @@ class Connection:
         except* (ConnectionError, TimeoutError) as group:
             log.info("connection %s ended: %s", self.describe(), group.exceptions[0])
         finally:
-            self.writer.close()
+            try:
+                if self._linger:
+                    await self._linger_after_fatal()
+            finally:
+                self.writer.close()
         if self.client_name != "?":
             log.info("connection %s closed: published %d, delivered %d, gaps %d (%d missed)",
                      self.describe(), self.published, *self.delivery_totals())
@@ -607,9 +617,22 @@ class Connection:
         transport = self.writer.transport
         if transport.get_write_buffer_size():
             transport.abort()  # a client that is not reading would hold a graceful close open
+        elif error is not None and error.fatal and error.code != "shutdown":
+            self._linger = True  # run() half-closes, drains briefly, then closes
         else:
             self.writer.close()
         self._wake.set()
+
+    async def _linger_after_fatal(self) -> None:
+        """Half-close after the fatal ERROR, then read and drop the client's bytes until it
+        closes or LINGER_AFTER_FATAL_S passes: the close is then orderly, not a reset."""
+        with contextlib.suppress(OSError, RuntimeError):
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(LINGER_AFTER_FATAL_S):
+                while await self.reader.read(READ_CHUNK_BYTES):
+                    pass
 
     async def _handshake(self) -> list[p.Frame | p.UnknownFrame]:
         """HELLO first, small, and in time; returns the frames pipelined behind it.

@@ -10,7 +10,7 @@ import msgpack
 
 from broker import Client
 from broker import protocol as p
-from tests.helpers import Processes, RawPeer, RunningBroker
+from tests.helpers import Processes, RawPeer, RunningBroker, wait_for
 
 
 async def assert_broker_still_serves(broker: RunningBroker) -> None:
@@ -181,3 +181,26 @@ async def test_a_client_that_half_closes_still_gets_what_its_frames_owed(
     assert frames[1] == p.PublishAck(7, 1, 1)
     async with Client(broker.address) as client:
         assert (await client.stats())["topics"]["t"]["published"] == 1
+
+
+async def test_a_fatal_error_reaches_a_client_that_sent_more_after_the_bad_frame(
+        processes: Processes) -> None:
+    """The broker half-closes and drains briefly after a fatal ERROR, so the reason arrives
+    instead of a TCP reset, even when the client sent more that the broker will never read."""
+    broker = await processes.broker()
+    for _ in range(3):
+        peer = await RawPeer.connect(broker.port)
+        junk = struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1"  # not msgpack: fatal bad_frame
+        peer.send_bytes(junk + p.encode(p.Publish("t", [b"x" * 60_000], None)) * 20)
+        await peer.writer.drain()
+        # A slow client: it reads only after the broker is done with it. What must be
+        # there then is the ERROR and an orderly end, not a reset that discards it.
+        await wait_for(lambda: _gone_from(broker, "raw"), "the broker to drop the client")
+        frames = await peer.read_until_closed()
+        assert [(f.code, f.fatal) for f in frames if type(f) is p.Error] == [("bad_frame", True)]
+        await peer.close()
+
+
+async def _gone_from(broker: RunningBroker, name: str) -> bool:
+    async with Client(broker.address, name="probe") as client:
+        return not any(c["name"] == name for c in (await client.stats())["connections"])
