@@ -14,8 +14,8 @@ from typing import Any
 
 from broker.client import Message
 from consumer.api import json_text
-from producer.livetiming.feed import lap_seconds
-from producer.livetiming.state import apply
+from f1vocab.state import apply
+from f1vocab.timing import lap_seconds
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (

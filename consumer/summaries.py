@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from consumer.api import json_text
-from producer.game.names import penalty_name, session_type_name, track_name
-from producer.livetiming.state import as_list
+from f1vocab.game.names import penalty_name, session_type_name, track_name
+from f1vocab.state import as_list
 
 Summary = Callable[[Any], str]
 

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from broker.client import Message
 from consumer.alerter.rules import Alert, Rule, load_rules
 from consumer.api import Consumer
-from producer.livetiming.feed import FeedError, parse_utc
+from f1vocab.timing import FeedError, parse_utc
 
 SHIPPED_RULES = Path(__file__).with_name("rules.toml")
 COLOURS = {"info": "\033[36m", "warning": "\033[33m", "critical": "\033[1;31m"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from producer.game.names import VISUAL_TYRE_COMPOUNDS, session_type_name, track_name
+from f1vocab.game.names import VISUAL_TYRE_COMPOUNDS, session_type_name, track_name
 
 Packet = dict[str, Any]
 TRACE_FIELDS = ("speed", "throttle", "brake", "gear", "engine_rpm")

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from consumer.dashboard import game, tower
-from producer.game.names import event_name, penalty_name
-from producer.livetiming.state import apply, as_list
+from f1vocab.game.names import event_name, penalty_name
+from f1vocab.state import apply, as_list
 
 State = dict[str, Any]
 Event = tuple[str, Any]  # (topic, data)

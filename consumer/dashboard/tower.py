@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from producer.livetiming.feed import lap_seconds
-from producer.livetiming.state import as_list
+from f1vocab.state import as_list
+from f1vocab.timing import lap_seconds
 
 State = dict[str, Any]
 

@@ -13,9 +13,9 @@ from typing import Any
 from broker import cli
 from broker.client import Client
 from broker.tasks import stop_task
+from f1vocab.game.specs import SPECS
 from producer.game.bridge import Bridge
 from producer.game.capture import CaptureReport, read_capture
-from producer.game.decoder import SPECS
 from producer.game.simulator import SessionSimulator
 from producer.pacing import Pacer
 

@@ -12,11 +12,11 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from producer.game import spec_2024, spec_2025, spec_2026
-from producer.game.layout import Layout, Spec, compile_layout, topic_name
+from f1vocab.game.layout import Layout, Spec, compile_layout, topic_name
+from f1vocab.game.specs import SPECS
 
-SPECS: dict[int, Spec] = {spec.packet_format: spec for spec in
-                          (spec_2024.SPEC, spec_2025.SPEC, spec_2026.SPEC)}
+__all__ = ["EVENT_DETAILS_BY_CODE", "SPECS", "GameDecoder", "Packet", "Undecodable",
+           "struct_name"]
 # Which union member holds the details of each event code (the others have none).
 EVENT_DETAILS_BY_CODE = {
     "FTLP": "FastestLap", "RTMT": "Retirement", "DRSD": "DRSDisabled",

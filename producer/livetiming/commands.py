@@ -13,8 +13,9 @@ from typing import Any
 import aiohttp
 
 from broker import cli
+from f1vocab.timing import FeedError
 from producer.livetiming import archive
-from producer.livetiming.feed import DEFAULT_TOPICS, FeedError
+from producer.livetiming.feed import DEFAULT_TOPICS
 from producer.livetiming.live import DEFAULT_URLS, AuthRefused, LiveOptions, run_live
 from producer.livetiming.publisher import LivePublisher, Recorder
 from producer.livetiming.recordings import ReadReport, parse_offset, read_recording

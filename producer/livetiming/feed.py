@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import itertools
 import json
 import zlib
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
+
+from f1vocab.timing import FeedError, parse_utc
 
 # The topics FastF1 and livef1 subscribe to; `--topics` chooses others.
 DEFAULT_TOPICS = (
@@ -26,10 +26,6 @@ DEFAULT_TOPICS = (
     "PitLaneTimeCollection", "ChampionshipPrediction", "TyreStintSeries", "DriverRaceInfo",
     "LapSeries", "PitStopSeries", "PitStop", "OvertakeSeries", "CurrentTyres", "TlaRcm",
 )
-
-
-class FeedError(ValueError):
-    """A message that cannot be used: damaged, truncated, not what F1 sends."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,32 +75,3 @@ def encode_z(value: Any) -> str:
     compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     raw = compressor.compress(json.dumps(value, separators=(",", ":")).encode())
     return base64.b64encode(raw + compressor.flush()).decode()
-
-
-def parse_utc(text: str) -> datetime:
-    """F1's timestamps: ISO 8601 with 'Z', sometimes with 7 fraction digits (Python takes 6)."""
-    cleaned = text.strip().replace("Z", "+00:00")
-    head, dot, rest = cleaned.partition(".")
-    if dot:
-        digits = "".join(itertools.takewhile(str.isdigit, rest))
-        zone = rest[len(digits):]
-        cleaned = f"{head}.{digits[:6]}{zone}"
-    try:
-        moment = datetime.fromisoformat(cleaned)
-    except ValueError:
-        raise FeedError(f"bad timestamp {text!r}") from None
-    if moment.tzinfo is None:
-        raise FeedError(f"timestamp {text!r} has no time zone")
-    return moment
-
-
-def lap_seconds(text: Any) -> float | None:
-    """A lap or sector time as F1 writes it, '1:27.123' or '27.123', in seconds;
-    None for '' or anything else."""
-    if not isinstance(text, str) or not text:
-        return None
-    minutes, _, rest = text.rpartition(":")
-    try:
-        return (int(minutes) * 60 if minutes else 0) + float(rest)
-    except ValueError:
-        return None

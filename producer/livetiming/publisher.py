@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from broker.client import Client
-from producer.livetiming.feed import FeedError, FeedMessage
+from f1vocab.state import copy_json, merge
+from f1vocab.timing import FeedError
+from producer.livetiming.feed import FeedMessage
 from producer.livetiming.recordings import format_fastf1_line
-from producer.livetiming.state import copy_json, merge
 
 log = logging.getLogger("slipstream.livetiming")
 

@@ -18,7 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from producer.livetiming.feed import FeedError, FeedMessage, decode_z, parse_utc
+from f1vocab.timing import FeedError, parse_utc
+from producer.livetiming.feed import FeedMessage, decode_z
 
 log = logging.getLogger("slipstream.livetiming")
 

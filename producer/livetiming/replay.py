@@ -12,9 +12,9 @@ import logging
 import time
 from dataclasses import dataclass
 
+from f1vocab.state import merge
 from producer.livetiming.feed import FeedMessage
 from producer.livetiming.publisher import LivePublisher
-from producer.livetiming.state import merge
 from producer.pacing import Pacer
 
 log = logging.getLogger("slipstream.livetiming")

@@ -24,9 +24,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from f1vocab.state import merge
 from producer.livetiming.feed import FeedMessage
 from producer.livetiming.recordings import ReadReport, read_archive_folder
-from producer.livetiming.state import merge
 
 SEPARATOR = "\x1e"
 SESSION_START = datetime(2020, 8, 7, 14, 0, tzinfo=UTC)

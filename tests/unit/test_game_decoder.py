@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from f1vocab.game.layout import PRIMITIVES, Field, Spec
 from producer.game.decoder import (
     EVENT_DETAILS_BY_CODE,
     SPECS,
@@ -23,7 +24,6 @@ from producer.game.decoder import (
     Undecodable,
     struct_name,
 )
-from producer.game.layout import PRIMITIVES, Field, Spec
 
 # The sizes each specification states for its packets, by packet id.
 STATED_SIZES = {
@@ -178,7 +178,7 @@ def test_random_datagrams_never_raise(data: bytes, packet_format: int, packet_id
 
 
 def test_readable_names_for_event_codes_and_tyre_compounds() -> None:
-    from producer.game.names import ACTUAL_TYRE_COMPOUNDS, VISUAL_TYRE_COMPOUNDS, event_name
+    from f1vocab.game.names import ACTUAL_TYRE_COMPOUNDS, VISUAL_TYRE_COMPOUNDS, event_name
 
     assert [event_name(code) for code in ("FTLP", "PENA", "SCAR", "XXXX")] == [
         "fastestLap", "penalty", "safetyCar", "XXXX"]
@@ -188,7 +188,7 @@ def test_readable_names_for_event_codes_and_tyre_compounds() -> None:
 
 
 def test_readable_names_for_tracks_session_types_and_penalties() -> None:
-    from producer.game.names import penalty_name, session_type_name, track_name
+    from f1vocab.game.names import penalty_name, session_type_name, track_name
 
     assert [track_name(i) for i in (0, 7, 28, 41, -1, 42)] == [
         "Melbourne", "Silverstone", "Portimão", "Zandvoort (Reverse)", "track -1", "track 42"]
@@ -206,7 +206,7 @@ def test_no_struct_of_any_format_names_a_field_twice() -> None:
 
 
 def test_the_layout_compiler_refuses_a_repeated_field_name() -> None:
-    from producer.game.layout import compile_layout
+    from f1vocab.game.layout import compile_layout
     spec = SPECS[2024]
     fields: list[Field] = [("a", "uint8", ()), ("b", "uint8", ()), ("a", "uint16", ())]
     with pytest.raises(ValueError, match="struct Twice names 'a' more than once"):
@@ -214,7 +214,7 @@ def test_the_layout_compiler_refuses_a_repeated_field_name() -> None:
 
 
 def test_f1_24_lap_history_keeps_sector_two_minutes() -> None:
-    from producer.game.layout import compile_layout
+    from f1vocab.game.layout import compile_layout
     layout = compile_layout(SPECS[2024], "LapHistoryData")
     raw = layout.compile().pack(95_000, 61_000, 1, 62_500, 2, 31_000, 0, 15)
     data, _ = layout.build(layout.compile().unpack(raw))

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from f1vocab.state import apply, as_list, merge
+from f1vocab.timing import FeedError, parse_utc
 from producer.livetiming import signalr
-from producer.livetiming.feed import FeedError, FeedMessage, decode_z, encode_z, parse_utc
+from producer.livetiming.feed import FeedMessage, decode_z, encode_z
 from producer.livetiming.recordings import (
     ReadReport,
     format_fastf1_line,
@@ -22,7 +24,6 @@ from producer.livetiming.recordings import (
     read_recording,
 )
 from producer.livetiming.replay import state_at
-from producer.livetiming.state import apply, as_list, merge
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "livetiming"
 SESSION = SAMPLES / "2020-08-07_70th-anniversary-fp2"

@@ -1,10 +1,10 @@
-"""The F1 24 UDP telemetry specification (packet format 2024), as data.
+"""The F1 25 UDP telemetry specification (packet format 2025), as data.
 
-Transcribed from EA's published C structures for packet format 2024: field
+Transcribed from EA's published C structures for packet format 2025: field
 names in snake_case without the `m_` prefix, types and array sizes as given.
 """
 
-from producer.game.layout import Field, Spec
+from f1vocab.game.layout import Field, Spec
 
 MAX_CARS = 22
 
@@ -187,6 +187,11 @@ STRUCTS: dict[str, list[Field]] = {
         ("event_string_code", "uint8", (4,)),
         ("event_details", "EventDataDetails", ()),
     ],
+    "LiveryColour": [
+        ("red", "uint8", ()),
+        ("green", "uint8", ()),
+        ("blue", "uint8", ()),
+    ],
     "ParticipantData": [
         ("ai_controlled", "uint8", ()),
         ("driver_id", "uint8", ()),
@@ -195,11 +200,13 @@ STRUCTS: dict[str, list[Field]] = {
         ("my_team", "uint8", ()),
         ("race_number", "uint8", ()),
         ("nationality", "uint8", ()),
-        ("name", "char", (48,)),
+        ("name", "char", (32,)),
         ("your_telemetry", "uint8", ()),
         ("show_online_names", "uint8", ()),
         ("tech_level", "uint16", ()),
         ("platform", "uint8", ()),
+        ("num_colours", "uint8", ()),
+        ("livery_colours", "LiveryColour", (4,)),
     ],
     "PacketParticipantsData": [
         ("header", "PacketHeader", ()),
@@ -233,7 +240,7 @@ STRUCTS: dict[str, list[Field]] = {
     ],
     "PacketCarSetupData": [
         ("header", "PacketHeader", ()),
-        ("car_setups", "CarSetupData", (22,)),
+        ("car_setup_data", "CarSetupData", (22,)),
         ("next_front_wing_value", "float", ()),
     ],
     "CarTelemetryData": [
@@ -299,6 +306,7 @@ STRUCTS: dict[str, list[Field]] = {
         ("points", "uint8", ()),
         ("num_pit_stops", "uint8", ()),
         ("result_status", "uint8", ()),
+        ("result_reason", "uint8", ()),
         ("best_lap_time_in_ms", "uint32", ()),
         ("total_race_time", "double", ()),
         ("penalties_time", "uint8", ()),
@@ -318,7 +326,7 @@ STRUCTS: dict[str, list[Field]] = {
         ("team_id", "uint8", ()),
         ("nationality", "uint8", ()),
         ("platform", "uint8", ()),
-        ("name", "char", (48,)),
+        ("name", "char", (32,)),
         ("car_number", "uint8", ()),
         ("your_telemetry", "uint8", ()),
         ("show_online_names", "uint8", ()),
@@ -334,6 +342,7 @@ STRUCTS: dict[str, list[Field]] = {
         ("tyres_wear", "float", (4,)),
         ("tyres_damage", "uint8", (4,)),
         ("brakes_damage", "uint8", (4,)),
+        ("tyre_blisters", "uint8", (4,)),
         ("front_left_wing_damage", "uint8", ()),
         ("front_right_wing_damage", "uint8", ()),
         ("rear_wing_damage", "uint8", ()),
@@ -359,12 +368,12 @@ STRUCTS: dict[str, list[Field]] = {
     ],
     "LapHistoryData": [
         ("lap_time_in_ms", "uint32", ()),
-        ("sector1_time_in_ms", "uint16", ()),
-        ("sector1_time_minutes", "uint8", ()),
-        ("sector2_time_in_ms", "uint16", ()),
-        ("sector2_time_minutes", "uint8", ()),
-        ("sector3_time_in_ms", "uint16", ()),
-        ("sector3_time_minutes", "uint8", ()),
+        ("sector1_time_ms_part", "uint16", ()),
+        ("sector1_time_minutes_part", "uint8", ()),
+        ("sector2_time_ms_part", "uint16", ()),
+        ("sector2_time_minutes_part", "uint8", ()),
+        ("sector3_time_ms_part", "uint16", ()),
+        ("sector3_time_minutes_part", "uint8", ()),
         ("lap_valid_bit_flags", "uint8", ()),
     ],
     "TyreStintHistoryData": [
@@ -428,14 +437,17 @@ STRUCTS: dict[str, list[Field]] = {
         ("front_roll_angle", "float", ()),
         ("rear_roll_angle", "float", ()),
         ("chassis_yaw", "float", ()),
+        ("chassis_pitch", "float", ()),
+        ("wheel_camber", "float", (4,)),
+        ("wheel_camber_gain", "float", (4,)),
     ],
     "TimeTrialDataSet": [
         ("car_idx", "uint8", ()),
         ("team_id", "uint8", ()),
-        ("lap_time_in_ms", "uint32", ()),
-        ("sector1_time_in_ms", "uint32", ()),
-        ("sector2_time_in_ms", "uint32", ()),
-        ("sector3_time_in_ms", "uint32", ()),
+        ("lap_time_in_ms", "uint", ()),
+        ("sector1_time_in_ms", "uint", ()),
+        ("sector2_time_in_ms", "uint", ()),
+        ("sector3_time_in_ms", "uint", ()),
         ("traction_control", "uint8", ()),
         ("gearbox_assist", "uint8", ()),
         ("anti_lock_brakes", "uint8", ()),
@@ -449,6 +461,12 @@ STRUCTS: dict[str, list[Field]] = {
         ("personal_best_data_set", "TimeTrialDataSet", ()),
         ("rival_data_set", "TimeTrialDataSet", ()),
     ],
+    "PacketLapPositionsData": [
+        ("header", "PacketHeader", ()),
+        ("num_laps", "uint8", ()),
+        ("lap_start", "uint8", ()),
+        ("position_for_vehicle_idx", "uint8", (50, 22)),
+    ],
 }
 
 EVENT_DETAILS: dict[str, list[Field]] = {
@@ -458,6 +476,10 @@ EVENT_DETAILS: dict[str, list[Field]] = {
     ],
     "Retirement": [
         ("vehicle_idx", "uint8", ()),
+        ("reason", "uint8", ()),
+    ],
+    "DRSDisabled": [
+        ("reason", "uint8", ()),
     ],
     "TeamMateInPits": [
         ("vehicle_idx", "uint8", ()),
@@ -482,7 +504,7 @@ EVENT_DETAILS: dict[str, list[Field]] = {
         ("fastest_vehicle_idx_in_session", "uint8", ()),
         ("fastest_speed_in_session", "float", ()),
     ],
-    "StartLIghts": [
+    "StartLights": [
         ("num_lights", "uint8", ()),
     ],
     "DriveThroughPenaltyServed": [
@@ -490,6 +512,7 @@ EVENT_DETAILS: dict[str, list[Field]] = {
     ],
     "StopGoPenaltyServed": [
         ("vehicle_idx", "uint8", ()),
+        ("stop_time", "float", ()),
     ],
     "Flashback": [
         ("flashback_frame_identifier", "uint32", ()),
@@ -522,8 +545,8 @@ EVENT_CODES: dict[str, str] = {  # code -> constant name in the specification
     "TMPT": "teamMateInPits",
     "CHQF": "chequeredFlag",
     "RCWN": "raceWinner",
-    "PENA": "penaltyIssued",
-    "SPTP": "speedTrapTriggered",
+    "PENA": "penalty",
+    "SPTP": "speedTrap",
     "STLG": "startLights",
     "LGOT": "lightsOut",
     "DTSV": "driveThroughServed",
@@ -552,6 +575,7 @@ PACKET_IDS: dict[int, str] = {
     12: "TyreSets",
     13: "MotionEx",
     14: "TimeTrial",
+    15: "LapPositions",
 }
 
-SPEC = Spec(2024, MAX_CARS, STRUCTS, EVENT_DETAILS, EVENT_CODES, PACKET_IDS)
+SPEC = Spec(2025, MAX_CARS, STRUCTS, EVENT_DETAILS, EVENT_CODES, PACKET_IDS)

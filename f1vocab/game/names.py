@@ -11,7 +11,7 @@ plain placeholder rather than a guess.
 
 from __future__ import annotations
 
-from producer.game.decoder import SPECS
+from f1vocab.game.specs import SPECS
 
 EVENT_NAMES = {code: name for spec in SPECS.values() for code, name in spec.event_codes.items()}
 

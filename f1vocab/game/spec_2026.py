@@ -4,7 +4,7 @@ Transcribed from EA's published C structures for packet format 2026: field
 names in snake_case without the `m_` prefix, types and array sizes as given.
 """
 
-from producer.game.layout import Field, Spec
+from f1vocab.game.layout import Field, Spec
 
 MAX_CARS = 24
 

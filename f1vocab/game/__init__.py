@@ -1,0 +1,1 @@
+"""The F1 games' UDP telemetry formats, as EA publishes them: specs, their compiler, names."""

@@ -1,0 +1,32 @@
+"""Data flows one way (STYLE.md): consumers do not import producers, and the F1 vocabulary
+both share (f1vocab) imports neither. Checked in a fresh interpreter, by what it loaded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.helpers import ROOT
+
+
+def loaded_after_importing(*modules: str) -> set[str]:
+    code = ("import json, sys\n" + "".join(f"import {m}\n" for m in modules)
+            + "print(json.dumps(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    return set(json.loads(done.stdout))
+
+
+def test_consumers_import_no_producer_module() -> None:
+    loaded = loaded_after_importing(
+        "consumer.api", "consumer.printer", "consumer.sqlite", "consumer.alerter.app",
+        "consumer.dashboard.app", "consumer.udp_forward", "consumer.__main__")
+    assert not [m for m in loaded if m == "producer" or m.startswith("producer.")]
+
+
+def test_the_shared_vocabulary_imports_neither_side() -> None:
+    loaded = loaded_after_importing("f1vocab.state", "f1vocab.timing", "f1vocab.game.specs",
+                                    "f1vocab.game.names", "f1vocab.game.layout")
+    sides = [m for m in loaded if m.split(".")[0] in ("producer", "consumer")]
+    assert sides == []
