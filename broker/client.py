@@ -462,7 +462,7 @@ class Client:
 
     async def stats(self, **options: Any) -> dict[str, Any]:
         """One page of the broker's statistics (docs/protocol.md, STATS): `topics`
-        (a pattern), `after_topic`, `after_connection`, `limit`, `connections`."""
+        (a pattern), `after_topic`, `topic_limit`, `after_connection`, `connection_limit`."""
         request_id = next(self._ids)
         stats: dict[str, Any] = await self._request(
             ("stats", request_id), p.StatsRequest(request_id, options or None))

@@ -278,10 +278,11 @@ class Broker:
         """--fsync interval: what was written reaches the disk within SYNC_INTERVAL_S."""
         while True:
             await asyncio.sleep(SYNC_INTERVAL_S)
-            topics = [t for t in self.topics.values()
-                      if type(t) is DiskTopicLog and t.unsynced]
-            if self.config.fsync == "interval" and topics:
-                await asyncio.to_thread(_sync_topics, topics)
+            if self.config.fsync == "interval":
+                topics = [t for t in self.topics.values()
+                          if type(t) is DiskTopicLog and t.unsynced]
+                if topics:
+                    await asyncio.to_thread(_sync_topics, topics)
             if self._durables_dirty:
                 self._durables_dirty = False
                 snapshot = self._durable_positions()
@@ -737,8 +738,7 @@ class Connection:
                 self._reject(exc, frame)
             budget -= 1
             if budget <= 0:
-                self._flush()
-                await self._room_to_write()
+                await self._room_to_write()  # flushes what this pass queued
                 budget = FRAMES_PER_PASS
         self._flush()
 
@@ -791,9 +791,6 @@ class Connection:
             first_seq = topic.append(frame.payloads, now_us())
         except OSError as exc:
             raise self._storage_error(topic, exc) from None
-        if self.broker.storage_failing:
-            self.broker.storage_failing = False
-            log.warning("storage works again: %s can be written", self.config.data_dir)
         if self.broker.budget.over:
             self.broker.make_room()
         self._published(topic, frame, first_seq)
@@ -863,6 +860,10 @@ class Connection:
             code="storage")  # logged once per connection, as every refusal is
 
     def _published(self, topic: Topic, frame: p.Publish, first_seq: int) -> None:
+        """Both publish paths end here, once every payload of `frame` is stored."""
+        if self.broker.storage_failing:
+            self.broker.storage_failing = False
+            log.warning("storage works again: %s can be written", self.config.data_dir)
         if self.config.fsync == "always" and type(topic) is DiskTopicLog:
             topic.sync()  # on the disk itself before the PUBACK says so
         self.published += len(frame.payloads)
