@@ -6,7 +6,7 @@ not care where a topic lives. Every record is written to the topic's segment
 files before `append` returns (so before any PUBACK); the newest records also
 stay in a small in-memory `TopicLog`, the cache, which serves live
 subscribers without touching the disk. Subscribers catching up read the
-segments. Retention (count, bytes, age) deletes whole segments.
+segments. Retention is exact by count; files go a whole segment at a time.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ class DiskTopicLog:
     once they lie below it, or when the bytes or the age say so."""
 
     def __init__(self, store: TopicStore, retention: Retention, budget: ByteBudget,
-                 max_age_s: float = 0.0, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 created_seq: int | None = None) -> None:
+                 max_age_s: float = 0.0, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.name = store.name
         self.store = store
         self.retention = retention
         self.max_age_s = max_age_s
-        self.created_seq = store.first_seq if created_seq is None else created_seq
+        self.created_seq = store.first_seq  # for a topic opened again: its oldest kept
         # Seqs below this are evicted, even while their segment file is still there.
         self._floor = max(store.first_seq, store.next_seq - retention.max_messages)
         cache_retention = Retention(max_messages=retention.max_messages,
@@ -69,13 +68,8 @@ class DiskTopicLog:
     # --- writing -------------------------------------------------------------------
 
     def append(self, payloads: list[bytes], stamp_us: int) -> int:
-        """Write to disk, then to the cache; retention after. An OSError (disk full,
-        read-only) leaves both as they were."""
-        first = self.store.append(payloads, stamp_us)
-        self.unsynced = True
-        self.cache.append(payloads, stamp_us)
-        self._retain(keep_from_seq=None)
-        return first
+        """Write `payloads`, then apply retention; the first new seq."""
+        return self._write(payloads, stamp_us, keep_from_seq=None)
 
     def append_within(self, payloads: list[bytes], stamp_us: int, keep_from_seq: int) -> int:
         """Block policy: append as many as fit without evicting `keep_from_seq` or later
@@ -91,11 +85,17 @@ class DiskTopicLog:
             if self.store.size_bytes > limits.max_bytes and len(self.store.segments) > 1:
                 return 0  # the bytes are held by messages a subscriber still needs
         taken = payloads[:room]
-        self.store.append(taken, stamp_us)
-        self.unsynced = True
-        self.cache.append(taken, stamp_us)
-        self._retain(keep_from_seq=keep)
+        self._write(taken, stamp_us, keep_from_seq=keep)
         return len(taken)
+
+    def _write(self, payloads: list[bytes], stamp_us: int, keep_from_seq: int | None) -> int:
+        """To disk, then to the cache, then retention (never past `keep_from_seq`). An
+        OSError (disk full, read-only) leaves both as they were."""
+        first = self.store.append(payloads, stamp_us)
+        self.unsynced = True
+        self.cache.append(payloads, stamp_us)
+        self._retain(keep_from_seq)
+        return first
 
     def _retain(self, keep_from_seq: int | None) -> None:
         limits = self.retention
