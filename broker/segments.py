@@ -308,20 +308,24 @@ class TopicStore:
     def _recover(self, segment: Segment, expected_next: int | None, repair: bool,
                  report: RecoveryReport) -> bool:
         """Check one segment; True when a repair ended the log inside it."""
-        data = segment.path.read_bytes()
-        segment.size = len(data)
+        segment.size = segment.path.stat().st_size
         last_segment = expected_next is None
-        start = 0
         indexed = not last_segment and segment.read_index()
-        if indexed:
-            start = segment.index_offsets[-1]
-        found = scan(data, start, segment.index_seqs[-1] if indexed else segment.base_seq)
+        # An older segment with a sound index is read only where it matters: its first
+        # header and the tail after its last index entry. The rest is checked on reading.
+        start = segment.index_offsets[-1] if indexed else 0
+        with segment.path.open("rb") as file:
+            head = file.read(HEADER.size) if indexed else b""
+            file.seek(start)
+            found = scan(file.read(), 0,
+                         segment.index_seqs[-1] if indexed else segment.base_seq,
+                         base_offset=start)
         if found.count and not indexed:
             segment.index_from(found)
             segment.write_index()
         if found.count:
-            segment.first_stamp_us = found.stamps[0] if not indexed else \
-                HEADER.unpack_from(data, 0)[3]
+            segment.first_stamp_us = (HEADER.unpack(head)[3] if len(head) == HEADER.size
+                                      else found.stamps[0])
             segment.last_stamp_us = found.stamps[-1]
             segment.next_seq = found.seqs[-1] + 1
         elif indexed:
