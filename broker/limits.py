@@ -74,10 +74,6 @@ class LogThrottle:
     def warning(self, key: str, message: str, *args: object) -> bool:
         return self.log(logging.WARNING, key, message, *args)
 
-    def suppressed(self) -> int:
-        """Occurrences counted but not yet written."""
-        return sum(self._suppressed.values())
-
     def flush(self) -> None:
         """Write the counts still owed (on the way out)."""
         for key, count in self._suppressed.items():

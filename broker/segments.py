@@ -461,11 +461,6 @@ class TopicStore:
         self.evicted_total += removed
         return removed
 
-    def over_retention(self, max_messages: int, max_bytes: int, adding: int,
-                       adding_bytes: int) -> bool:
-        return (self.retained + adding > max_messages
-                or self.size_bytes + adding_bytes > max_bytes)
-
     def fsync(self) -> None:
         self.segments[-1].fsync()
 
