@@ -153,7 +153,6 @@ class Batcher:
             try:
                 await self.flush()
             except WriteFailed as exc:
-                self.failed = True
                 raise Fatal(str(exc)) from None
 
     async def flush(self) -> None:
@@ -187,6 +186,7 @@ class Batcher:
             except sqlite3.Error as exc:
                 self.failed_attempts += 1
                 if loop.time() + delay > give_up_at:
+                    self.failed = True
                     raise WriteFailed(
                         f"cannot write to {self.writer.path} for {self.retry_for_s:g} s: {exc}; "
                         "the messages not written are not acknowledged, and the broker keeps "
@@ -216,7 +216,6 @@ class Batcher:
             try:
                 await self.flush()
             except WriteFailed as exc:
-                self.failed = True
                 app.fail(str(exc))
                 return
 
