@@ -18,7 +18,14 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from broker.client import BROKER_ENV, DEFAULT_BROKER, TOKEN_ENV, Client, parse_address
+from broker.client import (
+    BROKER_ENV,
+    DEFAULT_BROKER,
+    TOKEN_ENV,
+    Client,
+    check_address,
+    parse_address,
+)
 from broker.errors import ConfigError, ConnectError, HandshakeRefusedError, SlipstreamError
 from broker.routing import validate_pattern, validate_topic
 
@@ -91,7 +98,7 @@ def _checked_by(check: Callable[[str], object]) -> Callable[[str], str]:
 
 pattern_arg = _checked_by(validate_pattern)  # a topic pattern: 'live.>', 'game.*'
 topic_arg = _checked_by(validate_topic)
-broker_address = _checked_by(parse_address)
+broker_address = _checked_by(check_address)
 
 
 def flag_address(text: str, flag: str) -> tuple[str, int]:

@@ -1,58 +1,51 @@
-"""The asyncio client every producer and consumer uses to talk to the broker.
+"""The asyncio client every producer and consumer uses, whichever engine is behind it.
 
     async with Client("127.0.0.1:20778", name="my-tool") as client:
         await client.publish("demo.hello", {"n": 1})
         async for message in await client.subscribe("demo.>"):
             print(message.topic, message.seq, message.data)
 
-Publishes are coalesced: consecutive publishes to one topic become one PUB
-frame, and all frames queued in one event-loop iteration go out in one write.
-A subscription (broker/subscription.py) is an async iterator of messages.
-If the connection drops, the client reconnects with backoff and resubscribes;
-each subscription then skips what it had already handed out and reports
-what can no longer be had as a `Gap`.
+The address picks the engine: `HOST:PORT` or `slipstream://HOST:PORT` is
+slipstream's own broker (broker/embedded_client.py); `nats://HOST:PORT`, or
+several of them comma-separated, is a NATS JetStream cluster
+(broker/jetstream/). `Client(address)` returns the right one; both keep this
+interface, so producers and consumers never ask which it is.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
-import logging
 import os
-import random
 from typing import Any
 
 import msgpack
 
 from broker import protocol as p
-from broker.errors import (
-    BrokerError,
-    ConfigError,
-    ConnectError,
-    ConnectionLostError,
-    HandshakeRefusedError,
-    ProtocolError,
-    SlipstreamError,
-)
-from broker.routing import validate_pattern, validate_topic
+from broker.errors import BrokerError, ConfigError
 from broker.subscription import Message, Start, Subscription
 
-__all__ = ["BROKER_ENV", "DEFAULT_BROKER", "TOKEN_ENV", "Client", "Message", "Subscription",
-           "parse_address"]
-
-log = logging.getLogger("slipstream.client")
+__all__ = ["BROKER_ENV", "DEFAULT_BROKER", "STREAM_ENV", "TOKEN_ENV", "Client", "Message",
+           "Subscription", "check_address", "is_nats", "parse_address"]
 
 DEFAULT_BROKER = f"127.0.0.1:{p.DEFAULT_PORT}"
 BROKER_ENV = "SLIPSTREAM_BROKER"
 TOKEN_ENV = "SLIPSTREAM_TOKEN"
-READ_CHUNK_BYTES = 256 * 1024
-WRITE_HIGH_WATER_BYTES = 1024 * 1024
-YIELD_EVERY_BYTES = 256 * 1024  # a publishing task lets others run at least this often
+STREAM_ENV = "SLIPSTREAM_STREAM"
+EMBEDDED_SCHEME = "slipstream://"
+NATS_SCHEMES = ("nats://", "tls://")
+
+
+def is_nats(address: str) -> bool:
+    """Whether `address` names a NATS server or cluster rather than the embedded broker."""
+    return address.strip().lower().startswith(NATS_SCHEMES)
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """'HOST:PORT' (or ':PORT', 'PORT' or 'HOST') -> (host, port); ConfigError if malformed."""
+    """Embedded broker: 'HOST:PORT' (or 'slipstream://HOST:PORT', ':PORT', 'PORT' or
+    'HOST') -> (host, port); ConfigError if malformed."""
+    if is_nats(text):
+        raise ConfigError(f"{text!r} is a NATS address, not the embedded broker's HOST:PORT")
+    if text.lower().startswith(EMBEDDED_SCHEME):
+        text = text[len(EMBEDDED_SCHEME):]
     host, sep, port_text = text.rpartition(":")
     if not sep:
         # A bare number is a port on this machine (no host name is all digits).
@@ -67,63 +60,51 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
-class _Run:
-    """Consecutive publishes to one topic: one PUB frame in the making."""
+def check_address(text: str) -> None:
+    """ConfigError unless `text` is a usable address for one of the engines."""
+    if is_nats(text):
+        from broker.jetstream.address import parse_servers
 
-    __slots__ = ("payloads", "size", "topic", "waiters")
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self.payloads: list[bytes] = []
-        self.size = 0
-        self.waiters: list[tuple[int, asyncio.Future[int]]] = []
+        parse_servers(text)
+    else:
+        parse_address(text)
 
 
 class Client:
-    """A connection to the broker that survives the broker going away and coming back."""
+    """A connection to a broker that survives the broker going away and coming back.
+
+    `Client(address, ...)` returns the engine's own client (a subclass of this);
+    what follows is the interface they share.
+    """
+
+    def __new__(cls, broker: str | None = None, **options: Any) -> Client:
+        if cls is Client:
+            address = broker or os.environ.get(BROKER_ENV) or DEFAULT_BROKER
+            if is_nats(address):
+                from broker.jetstream.client import JetStreamClient
+
+                cls = JetStreamClient
+            else:
+                from broker.embedded_client import EmbeddedClient
+
+                cls = EmbeddedClient
+        return super().__new__(cls)
 
     def __init__(self, broker: str | None = None, *, name: str = "slipstream-client",
                  token: str | None = None, reconnect: bool = True,
-                 connect_timeout_s: float = 5.0, reconnect_max_delay_s: float = 2.0,
-                 max_buffered_bytes: int = 8 * 1024 * 1024) -> None:
+                 connect_timeout_s: float = 5.0, reconnect_max_delay_s: float = 2.0) -> None:
         self.address = broker or os.environ.get(BROKER_ENV) or DEFAULT_BROKER
-        self.host, self.port = parse_address(self.address)
         self.name = name
         self.token = token if token is not None else os.environ.get(TOKEN_ENV)
         self.reconnect = reconnect
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_max_delay_s = reconnect_max_delay_s
-        self.max_buffered_bytes = max_buffered_bytes
-        self.epoch = 0
-        self.generation = 0  # counts connections made; deliveries are tagged with it
+        self.epoch = 0  # identifies what numbers the messages: a broker run, a JetStream stream
+        self.generation = 0  # changes when earlier deliveries can no longer be acknowledged
         self.max_payload_bytes = p.DEFAULT_MAX_FRAME_BYTES - p.FRAME_ROOM_BYTES
         self.published = 0
         self.reconnects = 0
         self.errors: list[BrokerError] = []  # non-fatal errors the broker reported
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._decoder = p.FrameDecoder()
-        self._connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._broker_shutting_down = False
-        self._failure: SlipstreamError | None = None
-        self._subs: dict[int, Subscription] = {}
-        self._ids = itertools.count(1)
-        self._waiting: dict[tuple[str, int], asyncio.Future[Any]] = {}
-        self._confirms: dict[int, list[tuple[int, asyncio.Future[int]]]] = {}
-        self._outbox: list[_Run] = []
-        self._outbox_bytes = 0
-        self._published_since_yield = 0
-        self._flush_scheduled = False
-        self._topics_seen: set[str] = set()
-
-    @property
-    def connected(self) -> bool:
-        """Whether a connection to the broker is up right now."""
-        return self._connected.is_set() and self._failure is None and not self._closing
-
-    # --- connecting --------------------------------------------------------------
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -132,315 +113,39 @@ class Client:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    @property
+    def connected(self) -> bool:
+        """Whether a connection to the broker is up right now."""
+        raise NotImplementedError
+
     async def connect(self, wait: bool = False) -> None:
         """Connect: once, failing fast, or with `wait` until the broker is up (backing off).
 
         After that, losses are handled by reconnecting.
         """
-        if wait:
-            await self._open_with_backoff("connect", wait_first=False)
-        else:
-            await self._open()
-        self._task = asyncio.create_task(self._run(), name=f"slipstream-client-{self.name}")
+        raise NotImplementedError
 
-    async def _open(self) -> None:
-        try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                reader, writer = await asyncio.open_connection(
-                    self.host, self.port, limit=READ_CHUNK_BYTES)
-        except (OSError, TimeoutError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
-                str(exc) or type(exc).__name__)
-            raise ConnectError(f"cannot reach broker at {self.host}:{self.port}: {reason} "
-                               "(is `python -m broker` running?)") from None
-        decoder = p.FrameDecoder()
-        writer.write(p.encode(p.Hello(p.PROTOCOL_VERSION, self.name, self.token)))
-        try:
-            welcome = await self._await_welcome(reader, decoder)
-        except BaseException:
-            writer.close()
-            raise
-        self.epoch = welcome.epoch
-        self.max_payload_bytes = welcome.max_frame_bytes - p.FRAME_ROOM_BYTES
-        # Deliveries may carry a full-size payload plus their header.
-        decoder.max_frame_bytes = welcome.max_frame_bytes + p.FRAME_ROOM_BYTES
-        self._reader, self._writer, self._decoder = reader, writer, decoder
-        self.generation += 1
-        self._connected.set()
-
-    async def _await_welcome(self, reader: asyncio.StreamReader,
-                             decoder: p.FrameDecoder) -> p.Welcome:
-        where = f"broker at {self.host}:{self.port}"
-        try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                while True:
-                    data = await reader.read(READ_CHUNK_BYTES)
-                    if not data:
-                        raise ConnectError(f"{where} closed the connection during the handshake")
-                    frames = decoder.feed(data)
-                    if decoder.error is not None:
-                        raise decoder.error
-                    if frames:
-                        break
-        except TimeoutError:
-            raise ConnectError(f"{where} did not answer HELLO within "
-                               f"{self.connect_timeout_s:g} s") from None
-        except OSError as exc:
-            raise ConnectError(f"{where} failed during the handshake: {exc}") from None
-        first = frames[0]
-        if type(first) is p.Error and first.code in ("busy", "too_many_connections"):
-            # The broker is full for now: like an unreachable broker, worth retrying.
-            raise ConnectError(f"{where} is full [{first.code}]: {first.message}")
-        if type(first) is p.Error:
-            raise HandshakeRefusedError(f"{where} refused the handshake [{first.code}]: "
-                                        f"{first.message}")
-        if type(first) is not p.Welcome:
-            raise ProtocolError(f"{where} answered HELLO with {type(first).__name__}")
-        return first
-
-    async def _run(self) -> None:
-        """Read until the connection ends; then reconnect, or fail everything waiting."""
-        while True:
-            reason = await self._read_until_lost()
-            self._connection_lost(reason)
-            if self._closing or not self.reconnect:
-                self._fail_all(ConnectionLostError(reason))
-                return
-            try:
-                await self._reconnect()
-            except HandshakeRefusedError as exc:
-                self._fail_all(exc)
-                return
-            except ConnectionLostError as exc:  # closed while reconnecting
-                self._fail_all(exc)
-                return
-
-    async def _read_until_lost(self) -> str:
-        reader, decoder = self._reader, self._decoder
-        assert reader is not None
-        try:
-            while True:
-                data = await reader.read(READ_CHUNK_BYTES)
-                if not data:
-                    return f"broker at {self.host}:{self.port} closed the connection"
-                for frame in decoder.feed(data):
-                    self._dispatch(frame)
-                if decoder.error is not None:
-                    log.error("broker sent a bad frame: %s", decoder.error)
-                    return f"protocol error: {decoder.error}"
-        except OSError as exc:
-            return f"connection to {self.host}:{self.port} failed: {exc}"
-
-    def _connection_lost(self, reason: str) -> None:
-        self._connected.clear()
-        if self._writer is not None:
-            self._writer.close()
-        lost = ConnectionLostError(f"{reason}; the outcome of this request is unknown")
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(lost)
-        self._waiting.clear()
-        for waiters in self._confirms.values():
-            for _, future in waiters:
-                if not future.done():
-                    future.set_exception(lost)
-        self._confirms.clear()
-        if self._broker_shutting_down:
-            log.info("%s: the broker is shutting down", reason)
-        elif not self._closing:
-            log.warning("%s", reason)
-        self._broker_shutting_down = False
-
-    async def _open_with_backoff(self, what: str, *, wait_first: bool) -> int:
-        """Open a connection, retrying with exponential backoff and jitter; the attempt no."""
-        delay = 0.05
-        for attempt in itertools.count(1):
-            if wait_first or attempt > 1:
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter spreads a herd
-                delay = min(delay * 2, self.reconnect_max_delay_s)
-            if self._closing:
-                raise ConnectionLostError(f"client closed during {what}")
-            try:
-                await self._open()
-                return attempt
-            except (ConnectError, ProtocolError) as exc:
-                if attempt == 1 or attempt % 10 == 0:
-                    log.warning("%s attempt %d failed: %s", what, attempt, exc)
-        raise AssertionError("unreachable: itertools.count never ends")
-
-    async def _reconnect(self) -> None:
-        previous_epoch = self.epoch
-        attempt = await self._open_with_backoff("reconnect", wait_first=True)
-        self.reconnects += 1
-        log.info("reconnected to %s:%d (attempt %d)", self.host, self.port, attempt)
-        restarted = self.epoch != previous_epoch
-        if restarted:
-            log.warning("the broker restarted (new epoch): resubscribing from its earliest")
-        for sub in self._subs.values():
-            sub._reconnected(restarted)
-            # Same broker: a durable resumes where it acknowledged, a plain one takes
-            # what is new. A restarted broker holds nothing we have seen: take it all.
-            self._send_control(sub.subscribe_frame("earliest" if restarted else "new"))
-        self._flush()
-
-    # --- reading ---------------------------------------------------------------
-
-    def _dispatch(self, frame: p.Frame | p.UnknownFrame) -> None:
-        if isinstance(frame, p.Deliver | p.Gap):
-            sub = self._subs.get(frame.sid)
-            if sub is not None:
-                sub._push(frame)
-            return
-        match frame:
-            case p.PublishAck(confirm_id, first_seq, _):
-                for index, future in self._confirms.pop(confirm_id, []):
-                    if not future.done():
-                        future.set_result(first_seq + index)
-            case p.Subscribed(sid):
-                self._resolve(("sub", sid), sid)
-            case p.Pong(nonce):
-                self._resolve(("ping", nonce), nonce)
-            case p.StatsReply(request_id, stats):
-                self._resolve(("stats", request_id), stats)
-            case p.Ping(nonce):
-                self._send_control(p.Pong(nonce))
-            case p.Error():
-                self._broker_error(frame)
-            case _:
-                log.warning("ignoring unexpected %s frame from the broker", type(frame).__name__)
-
-    def _resolve(self, key: tuple[str, int], value: Any) -> None:
-        future = self._waiting.pop(key, None)
-        if future is not None and not future.done():
-            future.set_result(value)
-
-    def _broker_error(self, frame: p.Error) -> None:
-        error = BrokerError(frame.code, frame.message)
-        if frame.fatal:
-            if frame.code == "shutdown":
-                self._broker_shutting_down = True  # expected: not worth a warning
-            else:
-                log.error("%s", error)
-            return  # the broker closes the connection next; _run handles that
-        # sids, confirm ids and request ids come from one counter, so `ref` names one thing.
-        failed: list[asyncio.Future[Any]] = []
-        if frame.ref is not None:
-            failed = [future for _, future in self._confirms.pop(frame.ref, [])]
-            failed += [self._waiting.pop(key) for key in list(self._waiting) if key[1] == frame.ref]
-        for future in failed:
-            if not future.done():
-                future.set_exception(error)
-        if not failed:
-            self.errors.append(error)
-            log.warning("%s", error)
-
-    # --- publishing -------------------------------------------------------------
+    async def close(self) -> None:
+        """Send what is queued, acknowledge what was finished, and disconnect."""
+        raise NotImplementedError
 
     async def publish(self, topic: str, data: Any, *, confirm: bool = False) -> int | None:
         """Publish `data` (anything msgpack can encode) to `topic`.
 
-        Returns at once (the message is queued and flushed within this loop
-        iteration), waiting only when the socket is backed up. With
-        `confirm=True` it waits for the broker and returns the message's seq.
+        Returns at once (the message is queued and sent soon), waiting only
+        when too much is in flight. With `confirm=True` it waits until the
+        broker has stored the message and returns its seq.
         """
         return await self.publish_bytes(topic, msgpack.packb(data), confirm=confirm)
 
     async def publish_bytes(self, topic: str, payload: bytes, *,
                             confirm: bool = False) -> int | None:
         """Publish an already-encoded payload; the broker forwards these exact bytes."""
-        if topic not in self._topics_seen:
-            validate_topic(topic)
-            self._topics_seen.add(topic)
-        if len(payload) > self.max_payload_bytes:
-            raise BrokerError("payload_too_large",
-                              f"payload of {len(payload):,} bytes to {topic!r} exceeds max "
-                              f"payload {self.max_payload_bytes:,}")
-        if self._failure is not None:
-            raise self._failure
-        future = self._enqueue(topic, payload, confirm)
-        self.published += 1
-        self._published_since_yield += len(payload)
-        if self._published_since_yield >= YIELD_EVERY_BYTES:
-            self._published_since_yield = 0
-            self._flush()
-            # A producer publishing in a tight loop may never suspend (drain() does not
-            # when the socket keeps up): without this it would starve the event loop
-            # (signals, acks, the broker's errors) for as long as it publishes.
-            await asyncio.sleep(0)
-        await self._backpressure()
-        if future is None:
-            return None
-        return await future
-
-    def _enqueue(self, topic: str, payload: bytes, confirm: bool) -> asyncio.Future[int] | None:
-        outbox = self._outbox
-        run = outbox[-1] if outbox else None
-        if run is None or run.topic != topic or run.size + len(payload) > self.max_payload_bytes:
-            run = _Run(topic)
-            outbox.append(run)
-        run.payloads.append(payload)
-        run.size += len(payload) + 5  # + msgpack bin header
-        self._outbox_bytes += len(payload)
-        future: asyncio.Future[int] | None = None
-        if confirm:
-            future = asyncio.get_running_loop().create_future()
-            run.waiters.append((len(run.payloads) - 1, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        return future
-
-    async def _backpressure(self) -> None:
-        writer = self._writer
-        if self._connected.is_set() and writer is not None:
-            if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER_BYTES:
-                with contextlib.suppress(OSError):  # the reader notices the loss, reconnects
-                    await writer.drain()
-        elif self._outbox_bytes > self.max_buffered_bytes:
-            await self._wait_connected()  # disconnected with a full buffer: wait it out
-
-    async def _wait_connected(self) -> None:
-        """Return once connected; raise the stored failure (a SlipstreamError) if the
-        client has given up or is closed. `_fail_all` sets `_connected` to wake us."""
-        while True:
-            if self._failure is not None:
-                raise self._failure
-            if self._closing:
-                raise ConnectionLostError("client is closed")
-            if self._connected.is_set():
-                return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):  # also re-checks _closing now and then
-                    await self._connected.wait()
-
-    def _flush(self) -> None:
-        """Write every queued run as a PUB frame, all in one writelines."""
-        self._flush_scheduled = False
-        writer = self._writer
-        if not self._outbox or not self._connected.is_set() or writer is None:
-            return
-        frames = []
-        for run in self._outbox:
-            confirm_id = None
-            if run.waiters:
-                confirm_id = next(self._ids)
-                self._confirms[confirm_id] = run.waiters
-            frames.append(p.encode(p.Publish(run.topic, run.payloads, confirm_id)))
-        self._outbox = []
-        self._outbox_bytes = 0
-        writer.writelines(frames)
+        raise NotImplementedError
 
     async def flush(self) -> None:
-        """Write everything queued and wait until the socket has taken it."""
-        self._flush()
-        if self._outbox:
-            await self._wait_connected()
-            self._flush()
-        if self._writer is not None and self._connected.is_set():
-            with contextlib.suppress(OSError):
-                await self._writer.drain()
-
-    # --- subscribing and requests --------------------------------------------------
+        """Send everything queued (embedded: to the socket; NATS: until stored)."""
+        raise NotImplementedError
 
     async def subscribe(self, pattern: str, *, start: Start = "new", durable: str | None = None,
                         window: int = 8192, auto_ack: bool = True) -> Subscription:
@@ -449,128 +154,17 @@ class Client:
         With auto_ack (the default) a message is acknowledged once the next one
         is asked for; without, call `Subscription.ack` when it is safe to.
         """
-        validate_pattern(pattern)
-        sid = next(self._ids)
-        sub = Subscription(self, sid, pattern, start, durable, window, auto_ack)
-        self._subs[sid] = sub
-        try:
-            await self._request(("sub", sid), sub.subscribe_frame(start))
-        except BaseException:
-            self._subs.pop(sid, None)
-            raise
-        return sub
+        raise NotImplementedError
 
     async def stats(self, **options: Any) -> dict[str, Any]:
-        """One page of the broker's statistics (docs/protocol.md, STATS): `topics`
-        (a pattern), `after_topic`, `topic_limit`, `after_connection`, `connection_limit`."""
-        request_id = next(self._ids)
-        stats: dict[str, Any] = await self._request(
-            ("stats", request_id), p.StatsRequest(request_id, options or None))
-        return stats
+        """One page of the broker's statistics."""
+        raise NotImplementedError
 
     async def stats_all(self, topics: str | None = None,
                         connections: bool = True) -> dict[str, Any]:
-        """Every page of the statistics, merged (the server totals from the first page)."""
-        query: dict[str, Any] = {} if topics is None else {"topics": topics}
-        if not connections:
-            query["connection_limit"] = 0
-        merged = await self.stats(**query)
-        more = merged.pop("more", None) or {}
-        while more.get("topics") is not None or more.get("connections") is not None:
-            page_query = dict(query)
-            if more.get("topics") is None:
-                page_query["topic_limit"] = 0
-            else:
-                page_query["after_topic"] = more["topics"]
-            if more.get("connections") is None:
-                page_query["connection_limit"] = 0
-            else:
-                page_query["after_connection"] = more["connections"]
-            page = await self.stats(**page_query)
-            merged["topics"].update(page["topics"])
-            merged["connections"].extend(page["connections"])
-            more = page.get("more") or {}
-        return merged
+        """Every page of the statistics, merged."""
+        raise NotImplementedError
 
     async def ping(self) -> float:
         """Round-trip time to the broker, in seconds."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        nonce = next(self._ids)
-        await self._request(("ping", nonce), p.Ping(nonce))
-        return loop.time() - started
-
-    async def _request(self, key: tuple[str, int], frame: p.Frame) -> Any:
-        """Send a request and wait for its answer; only SlipstreamErrors come out."""
-        await self._wait_connected()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[key] = future
-        self._flush()  # keep order: publishes queued before this request go first
-        self._send_control(frame)
-        answer_within_s = self.connect_timeout_s + 5
-        try:
-            async with asyncio.timeout(answer_within_s):
-                return await future
-        except TimeoutError:
-            self._waiting.pop(key, None)
-            raise self._failure or ConnectionLostError(
-                f"broker at {self.host}:{self.port} did not answer "
-                f"{type(frame).__name__} within {answer_within_s:g} s") from None
-
-    def _send_control(self, frame: p.Frame) -> None:
-        writer = self._writer
-        if writer is not None and self._connected.is_set() and not writer.is_closing():
-            writer.write(p.encode(frame))
-
-    def _send_ack(self, sid: int, count: int) -> None:
-        self._send_control(p.Ack(sid, count))
-
-    def _forget(self, sub: Subscription) -> None:
-        self._subs.pop(sub.sid, None)
-
-    # --- closing ---------------------------------------------------------------
-
-    def _fail_all(self, error: SlipstreamError) -> None:
-        self._failure = error
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(error)
-        self._waiting.clear()
-        for sub in self._subs.values():
-            sub._close(StopAsyncIteration() if self._closing else error)
-        self._connected.set()  # release anyone waiting to reconnect; they see _failure
-
-    async def close(self) -> None:
-        """Send what is queued, acknowledge what was finished, and disconnect."""
-        if self._closing:
-            return
-        connected = self._connected.is_set() and self._failure is None
-        if connected:
-            try:
-                for sub in self._subs.values():
-                    if sub._outstanding and sub.auto_ack:
-                        sub._outstanding = False
-                        sub._finish(1)
-                    sub._flush_acks()
-                async with asyncio.timeout(2):
-                    await self.flush()
-            except (TimeoutError, SlipstreamError):
-                log.warning("could not flush everything before closing")
-        self._closing = True
-        if self._writer is not None:
-            self._writer.close()
-        self._connected.set()  # wake anyone waiting for a reconnect: they see _closing
-        if self._task is not None:
-            if not connected:
-                self._task.cancel()  # it is only sleeping between reconnect attempts
-            try:
-                async with asyncio.timeout(1):
-                    await self._task
-            except TimeoutError:
-                self._task.cancel()
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # we are being cancelled ourselves, not just the reader task
-        for sub in self._subs.values():
-            sub._close(StopAsyncIteration())
+        raise NotImplementedError

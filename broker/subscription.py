@@ -1,11 +1,12 @@
-"""A subscription: the async iterator of messages a consumer reads, and what it owes.
+"""What a consumer reads, whatever the engine: `Message`, and the `Subscription` interface.
 
-`Client.subscribe` makes one. The client's reader pushes deliveries and gap
-notices into it; the application pulls messages out. Asking for the next
-message finishes the previous one, finished messages are acknowledged in
-batches (that is what returns flow-control credit to the broker), and after
-a reconnect re-delivered messages are skipped and losses reported as a `Gap`
-on the next message of their topic.
+A subscription is an async iterator of messages. Asking for the next message
+finishes the previous one; finished messages are acknowledged in batches
+(that is what returns flow-control credit), and losses reach the reader as a
+`Gap` on the next message of their topic. The embedded broker's subscription
+(broker/embedded_subscription.py) and the NATS JetStream one
+(broker/jetstream/subscription.py) share the bookkeeping here: counting and
+logging losses, and batching acknowledgements.
 """
 
 from __future__ import annotations
@@ -13,15 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import msgpack
 
-from broker import protocol as p
 from broker.protocol import Gap
-
-if TYPE_CHECKING:
-    from broker.client import Client
 
 log = logging.getLogger("slipstream.client")
 
@@ -41,11 +38,13 @@ class Message:
     def __init__(self, topic: str, seq: int, timestamp_us: int, payload: bytes,
                  gap: Gap | None, epoch: int) -> None:
         self.topic = topic
-        self.seq = seq  # per topic, from 1, within one broker epoch
+        # Embedded broker: per topic, from 1. NATS: the stream's sequence (across topics).
+        # Either way increasing within a topic, and unique with (epoch, topic).
+        self.seq = seq
         self.timestamp_us = timestamp_us  # broker's clock when it was published
         self.payload = payload  # the bytes exactly as published
         self.gap = gap  # messages of this topic lost just before this one, if any
-        self.epoch = epoch  # the broker run that numbered it
+        self.epoch = epoch  # the broker run (or JetStream stream) that numbered it
         self._data: Any = _UNDECODED
 
     @property
@@ -62,13 +61,11 @@ _UNDECODED: Any = object()
 
 
 class Subscription:
-    """An async iterator of the messages matching one pattern."""
+    """An async iterator of the messages matching one pattern (the engines subclass it)."""
 
-    def __init__(self, client: Client, sid: int, pattern: str, start: Start,
-                 durable: str | None, window: int, auto_ack: bool = True) -> None:
-        self.client = client
+    def __init__(self, pattern: str, start: Start, durable: str | None, window: int,
+                 auto_ack: bool) -> None:
         self.auto_ack = auto_ack  # False: the application calls ack() when it is safe
-        self.sid = sid
         self.pattern = pattern
         self.start = start
         self.durable = durable
@@ -79,18 +76,9 @@ class Subscription:
         self.unknown_gaps = 0  # losses whose size cannot be known (a broker restart)
         self.recent_gaps: deque[Gap] = deque(maxlen=100)  # the latest, for a closer look
         self._ack_every = max(1, window // 4)
-        self._queue: deque[tuple[p.Deliver | Gap, int, int]] = deque()  # item, generation, epoch
-        self._ready = asyncio.Event()
-        self._closed: BaseException | None = None
-        self._batch: p.Deliver | None = None
-        self._batch_epoch = 0  # the broker epoch that numbered the current batch
-        self._index = 0
-        self._batch_current = False  # batch came on the current connection (so is ackable)
         self._outstanding = False  # a message was handed out and not yet finished
         self._done = 0  # finished, not yet acknowledged (current connection only)
         self._handed = 0  # manual ack: handed out on this connection, not yet ack()ed
-        self._last_seq: dict[str, int] = {}  # highest seq handed out per topic, this epoch
-        self._received_last: dict[str, int] = {}  # highest seq received per topic, this epoch
         self._pending_gaps: dict[str, Gap] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
         self._gap_log_next = 0.0
@@ -101,60 +89,85 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Message:
-        if self._outstanding:  # asking for the next message finishes the previous one
+        raise NotImplementedError
+
+    async def unsubscribe(self) -> None:
+        """Stop this subscription; a durable one keeps its position in the broker."""
+        raise NotImplementedError
+
+    @property
+    def current_generation(self) -> int:
+        """Changes whenever deliveries before it can no longer be acknowledged."""
+        raise NotImplementedError
+
+    def _send_acks(self, count: int) -> None:
+        """Tell the broker that the oldest `count` unacknowledged deliveries are done."""
+        raise NotImplementedError
+
+    # --- finishing and acknowledging ------------------------------------------------
+
+    def _finish_previous(self) -> None:
+        """Asking for the next message finishes the previous one."""
+        if self._outstanding:
             self._outstanding = False
             if self.auto_ack:
                 self._finish(1)
             else:
                 self._handed += 1
-        while True:
-            batch = self._batch
-            if batch is not None and self._index < len(batch.payloads):
-                index = self._index
-                self._index = index + 1
-                self._outstanding = self._batch_current
-                self.received += 1
-                topic = batch.topic
-                gap = self._pending_gaps.pop(topic, None) if self._pending_gaps else None
-                return Message(topic, batch.first_seq + index, batch.timestamps_us[index],
-                               batch.payloads[index], gap, self._batch_epoch)
-            self._batch = None
-            if self._queue:
-                self._load(*self._queue.popleft())
-                continue
-            self._ack_soon()  # about to wait: give credit back, but not a frame per message
-            if self._closed is not None:
-                if isinstance(self._closed, StopAsyncIteration):
-                    raise StopAsyncIteration
-                raise self._closed
-            self._ready.clear()
-            await self._ready.wait()
 
-    def _load(self, item: p.Deliver | Gap, generation: int, epoch: int) -> None:
-        """Make `item` current: note gaps, skip re-deliveries, find losses on reconnect."""
-        current = generation == self.client.generation
-        same_epoch = epoch == self.client.epoch
-        last = self._last_seq.get(item.topic, 0) if same_epoch else 0
-        if type(item) is Gap:
-            self._record_gap(item)
-            if same_epoch:
-                self._last_seq[item.topic] = max(last, item.first_seq + item.missed - 1)
+    @property
+    def unacknowledged(self) -> int:
+        """Manual ack: messages handed out on this connection and not yet ack()ed.
+
+        The one being handled now is not counted until the next is asked for.
+        """
+        return self._handed
+
+    def ack(self, count: int, generation: int) -> None:
+        """Manual ack: the oldest `count` handed-out messages are safe (stored, done).
+
+        `generation` is `client.generation` when they were counted: after a
+        reconnect the broker re-delivers from its own mark, so an old count
+        must not be applied to the new connection (it is dropped).
+        """
+        if generation != self.current_generation:
             return
-        assert type(item) is p.Deliver
-        skip = max(0, min(last - item.first_seq + 1, len(item.payloads)))
-        if current and skip:  # re-delivered after a reconnect: we had them already
-            self._done += skip
+        count = min(count, self._handed)
+        self._handed -= count
+        self._done += count
+        self._flush_acks()
+
+    def _finish(self, count: int) -> None:
+        self._done += count
+        if self._done >= self._ack_every:
             self._flush_acks()
-        first_new = item.first_seq + skip
-        if same_epoch and last and first_new > last + 1 and skip < len(item.payloads):
-            self._record_gap(Gap(self.sid, item.topic, last + 1, first_new - last - 1,
-                                 "reconnect: published while this subscription was away"))
-        if same_epoch:
-            self._last_seq[item.topic] = max(last, item.first_seq + len(item.payloads) - 1)
-        self._batch = item
-        self._batch_epoch = epoch
-        self._index = skip
-        self._batch_current = current
+
+    def _ack_soon(self) -> None:
+        """Acknowledge within ACK_DELAY_S unless a full batch does it first.
+
+        An idle consumer at a low message rate would otherwise send one ACK
+        frame per message; credit is far from used up, so a short delay costs
+        nothing and keeps durable positions fresh.
+        """
+        if self._done and self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        if self._done:
+            self._send_acks(self._done)
+            self._done = 0
+
+    def _finish_on_close(self) -> None:
+        """Closing cleanly: the message being handled when the loop ended is done too."""
+        if self._outstanding and self.auto_ack:
+            self._outstanding = False
+            self._finish(1)
+        self._flush_acks()
+
+    # --- losses -----------------------------------------------------------------------
 
     def _record_gap(self, gap: Gap) -> None:
         self.gap_count += 1
@@ -196,95 +209,3 @@ class Subscription:
             log.warning("subscription %r lost %d messages in %d gaps (latest: %r from seq %d: "
                         "%s); %d lost in all", self.pattern, unlogged_missed, unlogged_gaps,
                         gap.topic, gap.first_seq, gap.reason, self.missed)
-
-    @property
-    def unacknowledged(self) -> int:
-        """Manual ack: messages handed out on this connection and not yet ack()ed.
-
-        The one being handled now is not counted until the next is asked for.
-        """
-        return self._handed
-
-    def ack(self, count: int, generation: int) -> None:
-        """Manual ack: the oldest `count` handed-out messages are safe (stored, done).
-
-        `generation` is `client.generation` when they were counted: after a
-        reconnect the broker re-delivers from its own mark, so an old count
-        must not be applied to the new connection (it is dropped).
-        """
-        if generation != self.client.generation:
-            return
-        count = min(count, self._handed)
-        self._handed -= count
-        self._done += count
-        self._flush_acks()
-
-    def _finish(self, count: int) -> None:
-        self._done += count
-        if self._done >= self._ack_every:
-            self._flush_acks()
-
-    def _ack_soon(self) -> None:
-        """Acknowledge within ACK_DELAY_S unless a full batch does it first.
-
-        An idle consumer at a low message rate would otherwise send one ACK
-        frame per message; credit is far from used up, so a short delay costs
-        nothing and keeps durable positions fresh.
-        """
-        if self._done and self._ack_timer is None:
-            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._flush_acks)
-
-    def _flush_acks(self) -> None:
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
-        if self._done:
-            self.client._send_ack(self.sid, self._done)
-            self._done = 0
-
-    # --- fed by the client's reader ----------------------------------------------
-
-    def _push(self, item: p.Deliver | Gap) -> None:
-        # The newest seq received per topic in this epoch: where a restart's gap begins.
-        last = item.first_seq - 1 + (len(item.payloads) if type(item) is p.Deliver
-                                     else item.missed)  # type: ignore[union-attr]
-        if last > self._received_last.get(item.topic, 0):
-            self._received_last[item.topic] = last
-        self._queue.append((item, self.client.generation, self.client.epoch))
-        self._ready.set()
-
-    def _reconnected(self, broker_restarted: bool) -> None:
-        """A new connection starts with no credit used: old deliveries are no longer ackable.
-
-        After a broker restart, what the old broker held and had not sent us is gone,
-        and nobody can say how much: each topic we had seen gets a gap of unknown size.
-        """
-        if broker_restarted:
-            # Queued behind what we still hold of the old epoch (epoch 0 matches none,
-            # so the gap leaves the new epoch's seq bookkeeping alone).
-            for topic, last in self._received_last.items():
-                self._queue.append((Gap(self.sid, topic, last + 1, UNKNOWN_COUNT,
-                                        "the broker restarted (new epoch): messages it held "
-                                        f"after #{last} of {topic!r} may be lost"), 0, 0))
-            self._received_last.clear()
-            self._ready.set()
-            self._last_seq.clear()  # seqs start again from 1 in the new epoch
-        self._done = 0
-        self._handed = 0
-        self._outstanding = False
-        self._batch_current = False
-
-    def _close(self, reason: BaseException) -> None:
-        if self._closed is None:
-            self._closed = reason
-            self._ready.set()
-
-    def subscribe_frame(self, start: Start) -> p.Subscribe:
-        return p.Subscribe(self.sid, self.pattern, start, self.durable, self.window)
-
-    async def unsubscribe(self) -> None:
-        """Stop this subscription; a durable one keeps its position in the broker."""
-        self._flush_acks()
-        self.client._forget(self)
-        self.client._send_control(p.Unsubscribe(self.sid))
-        self._close(StopAsyncIteration())

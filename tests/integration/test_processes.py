@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker import Client, Message
+from broker.embedded_client import EmbeddedClient
 from tests.helpers import Processes, RunningProcess, run_command, wait_for
 
 
@@ -103,7 +104,9 @@ async def test_plain_subscriber_is_told_what_it_missed_while_disconnected(
         sub = await consumer.subscribe("t")
         await producer.publish("t", 0)
         assert (await anext(sub)).seq == 1
-        consumer._writer.transport.abort()  # type: ignore[union-attr]  # simulate a network cut
+        assert isinstance(consumer, EmbeddedClient)
+        assert consumer._writer is not None
+        consumer._writer.transport.abort()  # simulate a network cut
         for n in range(1, 6):
             await producer.publish("t", n, confirm=True)
         async with asyncio.timeout(10):

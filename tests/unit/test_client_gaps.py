@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from broker import protocol as p
-from broker.client import Client, Subscription
+from broker.embedded_client import EmbeddedClient as Client
+from broker.embedded_subscription import EmbeddedSubscription as Subscription
 
 
 async def test_many_gaps_are_counted_exactly_and_logged_as_a_summary(

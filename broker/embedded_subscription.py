@@ -1,0 +1,145 @@
+"""The embedded broker's subscription: deliveries and gap notices in, messages out.
+
+`EmbeddedClient.subscribe` makes one. The client's reader pushes deliveries
+and gap notices into it; the application pulls messages out (the shared
+rules are in broker/subscription.py). After a reconnect, re-delivered
+messages are skipped and losses reported as a `Gap` on the next message of
+their topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from broker import protocol as p
+from broker.protocol import Gap
+from broker.subscription import UNKNOWN_COUNT, Message, Start, Subscription
+
+if TYPE_CHECKING:
+    from broker.embedded_client import EmbeddedClient
+
+
+class EmbeddedSubscription(Subscription):
+    """The messages matching one pattern, from the embedded broker."""
+
+    def __init__(self, client: EmbeddedClient, sid: int, pattern: str, start: Start,
+                 durable: str | None, window: int, auto_ack: bool = True) -> None:
+        super().__init__(pattern, start, durable, window, auto_ack)
+        self.client = client
+        self.sid = sid
+        self._queue: deque[tuple[p.Deliver | Gap, int, int]] = deque()  # item, generation, epoch
+        self._ready = asyncio.Event()
+        self._closed: BaseException | None = None
+        self._batch: p.Deliver | None = None
+        self._batch_epoch = 0  # the broker epoch that numbered the current batch
+        self._index = 0
+        self._batch_current = False  # batch came on the current connection (so is ackable)
+        self._last_seq: dict[str, int] = {}  # highest seq handed out per topic, this epoch
+        self._received_last: dict[str, int] = {}  # highest seq received per topic, this epoch
+
+    @property
+    def current_generation(self) -> int:
+        return self.client.generation
+
+    async def __anext__(self) -> Message:
+        self._finish_previous()
+        while True:
+            batch = self._batch
+            if batch is not None and self._index < len(batch.payloads):
+                index = self._index
+                self._index = index + 1
+                self._outstanding = self._batch_current
+                self.received += 1
+                topic = batch.topic
+                gap = self._pending_gaps.pop(topic, None) if self._pending_gaps else None
+                return Message(topic, batch.first_seq + index, batch.timestamps_us[index],
+                               batch.payloads[index], gap, self._batch_epoch)
+            self._batch = None
+            if self._queue:
+                self._load(*self._queue.popleft())
+                continue
+            self._ack_soon()  # about to wait: give credit back, but not a frame per message
+            if self._closed is not None:
+                if isinstance(self._closed, StopAsyncIteration):
+                    raise StopAsyncIteration
+                raise self._closed
+            self._ready.clear()
+            await self._ready.wait()
+
+    def _load(self, item: p.Deliver | Gap, generation: int, epoch: int) -> None:
+        """Make `item` current: note gaps, skip re-deliveries, find losses on reconnect."""
+        current = generation == self.client.generation
+        same_epoch = epoch == self.client.epoch
+        last = self._last_seq.get(item.topic, 0) if same_epoch else 0
+        if type(item) is Gap:
+            self._record_gap(item)
+            if same_epoch:
+                self._last_seq[item.topic] = max(last, item.first_seq + item.missed - 1)
+            return
+        assert type(item) is p.Deliver
+        skip = max(0, min(last - item.first_seq + 1, len(item.payloads)))
+        if current and skip:  # re-delivered after a reconnect: we had them already
+            self._done += skip
+            self._flush_acks()
+        first_new = item.first_seq + skip
+        if same_epoch and last and first_new > last + 1 and skip < len(item.payloads):
+            self._record_gap(Gap(self.sid, item.topic, last + 1, first_new - last - 1,
+                                 "reconnect: published while this subscription was away"))
+        if same_epoch:
+            self._last_seq[item.topic] = max(last, item.first_seq + len(item.payloads) - 1)
+        self._batch = item
+        self._batch_epoch = epoch
+        self._index = skip
+        self._batch_current = current
+
+    def _send_acks(self, count: int) -> None:
+        self.client._send_ack(self.sid, count)
+
+    # --- fed by the client's reader ----------------------------------------------
+
+    def _push(self, item: p.Deliver | Gap) -> None:
+        # The newest seq received per topic in this epoch: where a restart's gap begins.
+        last = item.first_seq - 1 + (len(item.payloads) if type(item) is p.Deliver
+                                     else item.missed)  # type: ignore[union-attr]
+        if last > self._received_last.get(item.topic, 0):
+            self._received_last[item.topic] = last
+        self._queue.append((item, self.client.generation, self.client.epoch))
+        self._ready.set()
+
+    def _reconnected(self, broker_restarted: bool) -> None:
+        """A new connection starts with no credit used: old deliveries are no longer ackable.
+
+        After a broker restart, what the old broker held and had not sent us is gone,
+        and nobody can say how much: each topic we had seen gets a gap of unknown size.
+        """
+        if broker_restarted:
+            # Queued behind what we still hold of the old epoch (epoch 0 matches none,
+            # so the gap leaves the new epoch's seq bookkeeping alone).
+            for topic, last in self._received_last.items():
+                self._queue.append((Gap(self.sid, topic, last + 1, UNKNOWN_COUNT,
+                                        "the broker restarted (new epoch): messages it held "
+                                        f"after #{last} of {topic!r} may be lost"), 0, 0))
+            self._received_last.clear()
+            self._ready.set()
+            self._last_seq.clear()  # seqs start again from 1 in the new epoch
+        self._done = 0
+        self._handed = 0
+        self._outstanding = False
+        self._batch_current = False
+
+    def _close(self, reason: BaseException) -> None:
+        if self._closed is None:
+            self._closed = reason
+            self._ready.set()
+
+    def subscribe_frame(self, start: Start) -> p.Subscribe:
+        return p.Subscribe(self.sid, self.pattern, start, self.durable, self.window)
+
+    async def unsubscribe(self) -> None:
+        """Stop this subscription; a durable one keeps its position in the broker."""
+        self._flush_acks()
+        self.client._forget(self)
+        self.client._send_control(p.Unsubscribe(self.sid))
+        self._close(StopAsyncIteration())
