@@ -81,8 +81,11 @@ class Client:
         if cls is Client:
             address = broker or os.environ.get(BROKER_ENV) or DEFAULT_BROKER
             if is_nats(address):
-                from broker.jetstream.client import JetStreamClient
-
+                try:
+                    from broker.jetstream.client import JetStreamClient
+                except ImportError as exc:
+                    raise ConfigError(f"{address!r} needs NATS support, which is not installed "
+                                      f"({exc}): pip install 'slipstream[nats]'") from None
                 cls = JetStreamClient
             else:
                 from broker.embedded_client import EmbeddedClient

@@ -1,0 +1,360 @@
+"""A subscription on a JetStream stream: a push consumer, read in order, acknowledged in batches.
+
+Each subscription is one JetStream consumer (durable when asked for), filtered
+on the pattern, with `ack all` and `max_ack_pending` = the window: the same
+flow control as the embedded broker, where an acknowledgement of a message
+covers every one before it.
+
+Order and exactly once. A delivery carries, in its reply subject, the stream
+seq and the consumer's own delivery count. A delivery count that jumps means
+deliveries were lost in transit (a dropped connection, a failed node); since
+`ack all` must never cover a lost message, the subscription then *repositions*:
+it makes its consumer again from the first stream seq it has not received (a
+durable: from the last it acknowledged) and skips what it already has. An
+idle heartbeat that goes quiet, or that reports deliveries we never saw,
+repositions too. So a consumer sees each message once, in stream order.
+
+Losses. The publisher's `Nats-Msg-Id` (broker/jetstream/publisher.py) counts
+each producer's messages per topic: a count that jumps is a loss (retention
+discarded messages before we read them), reported as a `Gap` with its size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+from collections import deque
+from typing import TYPE_CHECKING
+
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js import errors as js_errors
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+
+from broker.errors import ConfigError, SlipstreamError
+from broker.jetstream.connection import header_value, msg_id_of
+from broker.jetstream.stream import epoch_of
+from broker.protocol import Gap
+from broker.subscription import UNKNOWN_COUNT, Message, Start, Subscription
+from broker.tasks import stop_task
+
+if TYPE_CHECKING:
+    from broker.jetstream.client import JetStreamClient
+
+log = logging.getLogger("slipstream.client")
+
+HEARTBEAT_S = 2.0  # JetStream says "still here" this often when it has nothing to send
+QUIET_LIMIT_S = 3 * HEARTBEAT_S  # silence longer than this: the consumer is gone or cut off
+ACK_WAIT_S = 30.0  # an unacknowledged delivery is sent again after this
+EPHEMERAL_IDLE_S = 60.0  # the server forgets a non-durable consumer nobody reads this long
+MAX_PRODUCER_MARKS = 100_000  # (producer, topic) counters kept for loss detection
+
+
+def durable_name(durable: str) -> str:
+    """A JetStream-safe consumer name: slipstream's durable names may hold '.', '>', ':'."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", durable)
+    if safe == durable:
+        return durable
+    return f"{safe[:40]}-{hashlib.sha256(durable.encode()).hexdigest()[:10]}"
+
+
+def deliver_policy(start: Start) -> tuple[DeliverPolicy, int | None]:
+    if start == "new":
+        return DeliverPolicy.NEW, None
+    if start == "earliest":
+        return DeliverPolicy.ALL, None
+    return DeliverPolicy.BY_START_SEQUENCE, int(start)
+
+
+class _Delivery:
+    __slots__ = ("epoch", "msg_id", "payload", "seq", "timestamp_us", "topic")
+
+    def __init__(self, topic: str, seq: int, timestamp_us: int, payload: bytes,
+                 msg_id: str | None, epoch: int) -> None:
+        self.topic = topic
+        self.seq = seq
+        self.timestamp_us = timestamp_us
+        self.payload = payload
+        self.msg_id = msg_id
+        self.epoch = epoch
+
+
+class JetStreamSubscription(Subscription):
+    """The messages matching one pattern, from a JetStream consumer."""
+
+    def __init__(self, client: JetStreamClient, pattern: str, start: Start,
+                 durable: str | None, window: int, auto_ack: bool = True) -> None:
+        super().__init__(pattern, start, durable, window, auto_ack)
+        self.client = client
+        self.consumer = durable_name(durable) if durable else ""
+        self.repositioned = 0  # times the consumer was made again (see the module doc)
+        self._queue: deque[_Delivery] = deque()
+        self._ready = asyncio.Event()
+        self._closed: BaseException | None = None
+        self._replies: dict[int, str] = {}  # stream seq -> reply subject, until acknowledged
+        self._awaiting: deque[int] = deque()  # stream seqs handed out, not yet acknowledged
+        self._received_seq = 0  # highest stream seq received (queued or handed out)
+        self._acked_seq = 0  # highest stream seq acknowledged
+        self._next_delivery = 0  # the consumer's next delivery count; 0: none yet
+        self._marks: dict[tuple[str, str], tuple[int, int]] = {}  # (producer, index) -> n, seq
+        self._topics_seen: set[str] = set()
+        self._last_heard = 0.0
+        self._nats_sub: NatsSubscription | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._repositioning = False
+        self._ephemeral = ""  # the server's name for a non-durable consumer
+
+    @property
+    def current_generation(self) -> int:
+        # Acknowledgements name stream seqs, never a connection: none goes stale.
+        return self.client.generation
+
+    # --- starting and repositioning ----------------------------------------------------
+
+    async def attach(self) -> None:
+        """Attach to (or make) the consumer and start receiving."""
+        if self.durable:
+            info = await self._existing_durable()
+            if info is not None:
+                self._acked_seq = info.ack_floor.stream_seq if info.ack_floor else 0
+                self._received_seq = self._acked_seq
+                await self._listen(info.config.deliver_subject or "")
+                self._start_watchdog()
+                return
+        policy, opt_seq = deliver_policy(self.start)
+        await self._make_consumer(policy, opt_seq)
+        self._start_watchdog()
+
+    async def _existing_durable(self) -> ConsumerInfo | None:
+        try:
+            info: ConsumerInfo = await self.client.js.consumer_info(self.client.spec.name,
+                                                                    self.consumer)
+        except js_errors.NotFoundError:
+            return None
+        have = info.config.filter_subject or ">"
+        if have != self.pattern:
+            raise ConfigError(f"durable {self.durable!r} exists on JetStream stream "
+                              f"{self.client.spec.name!r} with pattern {have!r}, not "
+                              f"{self.pattern!r}: use another durable name, or delete it with "
+                              f"`nats consumer rm {self.client.spec.name} {self.consumer}`")
+        if info.push_bound:
+            raise SlipstreamError(f"durable {self.durable!r} is in use by another consumer "
+                                  "right now; one reader per durable")
+        return info
+
+    async def _make_consumer(self, policy: DeliverPolicy, opt_seq: int | None) -> None:
+        deliver_subject = self.client.nc.new_inbox()
+        await self._listen(deliver_subject)
+        config = ConsumerConfig(
+            durable_name=self.consumer or None, deliver_subject=deliver_subject,
+            deliver_policy=policy, opt_start_seq=opt_seq, ack_policy=AckPolicy.ALL,
+            ack_wait=ACK_WAIT_S, max_ack_pending=self.window, idle_heartbeat=HEARTBEAT_S,
+            filter_subject=None if self.pattern == ">" else self.pattern,
+            inactive_threshold=None if self.consumer else EPHEMERAL_IDLE_S,
+            description=f"slipstream {'durable ' + repr(self.durable) if self.durable else ''}"
+                        f" {self.pattern!r} for {self.client.name}")
+        info = await self.client.js.add_consumer(self.client.spec.name, config)
+        if not self.consumer:
+            self._ephemeral = info.name
+        self._next_delivery = 0
+
+    async def _listen(self, deliver_subject: str) -> None:
+        if self._nats_sub is not None:
+            self.client.nc.stop_routing(self._nats_sub)
+            with contextlib.suppress(Exception):
+                await self._nats_sub.unsubscribe()
+        self._next_delivery = 0
+        self._last_heard = asyncio.get_running_loop().time()
+        self._nats_sub = await self.client.nc.subscribe(deliver_subject)
+        self.client.nc.route_directly(self._nats_sub, self._on_delivery)
+
+    def _start_watchdog(self) -> None:
+        self._watchdog = asyncio.create_task(self._watch(), name=f"jetstream-{self.pattern}")
+
+    async def _watch(self) -> None:
+        """Reposition when deliveries went missing or the consumer went quiet."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(HEARTBEAT_S / 2)
+            quiet = loop.time() - self._last_heard > QUIET_LIMIT_S
+            if (quiet or self._repositioning) and self.client.nc.is_connected:
+                reason = ("no heartbeat for "
+                          f"{QUIET_LIMIT_S:g} s" if quiet else "deliveries were lost in transit")
+                try:
+                    await self._reposition(reason)
+                except (SlipstreamError, js_errors.Error, TimeoutError) as exc:
+                    log.warning("subscription %r: repositioning failed (%s); trying again",
+                                self.pattern, exc)
+
+    async def _reposition(self, reason: str) -> None:
+        """Make the consumer again from the first message we do not have."""
+        self._repositioning = True
+        self.repositioned += 1
+        info = await self.client.js.stream_info(self.client.spec.name)
+        epoch = epoch_of(info)
+        if epoch != self.client.epoch:
+            self._stream_replaced(epoch)
+        old = self.consumer or self._ephemeral
+        if old:
+            with contextlib.suppress(js_errors.NotFoundError):
+                await self.client.js.delete_consumer(self.client.spec.name, old)
+        # A durable resumes after what it acknowledged (what it still holds is skipped);
+        # a plain subscription after what it received.
+        resume = (self._acked_seq if self.consumer else self._received_seq) + 1
+        if self.consumer:
+            self._received_seq = max(self._received_seq, self._acked_seq)
+        if resume == 1 and self.start not in ("earliest",) and epoch == self.client.epoch and \
+                not self._received_seq:
+            policy, opt_seq = deliver_policy(self.start)
+        else:
+            policy, opt_seq = DeliverPolicy.BY_START_SEQUENCE, resume
+        await self._make_consumer(policy, opt_seq)
+        log.info("subscription %r repositioned at seq %d: %s", self.pattern, resume, reason)
+        self._repositioning = False
+
+    def _stream_replaced(self, epoch: int) -> None:
+        """The stream was deleted and made again: its seqs start from 1 again."""
+        log.warning("JetStream stream %r was made again (new epoch): reading it from its start",
+                    self.client.spec.name)
+        for topic in self._topics_seen:
+            self._queue.append(_Delivery(topic, 0, 0, b"", None, 0))  # a gap marker
+        self.client.epoch = epoch
+        self._received_seq = self._acked_seq = 0
+        self._replies.clear()
+        self._awaiting.clear()
+        self._marks.clear()
+        self._ready.set()
+
+    # --- receiving ---------------------------------------------------------------------
+
+    def _on_delivery(self, subject: bytes, reply_bytes: bytes, data: bytes,
+                     headers: bytes | None) -> None:
+        self._last_heard = asyncio.get_running_loop().time()
+        reply = reply_bytes.decode()
+        if not reply.startswith("$JS.ACK."):
+            self._on_status(headers)
+            return
+        tokens = reply.split(".")
+        base = 4 if len(tokens) == 9 else 6  # the newer form adds domain and account hash
+        seq, delivery = int(tokens[base + 1]), int(tokens[base + 2])
+        if self._repositioning:
+            return
+        if self._next_delivery and delivery > self._next_delivery:
+            self._repositioning = True  # the watchdog makes the consumer again
+            return
+        self._next_delivery = delivery + 1
+        if seq <= self._received_seq:  # sent again (ack wait, or after repositioning)
+            if seq in self._replies:
+                self._replies[seq] = reply  # acknowledge the newest delivery of it
+            elif seq <= self._acked_seq:
+                self._publish_ack(reply)  # handled before: only its acknowledgement went missing
+            return
+        self._received_seq = seq
+        self._replies[seq] = reply
+        self._queue.append(_Delivery(subject.decode(), seq, int(tokens[base + 3]) // 1000, data,
+                                     msg_id_of(headers), self.client.epoch))
+        self._ready.set()
+
+    def _on_status(self, headers: bytes | None) -> None:
+        """An idle heartbeat: it names the last delivery; one we never got was lost."""
+        last = header_value(headers, "Nats-Last-Consumer")
+        if last is not None and self._next_delivery and int(last) >= self._next_delivery:
+            self._repositioning = True
+
+    async def __anext__(self) -> Message:
+        self._finish_previous()
+        while True:
+            if self._queue:
+                item = self._queue.popleft()
+                if item.seq == 0:  # the stream was made again
+                    self._record_gap(Gap(0, item.topic, 1, UNKNOWN_COUNT,
+                                         "the JetStream stream was made again"))
+                    continue
+                self._awaiting.append(item.seq)
+                self._outstanding = True
+                self.received += 1
+                topic = item.topic
+                if item.msg_id is not None:
+                    self._check_count(topic, item.msg_id, item.seq)
+                self._topics_seen.add(topic)
+                gap = self._pending_gaps.pop(topic, None) if self._pending_gaps else None
+                return Message(topic, item.seq, item.timestamp_us, item.payload, gap, item.epoch)
+            self._ack_soon()
+            if self._closed is not None:
+                if isinstance(self._closed, StopAsyncIteration):
+                    raise StopAsyncIteration
+                raise self._closed
+            self._ready.clear()
+            await self._ready.wait()
+
+    def _check_count(self, topic: str, msg_id: str, seq: int) -> None:
+        """A producer's per-topic count that jumps: messages lost before we read them."""
+        producer, _, rest = msg_id.partition(".")
+        index, _, count_text = rest.partition(".")
+        if not count_text.isdigit():
+            return  # not published by slipstream
+        count = int(count_text)
+        key = (producer, index)
+        mark = self._marks.get(key)
+        if mark is not None and count > mark[0] + 1:
+            self._record_gap(Gap(0, topic, mark[1] + 1, count - mark[0] - 1,
+                                 "discarded by the stream's retention before this "
+                                 "subscription read them"))
+        if mark is None or count > mark[0]:
+            if mark is None and len(self._marks) >= MAX_PRODUCER_MARKS:
+                del self._marks[next(iter(self._marks))]
+            self._marks[key] = (count, seq)
+
+    # --- acknowledging -----------------------------------------------------------------
+
+    def _send_acks(self, count: int) -> None:
+        """`ack all` on the newest of the `count` oldest handed out covers them all."""
+        awaiting, replies = self._awaiting, self._replies
+        count = min(count, len(awaiting))
+        if not count:
+            return
+        for _ in range(count - 1):
+            replies.pop(awaiting.popleft(), None)
+        seq = awaiting.popleft()
+        reply = replies.pop(seq, None)
+        if reply is not None:
+            self._acked_seq = max(self._acked_seq, seq)
+            self._publish_ack(reply)
+
+    def _publish_ack(self, reply: str) -> None:
+        if self.client.nc.is_connected:
+            task = asyncio.ensure_future(self.client.nc.publish(reply, b"+ACK"))
+            task.add_done_callback(_ignore_failure)
+
+    # --- stopping ----------------------------------------------------------------------
+
+    async def stop(self, forget: bool) -> None:
+        """Stop receiving; `forget` deletes a non-durable consumer on the server."""
+        await stop_task(self._watchdog)
+        self._watchdog = None
+        if self._nats_sub is not None:
+            self.client.nc.stop_routing(self._nats_sub)
+            with contextlib.suppress(Exception):
+                await self._nats_sub.unsubscribe()
+            self._nats_sub = None
+        if forget and self._ephemeral and self.client.nc.is_connected:
+            with contextlib.suppress(Exception):
+                await self.client.js.delete_consumer(self.client.spec.name, self._ephemeral)
+
+    def _close(self, reason: BaseException) -> None:
+        if self._closed is None:
+            self._closed = reason
+            self._ready.set()
+
+    async def unsubscribe(self) -> None:
+        self._flush_acks()
+        await self.stop(forget=True)
+        self.client._forget(self)
+        self._close(StopAsyncIteration())
+
+
+def _ignore_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # a lost ack is sent again with the next one (ack all)
