@@ -13,6 +13,7 @@ from typing import Any
 
 from broker import cli
 from broker import protocol as p
+from broker.client import DEFAULT_STREAM, STREAM_ENV, is_nats
 from broker.datadir import DATA_DIR_ENV
 from broker.errors import StorageError
 from broker.server import Broker, BrokerConfig
@@ -65,8 +66,25 @@ def serve_parser() -> argparse.ArgumentParser:
                              "(default %(default)s)")
     add_storage_args(parser)
     add_limit_args(parser)
+    add_nats_args(parser)
     cli.add_logging_args(parser)
     return parser
+
+
+def add_nats_args(parser: argparse.ArgumentParser) -> None:
+    """With NATS as the engine: the stream's shape (docs/scale-out.md)."""
+    group = parser.add_argument_group(
+        "NATS JetStream", "with --broker nats://..., no broker runs here: make (or check) the "
+                          "JetStream stream that holds the topics, print it and exit. "
+                          "--retain-messages and --retain-age apply to it too")
+    group.add_argument("--broker", type=cli.broker_address, metavar="nats://HOST:PORT[,...]",
+                       help="the NATS server or cluster seeds (user:pass@ or --token for auth)")
+    group.add_argument("--stream", default=os.environ.get(STREAM_ENV) or DEFAULT_STREAM,
+                       help=f"the stream's name (env {STREAM_ENV}; default %(default)s)")
+    group.add_argument("--replicas", type=cli.positive_int, metavar="N",
+                       help="copies of each message (default: min(3, the cluster's size))")
+    group.add_argument("--stream-bytes", type=cli.parse_size, default=-1, metavar="SIZE",
+                       help="bytes the whole stream keeps (default: no limit but the server's)")
 
 
 FSYNC_HELP = """with --data-dir, when writes reach the disk itself: 'always' before each PUBACK
@@ -253,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         return cli.run("python -m broker stats", lambda: show_stats(args))
     args = serve_parser().parse_args(argv)
     cli.setup_logging(args)
+    if args.broker is not None:
+        if not is_nats(args.broker):
+            return cli.fail("python -m broker", f"--broker {args.broker!r}: only a nats:// "
+                            "address makes sense here (to run this broker, leave it out)",
+                            cli.EXIT_USAGE)
+        from broker.jetstream.setup import prepare
+
+        return cli.run("python -m broker", lambda: prepare(args, argv))
     config = config_from(args)
     return cli.run("python -m broker", lambda: serve(config))
 

@@ -21,9 +21,12 @@ from typing import Any
 from broker.client import (
     BROKER_ENV,
     DEFAULT_BROKER,
+    DEFAULT_STREAM,
+    STREAM_ENV,
     TOKEN_ENV,
     Client,
     check_address,
+    is_nats,
     parse_address,
 )
 from broker.errors import ConfigError, ConnectError, HandshakeRefusedError, SlipstreamError
@@ -110,13 +113,19 @@ def flag_address(text: str, flag: str) -> tuple[str, int]:
 
 
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
-    """--broker and --token, with their environment variables."""
+    """--broker, --token and --stream, with their environment variables."""
     parser.add_argument(
         "--broker", type=broker_address, default=os.environ.get(BROKER_ENV, DEFAULT_BROKER),
-        metavar="HOST:PORT", help=f"broker address (env {BROKER_ENV}; default %(default)s)")
+        metavar="ADDRESS", help="HOST:PORT of slipstream's broker, or nats://HOST:PORT[,...] "
+                                f"for a NATS JetStream cluster (env {BROKER_ENV}; default "
+                                "%(default)s)")
     parser.add_argument(
         "--token", default=os.environ.get(TOKEN_ENV),
-        help=f"shared secret the broker asks for (env {TOKEN_ENV})")
+        help=f"shared secret the broker asks for; NATS: token auth (env {TOKEN_ENV})")
+    parser.add_argument(
+        "--stream", default=os.environ.get(STREAM_ENV) or DEFAULT_STREAM,
+        help=f"NATS only: the JetStream stream holding the topics (env {STREAM_ENV}; "
+             "default %(default)s)")
 
 
 def add_logging_args(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +148,9 @@ def setup_logging(args: argparse.Namespace, default: int = logging.INFO) -> None
 
 
 def client_for(args: argparse.Namespace, name: str, **options: Any) -> Client:
+    """The client the command line asks for: its engine, address, token and stream."""
+    if is_nats(args.broker):
+        options.setdefault("stream", args.stream)
     return Client(args.broker, name=name, token=args.token, **options)
 
 

@@ -23,13 +23,14 @@ from broker import protocol as p
 from broker.errors import BrokerError, ConfigError
 from broker.subscription import Message, Start, Subscription
 
-__all__ = ["BROKER_ENV", "DEFAULT_BROKER", "STREAM_ENV", "TOKEN_ENV", "Client", "Message",
-           "Subscription", "check_address", "is_nats", "parse_address"]
+__all__ = ["BROKER_ENV", "DEFAULT_BROKER", "DEFAULT_STREAM", "STREAM_ENV", "TOKEN_ENV",
+           "Client", "Message", "Subscription", "check_address", "is_nats", "parse_address"]
 
 DEFAULT_BROKER = f"127.0.0.1:{p.DEFAULT_PORT}"
 BROKER_ENV = "SLIPSTREAM_BROKER"
 TOKEN_ENV = "SLIPSTREAM_TOKEN"
 STREAM_ENV = "SLIPSTREAM_STREAM"
+DEFAULT_STREAM = "SLIPSTREAM"  # the JetStream stream that holds the topics
 EMBEDDED_SCHEME = "slipstream://"
 NATS_SCHEMES = ("nats://", "tls://")
 
@@ -46,6 +47,9 @@ def parse_address(text: str) -> tuple[str, int]:
         raise ConfigError(f"{text!r} is a NATS address, not the embedded broker's HOST:PORT")
     if text.lower().startswith(EMBEDDED_SCHEME):
         text = text[len(EMBEDDED_SCHEME):]
+    if "," in text or "://" in text:
+        raise ConfigError(f"address {text!r} is not HOST:PORT (a list of seeds, or a scheme "
+                          "other than slipstream://, is for NATS: nats://HOST:PORT,...)")
     host, sep, port_text = text.rpartition(":")
     if not sep:
         # A bare number is a port on this machine (no host name is all digits).

@@ -176,7 +176,7 @@ class Consumer:
                 await hook()
             if not self.handlers:
                 raise ConfigError(f"consumer {self.name!r} has no handlers")
-            async with Client(self.args.broker, name=self.name, token=self.args.token) as client:
+            async with cli.client_for(self.args, self.name) as client:
                 self.client = client
                 try:
                     await self._consume(client)

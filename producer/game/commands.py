@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from broker import cli
-from broker.client import Client
 from broker.tasks import stop_task
 from f1vocab.game.specs import SPECS
 from producer.game.bridge import Bridge
@@ -66,7 +65,7 @@ def add_parsers(subparsers: Any) -> None:
 
 async def run_bridge(args: argparse.Namespace) -> int:
     host, port = cli.flag_address(args.listen, "--listen")
-    client = Client(args.broker, name="game-udp", token=args.token)
+    client = cli.client_for(args, "game-udp")
     bridge = Bridge(client, args.raw, args.record)
     loop = asyncio.get_running_loop()
     try:
