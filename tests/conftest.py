@@ -16,3 +16,10 @@ async def processes(tmp_path: Path) -> AsyncIterator[Processes]:
         yield started
     finally:
         await started.cleanup()
+
+
+@pytest.fixture(params=["embedded", "nats"])
+def engine(request: pytest.FixtureRequest, processes: Processes) -> str:
+    """Run a test on both engines: `processes.any_broker()` starts the one chosen."""
+    processes.engine = request.param
+    return str(request.param)

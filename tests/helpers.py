@@ -81,6 +81,14 @@ class Processes:
     started: list[RunningProcess] = field(default_factory=list)
     # "disk": every broker started gets a --data-dir of its own (see test_delivery.py).
     storage: str = "memory"
+    # "nats": any_broker() starts a nats-server with JetStream instead (conftest's `engine`).
+    engine: str = "embedded"
+
+    async def any_broker(self) -> RunningBroker | RunningNats:
+        """The engine this test runs on: slipstream's broker, or one JetStream node."""
+        if self.engine == "nats":
+            return await self.nats()
+        return await self.broker()
 
     async def broker(self, *flags: str, port: int = 0) -> RunningBroker:
         log_path = self.directory / f"broker-{len(self.started)}.log"
@@ -202,7 +210,7 @@ class RunningNats(RunningProcess):
             nc = await nats.connect(self.address, connect_timeout=1, allow_reconnect=False,
                                     max_reconnect_attempts=0, error_cb=_quiet,
                                     token=self.token)
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             return False
         try:
             await nc.jetstream(timeout=1).account_info()
@@ -350,12 +358,32 @@ async def drained(address: str, name: str) -> bool:
     """Whether the consumer connected as `name` has been sent everything its subscriptions
     match and has acknowledged all of it (so it has handled all of it)."""
     from broker import Client
+    from broker.client import is_nats
+
+    if is_nats(address):
+        return await _nats_drained(address, name)
 
     async with Client(address, name="drained-probe", reconnect=False) as client:
         stats = await client.stats_all()
     mine = [c for c in stats["connections"] if c["name"] == name]
     return bool(mine) and all(c["pending"] == 0 and c["unacked"] == 0 and c["delivered"] > 0
                               for c in mine)
+
+
+async def _nats_drained(address: str, name: str) -> bool:
+    """The same on JetStream: each consumer made for `name` has nothing pending or unacked."""
+    import nats
+
+    nc = await nats.connect(address, error_cb=_quiet)
+    try:
+        mine = [info for info in await nc.jetstream().consumers_info("SLIPSTREAM")
+                if (info.config.description or "").endswith(f" for {name}")]
+    finally:
+        await nc.close()
+    return (bool(mine) and all(info.num_pending == 0 and info.num_ack_pending == 0
+                               for info in mine)
+            and any(info.delivered is not None and info.delivered.stream_seq > 0
+                    for info in mine))
 
 
 async def wait_drained(address: str, name: str, timeout_s: float = 20.0) -> None:

@@ -9,6 +9,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from broker import Client
 from tests.helpers import (
     SESSION,
@@ -39,8 +41,9 @@ async def stop(alerter: RunningProcess) -> None:
     assert await alerter.stop(signal.SIGINT) == 0, alerter.log()
 
 
+@pytest.mark.usefixtures("engine")
 async def test_shipped_rules_on_the_real_session(processes: Processes, tmp_path: Path) -> None:
-    broker = await processes.broker()
+    broker = await processes.any_broker()
     await replay_session(broker.address)
     log = tmp_path / "alerts.jsonl"
     alerter = await processes.command("-m", "consumer", "alerter", "--from", "earliest",

@@ -23,7 +23,7 @@ from tests.helpers import (
 
 
 async def replayed_session(processes: Processes) -> RunningBroker:
-    broker = await processes.broker()
+    broker = await processes.any_broker()
     await replay_session(broker.address)
     return broker
 
@@ -37,6 +37,7 @@ async def wait_for_output(process: RunningProcess, text: str, timeout_s: float =
     return out.read_text()
 
 
+@pytest.mark.usefixtures("engine")
 async def test_fastest_lap_example_runs_end_to_end(processes: Processes) -> None:
     broker = await replayed_session(processes)
     example = await processes.command("-m", "consumer", "run", "examples/fastest_laps.py",

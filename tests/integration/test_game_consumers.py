@@ -8,6 +8,8 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT, Processes, run_command, wait_drained
 
 CAPTURE = ROOT / "samples" / "game" / "session-2026.cap"
@@ -15,7 +17,7 @@ CAR_SLOTS, FRAMES = 24, 241  # format 2026 has 24 car slots; the capture has 241
 
 
 async def replayed_capture(processes: Processes) -> str:
-    broker = await processes.broker()
+    broker = await processes.any_broker()
     code, _, err = await run_command("-m", "producer", "udp-replay", str(CAPTURE),
                                      "--as-fast-as-possible", "--broker", broker.address)
     assert code == 0, err
@@ -23,6 +25,7 @@ async def replayed_capture(processes: Processes) -> str:
     return broker.address
 
 
+@pytest.mark.usefixtures("engine")
 async def test_game_tables_hold_every_car_of_every_frame(processes: Processes,
                                                          tmp_path: Path) -> None:
     broker = await replayed_capture(processes)
@@ -56,6 +59,7 @@ async def test_game_tables_hold_every_car_of_every_frame(processes: Processes,
     assert all(0 < speed < 400 for _, speed in trace)
 
 
+@pytest.mark.usefixtures("engine")
 async def test_game_rules_fire_on_the_bundled_session(processes: Processes,
                                                       tmp_path: Path) -> None:
     broker = await replayed_capture(processes)

@@ -77,8 +77,9 @@ async def run_live(broker: str, port: int, *flags: str, env: dict[str, str] | No
                              timeout_s=60)
 
 
+@pytest.mark.usefixtures("engine")
 async def test_replay_of_the_real_session_delivers_every_message(processes: Processes) -> None:
-    broker = await processes.broker()
+    broker = await processes.any_broker()
     err = await replay_session(broker.address)
     assert "replay: published 17,979 messages" in err
     assert_is_the_session(await everything_published(broker.address, SESSION_MESSAGES))
@@ -98,8 +99,9 @@ async def test_replay_paces_by_session_time(processes: Processes) -> None:
     assert span_s / 1000 <= elapsed < span_s / 1000 + 10
 
 
+@pytest.mark.usefixtures("engine")
 async def test_replay_from_a_point_starts_with_the_state_there(processes: Processes) -> None:
-    broker = await processes.broker()
+    broker = await processes.any_broker()
     await replay_session(broker.address, "--as-fast-as-possible", "--from", "01:31:36")
     async with Client(broker.address) as client:
         sub = await client.subscribe("live.TrackStatus", start="earliest")
@@ -118,10 +120,11 @@ async def test_replay_of_a_damaged_recording_skips_and_counts(processes: Process
     assert [m.data["timestamp"] for m in messages] == sorted(m.data["timestamp"] for m in messages)
 
 
+@pytest.mark.usefixtures("engine")
 @pytest.mark.parametrize("protocol", ["core", "classic"])
 async def test_live_bridge_publishes_the_session_once_in_order(
         processes: Processes, protocol: str) -> None:
-    broker = await processes.broker()
+    broker = await processes.any_broker()
     _, port = await fake_f1(processes)
     code, _, err = await run_live(broker.address, port, "--protocol", protocol,
                                   path="signalrcore" if protocol == "core" else "signalr")
@@ -130,9 +133,10 @@ async def test_live_bridge_publishes_the_session_once_in_order(
     assert_is_the_session(await everything_published(broker.address, SESSION_MESSAGES))
 
 
+@pytest.mark.usefixtures("engine")
 async def test_live_bridge_reconnects_after_a_drop_without_loss_or_duplicates(
         processes: Processes, tmp_path: Path) -> None:
-    broker = await processes.broker()
+    broker = await processes.any_broker()
     _, port = await fake_f1(processes, "--drop-after", "5000")
     raw = tmp_path / "raw.txt"
     code, _, err = await run_live(broker.address, port, "--record-raw", str(raw))
