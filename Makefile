@@ -35,6 +35,7 @@ bench: $(SETUP)
 	$(PY) bench/run.py
 	$(PY) bench/storage.py
 	$(PY) bench/limits.py
+	$(PY) bench/jetstream.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -72,8 +72,17 @@ async def worker(*args: str) -> asyncio.subprocess.Process:
 
 
 async def run_workload(consumers: int, count: int, rate: float, latency: bool,
-                       broker_flags: list[str]) -> Result:
-    broker, address = await start_broker(broker_flags)
+                       broker_flags: list[str], nats_nodes: int = 0) -> Result:
+    """One run; `nats_nodes` > 0 runs it through that many JetStream servers instead
+    (bench/jetstream.py), the figures for the one every client connects to."""
+    if nats_nodes:
+        from jetstream import start_nats
+
+        servers, address = await start_nats(nats_nodes)
+        broker = servers[0]
+    else:
+        servers = []
+        broker, address = await start_broker(broker_flags)
     try:
         cpu_before = cpu_seconds(broker.pid)
         subs = [await worker("consume", "--broker", address, "--count", str(count),
@@ -103,8 +112,9 @@ async def run_workload(consumers: int, count: int, rate: float, latency: bool,
             result.max_us = samples[-1]
         return result
     finally:
-        broker.terminate()
-        await broker.wait()
+        for process in servers or [broker]:
+            process.terminate()
+            await process.wait()
 
 
 def spread(values: list[float]) -> str:

@@ -101,10 +101,6 @@ class JetStreamClient(Client):
         self.cluster_size = _cluster_size(self.nc)
         try:
             info = await ensure_stream(self.js, self.spec, self.cluster_size)
-        except js_errors.ServiceUnavailableError:
-            await self.nc.close()
-            raise ConnectError(f"{where} has no JetStream: start nats-server with -js "
-                               "(and a --store_dir)") from None
         except BaseException:
             await self.nc.close()
             raise

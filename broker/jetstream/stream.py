@@ -9,10 +9,13 @@ embedded broker's flags: `max_msgs_per_subject` is --retain-messages, with
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+from nats import errors as nats_errors
 from nats.js import JetStreamContext
 from nats.js import errors as js_errors
 from nats.js.api import (
@@ -33,6 +36,7 @@ log = logging.getLogger("slipstream.client")
 FAMILIES = ("live.>", "game.>", "alerts.>", "demo.>", "standings.>")
 DUPLICATE_WINDOW_S = 120.0  # a retried publish within this is stored once (Nats-Msg-Id)
 MAX_SUBJECT_UPDATES = 10
+PATIENCE_S = 20.0  # how long an unanswered JetStream API is asked again
 
 
 @dataclass(frozen=True)
@@ -127,11 +131,34 @@ def _value(option: Any) -> str:
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec, cluster_size: int,
-                        needs: str | None = None) -> StreamInfo:
+                        needs: str | None = None, patience_s: float = PATIENCE_S) -> StreamInfo:
     """The stream, created if missing, checked if not, with `needs`'s family added.
 
     An incompatible stream is reported with what differs (ConfigError), never changed.
+    A cluster that does not answer yet (electing a leader) is asked again, with backoff,
+    for `patience_s`.
     """
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + patience_s
+    delay = 0.1
+    for attempt in itertools.count(1):
+        try:
+            return await _ensure_once(js, spec, cluster_size, needs)
+        except (nats_errors.TimeoutError, js_errors.ServiceUnavailableError) as exc:
+            if loop.time() + delay > give_up_at:
+                raise SlipstreamError(
+                    f"JetStream did not answer for {patience_s:g} s ({type(exc).__name__}): "
+                    "is nats-server running with -js, and has the cluster a leader?") from None
+            if attempt == 1:
+                log.warning("JetStream is not answering yet (%s); asking again for up to "
+                            "%g s", type(exc).__name__, patience_s)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable: itertools.count never ends")
+
+
+async def _ensure_once(js: JetStreamContext, spec: StreamSpec, cluster_size: int,
+                       needs: str | None) -> StreamInfo:
     for _ in range(MAX_SUBJECT_UPDATES):
         info = await _info_or_create(js, spec, cluster_size, needs)
         problems = incompatibilities(info.config, spec)

@@ -49,8 +49,8 @@ HEARTBEAT_S = 2.0  # JetStream says "still here" this often when it has nothing 
 QUIET_LIMIT_S = 3 * HEARTBEAT_S  # silence longer than this: the consumer is gone or cut off
 ACK_WAIT_S = 30.0  # an unacknowledged delivery is sent again after this
 EPHEMERAL_IDLE_S = 60.0  # the server forgets a non-durable consumer nobody reads this long
-MAX_PRODUCER_MARKS = 100_000
-QUEUE_LIMIT_WINDOWS = 2  # deliveries held unread, in windows (see _drop_oldest)  # (producer, topic) counters kept for loss detection
+MAX_PRODUCER_MARKS = 100_000  # (producer, topic) counters kept for loss detection
+QUEUE_LIMIT_WINDOWS = 2  # deliveries held unread, in windows (see _drop_oldest)
 
 
 def durable_name(durable: str) -> str:

@@ -14,6 +14,7 @@ from tests.helpers import (
     ROOT,
     Processes,
     RunningBroker,
+    RunningNats,
     RunningProcess,
     replay_session,
     run_command,
@@ -22,7 +23,7 @@ from tests.helpers import (
 )
 
 
-async def replayed_session(processes: Processes) -> RunningBroker:
+async def replayed_session(processes: Processes) -> RunningBroker | RunningNats:
     broker = await processes.any_broker()
     await replay_session(broker.address)
     return broker
