@@ -9,6 +9,10 @@ data/slipstream.db; and the alerter with the shipped rules (also logging to
 data/alerts.jsonl); and the dashboard, whose address it prints (open it in a
 browser while the session runs). At the end, or on Ctrl-C, everything stops cleanly and it
 says where the data is and what to ask it.
+
+With SLIPSTREAM_BROKER=nats://HOST:PORT (docs/scale-out.md) the same demo runs on
+a NATS JetStream server or cluster instead: no slipstream broker is started, the
+stream is set up first, and every producer and consumer is pointed there.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT = int(os.environ.get("SLIPSTREAM_DEMO_PORT", "20778"))
-BROKER = f"127.0.0.1:{PORT}"
+NATS = os.environ.get("SLIPSTREAM_BROKER", "")
+ON_NATS = NATS.lower().startswith(("nats://", "tls://"))
+BROKER = NATS if ON_NATS else f"127.0.0.1:{PORT}"
 SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
 SPEED = os.environ.get("SLIPSTREAM_DEMO_SPEED", "30")
 DATA = ROOT / "data"
@@ -60,13 +66,20 @@ def main() -> int:
     DATA.mkdir(exist_ok=True)
     for stale in (DATABASE, ALERTS, *DATA.glob("slipstream.db-*")):
         stale.unlink(missing_ok=True)  # each demo starts from an empty database
-    shutil.rmtree(BROKER_DATA, ignore_errors=True)  # ... and an empty broker log
-    print(f"starting the broker on {BROKER}, keeping its log in {BROKER_DATA} ...", flush=True)
-    broker = python("-m", "broker", "--port", str(PORT), "-q", "--data-dir", str(BROKER_DATA),
-                    stdout=subprocess.PIPE)
-    assert broker.stdout is not None
-    if not broker.stdout.readline():
-        return broker.wait() or 1  # it said why on stderr (port in use, ...)
+    if ON_NATS:
+        print(f"on NATS JetStream at {BROKER}: setting up the stream ...", flush=True)
+        broker = python("-m", "broker", "--broker", BROKER)  # prints the stream; exits
+        if broker.wait():
+            return 1  # it said why on stderr (unreachable, refused, incompatible stream)
+    else:
+        shutil.rmtree(BROKER_DATA, ignore_errors=True)  # ... and an empty broker log
+        print(f"starting the broker on {BROKER}, keeping its log in {BROKER_DATA} ...",
+              flush=True)
+        broker = python("-m", "broker", "--port", str(PORT), "-q", "--data-dir",
+                        str(BROKER_DATA), stdout=subprocess.PIPE)
+        assert broker.stdout is not None
+        if not broker.stdout.readline():
+            return broker.wait() or 1  # it said why on stderr (port in use, ...)
     children = [broker]
     common = ["--from", "earliest", "--broker", BROKER]
     try:
