@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import sqlite3
 
@@ -202,11 +203,20 @@ async def test_the_setup_command_makes_and_checks_the_stream(processes: Processe
     code, _, err = await run_command("-m", "broker", "--broker", node.address,
                                      "--retain-messages", "900", "--stream", "RACE")
     assert code == 2 and "--retain-messages is 900 but the stream has 500" in err
+    code, _, err = await run_command("-m", "producer", "pub", "demo.x", "1", "--stream", "RACE",
+                                     "--broker", node.address)
+    assert code == 0, err
+    code, out, err = await run_command("-m", "broker", "stats", "--stream", "RACE",
+                                       "--broker", node.address)
+    assert code == 0, err
+    assert "demo.x" in out and "retain 500 msgs" in out
 
 
-async def test_a_subscriber_rides_out_a_server_restart(processes: Processes) -> None:
+async def test_a_subscriber_rides_out_a_server_restart(
+        processes: Processes, caplog: pytest.LogCaptureFixture) -> None:
     """The one node goes away and comes back on the same store: nothing lost, none twice,
-    and the outage is logged once, not once per attempt."""
+    and the outage is logged once per client, not once per attempt."""
+    caplog.set_level(logging.INFO, logger="slipstream.client")
     node = await processes.nats()
     async with Client(node.address, name="sub") as consumer, \
                Client(node.address, name="pub") as producer:
@@ -224,6 +234,9 @@ async def test_a_subscriber_rides_out_a_server_restart(processes: Processes) -> 
         rest = await take(sub, 500, timeout_s=40)
         await assert_nothing_more(sub, 1.0)
     assert [m.data for m in rest] == list(range(500, 1000))
+    lost = [r for r in caplog.records if "lost the connection to NATS" in r.getMessage()]
+    assert len(lost) == 2  # the consumer's and the producer's, each once
+    assert sum("reconnected to NATS" in r.getMessage() for r in caplog.records) == 2
 
 
 async def test_replay_and_consumers_work_unchanged_on_nats(processes: Processes) -> None:
