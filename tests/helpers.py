@@ -386,6 +386,20 @@ async def _nats_drained(address: str, name: str) -> bool:
                     for info in mine))
 
 
+async def subscribed(address: str, name: str) -> bool:
+    """Whether a client connected as `name` has a subscription in the embedded broker."""
+    from broker import Client
+
+    async with Client(address, name="subscribed-probe", reconnect=False) as client:
+        stats = await client.stats_all()
+    return any(c["name"] == name and c["subscriptions"] for c in stats["connections"])
+
+
+async def wait_subscribed(address: str, name: str, timeout_s: float = 10.0) -> None:
+    """Until `name` subscribed: what is published after that reaches it even from 'new'."""
+    await wait_for(lambda: subscribed(address, name), f"{name!r} to subscribe", timeout_s)
+
+
 async def wait_drained(address: str, name: str, timeout_s: float = 20.0) -> None:
     await wait_for(lambda: drained(address, name), f"{name!r} to handle everything", timeout_s)
 

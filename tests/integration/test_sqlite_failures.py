@@ -20,6 +20,7 @@ from tests.helpers import (
     run_command,
     small_tmpfs,
     wait_for,
+    wait_subscribed,
 )
 
 MESSAGES = 500
@@ -58,7 +59,7 @@ async def writing_while_full(processes: Processes, db: Path, *flags: str
     """A broker and a writer on `db`, and every message published meanwhile."""
     broker = await processes.broker()
     writer = await start_writer(processes, db, broker.address, *flags)
-    await wait_for(lambda: _exists(db), "the database")
+    await wait_subscribed(broker.address, "sqlite")  # the database exists before that
     await publish_all(broker.address)
     return broker, writer
 
@@ -103,7 +104,7 @@ async def test_database_locked_by_another_process_is_waited_out(
     broker = await processes.broker()
     db = tmp_path / "locked.db"
     writer = await start_writer(processes, db, broker.address, "--retry-for", "120")
-    await wait_for(lambda: _exists(db), "the database")
+    await wait_subscribed(broker.address, "sqlite")
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # another process's long transaction
     await publish_all(broker.address)
