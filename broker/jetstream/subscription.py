@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import errors as js_errors
-from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, SequenceInfo
 
 from broker.errors import ConfigError, SlipstreamError
 from broker.jetstream.connection import header_value, msg_id_of
@@ -98,7 +98,8 @@ class JetStreamSubscription(Subscription):
         self._awaiting: deque[int] = deque()  # stream seqs handed out, not yet acknowledged
         self._received_seq = 0  # highest stream seq received (queued or handed out)
         self._acked_seq = 0  # highest stream seq acknowledged
-        self._next_delivery = 0  # the consumer's next delivery count; 0: none yet
+        self._next_delivery = 1  # the consumer's next delivery count
+        self._first_received = 0  # the first stream seq this subscription received
         self._marks: dict[tuple[str, str], tuple[int, int]] = {}  # (producer, index) -> n, seq
         self._topics_seen: set[str] = set()
         self._last_heard = 0.0
@@ -119,14 +120,29 @@ class JetStreamSubscription(Subscription):
         if self.durable:
             info = await self._existing_durable()
             if info is not None:
-                self._acked_seq = info.ack_floor.stream_seq if info.ack_floor else 0
-                self._received_seq = self._acked_seq
-                await self._listen(info.config.deliver_subject or "")
+                await self._resume_durable(info)
                 self._start_watchdog()
                 return
         policy, opt_seq = deliver_policy(self.start)
         await self._make_consumer(policy, opt_seq)
         self._start_watchdog()
+
+    async def _resume_durable(self, info: ConsumerInfo) -> None:
+        self._acked_seq = info.ack_floor.stream_seq if info.ack_floor else 0
+        self._received_seq = self._acked_seq
+        delivered = info.delivered or SequenceInfo(consumer_seq=0, stream_seq=0)
+        if delivered.stream_seq <= self._acked_seq:
+            await self._listen(info.config.deliver_subject or "", delivered.consumer_seq + 1)
+            return
+        # The last reader left deliveries unacknowledged (it was killed): JetStream would
+        # send them again only after the ack wait, behind newer ones. Start the consumer
+        # again right after what was acknowledged, so they come first and in order.
+        await self._delete_consumer()
+        if self._acked_seq:
+            await self._make_consumer(DeliverPolicy.BY_START_SEQUENCE, self._acked_seq + 1)
+        else:
+            await self._make_consumer(info.config.deliver_policy or DeliverPolicy.ALL,
+                                      info.config.opt_start_seq)
 
     async def _existing_durable(self) -> ConsumerInfo | None:
         try:
@@ -147,7 +163,7 @@ class JetStreamSubscription(Subscription):
 
     async def _make_consumer(self, policy: DeliverPolicy, opt_seq: int | None) -> None:
         deliver_subject = self.client.nc.new_inbox()
-        await self._listen(deliver_subject)
+        await self._listen(deliver_subject, next_delivery=1)
         config = ConsumerConfig(
             durable_name=self.consumer or None, deliver_subject=deliver_subject,
             deliver_policy=policy, opt_start_seq=opt_seq, ack_policy=AckPolicy.ALL,
@@ -156,20 +172,32 @@ class JetStreamSubscription(Subscription):
             inactive_threshold=None if self.consumer else EPHEMERAL_IDLE_S,
             description=f"slipstream {'durable ' + repr(self.durable) if self.durable else ''}"
                         f" {self.pattern!r} for {self.client.name}")
-        info = await self.client.js.add_consumer(self.client.spec.name, config)
+        try:
+            info = await self.client.js.add_consumer(self.client.spec.name, config)
+        except BaseException:
+            self._repositioning = True  # nothing delivers to us: the watchdog tries again
+            raise
         if not self.consumer:
             self._ephemeral = info.name
-        self._next_delivery = 0
 
-    async def _listen(self, deliver_subject: str) -> None:
+    async def _listen(self, deliver_subject: str, next_delivery: int) -> None:
+        """Receive on `deliver_subject` (only): the consumer's next delivery count is
+        `next_delivery`, and anything after a jump in it means a lost delivery."""
         if self._nats_sub is not None:
             self.client.nc.stop_routing(self._nats_sub)
             with contextlib.suppress(Exception):
                 await self._nats_sub.unsubscribe()
-        self._next_delivery = 0
+        self._next_delivery = next_delivery
+        self._repositioning = False
         self._last_heard = asyncio.get_running_loop().time()
         self._nats_sub = await self.client.nc.subscribe(deliver_subject)
         self.client.nc.route_directly(self._nats_sub, self._on_delivery)
+
+    async def _delete_consumer(self) -> None:
+        old = self.consumer or self._ephemeral
+        if old:
+            with contextlib.suppress(js_errors.NotFoundError):
+                await self.client.js.delete_consumer(self.client.spec.name, old)
 
     def _start_watchdog(self) -> None:
         self._watchdog = asyncio.create_task(self._watch(), name=f"jetstream-{self.pattern}")
@@ -195,25 +223,25 @@ class JetStreamSubscription(Subscription):
         self.repositioned += 1
         info = await self.client.js.stream_info(self.client.spec.name)
         epoch = epoch_of(info)
-        if epoch != self.client.epoch:
+        replaced = epoch != self.client.epoch
+        if replaced:
             self._stream_replaced(epoch)
-        old = self.consumer or self._ephemeral
-        if old:
-            with contextlib.suppress(js_errors.NotFoundError):
-                await self.client.js.delete_consumer(self.client.spec.name, old)
+        await self._delete_consumer()
         # A durable resumes after what it acknowledged (what it still holds is skipped);
         # a plain subscription after what it received.
-        resume = (self._acked_seq if self.consumer else self._received_seq) + 1
         if self.consumer:
             self._received_seq = max(self._received_seq, self._acked_seq)
-        if resume == 1 and self.start not in ("earliest",) and epoch == self.client.epoch and \
-                not self._received_seq:
-            policy, opt_seq = deliver_policy(self.start)
+            after = self._acked_seq or (self._first_received - 1 if self._first_received else 0)
         else:
-            policy, opt_seq = DeliverPolicy.BY_START_SEQUENCE, resume
+            after = self._received_seq
+        opt_seq: int | None = after + 1
+        policy = DeliverPolicy.BY_START_SEQUENCE
+        if replaced:
+            policy, opt_seq = DeliverPolicy.ALL, None
+        elif not after:  # nothing received yet: start where it was asked to
+            policy, opt_seq = deliver_policy(self.start)
         await self._make_consumer(policy, opt_seq)
-        log.info("subscription %r repositioned at seq %d: %s", self.pattern, resume, reason)
-        self._repositioning = False
+        log.info("subscription %r repositioned after seq %d: %s", self.pattern, after, reason)
 
     def _stream_replaced(self, epoch: int) -> None:
         """The stream was deleted and made again: its seqs start from 1 again."""
@@ -222,7 +250,7 @@ class JetStreamSubscription(Subscription):
         for topic in self._topics_seen:
             self._queue.append(_Delivery(topic, 0, 0, b"", None, 0))  # a gap marker
         self.client.epoch = epoch
-        self._received_seq = self._acked_seq = 0
+        self._received_seq = self._acked_seq = self._first_received = 0
         self._replies.clear()
         self._awaiting.clear()
         self._marks.clear()
@@ -242,7 +270,7 @@ class JetStreamSubscription(Subscription):
         seq, delivery = int(tokens[base + 1]), int(tokens[base + 2])
         if self._repositioning:
             return
-        if self._next_delivery and delivery > self._next_delivery:
+        if delivery > self._next_delivery:
             self._repositioning = True  # the watchdog makes the consumer again
             return
         self._next_delivery = delivery + 1
@@ -253,6 +281,8 @@ class JetStreamSubscription(Subscription):
                 self._publish_ack(reply)  # handled before: only its acknowledgement went missing
             return
         self._received_seq = seq
+        if not self._first_received:
+            self._first_received = seq
         self._replies[seq] = reply
         if len(self._queue) >= QUEUE_LIMIT_WINDOWS * self.window:
             self._drop_oldest()
@@ -274,7 +304,7 @@ class JetStreamSubscription(Subscription):
     def _on_status(self, headers: bytes | None) -> None:
         """An idle heartbeat: it names the last delivery; one we never got was lost."""
         last = header_value(headers, "Nats-Last-Consumer")
-        if last is not None and self._next_delivery and int(last) >= self._next_delivery:
+        if last is not None and int(last) >= self._next_delivery:
             self._repositioning = True
 
     async def __anext__(self) -> Message:

@@ -324,3 +324,51 @@ async def test_killing_a_node_of_a_3_node_cluster_loses_nothing_and_repeats_noth
     assert len({(r["topic"], r["seq"]) for r in records}) == SESSION_MESSAGES  # none missing
     for process in (writer, reader, replay):  # each of them really lost its node
         assert "lost the connection to NATS" in process.log(), process.log()
+
+
+async def test_a_killed_durable_writer_resumes_and_stores_everything_once(
+        processes: Processes) -> None:
+    """SIGKILL leaves deliveries unacknowledged; the next run under the same durable starts
+    right after what was acknowledged, so nothing is skipped and nothing is stored twice."""
+    node = await processes.nats()
+    code, _, err = await run_command("-m", "producer", "replay", str(SESSION),
+                                     "--as-fast-as-possible", "--broker", node.address,
+                                     timeout_s=120)
+    assert code == 0, err
+    db = processes.directory / "race.db"
+    args = ("-m", "consumer", "sqlite", "live.>", "--db", str(db), "--durable", "w",
+            "--from", "earliest", "--broker", node.address)
+    first = await processes.command(*args)
+
+    async def rows() -> int:
+        with sqlite3.connect(db) as conn:
+            try:
+                return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+            except sqlite3.OperationalError:
+                return 0
+
+    async def some_rows() -> bool:
+        return await rows() >= 2000
+
+    await wait_for(some_rows, "the first run to store some rows", 30)
+    await first.stop(signal.SIGKILL)
+    assert await rows() < SESSION_MESSAGES, "the first run finished before it was killed"
+    nc = await nats.connect(node.address)
+    try:
+        (info,) = await nc.jetstream().consumers_info("SLIPSTREAM")
+    finally:
+        await nc.close()
+    assert info.delivered is not None and info.ack_floor is not None
+    assert info.delivered.stream_seq > info.ack_floor.stream_seq  # left unacknowledged
+    again = await processes.command(*args)
+
+    async def all_rows() -> bool:
+        return await rows() >= SESSION_MESSAGES
+
+    await wait_for(all_rows, f"{SESSION_MESSAGES} rows", 60)
+    await asyncio.sleep(1)
+    assert await again.stop() == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM messages").fetchone() \
+            == (SESSION_MESSAGES, SESSION_MESSAGES)
+    assert "0 gaps" in again.log()
