@@ -83,9 +83,10 @@ async def run_workload(consumers: int, count: int, rate: float, latency: bool,
     else:
         servers = []
         broker, address = await start_broker(broker_flags)
+    subs: list[asyncio.subprocess.Process] = []
     try:
         cpu_before = cpu_seconds(broker.pid)
-        subs = [await worker("consume", "--broker", address, "--count", str(count),
+        subs += [await worker("consume", "--broker", address, "--count", str(count),
                              *(["--latency"] if latency else [])) for _ in range(consumers)]
         for sub in subs:
             assert sub.stdout is not None
@@ -112,9 +113,10 @@ async def run_workload(consumers: int, count: int, rate: float, latency: bool,
             result.max_us = samples[-1]
         return result
     finally:
-        for process in servers or [broker]:
-            process.terminate()
-            await process.wait()
+        for process in [*subs, *(servers or [broker])]:  # a failed run leaves no process
+            if process.returncode is None:
+                process.terminate()
+                await process.wait()
 
 
 def spread(values: list[float]) -> str:
