@@ -242,6 +242,8 @@ async def show_stats(args: argparse.Namespace) -> int:
 
 def format_stats(stats: dict[str, Any]) -> str:
     server = stats["server"]
+    if server.get("engine") == "nats-jetstream":
+        return format_stream_stats(stats)
     lines = [f"broker {server['name']} pid {server['pid']}, up {server['uptime_s']:.0f} s, "
              f"on-full={server['on_full']}, retain {server['retain_messages']:,} msgs / "
              f"{server['retain_bytes']:,} B per topic",
@@ -260,6 +262,18 @@ def format_stats(stats: dict[str, Any]) -> str:
         label = f"#{c['id']} {c['name']} {c['peer']}"
         lines.append(f"{label:<32} {c['published']:>10,} {c['delivered']:>10,} "
                      f"{c['pending']:>9,} {c['gaps']:>5} {c['missed']:>8,}")
+    return "\n".join(lines)
+
+
+def format_stream_stats(stats: dict[str, Any]) -> str:
+    """`stats` on NATS: the JetStream stream's state (the server's own monitoring has more)."""
+    server = stats["server"]
+    lines = [f"JetStream stream {server['stream']} on {server['name'].removeprefix('nats ')}: "
+             f"{server['replicas']} replicas, keeps {server['retain_messages']:,} messages per "
+             f"topic; holds {server['messages']:,} messages, {server['retained_bytes']:,} B "
+             f"(seq {server['first_seq']}..{server['last_seq']}), {server['durables']} "
+             "consumers", "", f"{'topic':<32} {'retained':>10}"]
+    lines += [f"{name:<32} {t['retained']:>10,}" for name, t in stats["topics"].items()]
     return "\n".join(lines)
 
 

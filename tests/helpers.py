@@ -160,9 +160,7 @@ class Processes:
             process = await asyncio.create_subprocess_exec(
                 binary, *args, *flags, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=log_path.open("wb"))
-            token = flags[flags.index("--auth") + 1] if "--auth" in flags else None
-            node = RunningNats(process, log_path, port=port, name=name, args=[*args, *flags],
-                               token=token)
+            node = RunningNats(process, log_path, port=port, name=name, args=[*args, *flags])
             self.started.append(node)
             nodes.append(node)
         for node in nodes:
@@ -177,8 +175,7 @@ class Processes:
             nats_server_binary() or "nats-server", *node.args,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=log_path.open("wb"))
-        again = RunningNats(process, log_path, port=node.port, name=node.name, args=node.args,
-                            token=node.token)
+        again = RunningNats(process, log_path, port=node.port, name=node.name, args=node.args)
         self.started.append(again)
         await wait_for(again.ready, f"nats-server {node.name} to come back", 20.0)
         return again
@@ -193,7 +190,10 @@ class RunningNats(RunningProcess):
     port: int = 0
     name: str = ""
     args: list[str] = field(default_factory=list)
-    token: str | None = None
+
+    def flag(self, name: str) -> str | None:
+        """The value of one of the server's flags (--auth, --user, --pass), if given."""
+        return self.args[self.args.index(name) + 1] if name in self.args else None
 
     @property
     def address(self) -> str:
@@ -209,7 +209,8 @@ class RunningNats(RunningProcess):
         try:
             nc = await nats.connect(self.address, connect_timeout=1, allow_reconnect=False,
                                     max_reconnect_attempts=0, error_cb=_quiet,
-                                    token=self.token)
+                                    token=self.flag("--auth"), user=self.flag("--user"),
+                                    password=self.flag("--pass"))
         except Exception:
             return False
         try:

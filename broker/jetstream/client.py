@@ -231,6 +231,7 @@ class JetStreamClient(Client):
                 "max_memory_bytes": config.max_bytes, "connections": 0,
                 "durables": state.consumer_count, "first_seq": state.first_seq,
                 "last_seq": state.last_seq, "messages": state.messages},
+            # JetStream keeps no per-subject publish count: what is held is what we know.
             "topics": {name: {"published": count, "retained": count, "retained_bytes": 0,
                               "evicted": 0, "subscribers": 0}
                        for name, count in sorted(subjects.items())},

@@ -194,6 +194,16 @@ async def test_a_wrong_token_exits_2_with_one_line(processes: Processes) -> None
     assert out.startswith("published demo.x #1"), out
 
 
+async def test_user_and_password_in_the_address(processes: Processes) -> None:
+    node = await processes.nats("--user", "pit", "--pass", "wall")
+    code, out, err = await run_command("-m", "producer", "pub", "demo.x", "1", "--confirm",
+                                       "--broker", f"nats://pit:wall@127.0.0.1:{node.port}")
+    assert code == 0 and out.startswith("published demo.x #1"), err
+    code, _, err = await run_command("-m", "producer", "pub", "demo.x", "1",
+                                     "--broker", f"nats://pit:nope@127.0.0.1:{node.port}")
+    assert code == 2 and "refused" in err and "nope" not in err, err
+
+
 async def test_the_setup_command_makes_and_checks_the_stream(processes: Processes) -> None:
     node = await processes.nats()
     code, out, err = await run_command("-m", "broker", "--broker", node.address,
@@ -209,7 +219,8 @@ async def test_the_setup_command_makes_and_checks_the_stream(processes: Processe
     code, out, err = await run_command("-m", "broker", "stats", "--stream", "RACE",
                                        "--broker", node.address)
     assert code == 0, err
-    assert "demo.x" in out and "retain 500 msgs" in out
+    assert "JetStream stream RACE" in out and "keeps 500 messages per topic" in out
+    assert "demo.x" in out
 
 
 async def test_a_subscriber_rides_out_a_server_restart(
