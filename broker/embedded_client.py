@@ -233,7 +233,7 @@ class EmbeddedClient(Client):
         if restarted:
             log.warning("the broker restarted (new epoch): resubscribing from its earliest")
         for sub in self._subs.values():
-            sub._reconnected(restarted)
+            sub.reconnected(self.generation, self.epoch)
             # Same broker: a durable resumes where it acknowledged, a plain one takes
             # what is new. A restarted broker holds nothing we have seen: take it all.
             self._send_control(sub.subscribe_frame("earliest" if restarted else "new"))
@@ -245,7 +245,7 @@ class EmbeddedClient(Client):
         if isinstance(frame, p.Deliver | p.Gap):
             sub = self._subs.get(frame.sid)
             if sub is not None:
-                sub._push(frame)
+                sub.deliver(frame)
             return
         match frame:
             case p.PublishAck(confirm_id, first_seq, _):
@@ -393,7 +393,10 @@ class EmbeddedClient(Client):
                         window: int = 8192, auto_ack: bool = True) -> EmbeddedSubscription:
         validate_pattern(pattern)
         sid = next(self._ids)
-        sub = EmbeddedSubscription(self, sid, pattern, start, durable, window, auto_ack)
+        sub = EmbeddedSubscription(sid, pattern, start, durable, window, auto_ack,
+                                   send=self._send_control,
+                                   forget=lambda: self._forget(sid),
+                                   generation=self.generation, epoch=self.epoch)
         self._subs[sid] = sub
         try:
             await self._request(("sub", sid), sub.subscribe_frame(start))
@@ -464,11 +467,8 @@ class EmbeddedClient(Client):
         if writer is not None and self._connected.is_set() and not writer.is_closing():
             writer.write(p.encode(frame))
 
-    def _send_ack(self, sid: int, count: int) -> None:
-        self._send_control(p.Ack(sid, count))
-
-    def _forget(self, sub: EmbeddedSubscription) -> None:
-        self._subs.pop(sub.sid, None)
+    def _forget(self, sid: int) -> None:
+        self._subs.pop(sid, None)
 
     # --- closing ---------------------------------------------------------------
 
@@ -479,7 +479,7 @@ class EmbeddedClient(Client):
                 future.set_exception(error)
         self._waiting.clear()
         for sub in self._subs.values():
-            sub._close(StopAsyncIteration() if self._closing else error)
+            sub.end(StopAsyncIteration() if self._closing else error)
         self._connected.set()  # release anyone waiting to reconnect; they see _failure
 
     async def close(self) -> None:
@@ -490,7 +490,7 @@ class EmbeddedClient(Client):
         if connected:
             try:
                 for sub in self._subs.values():
-                    sub._finish_on_close()
+                    sub.finish_on_close()
                 async with asyncio.timeout(2):
                     await self.flush()
             except (TimeoutError, SlipstreamError):
@@ -512,4 +512,4 @@ class EmbeddedClient(Client):
                 if current is not None and current.cancelling():
                     raise  # we are being cancelled ourselves, not just the reader task
         for sub in self._subs.values():
-            sub._close(StopAsyncIteration())
+            sub.end(StopAsyncIteration())

@@ -1,34 +1,39 @@
 """The embedded broker's subscription: deliveries and gap notices in, messages out.
 
-`EmbeddedClient.subscribe` makes one. The client's reader pushes deliveries
-and gap notices into it; the application pulls messages out (the shared
-rules are in broker/subscription.py). After a reconnect, re-delivered
-messages are skipped and losses reported as a `Gap` on the next message of
-their topic.
+`EmbeddedClient.subscribe` makes one. The client's reader hands it deliveries
+and gap notices (`deliver`); the application pulls messages out (the shared
+rules are in broker/subscription.py). After a reconnect (`reconnected`),
+re-delivered messages are skipped and losses reported as a `Gap` on the next
+message of their topic.
+
+It knows nothing of the client: it is given two callables, one that sends a
+frame on the current connection and one that forgets it, and is told the
+connection's generation and the broker's epoch when they change.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from broker import protocol as p
 from broker.protocol import Gap
 from broker.subscription import UNKNOWN_COUNT, Message, Start, Subscription
 
-if TYPE_CHECKING:
-    from broker.embedded_client import EmbeddedClient
-
 
 class EmbeddedSubscription(Subscription):
     """The messages matching one pattern, from the embedded broker."""
 
-    def __init__(self, client: EmbeddedClient, sid: int, pattern: str, start: Start,
-                 durable: str | None, window: int, auto_ack: bool = True) -> None:
+    def __init__(self, sid: int, pattern: str, start: Start, durable: str | None, window: int,
+                 auto_ack: bool = True, *, send: Callable[[p.Frame], None],
+                 forget: Callable[[], None], generation: int = 0, epoch: int = 0) -> None:
         super().__init__(pattern, start, durable, window, auto_ack)
-        self.client = client
         self.sid = sid
+        self._send = send  # a frame on the current connection (dropped while there is none)
+        self._forget = forget  # the client stops routing deliveries to us
+        self._generation = generation  # the client's connection count: deliveries' tag
+        self._epoch = epoch  # the broker run numbering what arrives now
         self._queue: deque[tuple[p.Deliver | Gap, int, int]] = deque()  # item, generation, epoch
         self._ready = asyncio.Event()
         self._closed: BaseException | None = None
@@ -41,7 +46,7 @@ class EmbeddedSubscription(Subscription):
 
     @property
     def current_generation(self) -> int:
-        return self.client.generation
+        return self._generation
 
     async def __anext__(self) -> Message:
         self._finish_previous()
@@ -70,8 +75,8 @@ class EmbeddedSubscription(Subscription):
 
     def _load(self, item: p.Deliver | Gap, generation: int, epoch: int) -> None:
         """Make `item` current: note gaps, skip re-deliveries, find losses on reconnect."""
-        current = generation == self.client.generation
-        same_epoch = epoch == self.client.epoch
+        current = generation == self._generation
+        same_epoch = epoch == self._epoch
         last = self._last_seq.get(item.topic, 0) if same_epoch else 0
         if type(item) is Gap:
             self._record_gap(item)
@@ -95,25 +100,28 @@ class EmbeddedSubscription(Subscription):
         self._batch_current = current
 
     def _send_acks(self, count: int) -> None:
-        self.client._send_ack(self.sid, count)
+        self._send(p.Ack(self.sid, count))
 
     # --- fed by the client's reader ----------------------------------------------
 
-    def _push(self, item: p.Deliver | Gap) -> None:
+    def deliver(self, item: p.Deliver | Gap) -> None:
+        """A MSG or GAP for this subscription, as the reader decoded it."""
         # The newest seq received per topic in this epoch: where a restart's gap begins.
         last = item.first_seq - 1 + (len(item.payloads) if type(item) is p.Deliver
                                      else item.missed)  # type: ignore[union-attr]
         if last > self._received_last.get(item.topic, 0):
             self._received_last[item.topic] = last
-        self._queue.append((item, self.client.generation, self.client.epoch))
+        self._queue.append((item, self._generation, self._epoch))
         self._ready.set()
 
-    def _reconnected(self, broker_restarted: bool) -> None:
+    def reconnected(self, generation: int, epoch: int) -> None:
         """A new connection starts with no credit used: old deliveries are no longer ackable.
 
         After a broker restart, what the old broker held and had not sent us is gone,
         and nobody can say how much: each topic we had seen gets a gap of unknown size.
         """
+        broker_restarted = epoch != self._epoch
+        self._generation, self._epoch = generation, epoch
         if broker_restarted:
             # Queued behind what we still hold of the old epoch (epoch 0 matches none,
             # so the gap leaves the new epoch's seq bookkeeping alone).
@@ -129,7 +137,8 @@ class EmbeddedSubscription(Subscription):
         self._outstanding = False
         self._batch_current = False
 
-    def _close(self, reason: BaseException) -> None:
+    def end(self, reason: BaseException) -> None:
+        """No more deliveries: StopAsyncIteration for a clean end, else the failure."""
         if self._closed is None:
             self._closed = reason
             self._ready.set()
@@ -140,6 +149,6 @@ class EmbeddedSubscription(Subscription):
     async def unsubscribe(self) -> None:
         """Stop this subscription; a durable one keeps its position in the broker."""
         self._flush_acks()
-        self.client._forget(self)
-        self.client._send_control(p.Unsubscribe(self.sid))
-        self._close(StopAsyncIteration())
+        self._forget()
+        self._send(p.Unsubscribe(self.sid))
+        self.end(StopAsyncIteration())

@@ -125,8 +125,9 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-class Subscription:
-    """One subscription of one connection: a cursor and an ack mark per matching topic."""
+class Cursors:
+    """The broker's side of one subscription of one connection: a cursor and an ack mark
+    per matching topic (the client's side is broker/subscription.py)."""
 
     __slots__ = ("acked", "connection", "cursors", "delivered", "durable", "gaps",
                  "inflight", "missed", "pattern", "sid", "unacked", "window")
@@ -174,7 +175,7 @@ class Durable:
 
     pattern: str
     acked: dict[str, int]
-    owner: Subscription | None = None
+    owner: Cursors | None = None
     released_monotonic: float = field(default_factory=time.monotonic)
 
 
@@ -188,7 +189,7 @@ class Broker:
         self.started_monotonic = time.monotonic()
         self.budget = ByteBudget(config.max_memory_bytes)
         self.topics: dict[str, Topic] = {}
-        self.router: Router[Subscription] = Router()
+        self.router: Router[Cursors] = Router()
         self.durables: dict[str, Durable] = {}
         self.connections: set[Connection] = set()
         self.handshaking = 0
@@ -416,7 +417,7 @@ class Broker:
             raise ProtocolError(str(exc), code="storage") from None
         return DiskTopicLog(store, config.retention, self.budget, config.retain_age_s)
 
-    def subscribe(self, connection: Connection, frame: p.Subscribe) -> Subscription:
+    def subscribe(self, connection: Connection, frame: p.Subscribe) -> Cursors:
         validate_pattern(frame.pattern)
         if not 1 <= frame.window <= MAX_WINDOW:
             raise ProtocolError(f"window {frame.window} is outside 1..{MAX_WINDOW:,}",
@@ -433,7 +434,7 @@ class Broker:
                 f"cannot create durable {echo(frame.durable)}: the broker holds its maximum of "
                 f"{self.config.max_durables:,} durables (--max-durables)",
                 code="too_many_durables")
-        sub = Subscription(connection, frame.sid, frame.pattern, frame.window, frame.durable)
+        sub = Cursors(connection, frame.sid, frame.pattern, frame.window, frame.durable)
         for name in self.router.add_subscriber(sub, frame.pattern):
             topic = self.topics[name]
             if durable is not None:
@@ -463,7 +464,7 @@ class Broker:
                 f"durable {echo(frame.durable or '')} was created for pattern "
                 f"{echo(durable.pattern)}, not {echo(frame.pattern)}", code="durable_pattern")
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Cursors) -> None:
         """Forget a subscription; a durable one keeps its ack marks for the next owner."""
         self.router.remove_subscriber(sub)
         if sub.durable:
@@ -552,7 +553,7 @@ class Connection:
         peer = writer.get_extra_info("peername")  # None when reset before we got here
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "(gone)"
         self.client_name = "?"  # set from HELLO once the client is authenticated
-        self.subscriptions: dict[int, Subscription] = {}
+        self.subscriptions: dict[int, Cursors] = {}
         self.task = asyncio.current_task()
         self.published = 0
         self.throttled_s = 0.0
@@ -560,7 +561,7 @@ class Connection:
         self._lookahead: deque[bytes] = deque()  # read while a blocked PUB waited
         self._lookahead_bytes = 0
         self._out: list[bytes] = []  # frames waiting for the next writelines
-        self._dirty: dict[tuple[Subscription, Topic], None] = {}  # ordered set
+        self._dirty: dict[tuple[Cursors, Topic], None] = {}  # ordered set
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._errors_logged: set[str] = set()
@@ -915,7 +916,7 @@ class Connection:
         for topic in sub.cursors:
             self.mark_dirty(sub, topic)
 
-    def _subscription(self, sid: int) -> Subscription:
+    def _subscription(self, sid: int) -> Cursors:
         sub = self.subscriptions.get(sid)
         if sub is None:
             raise ProtocolError(f"no subscription with sid {sid}", code="unknown_sid")
@@ -936,7 +937,7 @@ class Connection:
 
     # --- sending ---------------------------------------------------------------
 
-    def mark_dirty(self, sub: Subscription, topic: Topic) -> None:
+    def mark_dirty(self, sub: Cursors, topic: Topic) -> None:
         self._dirty[sub, topic] = None
         self._wake.set()
 
@@ -952,7 +953,7 @@ class Connection:
                         self._deliver(sub, topic)
                 await self._room_to_write()  # more to send: let the readers run first
 
-    def _deliver(self, sub: Subscription, topic: Topic) -> None:
+    def _deliver(self, sub: Cursors, topic: Topic) -> None:
         """Queue the next run of `topic` for `sub`, or a GAP if it fell behind retention."""
         credit = sub.window - sub.inflight
         if credit <= 0:
@@ -986,7 +987,7 @@ class Connection:
         if cursor < topic.next_seq and sub.inflight < sub.window:
             self._dirty[sub, topic] = None
 
-    def _gap(self, sub: Subscription, topic: Topic, first_missed: int, count: int) -> None:
+    def _gap(self, sub: Cursors, topic: Topic, first_missed: int, count: int) -> None:
         sub.gaps += 1
         sub.missed += count
         reason = (f"evicted: fell behind retention of {echo(topic.name)} "

@@ -160,7 +160,7 @@ class Subscription:
             self._send_acks(self._done)
             self._done = 0
 
-    def _finish_on_close(self) -> None:
+    def finish_on_close(self) -> None:
         """Closing cleanly: the message being handled when the loop ended is done too."""
         if self._outstanding and self.auto_ack:
             self._outstanding = False

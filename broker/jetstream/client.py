@@ -209,7 +209,8 @@ class JetStreamClient(Client):
         self._subs.append(sub)
         return sub
 
-    def _forget(self, sub: JetStreamSubscription) -> None:
+    def forget(self, sub: JetStreamSubscription) -> None:
+        """Stop tracking `sub` (it unsubscribed)."""
         if sub in self._subs:
             self._subs.remove(sub)
 
@@ -255,7 +256,7 @@ class JetStreamClient(Client):
             self._closing = True
             return
         for sub in self._subs:
-            sub._finish_on_close()
+            sub.finish_on_close()
         publisher = self._publisher
         if publisher is not None and self.nc.is_connected and \
                 not await publisher.wait_confirmed(CLOSE_FLUSH_S):
@@ -264,7 +265,7 @@ class JetStreamClient(Client):
         self._closing = True
         for sub in list(self._subs):
             await sub.stop(forget=True)
-            sub._close(StopAsyncIteration())
+            sub.end(StopAsyncIteration())
         if publisher is not None:
             await publisher.stop()
         with contextlib.suppress(Exception):  # closing anyway

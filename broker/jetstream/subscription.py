@@ -387,7 +387,7 @@ class JetStreamSubscription(Subscription):
             with contextlib.suppress(Exception):
                 await self.client.js.delete_consumer(self.client.spec.name, self._ephemeral)
 
-    def _close(self, reason: BaseException) -> None:
+    def end(self, reason: BaseException) -> None:
         if self._closed is None:
             self._closed = reason
             self._ready.set()
@@ -395,8 +395,8 @@ class JetStreamSubscription(Subscription):
     async def unsubscribe(self) -> None:
         self._flush_acks()
         await self.stop(forget=True)
-        self.client._forget(self)
-        self._close(StopAsyncIteration())
+        self.client.forget(self)
+        self.end(StopAsyncIteration())
 
 
 def _ignore_failure(task: asyncio.Future[None]) -> None:

@@ -30,3 +30,25 @@ def test_the_shared_vocabulary_imports_neither_side() -> None:
                                     "f1vocab.game.names", "f1vocab.game.layout")
     sides = [m for m in loaded if m.split(".")[0] in ("producer", "consumer")]
     assert sides == []
+
+
+def test_a_subscription_does_not_import_its_client() -> None:
+    """The client hands its subscriptions two callables (send a frame, forget me); neither
+    module needs the other. (The package imports broker.client, the engine-neutral
+    interface; the embedded client's implementation stays unloaded.)"""
+    loaded = loaded_after_importing("broker.embedded_subscription", "broker.subscription")
+    assert "broker.embedded_client" not in loaded
+    assert not [m for m in loaded if m.startswith(("broker.jetstream", "nats"))]
+
+
+def test_client_and_subscription_call_no_underscore_names_of_each_other() -> None:
+    """Reading the source: no `client._x` in the subscriptions, no `sub._x` in the clients."""
+    import re
+
+    for path, other in (("broker/embedded_subscription.py", r"client"),
+                        ("broker/subscription.py", r"client"),
+                        ("broker/embedded_client.py", r"sub(?:scription)?"),
+                        ("broker/jetstream/client.py", r"sub(?:scription)?"),
+                        ("broker/jetstream/subscription.py", r"client")):
+        text = (ROOT / path).read_text()
+        assert not re.findall(rf"\b{other}\._[a-z]", text), path

@@ -11,18 +11,23 @@ from broker import protocol as p
 from broker.embedded_client import EmbeddedClient as Client
 from broker.embedded_subscription import EmbeddedSubscription as Subscription
 
+_sent: list[p.Frame] = []  # what the subscriptions asked to send (acknowledgements)
+
+
+def _nothing() -> None:
+    pass
+
 
 async def test_many_gaps_are_counted_exactly_and_logged_as_a_summary(
         caplog: pytest.LogCaptureFixture) -> None:
-    client = Client("127.0.0.1:1")
-    client.epoch = client.generation = 1
-    sub = Subscription(client, 1, "t", "new", None, window=1000)
+    sub = Subscription(1, "t", "new", None, window=1000, send=_sent.append, forget=_nothing,
+                       generation=1, epoch=1)
     seq = 1
     for _ in range(500):  # message, then a gap of 3, over and over
-        sub._push(p.Deliver(1, "t", seq, [0], [b"x"]))
-        sub._push(p.Gap(1, "t", seq + 1, 3, "evicted"))
+        sub.deliver(p.Deliver(1, "t", seq, [0], [b"x"]))
+        sub.deliver(p.Gap(1, "t", seq + 1, 3, "evicted"))
         seq += 4
-    sub._push(p.Deliver(1, "t", seq, [0], [b"x"]))
+    sub.deliver(p.Deliver(1, "t", seq, [0], [b"x"]))
     with caplog.at_level(logging.WARNING, logger="slipstream.client"):
         messages = [await anext(sub) for _ in range(501)]
     assert [m.seq for m in messages] == list(range(1, seq + 1, 4))
@@ -39,25 +44,22 @@ async def test_many_gaps_are_counted_exactly_and_logged_as_a_summary(
 
 async def test_gaps_with_no_message_between_reach_the_reader_as_one(
         caplog: pytest.LogCaptureFixture) -> None:
-    client = Client("127.0.0.1:1")
-    client.epoch = client.generation = 1
-    sub = Subscription(client, 1, "t", "new", None, window=10)
-    sub._push(p.Gap(1, "t", 1, 5, "evicted"))
-    sub._push(p.Gap(1, "t", 6, 7, "evicted"))
-    sub._push(p.Deliver(1, "t", 13, [0], [b"x"]))
+    sub = Subscription(1, "t", "new", None, window=10, send=_sent.append, forget=_nothing,
+                       generation=1, epoch=1)
+    sub.deliver(p.Gap(1, "t", 1, 5, "evicted"))
+    sub.deliver(p.Gap(1, "t", 6, 7, "evicted"))
+    sub.deliver(p.Deliver(1, "t", 13, [0], [b"x"]))
     message = await anext(sub)
     assert message.seq == 13
     assert message.gap is not None and (message.gap.first_seq, message.gap.missed) == (1, 12)
 
 
 async def test_messages_keep_the_epoch_that_numbered_them() -> None:
-    client = Client("127.0.0.1:1")
-    client.epoch = client.generation = 1
-    sub = Subscription(client, 1, "t", "new", None, window=10)
-    sub._push(p.Deliver(1, "t", 7, [0], [b"old"]))
-    client.epoch, client.generation = 2, 2  # the broker restarted; we reconnected
-    sub._reconnected(broker_restarted=True)
-    sub._push(p.Deliver(1, "t", 1, [0], [b"new"]))
+    sub = Subscription(1, "t", "new", None, window=10, send=_sent.append, forget=_nothing,
+                       generation=1, epoch=1)
+    sub.deliver(p.Deliver(1, "t", 7, [0], [b"old"]))
+    sub.reconnected(generation=2, epoch=2)  # the broker restarted; we reconnected
+    sub.deliver(p.Deliver(1, "t", 1, [0], [b"new"]))
     first, second = await anext(sub), await anext(sub)
     assert (first.epoch, first.seq, second.epoch, second.seq) == (1, 7, 2, 1)
     assert first.gap is None  # what the old broker may have lost after #7 is said, not hidden:
@@ -65,14 +67,12 @@ async def test_messages_keep_the_epoch_that_numbered_them() -> None:
 
 
 async def test_a_broker_restart_is_a_gap_of_unknown_size_after_what_was_received() -> None:
-    client = Client("127.0.0.1:1")
-    client.epoch = client.generation = 1
-    sub = Subscription(client, 1, "t.>", "new", None, window=10)
-    sub._push(p.Deliver(1, "t.a", 1, [0, 0], [b"1", b"2"]))
-    sub._push(p.Deliver(1, "t.b", 5, [0], [b"5"]))
-    client.epoch, client.generation = 2, 2  # the broker restarted; we reconnected
-    sub._reconnected(broker_restarted=True)
-    sub._push(p.Deliver(1, "t.a", 1, [0], [b"new"]))
+    sub = Subscription(1, "t.>", "new", None, window=10, send=_sent.append, forget=_nothing,
+                       generation=1, epoch=1)
+    sub.deliver(p.Deliver(1, "t.a", 1, [0, 0], [b"1", b"2"]))
+    sub.deliver(p.Deliver(1, "t.b", 5, [0], [b"5"]))
+    sub.reconnected(generation=2, epoch=2)  # the broker restarted; we reconnected
+    sub.deliver(p.Deliver(1, "t.a", 1, [0], [b"new"]))
     got = [await anext(sub) for _ in range(4)]
     assert [(m.topic, m.seq, m.epoch) for m in got] == [
         ("t.a", 1, 1), ("t.a", 2, 1), ("t.b", 5, 1), ("t.a", 1, 2)]
