@@ -72,7 +72,7 @@ async def worker(*args: str) -> asyncio.subprocess.Process:
 
 
 async def run_workload(consumers: int, count: int, rate: float, latency: bool,
-                       broker_flags: list[str], nats_nodes: int = 0) -> Result:
+                       broker_flags: list[str], nats_nodes: int = 0, topics: int = 1) -> Result:
     """One run; `nats_nodes` > 0 runs it through that many JetStream servers instead
     (bench/jetstream.py), the figures for the one every client connects to."""
     if nats_nodes:
@@ -92,7 +92,7 @@ async def run_workload(consumers: int, count: int, rate: float, latency: bool,
             assert sub.stdout is not None
             assert (await asyncio.wait_for(sub.stdout.readline(), 15)).strip() == b"ready"
         producer = await worker("produce", "--broker", address, "--count", str(count),
-                                "--rate", str(rate))
+                                "--rate", str(rate), "--topics", str(topics))
         out, _ = await asyncio.wait_for(producer.communicate(), 300)
         produced = json.loads(out)
         results = []
@@ -132,7 +132,8 @@ async def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--on-full", choices=["drop", "block"], default="drop")
-    parser.add_argument("--only", choices=["W1", "W2", "W3"], action="append")
+    parser.add_argument("--only", choices=["W1", "W2", "W3", "K"], action="append",
+                        help="K: the interleaved-topics workload alone")
     args = parser.parse_args()
     flags = ["--on-full", args.on_full]
     workloads = {
@@ -166,6 +167,8 @@ async def main() -> int:
               f"{col('p999_us')} | {col('max_us')} | "
               f"{max(r.broker_rss_mib for r in runs):.1f} | "
               f"{statistics.median(r.broker_cpu for r in runs):.2f} |")
+    if not args.only or "K" in args.only:
+        await interleaved_topics(args.runs)
     if not args.only:
         await replay_throughput(args.runs)
         await dashboard_fanout(args.runs)
@@ -174,6 +177,64 @@ async def main() -> int:
         await bridge_throughput(args.runs)
         await retention_bounds_memory(flags)
     return 0
+
+
+INTERLEAVED_MESSAGES = 200_000
+
+
+async def interleaved_topics(runs: int) -> None:
+    """1 producer -> 1 subscriber on a pattern, 200,000 messages of 200 B published
+    round-robin over K topics: slipstream (--on-full block) beside nats-server core
+    pub/sub through nats-py, fresh servers each run, as PEERS.md measured them."""
+    print("\n1 -> 1 with K interleaved topics, 200,000 x 200 B "
+          f"({runs} runs each, median [min..max] msgs/s at the consumer)\n")
+    print("| K | slipstream msgs/s | slipstream lost | nats + nats-py msgs/s | nats lost | "
+          "slipstream / nats |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for topics in (1, 16, 1000):
+        ours = [await run_workload(consumers=1, count=INTERLEAVED_MESSAGES, rate=0.0,
+                                   latency=False, broker_flags=["--on-full", "block"],
+                                   topics=topics) for _ in range(runs)]
+        theirs = [await nats_core_run(topics) for _ in range(runs)]
+        ratio = statistics.median(r.rate for r in ours) / statistics.median(
+            r.rate for r in theirs)
+        print(f"| {topics:,} | {spread([r.rate for r in ours])} | {sum(r.lost for r in ours)} | "
+              f"{spread([r.rate for r in theirs])} | {sum(r.lost for r in theirs)} | "
+              f"{ratio:.2f}x |", flush=True)
+
+
+async def nats_core_run(topics: int) -> Result:
+    """One run of the peer: nats-server (no JetStream) and bench/nats_peer.py."""
+    from jetstream import free_port, nats_server
+
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        nats_server(), "-a", "127.0.0.1", "-p", str(port), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+    peer = str(ROOT / "bench" / "nats_peer.py")
+    address = f"nats://127.0.0.1:{port}"
+    consumer = None
+    try:
+        await asyncio.sleep(0.3)
+        consumer = await asyncio.create_subprocess_exec(
+            sys.executable, peer, "consume", "--server", address, "--count",
+            str(INTERLEAVED_MESSAGES), stdout=asyncio.subprocess.PIPE)
+        assert consumer.stdout is not None
+        assert (await asyncio.wait_for(consumer.stdout.readline(), 15)).strip() == b"ready"
+        producer = await asyncio.create_subprocess_exec(
+            sys.executable, peer, "produce", "--server", address, "--count",
+            str(INTERLEAVED_MESSAGES), "--topics", str(topics), stdout=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(producer.communicate(), 300)
+        produced = json.loads(out)
+        out, _ = await asyncio.wait_for(consumer.communicate(), 300)
+        result = json.loads(out)
+        elapsed_s = (result["last_ns"] - produced["started_ns"]) / 1e9
+        return Result(rate=result["received"] / elapsed_s, lost=result["lost"])
+    finally:
+        for process in (consumer, server):
+            if process is not None and process.returncode is None:
+                process.terminate()
+                await process.wait()
 
 
 SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"

@@ -27,6 +27,10 @@ async def produce(args: argparse.Namespace) -> int:
         started = time.monotonic_ns()
         if args.rate:
             await produce_paced(client, args, payloads)
+        elif args.topics > 1:  # round-robin over bench.t0 .. bench.t{K-1}
+            topics = [f"bench.t{index}" for index in range(args.topics)]
+            for index in range(args.count):
+                await client.publish_bytes(topics[index % args.topics], next(payloads))
         else:
             for _ in range(args.count):
                 await client.publish_bytes("bench.data", next(payloads))
@@ -84,6 +88,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--topics", type=int, default=1, help="interleave this many topics")
     parser.add_argument("--window", type=int, default=8192)
     parser.add_argument("--latency", action="store_true")
     parser.add_argument("--pattern", default="bench.>")

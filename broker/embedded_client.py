@@ -76,7 +76,10 @@ class EmbeddedClient(Client):
         self._waiting: dict[tuple[str, int], asyncio.Future[Any]] = {}
         self._confirms: dict[int, list[tuple[int, asyncio.Future[int]]]] = {}
         self._outbox: list[_Run] = []
+        self._open_runs: dict[str, _Run] = {}  # per topic, the run in the outbox still open
         self._outbox_bytes = 0
+        self._runs_per_frame = False  # the broker takes PUBM (version 2)
+        self._max_frame_bytes = p.DEFAULT_MAX_FRAME_BYTES
         self._published_since_yield = 0
         self._flush_scheduled = False
         self._topics_seen: set[str] = set()
@@ -118,6 +121,8 @@ class EmbeddedClient(Client):
             raise
         self.epoch = welcome.epoch
         self.max_payload_bytes = welcome.max_frame_bytes - p.FRAME_ROOM_BYTES
+        self._max_frame_bytes = welcome.max_frame_bytes
+        self._runs_per_frame = welcome.version >= 2
         # Deliveries may carry a full-size payload plus their header.
         decoder.max_frame_bytes = welcome.max_frame_bytes + p.FRAME_ROOM_BYTES
         self._reader, self._writer, self._decoder = reader, writer, decoder
@@ -320,11 +325,12 @@ class EmbeddedClient(Client):
         return await future
 
     def _enqueue(self, topic: str, payload: bytes, confirm: bool) -> asyncio.Future[int] | None:
-        outbox = self._outbox
-        run = outbox[-1] if outbox else None
-        if run is None or run.topic != topic or run.size + len(payload) > self.max_payload_bytes:
-            run = _Run(topic)
-            outbox.append(run)
+        # One run per topic per flush, however the topics interleave: order is kept
+        # within a topic, which is all the protocol promises.
+        run = self._open_runs.get(topic)
+        if run is None or run.size + len(payload) > self.max_payload_bytes:
+            run = self._open_runs[topic] = _Run(topic)
+            self._outbox.append(run)
         run.payloads.append(payload)
         run.size += len(payload) + 5  # + msgpack bin header
         self._outbox_bytes += len(payload)
@@ -361,21 +367,46 @@ class EmbeddedClient(Client):
                     await self._connected.wait()
 
     def _flush(self) -> None:
-        """Write every queued run as a PUB frame, all in one writelines."""
+        """Write every queued run, all in one writelines: the runs of several topics
+        share PUBM frames (version 2); a run with a confirmed publish gets a PUB of its
+        own, whose PUBACK names its first seq."""
         self._flush_scheduled = False
         writer = self._writer
         if not self._outbox or not self._connected.is_set() or writer is None:
             return
-        frames = []
+        frames: list[bytes] = []
+        shared: list[tuple[str, list[bytes]]] = []
+        shared_size = 0
+        room = self._max_frame_bytes - 64  # the PUBM's own header
         for run in self._outbox:
-            confirm_id = None
-            if run.waiters:
-                confirm_id = next(self._ids)
-                self._confirms[confirm_id] = run.waiters
-            frames.append(p.encode(p.Publish(run.topic, run.payloads, confirm_id)))
+            if run.waiters or not self._runs_per_frame:
+                if shared:  # what came before goes first: a topic's runs stay in order
+                    frames.append(self._shared_frame(shared))
+                    shared, shared_size = [], 0
+                confirm_id = None
+                if run.waiters:
+                    confirm_id = next(self._ids)
+                    self._confirms[confirm_id] = run.waiters
+                frames.append(p.encode(p.Publish(run.topic, run.payloads, confirm_id)))
+                continue
+            size = run.size + len(run.topic) + 8
+            if shared and shared_size + size > room:
+                frames.append(self._shared_frame(shared))
+                shared, shared_size = [], 0
+            shared.append((run.topic, run.payloads))
+            shared_size += size
+        if shared:
+            frames.append(self._shared_frame(shared))
         self._outbox = []
+        self._open_runs.clear()
         self._outbox_bytes = 0
         writer.writelines(frames)
+
+    @staticmethod
+    def _shared_frame(runs: list[tuple[str, list[bytes]]]) -> bytes:
+        if len(runs) == 1:
+            return p.encode(p.Publish(*runs[0]))
+        return p.encode_publish_runs(runs)
 
     async def flush(self) -> None:
         """Write everything queued and wait until the socket has taken it."""

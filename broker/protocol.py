@@ -19,7 +19,8 @@ import msgpack
 
 from broker.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2 adds PUBM and MSGM: one frame, several topics
+OLDEST_PROTOCOL_VERSION = 1  # a broker still speaks 1 to a client that asks for it
 DEFAULT_PORT = 20778
 DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
 # A payload must fit into a delivery frame together with its topic, sequence
@@ -48,6 +49,8 @@ class FrameType(IntEnum):
     STATS = 13
     STATS_REPLY = 14
     ERROR = 15
+    PUBM = 16  # version 2: runs of several topics in one PUB
+    MSGM = 17  # version 2: runs of several topics for one subscription in one MSG
 
 
 # --- Frames: one small immutable tuple per frame type -----------------------
@@ -251,6 +254,35 @@ def encode_deliver_tail(
     return msgpack.packb((topic, first_seq, timestamps_us, payloads))[1:]
 
 
+def encode_publish_runs(runs: list[tuple[str, list[bytes]]]) -> bytes:
+    """A PUBM frame: runs of (topic, payloads), several topics in one frame (version 2).
+
+    It means exactly what one PUB per run, in the same order, would mean (with no
+    confirm_id): the broker splits it back into those.
+    """
+    body = msgpack.packb((FrameType.PUBM, runs))
+    return _pack_length(len(body)) + body
+
+
+def encode_deliver_runs(sid: int, tails: list[bytes]) -> list[bytes]:
+    """A MSGM frame for subscription `sid`: several runs (each a shared tail from
+    `encode_deliver_tail`, any topics), as buffers for writelines (version 2)."""
+    head = b"\x93" + msgpack.packb((FrameType.MSGM, sid))[1:] + _array_header(len(tails))
+    size = len(head) + sum(len(tail) for tail in tails) + len(tails)  # + 0x94 per run
+    buffers = [_pack_length(size) + head]
+    for tail in tails:
+        buffers += (b"\x94", tail)
+    return buffers
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 1 << 16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
 def encode_deliver(sid: int, tail: bytes) -> tuple[bytes, bytes]:
     """A MSG frame for subscription `sid` around a shared tail, as two buffers for writelines."""
     # 0x96 is the header of a 6-element array: type, sid, then the 4 tail fields.
@@ -305,7 +337,11 @@ class FrameDecoder:
                 if end > available:
                     break  # incomplete: wait for more bytes
                 try:
-                    frames.append(self._frame(view[position + LENGTH_PREFIX_BYTES : end]))
+                    frame = self._frame(view[position + LENGTH_PREFIX_BYTES : end])
+                    if type(frame) is list:
+                        frames += frame  # PUBM, MSGM: what one frame per run would be
+                    else:
+                        frames.append(frame)  # type: ignore[arg-type]
                 except ProtocolError as exc:
                     exc.args = (f"{exc} (frame at stream offset {self._offset + position:,})",)
                     self.error = exc
@@ -328,7 +364,7 @@ class FrameDecoder:
         )
 
     @staticmethod
-    def _frame(body: memoryview) -> Frame | UnknownFrame:
+    def _frame(body: memoryview) -> Frame | UnknownFrame | list[Frame]:
         try:
             fields = msgpack.unpackb(body)
         except Exception as exc:  # msgpack raises several unrelated types
@@ -336,6 +372,8 @@ class FrameDecoder:
                 f"frame body of {len(body):,} bytes is not one msgpack value: {exc}",
                 code="bad_frame",
             ) from None
+        if type(fields) is list and fields and fields[0] in _RUNS:
+            return split_runs(fields)
         return parse_fields(fields)
 
 
@@ -372,6 +410,31 @@ def parse_fields(fields: Any) -> Frame | UnknownFrame:
         raise ProtocolError("MSG frame has a different number of timestamps and payloads",
                             code="bad_frame")
     return frame
+
+
+_RUNS = (FrameType.PUBM, FrameType.MSGM)
+
+
+def split_runs(fields: list[Any]) -> list[Frame]:
+    """PUBM -> one Publish per run; MSGM -> one Deliver per run (each checked as if it had
+    come in a frame of its own)."""
+    type_code = fields[0]
+    name, wanted = ("PUBM", 1) if type_code == FrameType.PUBM else ("MSGM", 2)
+    if len(fields) != wanted + 1 or type(fields[-1]) is not list or not fields[-1]:
+        raise ProtocolError(f"{name} frame needs {wanted} fields ending in a non-empty array "
+                            f"of runs, got {_describe(fields[1:])}", code="bad_frame")
+    runs = fields[-1]
+    frames: list[Frame] = []
+    for run in runs:
+        if type(run) is not list:
+            raise ProtocolError(f"{name} run must be an array, got {_describe(run)}",
+                                code="bad_frame")
+        if type_code == FrameType.PUBM:
+            frame = parse_fields([int(FrameType.PUB), *run, None])
+        else:
+            frame = parse_fields([int(FrameType.MSG), fields[1], *run])
+        frames.append(frame)  # type: ignore[arg-type]  # known types: never UnknownFrame
+    return frames
 
 
 def _describe(value: Any) -> str:

@@ -562,6 +562,8 @@ class Connection:
         self._lookahead_bytes = 0
         self._out: list[bytes] = []  # frames waiting for the next writelines
         self._dirty: dict[tuple[Cursors, Topic], None] = {}  # ordered set
+        self.runs_per_frame = False  # MSGM to this client (it spoke version 2 or later)
+        self._runs: dict[Cursors, list[bytes]] = {}  # this pass's runs, per subscription
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._errors_logged: set[str] = set()
@@ -664,16 +666,19 @@ class Connection:
         if type(hello) is not p.Hello:
             self._refuse("handshake", f"first frame must be HELLO, got {type(hello).__name__}")
         assert type(hello) is p.Hello
-        if hello.version != p.PROTOCOL_VERSION:
+        if not p.OLDEST_PROTOCOL_VERSION <= hello.version <= p.PROTOCOL_VERSION:
             self._refuse("version", f"protocol version {hello.version} is not supported "
-                                    f"(this broker speaks {p.PROTOCOL_VERSION})")
+                                    f"(this broker speaks {p.OLDEST_PROTOCOL_VERSION} to "
+                                    f"{p.PROTOCOL_VERSION})")
+        # Version 2 and later: deliveries of several topics share a frame (MSGM).
+        self.runs_per_frame = hello.version >= 2
         if self.config.token is not None and not hmac.compare_digest(
             (hello.token or "").encode(), self.config.token.encode()
         ):
             self._refuse("auth", "token missing or wrong" if hello.token else "token required")
         # Only now is the name worth a log line; cut, so a client cannot fill the log.
         self.client_name = hello.client_name[:MAX_CLIENT_NAME_CHARS]
-        self._out.append(p.encode(p.Welcome(p.PROTOCOL_VERSION, self.config.server_name,
+        self._out.append(p.encode(p.Welcome(hello.version, self.config.server_name,
                                             self.broker.epoch, self.config.max_frame_bytes)))
         self._flush()
         log.info("connection %s: handshake done", self.describe())
@@ -951,6 +956,8 @@ class Connection:
                 for sub, topic in dirty:
                     if sub.connection.subscriptions.get(sub.sid) is sub:
                         self._deliver(sub, topic)
+                if self._runs:
+                    self._emit_runs()
                 await self._room_to_write()  # more to send: let the readers run first
 
     def _deliver(self, sub: Cursors, topic: Topic) -> None:
@@ -978,7 +985,10 @@ class Connection:
             count = len(payloads)
             tail = p.encode_deliver_tail(topic.name, cursor, stamps, payloads)
             topic.encoded_run = (cursor, count, tail)
-        self._out.extend(p.encode_deliver(sub.sid, tail))
+        if self.runs_per_frame:
+            self._runs.setdefault(sub, []).append(tail)  # one frame per subscription
+        else:
+            self._out.extend(p.encode_deliver(sub.sid, tail))
         cursor += count
         sub.cursors[topic] = cursor
         sub.inflight += count
@@ -986,6 +996,29 @@ class Connection:
         sub.unacked.append([topic, cursor, count])
         if cursor < topic.next_seq and sub.inflight < sub.window:
             self._dirty[sub, topic] = None
+
+    def _emit_runs(self) -> None:
+        """This pass's runs, one MSGM per subscription (cut where a frame would exceed
+        max-frame): with topics interleaved, the runs are short and many, and a frame
+        each would cost more than the messages."""
+        room = self.config.max_frame_bytes - 64  # the MSGM's own header
+        for sub, tails in self._runs.items():
+            batch: list[bytes] = []
+            size = 0
+            for tail in tails:
+                if batch and size + len(tail) + 1 > room:
+                    self._emit(sub.sid, batch)
+                    batch, size = [], 0
+                batch.append(tail)
+                size += len(tail) + 1
+            self._emit(sub.sid, batch)
+        self._runs.clear()
+
+    def _emit(self, sid: int, tails: list[bytes]) -> None:
+        if len(tails) == 1:
+            self._out.extend(p.encode_deliver(sid, tails[0]))
+        else:
+            self._out.extend(p.encode_deliver_runs(sid, tails))
 
     def _gap(self, sub: Cursors, topic: Topic, first_missed: int, count: int) -> None:
         sub.gaps += 1

@@ -282,14 +282,31 @@ class RawPeer:
 
     @classmethod
     async def connect(cls, port: int, name: str | None = "raw",
-                      token: str | None = None) -> RawPeer:
+                      token: str | None = None, version: int = p.PROTOCOL_VERSION) -> RawPeer:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         peer = cls(reader, writer)
         if name is not None:
-            peer.send(p.Hello(p.PROTOCOL_VERSION, name, token))
+            peer.send(p.Hello(version, name, token))
             frames = await peer.read_frames(1)
-            assert type(frames[0]) is p.Welcome, frames
+            assert type(frames[0]) is p.Welcome and frames[0].version == version, frames
         return peer
+
+    async def read_frame_types(self, messages: int, timeout_s: float = 5.0) -> list[int]:
+        """The type of each frame on the wire (PUBM and MSGM are not split) until
+        `messages` delivered messages have arrived."""
+        types: list[int] = []
+        received = 0
+        buffer = b""
+        async with asyncio.timeout(timeout_s):
+            while received < messages:
+                buffer += await self.reader.read(65536)
+                while len(buffer) >= 4 and len(buffer) >= 4 + int.from_bytes(buffer[:4], "big"):
+                    size = int.from_bytes(buffer[:4], "big")
+                    frame, buffer = buffer[: 4 + size], buffer[4 + size :]
+                    types.append(frame[5])  # the type: a positive fixint after the array header
+                    received += sum(len(f.payloads) for f in p.FrameDecoder().feed(frame)
+                                    if type(f) is p.Deliver)
+        return types
 
     def send(self, frame: p.Frame) -> None:
         self.writer.write(p.encode(frame))

@@ -7,6 +7,7 @@ import asyncio
 import struct
 
 import msgpack
+import pytest
 
 from broker import Client
 from broker import protocol as p
@@ -204,3 +205,24 @@ async def test_a_fatal_error_reaches_a_client_that_sent_more_after_the_bad_frame
 async def _gone_from(broker: RunningBroker, name: str) -> bool:
     async with Client(broker.address, name="probe") as client:
         return not any(c["name"] == name for c in (await client.stats())["connections"])
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_interleaved_topics_share_frames_only_with_a_version_2_client(
+        processes: Processes, version: int) -> None:
+    """One PUBM of 60 messages over three topics: a version 2 subscriber gets them in MSGM
+    frames, a version 1 subscriber (a client written against the older doc) in MSGs only."""
+    broker = await processes.broker()
+    reader = await RawPeer.connect(broker.port, "reader", version=version)
+    reader.send(p.Subscribe(1, "t.*", "new", None, 1000))
+    assert await reader.read_frames(1) == [p.Subscribed(1)]
+    writer = await RawPeer.connect(broker.port, "writer")
+    writer.send_bytes(p.encode_publish_runs(
+        [(f"t.{index % 3}", [b"%d" % index]) for index in range(60)]))
+    types = await reader.read_frame_types(60)
+    if version == 1:
+        assert set(types) == {p.FrameType.MSG}
+    else:
+        assert p.FrameType.MSGM in types and len(types) < 60
+    await reader.close()
+    await writer.close()

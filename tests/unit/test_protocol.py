@@ -164,10 +164,51 @@ def _doc_examples() -> list[tuple[str, bytes]]:
 
 def test_every_hex_example_in_the_protocol_doc_decodes_and_encodes_back() -> None:
     examples = _doc_examples()
-    assert [label.split()[0] for label, _ in examples] == ["HELLO", "PUB", "MSG", "ACK"]
+    assert [label.split()[0] for label, _ in examples] == [
+        "HELLO", "PUB", "MSG", "ACK", "PUBM", "MSGM"]
     for label, data in examples:
         decoder = p.FrameDecoder()
         frames = decoder.feed(data)
+        if label.startswith(("PUBM", "MSGM")):
+            assert decoder.error is None and len(frames) == 2, label
+            assert _encode_runs(frames) == data, label
+            continue
         assert decoder.error is None and len(frames) == 1, label
         assert type(frames[0]).__name__ != "UnknownFrame", label
         assert p.encode(frames[0]) == data, label  # type: ignore[arg-type]
+
+
+def _encode_runs(frames: list[p.Frame | p.UnknownFrame]) -> bytes:
+    """The one PUBM or MSGM that the frames it decoded into came from."""
+    if all(type(frame) is p.Publish for frame in frames):
+        return p.encode_publish_runs([(f.topic, f.payloads) for f in frames])  # type: ignore[union-attr]
+    tails = [p.encode_deliver_tail(f.topic, f.first_seq, f.timestamps_us, f.payloads)  # type: ignore[union-attr]
+             for f in frames]
+    return b"".join(p.encode_deliver_runs(frames[0].sid, tails))  # type: ignore[union-attr]
+
+
+def test_a_pubm_is_the_pubs_of_its_runs_and_a_msgm_the_msgs() -> None:
+    runs = [("t.a", [b"1", b"2"]), ("t.b", [b"3"]), ("t.a", [b"4"])]
+    decoder = p.FrameDecoder()
+    assert decoder.feed(p.encode_publish_runs(runs)) == [
+        p.Publish(topic, payloads, None) for topic, payloads in runs]
+    tails = [p.encode_deliver_tail(f"t.{index}", index + 1, [7] * 2, [b"x", b"y"])
+             for index in range(20)]  # more than 15: a longer array header
+    frames = decoder.feed(b"".join(p.encode_deliver_runs(9, tails)))
+    assert frames == [p.Deliver(9, f"t.{index}", index + 1, [7, 7], [b"x", b"y"])
+                      for index in range(20)]
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ([16, []], "non-empty array of runs"),
+    ([16, [["t", [b"x"]], "run"]], "run must be an array"),
+    ([16, [["t", ["not bin"]]]], "'payloads' has a bad value"),
+    ([17, 1, [["t", 1, [1, 2], [b"x"]]]], "different number of timestamps"),
+    ([17, [["t", 1, [1], [b"x"]]]], "MSGM frame needs 2 fields")])
+def test_a_bad_run_is_a_protocol_error(body: list[object], expected: str) -> None:
+    import msgpack
+
+    data = msgpack.packb(body)
+    decoder = p.FrameDecoder()
+    decoder.feed(len(data).to_bytes(4, "big") + data)
+    assert decoder.error is not None and expected in str(decoder.error)

@@ -1,0 +1,71 @@
+"""The peer for the interleaved-topics workload: nats-server core pub/sub through nats-py,
+run as PEERS.md runs it (a producer and a consumer process, uvloop). Prints the same JSON
+lines as bench/worker.py."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+
+import nats
+import uvloop
+
+
+async def produce(args: argparse.Namespace) -> None:
+    nc = await nats.connect(args.server, pending_size=8 * 1024 * 1024)
+    payload = os.urandom(args.size)
+    subjects = [f"t.{index}" for index in range(args.topics)]
+    started = time.monotonic_ns()
+    for index in range(args.count):
+        await nc.publish(subjects[index % args.topics], payload)
+    await nc.flush()
+    print(json.dumps({"started_ns": started, "finished_ns": time.monotonic_ns(),
+                      "cpu_s": time.process_time()}), flush=True)
+    await nc.close()
+
+
+async def consume(args: argparse.Namespace) -> None:
+    nc = await nats.connect(args.server)
+    done = asyncio.Event()
+    received = 0
+    first_ns = 0
+
+    async def on_message(msg: object) -> None:
+        nonlocal received, first_ns
+        if not received:
+            first_ns = time.monotonic_ns()
+        received += 1
+        if received >= args.count:
+            done.set()
+
+    await nc.subscribe("t.>", cb=on_message, pending_msgs_limit=args.count + 1,
+                       pending_bytes_limit=0)
+    await nc.flush()
+    print("ready", flush=True)
+    with contextlib.suppress(TimeoutError):  # counted as lost below
+        await asyncio.wait_for(done.wait(), 120)
+    print(json.dumps({"received": received, "lost": args.count - received, "first_ns": first_ns,
+                      "last_ns": time.monotonic_ns(), "cpu_s": time.process_time(),
+                      "latencies_us": []}), flush=True)
+    await nc.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["produce", "consume"])
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--topics", type=int, default=1)
+    args = parser.parse_args()
+    uvloop.run(produce(args) if args.role == "produce" else consume(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
