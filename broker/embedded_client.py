@@ -36,6 +36,10 @@ log = logging.getLogger("slipstream.client")
 READ_CHUNK_BYTES = 256 * 1024
 WRITE_HIGH_WATER_BYTES = 1024 * 1024
 YIELD_EVERY_BYTES = 256 * 1024  # a publishing task lets others run at least this often
+# A publishing burst is written every this many bytes: with many interleaved topics, the
+# longer the outbox, the longer each topic's run (4 MiB: 1,000 topics keep ~88% of one
+# topic's rate here; 256 KiB kept 19%). A producer that pauses is written at once.
+BURST_FLUSH_BYTES = 4 * 1024 * 1024
 
 
 class _Run:
@@ -82,6 +86,7 @@ class EmbeddedClient(Client):
         self._max_frame_bytes = p.DEFAULT_MAX_FRAME_BYTES
         self._published_since_yield = 0
         self._flush_scheduled = False
+        self._in_burst = False  # the publisher yields mid-burst (publish_bytes)
         self._topics_seen: set[str] = set()
 
     @property
@@ -314,11 +319,17 @@ class EmbeddedClient(Client):
         self._published_since_yield += len(payload)
         if self._published_since_yield >= YIELD_EVERY_BYTES:
             self._published_since_yield = 0
-            self._flush()
+            if self._outbox_bytes >= BURST_FLUSH_BYTES:
+                self._flush()
             # A producer publishing in a tight loop may never suspend (drain() does not
             # when the socket keeps up): without this it would starve the event loop
-            # (signals, acks, the broker's errors) for as long as it publishes.
-            await asyncio.sleep(0)
+            # (signals, acks, the broker's errors) for as long as it publishes. The
+            # scheduled flush leaves the outbox alone during this yield (see _flush_soon).
+            self._in_burst = True
+            try:
+                await asyncio.sleep(0)
+            finally:
+                self._in_burst = False
         await self._backpressure()
         if future is None:
             return None
@@ -340,8 +351,16 @@ class EmbeddedClient(Client):
             run.waiters.append((len(run.payloads) - 1, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush_soon)
         return future
+
+    def _flush_soon(self) -> None:
+        """The loop came round: write the outbox, unless the publisher is only yielding in
+        the middle of a burst (then the burst writes it, or the next round does)."""
+        if self._in_burst and self._outbox_bytes < BURST_FLUSH_BYTES:
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+            return
+        self._flush()
 
     async def _backpressure(self) -> None:
         writer = self._writer

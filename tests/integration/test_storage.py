@@ -194,7 +194,9 @@ async def test_retention_on_disk_deletes_whole_segments(processes: Processes,
         await client.publish_bytes("t", b"last", confirm=True)
         topic = (await client.stats())["topics"]["t"]
     segments = sorted((data / "topics" / "t").glob("*.seg"))
-    assert 4 <= len(segments) <= 6  # 1 MiB segments: about a quarter at a time
+    # 1 MiB segments, rolled between appends: a client's burst arrives as runs of up to
+    # max-frame each, so a segment holds one or two of them.
+    assert 3 <= len(segments) <= 6
     assert topic["first_seq"] == int(segments[0].stem) > 1
     assert topic["next_seq"] == 1002 and topic["retained_bytes"] <= 5 * 2**20
     log = await everything(broker.address, "t")
