@@ -28,6 +28,7 @@ from tests.helpers import (
     Processes,
     nats_address,
     run_command,
+    wait_drained,
     wait_for,
 )
 
@@ -237,7 +238,11 @@ async def test_a_subscriber_rides_out_a_server_restart(
         await producer.flush()
         assert len(await take(sub, 500)) == 500
         await node.stop(signal.SIGKILL)
-        await asyncio.sleep(1.5)
+
+        async def both_cut_off() -> bool:
+            return not consumer.connected and not producer.connected
+
+        await wait_for(both_cut_off, "both clients to notice the server is gone")
         node = await processes.restart_nats(node)
         for n in range(500, 1000):
             await producer.publish("t.restart", n)
@@ -308,7 +313,14 @@ async def test_killing_a_node_of_a_3_node_cluster_loses_nothing_and_repeats_noth
                                      "--from", "earliest", "--broker", doomed)
     replay = await processes.command("-m", "producer", "replay", str(SESSION), "--speed",
                                      "400", "--broker", doomed)
-    await asyncio.sleep(3)
+    async def under_way() -> bool:
+        with sqlite3.connect(db) as conn:
+            try:
+                return bool(conn.execute("SELECT count(*) FROM messages").fetchone()[0] >= 2000)
+            except sqlite3.OperationalError:
+                return False
+
+    await wait_for(under_way, "the replay to be under way", 30)
     assert replay.process.returncode is None, "the replay ended before the node was killed"
     await nodes[0].stop(signal.SIGKILL)
     async with asyncio.timeout(180):
@@ -325,7 +337,9 @@ async def test_killing_a_node_of_a_3_node_cluster_loses_nothing_and_repeats_noth
     await wait_for(stored, f"{SESSION_MESSAGES} rows", 90)
     await wait_for(lambda: _lines_at_least(reader.out_path, SESSION_MESSAGES),  # type: ignore[attr-defined]
                    "the reader", 90)
-    await asyncio.sleep(2)  # anything delivered twice would arrive by now
+    # Nothing pending or unacknowledged: nothing can be delivered again after this.
+    await wait_drained(nodes[1].address, "sqlite")
+    await wait_drained(nodes[1].address, "printer")
     assert await writer.stop() == 0 and await reader.stop() == 0
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == SESSION_MESSAGES
@@ -377,7 +391,7 @@ async def test_a_killed_durable_writer_resumes_and_stores_everything_once(
         return await rows() >= SESSION_MESSAGES
 
     await wait_for(all_rows, f"{SESSION_MESSAGES} rows", 60)
-    await asyncio.sleep(1)
+    await wait_drained(node.address, "sqlite")  # nothing left to deliver again
     assert await again.stop() == 0
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM messages").fetchone() \
