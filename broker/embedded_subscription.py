@@ -13,7 +13,6 @@ connection's generation and the broker's epoch when they change.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable
 
@@ -35,8 +34,6 @@ class EmbeddedSubscription(Subscription):
         self._generation = generation  # the client's connection count: deliveries' tag
         self._epoch = epoch  # the broker run numbering what arrives now
         self._queue: deque[tuple[p.Deliver | Gap, int, int]] = deque()  # item, generation, epoch
-        self._ready = asyncio.Event()
-        self._closed: BaseException | None = None
         self._batch: p.Deliver | None = None
         self._batch_epoch = 0  # the broker epoch that numbered the current batch
         self._index = 0
@@ -65,13 +62,7 @@ class EmbeddedSubscription(Subscription):
             if self._queue:
                 self._load(*self._queue.popleft())
                 continue
-            self._ack_soon()  # about to wait: give credit back, but not a frame per message
-            if self._closed is not None:
-                if isinstance(self._closed, StopAsyncIteration):
-                    raise StopAsyncIteration
-                raise self._closed
-            self._ready.clear()
-            await self._ready.wait()
+            await self._wait_for_more()
 
     def _load(self, item: p.Deliver | Gap, generation: int, epoch: int) -> None:
         """Make `item` current: note gaps, skip re-deliveries, find losses on reconnect."""
@@ -136,12 +127,6 @@ class EmbeddedSubscription(Subscription):
         self._handed = 0
         self._outstanding = False
         self._batch_current = False
-
-    def end(self, reason: BaseException) -> None:
-        """No more deliveries: StopAsyncIteration for a clean end, else the failure."""
-        if self._closed is None:
-            self._closed = reason
-            self._ready.set()
 
     def subscribe_frame(self, start: Start) -> p.Subscribe:
         return p.Subscribe(self.sid, self.pattern, start, self.durable, self.window)

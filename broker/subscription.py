@@ -84,6 +84,8 @@ class Subscription:
         self._gap_log_next = 0.0
         self._gaps_logged = (0, 0)  # gap_count, missed when last logged
         self._gap_log_timer: asyncio.TimerHandle | None = None
+        self._ready = asyncio.Event()  # set when something arrives, or at the end
+        self._closed: BaseException | None = None  # why deliveries ended, once they have
 
     def __aiter__(self) -> Subscription:
         return self
@@ -103,6 +105,23 @@ class Subscription:
     def _send_acks(self, count: int) -> None:
         """Tell the broker that the oldest `count` unacknowledged deliveries are done."""
         raise NotImplementedError
+
+    async def _wait_for_more(self) -> None:
+        """Nothing queued: give credit back (soon, not a frame per message), then wait
+        for a delivery, or raise the end (StopAsyncIteration or the failure)."""
+        self._ack_soon()
+        if self._closed is not None:
+            if isinstance(self._closed, StopAsyncIteration):
+                raise StopAsyncIteration
+            raise self._closed
+        self._ready.clear()
+        await self._ready.wait()
+
+    def end(self, reason: BaseException) -> None:
+        """No more deliveries: StopAsyncIteration for a clean end, else the failure."""
+        if self._closed is None:
+            self._closed = reason
+            self._ready.set()
 
     # --- finishing and acknowledging ------------------------------------------------
 

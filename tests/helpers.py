@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from broker import protocol as p
+from broker.subscription import Message, Subscription
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"  # real, bundled
@@ -359,6 +360,25 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no {field} for pid {pid}")
+
+
+async def take(sub: Subscription, count: int, timeout_s: float = 20.0) -> list[Message]:
+    """Exactly the next `count` messages (fails on timeout)."""
+    messages: list[Message] = []
+    async with asyncio.timeout(timeout_s):
+        async for message in sub:
+            messages.append(message)
+            if len(messages) == count:
+                break
+    return messages
+
+
+async def assert_nothing_more(sub: Subscription, wait_s: float = 0.3) -> None:
+    """No message arrives within `wait_s` (a negative check: the only wait on time)."""
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(wait_s):
+            extra = await anext(sub)
+            raise AssertionError(f"unexpected extra message {extra}")
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], what: str,

@@ -92,8 +92,6 @@ class JetStreamSubscription(Subscription):
         self.consumer = durable_name(durable) if durable else ""
         self.repositioned = 0  # times the consumer was made again (see the module doc)
         self._queue: deque[_Delivery] = deque()
-        self._ready = asyncio.Event()
-        self._closed: BaseException | None = None
         self._replies: dict[int, str] = {}  # stream seq -> reply subject, until acknowledged
         self._awaiting: deque[int] = deque()  # stream seqs handed out, not yet acknowledged
         self._received_seq = 0  # highest stream seq received (queued or handed out)
@@ -325,13 +323,7 @@ class JetStreamSubscription(Subscription):
                 self._topics_seen.add(topic)
                 gap = self._pending_gaps.pop(topic, None) if self._pending_gaps else None
                 return Message(topic, item.seq, item.timestamp_us, item.payload, gap, item.epoch)
-            self._ack_soon()
-            if self._closed is not None:
-                if isinstance(self._closed, StopAsyncIteration):
-                    raise StopAsyncIteration
-                raise self._closed
-            self._ready.clear()
-            await self._ready.wait()
+            await self._wait_for_more()
 
     def _check_count(self, topic: str, msg_id: str, seq: int) -> None:
         """A producer's per-topic count that jumps: messages lost before we read them."""
@@ -386,11 +378,6 @@ class JetStreamSubscription(Subscription):
         if forget and self._ephemeral and self.client.nc.is_connected:
             with contextlib.suppress(Exception):
                 await self.client.js.delete_consumer(self.client.spec.name, self._ephemeral)
-
-    def end(self, reason: BaseException) -> None:
-        if self._closed is None:
-            self._closed = reason
-            self._ready.set()
 
     async def unsubscribe(self) -> None:
         self._flush_acks()

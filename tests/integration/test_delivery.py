@@ -7,9 +7,9 @@ import asyncio
 import msgpack
 import pytest
 
-from broker import Client, Message, Subscription
+from broker import Client, Message
 from broker.errors import BrokerError, HandshakeRefusedError, ProtocolError
-from tests.helpers import Processes, wait_for
+from tests.helpers import Processes, assert_nothing_more, take, wait_for
 
 
 @pytest.fixture(autouse=True, params=["memory", "disk"])
@@ -17,24 +17,6 @@ def storage(request: pytest.FixtureRequest, processes: Processes) -> str:
     """Every delivery test runs against the broker in memory and on disk (--data-dir)."""
     processes.storage = request.param
     return str(request.param)
-
-
-async def take(sub: Subscription, count: int, timeout_s: float = 10.0) -> list[Message]:
-    """Exactly the next `count` messages (fails on timeout)."""
-    messages: list[Message] = []
-    async with asyncio.timeout(timeout_s):
-        async for message in sub:
-            messages.append(message)
-            if len(messages) == count:
-                break
-    return messages
-
-
-async def assert_nothing_more(sub: Subscription, wait_s: float = 0.3) -> None:
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(wait_s):
-            extra = await anext(sub)
-            raise AssertionError(f"unexpected extra message {extra}")
 
 
 async def test_one_to_one_delivers_every_message_once_in_order(processes: Processes) -> None:

@@ -17,7 +17,7 @@ import nats
 import pytest
 from nats.js.api import DiscardPolicy, StreamConfig
 
-from broker import Client, Message, Subscription
+from broker import Client, Message
 from broker.errors import ConfigError
 from broker.jetstream.client import JetStreamClient
 from broker.jetstream.stream import StreamSpec
@@ -26,28 +26,13 @@ from tests.helpers import (
     SESSION,
     SESSION_MESSAGES,
     Processes,
+    assert_nothing_more,
     nats_address,
     run_command,
+    take,
     wait_drained,
     wait_for,
 )
-
-
-async def take(sub: Subscription, count: int, timeout_s: float = 20.0) -> list[Message]:
-    messages: list[Message] = []
-    async with asyncio.timeout(timeout_s):
-        async for message in sub:
-            messages.append(message)
-            if len(messages) == count:
-                break
-    return messages
-
-
-async def assert_nothing_more(sub: Subscription, wait_s: float = 0.5) -> None:
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(wait_s):
-            extra = await anext(sub)
-            raise AssertionError(f"unexpected extra message {extra}")
 
 
 async def test_the_address_picks_the_engine(processes: Processes) -> None:
