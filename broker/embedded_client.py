@@ -1,7 +1,8 @@
 """The client for slipstream's own (embedded) broker: `Client("HOST:PORT")` makes one.
 
-Publishes are coalesced: consecutive publishes to one topic become one PUB
-frame, and all frames queued in one event-loop iteration go out in one write.
+Publishes are coalesced: what is published before the loop comes round (or,
+in a burst, up to 4 MiB) is grouped per topic and goes out in one write, the
+runs of several topics sharing PUBM frames (protocol version 2).
 A subscription (broker/subscription.py) is an async iterator of messages.
 If the connection drops, the client reconnects with backoff and resubscribes;
 each subscription then skips what it had already handed out and reports
