@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from broker import Client
-from tests.helpers import SESSION, Processes, RunningProcess, replay_session, wait_drained
+from tests.helpers import (
+    SESSION,
+    Processes,
+    RunningProcess,
+    replay_session,
+    wait_drained,
+    wait_subscribed,
+)
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -93,7 +100,7 @@ async def test_a_writer_killed_mid_stream_resumes_with_nothing_lost_or_doubled(
     broker = await processes.broker()
     db = tmp_path / "kill.db"
     first = await writer(processes, db, broker.address, "t.>")
-    await wait_for_rows_table(db)
+    await wait_for_writer(db, broker.address)
     publisher = await processes.command("-m", "producer", "pub", "t.load", "--count", "4000",
                                         "--rate", "1000", "--size", "100",
                                         "--broker", broker.address)
@@ -108,8 +115,11 @@ async def test_a_writer_killed_mid_stream_resumes_with_nothing_lost_or_doubled(
         == [(4000, 4000, 1, 4000)]
 
 
-async def wait_for_rows_table(db: Path) -> None:
+async def wait_for_writer(db: Path, broker: str) -> None:
+    """Its table made and its subscription taken (the table comes first: startup hooks run
+    before the writer connects), so what is published next reaches it even from 'new'."""
     await wait_for_rows(db, 0)
+    await wait_subscribed(broker, "sqlite")
 
 
 async def test_a_broker_restart_is_a_new_epoch_not_a_collision(processes: Processes,
@@ -117,7 +127,7 @@ async def test_a_broker_restart_is_a_new_epoch_not_a_collision(processes: Proces
     broker = await processes.broker()
     db = tmp_path / "restart.db"
     sqlite_writer = await writer(processes, db, broker.address, "t.>")
-    await wait_for_rows_table(db)
+    await wait_for_writer(db, broker.address)
     async with Client(broker.address, name="pub") as client:
         for n in range(500):
             await client.publish("t.a", n)
