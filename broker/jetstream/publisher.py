@@ -148,10 +148,13 @@ class Publisher:
         await self.nc._flush_pending()
 
     async def resend_all(self) -> None:
-        """After a reconnect: what was unconfirmed may be lost in transit. Same ids, so
-        whatever JetStream already stored is not stored twice."""
-        for pending in self._inflight.values():
-            self.retried += 1
+        """After a reconnect: what was unconfirmed may be lost in transit."""
+        await self._resend(list(self._inflight.values()))
+
+    async def _resend(self, pendings: list[_Pending]) -> None:
+        """Send again, with the same ids: what JetStream already stored is not stored twice."""
+        self.retried += len(pendings)
+        for pending in pendings:
             self._queue(pending)
         await self._write()
 
@@ -160,15 +163,12 @@ class Publisher:
         while True:
             await asyncio.sleep(ACK_TIMEOUT_S / 5)
             now = loop.time()
-            overdue = [(token, pending) for token, pending in self._inflight.items()
+            overdue = [pending for pending in self._inflight.values()
                        if now - pending.sent_at > ACK_TIMEOUT_S]
             if overdue:
                 log.info("%d publishes unconfirmed for %g s: sending them again (same ids)",
                          len(overdue), ACK_TIMEOUT_S)
-            for _, pending in overdue:
-                self.retried += 1
-                self._queue(pending)
-            await self._write()
+            await self._resend(overdue)
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         token = int(subject.rpartition(b".")[2])
