@@ -14,10 +14,15 @@ data, headers)`; tests/integration/test_nats.py fails loudly if that changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from nats.aio.client import Client as Nats
 from nats.aio.subscription import Subscription as NatsSubscription
+
+log = logging.getLogger("slipstream.client")
 
 # subject, reply, payload, raw header block (or None)
 DirectHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
@@ -46,6 +51,18 @@ class Connection(Nats):
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
         handler(subject, reply, data, headers)
+
+
+def send_soon(send: Coroutine[Any, Any, None], what: str) -> None:
+    """Run a send to NATS without waiting for it. A failure (the connection went) is only
+    logged: what was lost is sent again (publishes on reconnect, acks with the next ack)."""
+    task = asyncio.ensure_future(send)
+
+    def done(task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("%s failed (%s): it is sent again", what, task.exception())
+
+    task.add_done_callback(done)
 
 
 MSG_ID_HEADER_START = b"NATS/1.0\r\nNats-Msg-Id: "

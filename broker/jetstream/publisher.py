@@ -25,7 +25,7 @@ from typing import Any
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from broker.errors import BrokerError, ConnectionLostError
-from broker.jetstream.connection import Connection, status_of
+from broker.jetstream.connection import Connection, send_soon, status_of
 from broker.tasks import stop_task
 
 log = logging.getLogger("slipstream.client")
@@ -132,8 +132,7 @@ class Publisher:
     def _write_soon(self) -> None:
         self._flush_scheduled = False
         if self._outbox:
-            task = asyncio.ensure_future(self._write())
-            task.add_done_callback(_log_failure)
+            send_soon(self._write(), "a write to NATS")
 
     async def _write(self) -> None:
         """Hand the queued commands to nats-py in one piece.
@@ -219,7 +218,3 @@ class Publisher:
                 return True
         return False
 
-
-def _log_failure(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("write to NATS failed (%s): sent again on reconnect", task.exception())

@@ -34,7 +34,7 @@ from nats.js import errors as js_errors
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, SequenceInfo
 
 from broker.errors import ConfigError, SlipstreamError
-from broker.jetstream.connection import header_value, msg_id_of
+from broker.jetstream.connection import header_value, msg_id_of, send_soon
 from broker.jetstream.stream import epoch_of
 from broker.protocol import Gap
 from broker.subscription import UNKNOWN_COUNT, Message, Start, Subscription
@@ -361,8 +361,7 @@ class JetStreamSubscription(Subscription):
 
     def _publish_ack(self, reply: str) -> None:
         if self.client.nc.is_connected:
-            task = asyncio.ensure_future(self.client.nc.publish(reply, b"+ACK"))
-            task.add_done_callback(_ignore_failure)
+            send_soon(self.client.nc.publish(reply, b"+ACK"), "an acknowledgement")
 
     # --- stopping ----------------------------------------------------------------------
 
@@ -385,7 +384,3 @@ class JetStreamSubscription(Subscription):
         self.client.forget(self)
         self.end(StopAsyncIteration())
 
-
-def _ignore_failure(task: asyncio.Future[None]) -> None:
-    if not task.cancelled():
-        task.exception()  # a lost ack is sent again with the next one (ack all)
