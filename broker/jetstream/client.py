@@ -200,11 +200,11 @@ class JetStreamClient(Client):
         try:
             await sub.attach()
         except js_errors.BadRequestError as exc:
-            await sub.stop(forget=True)
+            await sub.stop()
             raise SlipstreamError(f"JetStream refused a consumer for {pattern!r}: "
                                   f"{exc.description}") from None
         except BaseException:
-            await sub.stop(forget=True)
+            await sub.stop()
             raise
         self._subs.append(sub)
         return sub
@@ -264,7 +264,7 @@ class JetStreamClient(Client):
                             publisher.in_flight)
         self._closing = True
         for sub in list(self._subs):
-            await sub.stop(forget=True)
+            await sub.stop()
             sub.end(StopAsyncIteration())
         if publisher is not None:
             await publisher.stop()

@@ -217,4 +217,3 @@ class Publisher:
                 await self._idle.wait()
                 return True
         return False
-

@@ -181,10 +181,7 @@ class JetStreamSubscription(Subscription):
     async def _listen(self, deliver_subject: str, next_delivery: int) -> None:
         """Receive on `deliver_subject` (only): the consumer's next delivery count is
         `next_delivery`, and anything after a jump in it means a lost delivery."""
-        if self._nats_sub is not None:
-            self.client.nc.stop_routing(self._nats_sub)
-            with contextlib.suppress(Exception):
-                await self._nats_sub.unsubscribe()
+        await self._stop_listening()
         self._next_delivery = next_delivery
         self._repositioning = False
         self._last_heard = asyncio.get_running_loop().time()
@@ -365,22 +362,24 @@ class JetStreamSubscription(Subscription):
 
     # --- stopping ----------------------------------------------------------------------
 
-    async def stop(self, forget: bool) -> None:
-        """Stop receiving; `forget` deletes a non-durable consumer on the server."""
+    async def stop(self) -> None:
+        """Stop receiving; a non-durable consumer is deleted on the server (a durable stays)."""
         await stop_task(self._watchdog)
         self._watchdog = None
+        await self._stop_listening()
+        if self._ephemeral and self.client.nc.is_connected:
+            with contextlib.suppress(Exception):  # gone anyway once idle for a minute
+                await self._delete_consumer()
+
+    async def _stop_listening(self) -> None:
         if self._nats_sub is not None:
             self.client.nc.stop_routing(self._nats_sub)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # the connection may be gone already
                 await self._nats_sub.unsubscribe()
             self._nats_sub = None
-        if forget and self._ephemeral and self.client.nc.is_connected:
-            with contextlib.suppress(Exception):
-                await self.client.js.delete_consumer(self.client.spec.name, self._ephemeral)
 
     async def unsubscribe(self) -> None:
         self._flush_acks()
-        await self.stop(forget=True)
+        await self.stop()
         self.client.forget(self)
         self.end(StopAsyncIteration())
-
