@@ -344,7 +344,10 @@ class FrameDecoder:
                         frames.append(frame)  # type: ignore[arg-type]
                 except ProtocolError as exc:
                     exc.args = (f"{exc} (frame at stream offset {self._offset + position:,})",)
-                    self.error = exc
+                    # Its traceback and context hold views of the buffer, which could then
+                    # not be resized: the error keeps its message, not its frames.
+                    exc.__context__ = None
+                    self.error = exc.with_traceback(None)
                     break
                 position = end
         del buffer[:position]

@@ -212,3 +212,11 @@ def test_a_bad_run_is_a_protocol_error(body: list[object], expected: str) -> Non
     decoder = p.FrameDecoder()
     decoder.feed(len(data).to_bytes(4, "big") + data)
     assert decoder.error is not None and expected in str(decoder.error)
+
+
+def test_a_bad_body_after_good_frames_in_one_read_is_an_error_not_a_crash() -> None:
+    """The error must not pin a view of the decoder's buffer (BufferError on resize)."""
+    decoder = p.FrameDecoder()
+    frames = decoder.feed(p.encode(p.Pong(1)) + b"\x00\x00\x00\x01\xc1")
+    assert frames == [p.Pong(1)]
+    assert decoder.error is not None and decoder.error.code == "bad_frame"
