@@ -1,5 +1,8 @@
 """The client for slipstream's own (embedded) broker: `Client("HOST:PORT")` makes one.
 
+The asyncio layer: it opens sockets, moves bytes and wakes whoever waits. The
+conversation's rules are in the sans-I/O core, broker/client_connection.py
+(one per TCP connection), and the grouping of publishes in broker/outbox.py.
 Publishes are coalesced: what is published before the loop comes round (or,
 in a burst, up to 4 MiB) is grouped per topic and goes out in one write, the
 runs of several topics sharing PUBM frames (protocol version 2).
@@ -20,6 +23,7 @@ from typing import Any
 
 from broker import protocol as p
 from broker.client import Client, parse_address
+from broker.client_connection import ClientConnection, Event, Opened, Refused
 from broker.embedded_subscription import EmbeddedSubscription
 from broker.errors import (
     BrokerError,
@@ -29,7 +33,9 @@ from broker.errors import (
     ProtocolError,
     SlipstreamError,
 )
+from broker.outbox import Outbox
 from broker.routing import validate_pattern, validate_topic
+from broker.states import State
 from broker.subscription import Start
 
 log = logging.getLogger("slipstream.client")
@@ -41,18 +47,6 @@ YIELD_EVERY_BYTES = 256 * 1024  # a publishing task lets others run at least thi
 # longer the outbox, the longer each topic's run (4 MiB: 1,000 topics keep ~88% of one
 # topic's rate here; 256 KiB kept 19%). A producer that pauses is written at once.
 BURST_FLUSH_BYTES = 4 * 1024 * 1024
-
-
-class _Run:
-    """Consecutive publishes to one topic: one PUB frame in the making."""
-
-    __slots__ = ("payloads", "size", "topic", "waiters")
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self.payloads: list[bytes] = []
-        self.size = 0
-        self.waiters: list[tuple[int, asyncio.Future[int]]] = []
 
 
 class EmbeddedClient(Client):
@@ -68,32 +62,35 @@ class EmbeddedClient(Client):
         self.host, self.port = parse_address(self.address)
         self.max_buffered_bytes = max_buffered_bytes
         self.max_payload_bytes = p.DEFAULT_MAX_FRAME_BYTES - p.FRAME_ROOM_BYTES
-        self._writer: asyncio.StreamWriter | None = None
+        self._conn: ClientConnection | None = None  # the current connection's rules
         self._reader: asyncio.StreamReader | None = None
-        self._decoder = p.FrameDecoder()
-        self._connected = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        # Set when the connection opens, and when the client gives up or is closed:
+        # whoever waits for a connection then looks at which it was.
+        self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._broker_shutting_down = False
-        self._failure: SlipstreamError | None = None
+        self._closing = False  # the application called close()
+        self._failure: SlipstreamError | None = None  # the client has given up, for this
         self._subs: dict[int, EmbeddedSubscription] = {}
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(1)  # sids, confirm ids and request ids: one counter
         self._waiting: dict[tuple[str, int], asyncio.Future[Any]] = {}
         self._confirms: dict[int, list[tuple[int, asyncio.Future[int]]]] = {}
-        self._outbox: list[_Run] = []
-        self._open_runs: dict[str, _Run] = {}  # per topic, the run in the outbox still open
-        self._outbox_bytes = 0
-        self._runs_per_frame = False  # the broker takes PUBM (version 2)
-        self._max_frame_bytes = p.DEFAULT_MAX_FRAME_BYTES
+        self._outbox: Outbox[asyncio.Future[int]] = Outbox()
         self._published_since_yield = 0
         self._flush_scheduled = False
         self._in_burst = False  # the publisher yields mid-burst (publish_bytes)
         self._topics_seen: set[str] = set()
 
     @property
+    def _open_conn(self) -> ClientConnection | None:
+        """The current connection, if it is open (handshake done, not closing)."""
+        conn = self._conn
+        return conn if conn is not None and conn.state is State.OPEN else None
+
+    @property
     def connected(self) -> bool:
         """Whether a connection to the broker is up right now."""
-        return self._connected.is_set() and self._failure is None and not self._closing
+        return self._open_conn is not None and self._failure is None and not self._closing
 
     # --- connecting --------------------------------------------------------------
 
@@ -109,6 +106,7 @@ class EmbeddedClient(Client):
         self._task = asyncio.create_task(self._run(), name=f"slipstream-client-{self.name}")
 
     async def _open(self) -> None:
+        where = f"broker at {self.host}:{self.port}"
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 reader, writer = await asyncio.open_connection(
@@ -116,54 +114,48 @@ class EmbeddedClient(Client):
         except (OSError, TimeoutError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
                 str(exc) or type(exc).__name__)
-            raise ConnectError(f"cannot reach broker at {self.host}:{self.port}: {reason} "
+            raise ConnectError(f"cannot reach {where}: {reason} "
                                "(is `python -m broker` running?)") from None
-        decoder = p.FrameDecoder()
-        writer.write(p.encode(p.Hello(p.PROTOCOL_VERSION, self.name, self.token)))
+        conn = ClientConnection(self.name, self.token)
+        writer.writelines(conn.data_to_send())  # HELLO
         try:
-            welcome = await self._await_welcome(reader, decoder)
+            after_welcome = await self._await_welcome(reader, conn, where)
         except BaseException:
             writer.close()
             raise
-        self.epoch = welcome.epoch
-        self.max_payload_bytes = welcome.max_frame_bytes - p.FRAME_ROOM_BYTES
-        self._max_frame_bytes = welcome.max_frame_bytes
-        self._runs_per_frame = welcome.version >= 2
-        # Deliveries may carry a full-size payload plus their header.
-        decoder.max_frame_bytes = welcome.max_frame_bytes + p.FRAME_ROOM_BYTES
-        self._reader, self._writer, self._decoder = reader, writer, decoder
+        self.epoch = conn.epoch
+        self.max_payload_bytes = conn.max_payload_bytes
+        self._reader, self._writer, self._conn = reader, writer, conn
         self.generation += 1
-        self._connected.set()
+        self._changed.set()
+        for event in after_welcome:
+            self._dispatch(event)
 
-    async def _await_welcome(self, reader: asyncio.StreamReader,
-                             decoder: p.FrameDecoder) -> p.Welcome:
-        where = f"broker at {self.host}:{self.port}"
+    async def _await_welcome(self, reader: asyncio.StreamReader, conn: ClientConnection,
+                             where: str) -> list[Event]:
+        """Read until the handshake is settled; the events that came behind WELCOME."""
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                while True:
+                while conn.state is State.HANDSHAKE:
                     data = await reader.read(READ_CHUNK_BYTES)
                     if not data:
                         raise ConnectError(f"{where} closed the connection during the handshake")
-                    frames = decoder.feed(data)
-                    if decoder.error is not None:
-                        raise decoder.error
-                    if frames:
-                        break
+                    events = conn.receive_data(data)
         except TimeoutError:
             raise ConnectError(f"{where} did not answer HELLO within "
                                f"{self.connect_timeout_s:g} s") from None
         except OSError as exc:
             raise ConnectError(f"{where} failed during the handshake: {exc}") from None
-        first = frames[0]
-        if type(first) is p.Error and first.code in ("busy", "too_many_connections"):
-            # The broker is full for now: like an unreachable broker, worth retrying.
-            raise ConnectError(f"{where} is full [{first.code}]: {first.message}")
-        if type(first) is p.Error:
+        first = events[0]
+        if type(first) is Refused:
+            if first.retry:  # full for now: like an unreachable broker, worth retrying
+                raise ConnectError(f"{where} is full [{first.code}]: {first.message}")
+            if conn.error is not None:
+                raise conn.error
             raise HandshakeRefusedError(f"{where} refused the handshake [{first.code}]: "
                                         f"{first.message}")
-        if type(first) is not p.Welcome:
-            raise ProtocolError(f"{where} answered HELLO with {type(first).__name__}")
-        return first
+        assert type(first) is Opened
+        return events[1:]
 
     async def _run(self) -> None:
         """Read until the connection ends; then reconnect, or fail everything waiting."""
@@ -183,23 +175,27 @@ class EmbeddedClient(Client):
                 return
 
     async def _read_until_lost(self) -> str:
-        reader, decoder = self._reader, self._decoder
-        assert reader is not None
+        reader, conn = self._reader, self._conn
+        assert reader is not None and conn is not None
         try:
             while True:
                 data = await reader.read(READ_CHUNK_BYTES)
                 if not data:
                     return f"broker at {self.host}:{self.port} closed the connection"
-                for frame in decoder.feed(data):
-                    self._dispatch(frame)
-                if decoder.error is not None:
-                    log.error("broker sent a bad frame: %s", decoder.error)
-                    return f"protocol error: {decoder.error}"
+                for event in conn.receive_data(data):
+                    self._dispatch(event)
+                self._write()  # PONGs
+                if conn.error is not None:
+                    log.error("broker sent a bad frame: %s", conn.error)
+                    return f"protocol error: {conn.error}"
         except OSError as exc:
             return f"connection to {self.host}:{self.port} failed: {exc}"
 
     def _connection_lost(self, reason: str) -> None:
-        self._connected.clear()
+        conn = self._conn
+        assert conn is not None
+        if conn.state is not State.CLOSED:
+            conn.receive_eof()
         if self._writer is not None:
             self._writer.close()
         lost = ConnectionLostError(f"{reason}; the outcome of this request is unknown")
@@ -212,11 +208,10 @@ class EmbeddedClient(Client):
                 if not future.done():
                     future.set_exception(lost)
         self._confirms.clear()
-        if self._broker_shutting_down:
+        if conn.fatal is not None and conn.fatal.code == "shutdown":
             log.info("%s: the broker is shutting down", reason)
         elif not self._closing:
             log.warning("%s", reason)
-        self._broker_shutting_down = False
 
     async def _open_with_backoff(self, what: str, *, wait_first: bool) -> int:
         """Open a connection, retrying with exponential backoff and jitter; the attempt no."""
@@ -250,15 +245,23 @@ class EmbeddedClient(Client):
             self._send_control(sub.subscribe_frame("earliest" if restarted else "new"))
         self._flush()
 
+    def _write(self) -> None:
+        """Hand the socket whatever the connection has queued."""
+        conn, writer = self._conn, self._writer
+        if conn is not None and writer is not None:
+            out = conn.data_to_send()
+            if out and not writer.is_closing():
+                writer.writelines(out)
+
     # --- reading ---------------------------------------------------------------
 
-    def _dispatch(self, frame: p.Frame | p.UnknownFrame) -> None:
-        if isinstance(frame, p.Deliver | p.Gap):
-            sub = self._subs.get(frame.sid)
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, p.Deliver | p.Gap):
+            sub = self._subs.get(event.sid)
             if sub is not None:
-                sub.deliver(frame)
+                sub.deliver(event)
             return
-        match frame:
+        match event:
             case p.PublishAck(confirm_id, first_seq, _):
                 for index, future in self._confirms.pop(confirm_id, []):
                     if not future.done():
@@ -269,12 +272,12 @@ class EmbeddedClient(Client):
                 self._resolve(("ping", nonce), nonce)
             case p.StatsReply(request_id, stats):
                 self._resolve(("stats", request_id), stats)
-            case p.Ping(nonce):
-                self._send_control(p.Pong(nonce))
+            case p.Ping():
+                pass  # the connection has queued the PONG
             case p.Error():
-                self._broker_error(frame)
+                self._broker_error(event)
             case _:
-                log.warning("ignoring unexpected %s frame from the broker", type(frame).__name__)
+                log.warning("ignoring unexpected %s frame from the broker", type(event).__name__)
 
     def _resolve(self, key: tuple[str, int], value: Any) -> None:
         future = self._waiting.pop(key, None)
@@ -284,9 +287,7 @@ class EmbeddedClient(Client):
     def _broker_error(self, frame: p.Error) -> None:
         error = BrokerError(frame.code, frame.message)
         if frame.fatal:
-            if frame.code == "shutdown":
-                self._broker_shutting_down = True  # expected: not worth a warning
-            else:
+            if frame.code != "shutdown":  # a shutdown is expected: not worth an error
                 log.error("%s", error)
             return  # the broker closes the connection next; _run handles that
         # sids, confirm ids and request ids come from one counter, so `ref` names one thing.
@@ -315,12 +316,18 @@ class EmbeddedClient(Client):
                               f"payload {self.max_payload_bytes:,}")
         if self._failure is not None:
             raise self._failure
-        future = self._enqueue(topic, payload, confirm)
+        future: asyncio.Future[int] | None = None
+        if confirm:
+            future = asyncio.get_running_loop().create_future()
+        self._outbox.add(topic, payload, self.max_payload_bytes, future)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
         self.published += 1
         self._published_since_yield += len(payload)
         if self._published_since_yield >= YIELD_EVERY_BYTES:
             self._published_since_yield = 0
-            if self._outbox_bytes >= BURST_FLUSH_BYTES:
+            if self._outbox.payload_bytes >= BURST_FLUSH_BYTES:
                 self._flush()
             # A producer publishing in a tight loop may never suspend (drain() does not
             # when the socket keeps up): without this it would starve the event loop
@@ -336,97 +343,51 @@ class EmbeddedClient(Client):
             return None
         return await future
 
-    def _enqueue(self, topic: str, payload: bytes, confirm: bool) -> asyncio.Future[int] | None:
-        # One run per topic per flush, however the topics interleave: order is kept
-        # within a topic, which is all the protocol promises.
-        run = self._open_runs.get(topic)
-        if run is None or run.size + len(payload) > self.max_payload_bytes:
-            run = self._open_runs[topic] = _Run(topic)
-            self._outbox.append(run)
-        run.payloads.append(payload)
-        run.size += len(payload) + 5  # + msgpack bin header
-        self._outbox_bytes += len(payload)
-        future: asyncio.Future[int] | None = None
-        if confirm:
-            future = asyncio.get_running_loop().create_future()
-            run.waiters.append((len(run.payloads) - 1, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_soon)
-        return future
-
     def _flush_soon(self) -> None:
         """The loop came round: write the outbox, unless the publisher is only yielding in
         the middle of a burst (then the burst writes it, or the next round does)."""
-        if self._in_burst and self._outbox_bytes < BURST_FLUSH_BYTES:
+        if self._in_burst and self._outbox.payload_bytes < BURST_FLUSH_BYTES:
             asyncio.get_running_loop().call_soon(self._flush_soon)
             return
         self._flush()
 
     async def _backpressure(self) -> None:
         writer = self._writer
-        if self._connected.is_set() and writer is not None:
+        if self._open_conn is not None and writer is not None:
             if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER_BYTES:
                 with contextlib.suppress(OSError):  # the reader notices the loss, reconnects
                     await writer.drain()
-        elif self._outbox_bytes > self.max_buffered_bytes:
+        elif self._outbox.payload_bytes > self.max_buffered_bytes:
             await self._wait_connected()  # disconnected with a full buffer: wait it out
 
-    async def _wait_connected(self) -> None:
-        """Return once connected; raise the stored failure (a SlipstreamError) if the
-        client has given up or is closed. `_fail_all` sets `_connected` to wake us."""
+    async def _wait_connected(self) -> ClientConnection:
+        """The open connection, once there is one; raise the stored failure (a
+        SlipstreamError) if the client has given up or is closed."""
         while True:
             if self._failure is not None:
                 raise self._failure
             if self._closing:
                 raise ConnectionLostError("client is closed")
-            if self._connected.is_set():
-                return
+            conn = self._open_conn
+            if conn is not None:
+                return conn
+            self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):  # also re-checks _closing now and then
-                    await self._connected.wait()
+                    await self._changed.wait()
 
     def _flush(self) -> None:
-        """Write every queued run, all in one writelines: the runs of several topics
-        share PUBM frames (version 2); a run with a confirmed publish gets a PUB of its
-        own, whose PUBACK names its first seq."""
+        """Write every queued run, all in one writelines (broker/outbox.py says how the
+        runs become frames)."""
         self._flush_scheduled = False
-        writer = self._writer
-        if not self._outbox or not self._connected.is_set() or writer is None:
+        conn = self._open_conn
+        if not self._outbox or conn is None:
             return
-        frames: list[bytes] = []
-        shared: list[tuple[str, list[bytes]]] = []
-        shared_size = 0
-        room = self._max_frame_bytes - 64  # the PUBM's own header
-        for run in self._outbox:
-            if run.waiters or not self._runs_per_frame:
-                if shared:  # what came before goes first: a topic's runs stay in order
-                    frames.append(self._shared_frame(shared))
-                    shared, shared_size = [], 0
-                confirm_id = None
-                if run.waiters:
-                    confirm_id = next(self._ids)
-                    self._confirms[confirm_id] = run.waiters
-                frames.append(p.encode(p.Publish(run.topic, run.payloads, confirm_id)))
-                continue
-            size = run.size + len(run.topic) + 8
-            if shared and shared_size + size > room:
-                frames.append(self._shared_frame(shared))
-                shared, shared_size = [], 0
-            shared.append((run.topic, run.payloads))
-            shared_size += size
-        if shared:
-            frames.append(self._shared_frame(shared))
-        self._outbox = []
-        self._open_runs.clear()
-        self._outbox_bytes = 0
-        writer.writelines(frames)
-
-    @staticmethod
-    def _shared_frame(runs: list[tuple[str, list[bytes]]]) -> bytes:
-        if len(runs) == 1:
-            return p.encode(p.Publish(*runs[0]))
-        return p.encode_publish_runs(runs)
+        frames, confirmations = self._outbox.frames(conn.runs_per_frame, conn.max_frame_bytes,
+                                                    self._ids.__next__)
+        self._confirms.update(confirmations)
+        conn.send_encoded(frames)
+        self._write()
 
     async def flush(self) -> None:
         """Write everything queued and wait until the socket has taken it."""
@@ -434,7 +395,7 @@ class EmbeddedClient(Client):
         if self._outbox:
             await self._wait_connected()
             self._flush()
-        if self._writer is not None and self._connected.is_set():
+        if self._writer is not None and self._open_conn is not None:
             with contextlib.suppress(OSError):
                 await self._writer.drain()
 
@@ -514,9 +475,12 @@ class EmbeddedClient(Client):
                 f"{type(frame).__name__} within {answer_within_s:g} s") from None
 
     def _send_control(self, frame: p.Frame) -> None:
-        writer = self._writer
-        if writer is not None and self._connected.is_set() and not writer.is_closing():
-            writer.write(p.encode(frame))
+        """Send on the current connection; dropped while there is none (a subscription
+        is subscribed again, with its position, after the reconnect)."""
+        conn = self._open_conn
+        if conn is not None:
+            conn.send(frame)
+            self._write()
 
     def _forget(self, sid: int) -> None:
         self._subs.pop(sid, None)
@@ -531,13 +495,13 @@ class EmbeddedClient(Client):
         self._waiting.clear()
         for sub in self._subs.values():
             sub.end(StopAsyncIteration() if self._closing else error)
-        self._connected.set()  # release anyone waiting to reconnect; they see _failure
+        self._changed.set()  # release anyone waiting to reconnect; they see _failure
 
     async def close(self) -> None:
         """Send what is queued, acknowledge what was finished, and disconnect."""
         if self._closing:
             return
-        connected = self._connected.is_set() and self._failure is None
+        connected = self._open_conn is not None and self._failure is None
         if connected:
             try:
                 for sub in self._subs.values():
@@ -547,9 +511,11 @@ class EmbeddedClient(Client):
             except (TimeoutError, SlipstreamError):
                 log.warning("could not flush everything before closing")
         self._closing = True
+        if self._conn is not None and self._conn.state is not State.CLOSED:
+            self._conn.close()
         if self._writer is not None:
             self._writer.close()
-        self._connected.set()  # wake anyone waiting for a reconnect: they see _closing
+        self._changed.set()  # wake anyone waiting for a reconnect: they see _closing
         if self._task is not None:
             if not connected:
                 self._task.cancel()  # it is only sleeping between reconnect attempts

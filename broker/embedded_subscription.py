@@ -91,7 +91,8 @@ class EmbeddedSubscription(Subscription):
         self._batch_current = current
 
     def _send_acks(self, count: int) -> None:
-        self._send(p.Ack(self.sid, count))
+        if self._closed is None:  # after the end there is no subscription to acknowledge
+            self._send(p.Ack(self.sid, count))
 
     # --- fed by the client's reader ----------------------------------------------
 

@@ -38,6 +38,11 @@ class ConnectionLostError(SlipstreamError):
     """The connection to the broker ended while something was waiting on it."""
 
 
+class ConnectionStateError(SlipstreamError):
+    """This side asked its connection for something its state forbids (sending once it
+    is closed, acknowledging more than was delivered): a bug in the caller, not the peer."""
+
+
 class BrokerError(SlipstreamError):
     """The broker answered a request with an ERROR frame."""
 
