@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections import deque
@@ -33,12 +32,14 @@ from typing import Any, Literal
 
 from broker import protocol as p
 from broker import stats as broker_stats
+from broker.broker_connection import BrokerConnection
 from broker.datadir import DataDir, FsyncPolicy
 from broker.disk_topics import DiskTopicLog
 from broker.errors import ProtocolError, StorageError
 from broker.limits import LogThrottle, TokenBucket
 from broker.routing import Router, echo, validate_pattern, validate_topic
 from broker.segments import DEFAULT_SEGMENT_BYTES
+from broker.states import State
 from broker.topics import ByteBudget, Retention, TopicLog
 
 Topic = TopicLog | DiskTopicLog  # in memory, or on disk with --data-dir
@@ -50,9 +51,6 @@ OnFull = Literal["drop", "block"]
 # socket, so it also bounds what a connection holds in the broker before HELLO.
 READ_CHUNK_BYTES = 64 * 1024
 MAX_WINDOW = 1_000_000
-# A HELLO is a version, a name and a token: frames before it may be no larger.
-MAX_HELLO_BYTES = 4096
-MAX_CLIENT_NAME_CHARS = 128
 # The reader lets the other connections run after this many frames.
 FRAMES_PER_PASS = 512
 # Block policy: what a blocked publisher's connection may have read ahead while
@@ -155,8 +153,8 @@ class Cursors:
         return sum(max(0, topic.next_seq - cursor) for topic, cursor in self.cursors.items())
 
     def acknowledge(self, count: int) -> None:
-        """Move ack marks forward over the oldest `count` delivered messages."""
-        self.inflight -= count
+        """Move ack marks forward over the oldest `count` delivered messages (the
+        connection has already taken them off `inflight`)."""
         while count:
             run = self.unacked[0]
             topic, end, size = run
@@ -239,7 +237,7 @@ class Broker:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         for connection in list(self.connections):
-            connection.close(p.Error("shutdown", "broker is shutting down", None, True))
+            connection.close("shutdown", "broker is shutting down")
         tasks = [c.task for c in self.connections if c.task is not None]
         if tasks:
             _, still_running = await asyncio.wait(tasks, timeout=0.5)
@@ -541,7 +539,13 @@ class _Closed(Exception):
 
 
 class Connection:
-    """One client's TCP connection: its handshake, its reader and its sender."""
+    """One client's TCP connection: its handshake, its reader and its sender.
+
+    The asyncio layer. The conversation's rules (handshake, credit, which
+    ERROR names which request, closing) are in the sans-I/O core,
+    broker/broker_connection.py; this class moves bytes and does what only the
+    broker can: store a PUB, find the topics of a SUB, send the logs' runs.
+    """
 
     def __init__(self, broker: Broker, connection_id: int,
                  reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -552,27 +556,34 @@ class Connection:
         self.writer = writer
         peer = writer.get_extra_info("peername")  # None when reset before we got here
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "(gone)"
-        self.client_name = "?"  # set from HELLO once the client is authenticated
-        self.subscriptions: dict[int, Cursors] = {}
+        self.core: BrokerConnection[Cursors] = BrokerConnection(
+            server_name=self.config.server_name, epoch=broker.epoch,
+            max_frame_bytes=self.config.max_frame_bytes, token=self.config.token,
+            max_subscriptions=self.config.max_subscriptions)
+        self.subscriptions = self.core.subscriptions  # by sid
         self.task = asyncio.current_task()
         self.published = 0
         self.throttled_s = 0.0
-        self._decoder = p.FrameDecoder(MAX_HELLO_BYTES)
         self._lookahead: deque[bytes] = deque()  # read while a blocked PUB waited
         self._lookahead_bytes = 0
-        self._out: list[bytes] = []  # frames waiting for the next writelines
         self._dirty: dict[tuple[Cursors, Topic], None] = {}  # ordered set
-        self.runs_per_frame = False  # MSGM to this client (it spoke version 2 or later)
         self._runs: dict[Cursors, list[bytes]] = {}  # this pass's runs, per subscription
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._errors_logged: set[str] = set()
-        self._closing = False
         self._linger = False  # a fatal ERROR was sent: let it arrive before closing
         self._message_rate = (TokenBucket(self.config.max_publish_rate_msgs)
                               if self.config.max_publish_rate_msgs else None)
         self._byte_rate = (TokenBucket(self.config.max_publish_rate_bytes)
                            if self.config.max_publish_rate_bytes else None)
+
+    @property
+    def client_name(self) -> str:
+        return self.core.client_name or "?"  # "?" until the client is authenticated
+
+    @property
+    def _closing(self) -> bool:
+        return self.core.state in (State.CLOSING, State.CLOSED)
 
     def describe(self) -> str:
         return f"#{self.id} {self.client_name!r} ({self.peer})"
@@ -602,26 +613,31 @@ class Connection:
                     await self._linger_after_fatal()
             finally:
                 self.writer.close()
-        if self.client_name != "?":
+                if self.core.state is not State.CLOSED:
+                    self.core.receive_eof()
+        if self.core.client_name is not None:
             log.info("connection %s closed: published %d, delivered %d, gaps %d (%d missed)",
                      self.describe(), self.published, *self.delivery_totals())
 
-    def close(self, error: p.Error | None = None) -> None:
+    def close(self, code: str, message: str) -> None:
         """End this connection from the broker's side, telling the client why."""
         if self._closing:
             return
-        self._closing = True
-        if error is not None:
-            if error.code == "shutdown":
-                log.info("closing %s: %s", self.describe(), error.message)
-            else:
-                self._log_once(error.code, "closing %s: %s", self.describe(), error.message)
-            self._out.append(p.encode(error))
-            self._flush()
+        if code == "shutdown":
+            log.info("closing %s: %s", self.describe(), message)
+        else:
+            self._log_once(code, "closing %s: %s", self.describe(), message)
+        self.core.fail(code, message)
+        self._after_fatal()
+
+    def _after_fatal(self) -> None:
+        """The core has queued a fatal ERROR: send it, and close as fits."""
+        self._flush()
         transport = self.writer.transport
+        fatal = self.core.fatal
         if transport.get_write_buffer_size():
             transport.abort()  # a client that is not reading would hold a graceful close open
-        elif error is not None and error.fatal and error.code != "shutdown":
+        elif fatal is not None and fatal.code != "shutdown":
             self._linger = True  # run() half-closes, drains briefly, then closes
         else:
             self.writer.close()
@@ -641,62 +657,42 @@ class Connection:
     async def _handshake(self) -> list[p.Frame | p.UnknownFrame]:
         """HELLO first, small, and in time; returns the frames pipelined behind it.
 
-        Until the client is authenticated the decoder accepts frames of at most
-        MAX_HELLO_BYTES and asyncio buffers at most 2 x READ_CHUNK_BYTES, so a
-        connection that never finishes its HELLO holds little.
+        Until the client is authenticated the core accepts frames of at most
+        MAX_HELLO_BYTES (broker/broker_connection.py) and asyncio buffers at most
+        2 x READ_CHUNK_BYTES, so a connection that never finishes its HELLO holds little.
         """
-        decoder = self._decoder
+        core = self.core
         frames: list[p.Frame | p.UnknownFrame] = []
         try:
             async with asyncio.timeout(self.config.handshake_timeout_s):
-                while not frames and decoder.error is None:
+                while core.state is State.HANDSHAKE:
                     data = await self.reader.read(READ_CHUNK_BYTES)
                     if not data:
                         raise _Closed
-                    frames = decoder.feed(data, max_frames=1)
+                    frames = core.receive_data(data)
         except TimeoutError:
-            self._refuse("handshake_timeout",
-                         f"no HELLO within {self.config.handshake_timeout_s:g} s")
-        if decoder.error is not None:
-            message = str(decoder.error)
-            if decoder.error.code == "frame_too_large":
-                message += f" (before HELLO, frames may be at most {MAX_HELLO_BYTES:,} bytes)"
-            self._refuse(decoder.error.code, message)
-        hello = frames[0]
-        if type(hello) is not p.Hello:
-            self._refuse("handshake", f"first frame must be HELLO, got {type(hello).__name__}")
-        assert type(hello) is p.Hello
-        if not p.OLDEST_PROTOCOL_VERSION <= hello.version <= p.PROTOCOL_VERSION:
-            self._refuse("version", f"protocol version {hello.version} is not supported "
-                                    f"(this broker speaks {p.OLDEST_PROTOCOL_VERSION} to "
-                                    f"{p.PROTOCOL_VERSION})")
-        # Version 2 and later: deliveries of several topics share a frame (MSGM).
-        self.runs_per_frame = hello.version >= 2
-        if self.config.token is not None and not hmac.compare_digest(
-            (hello.token or "").encode(), self.config.token.encode()
-        ):
-            self._refuse("auth", "token missing or wrong" if hello.token else "token required")
-        # Only now is the name worth a log line; cut, so a client cannot fill the log.
-        self.client_name = hello.client_name[:MAX_CLIENT_NAME_CHARS]
-        self._out.append(p.encode(p.Welcome(hello.version, self.config.server_name,
-                                            self.broker.epoch, self.config.max_frame_bytes)))
-        self._flush()
+            core.fail("handshake_timeout", f"no HELLO within {self.config.handshake_timeout_s:g} s")
+        if core.state is not State.OPEN:  # refused: the core queued the fatal ERROR
+            assert core.fatal is not None
+            self._log_once(core.fatal.code, "closing %s: %s", self.describe(),
+                           core.fatal.message)
+            self._after_fatal()
+            raise _Closed
+        self._flush()  # WELCOME
         log.info("connection %s: handshake done", self.describe())
-        decoder.max_frame_bytes = self.config.max_frame_bytes
-        return decoder.feed(b"")  # frames pipelined behind HELLO, acted on by the reader
-
-    def _refuse(self, code: str, message: str) -> None:
-        self.close(p.Error(code, message, None, True))
-        raise _Closed
+        return frames  # pipelined behind HELLO, acted on by the reader
 
     # --- reading ---------------------------------------------------------------
 
     async def _read_loop(self, frames: list[p.Frame | p.UnknownFrame]) -> None:
-        decoder = self._decoder
+        core = self.core
         while True:
             await self._act(frames)
-            if decoder.error is not None:
-                self.close(p.Error(decoder.error.code, str(decoder.error), None, True))
+            if core.broken():  # the core failed the connection: its ERROR is queued
+                assert core.fatal is not None
+                self._log_once(core.fatal.code, "closing %s: %s", self.describe(),
+                               core.fatal.message)
+                self._after_fatal()
                 self._stop_sender()
                 raise _Closed
             # Read no more while this client has not taken what we owe it: its
@@ -704,9 +700,10 @@ class Connection:
             await self._room_to_write()
             data = await self._next_data()
             if not data:
+                core.receive_eof()
                 self._stop_sender()
                 raise _Closed
-            frames = decoder.feed(data)
+            frames = core.receive_data(data)
 
     async def _next_data(self) -> bytes:
         if self._lookahead:
@@ -774,10 +771,8 @@ class Connection:
 
     def _reject(self, exc: ProtocolError, frame: p.Frame | p.UnknownFrame) -> None:
         """A request we refuse but can survive: answer with a non-fatal ERROR."""
-        ref = getattr(frame, "confirm_id", None) if type(frame) is p.Publish else getattr(
-            frame, "sid", getattr(frame, "request_id", None))
         self._log_once(exc.code, "connection %s: %s", self.describe(), exc)
-        self._out.append(p.encode(p.Error(exc.code, str(exc), ref, False)))
+        self.core.reject(exc, frame)
 
     def _check_publish(self, frame: p.Publish) -> Topic:
         if not frame.payloads:
@@ -874,64 +869,39 @@ class Connection:
             topic.sync()  # on the disk itself before the PUBACK says so
         self.published += len(frame.payloads)
         self.broker.notify(topic)
-        if frame.confirm_id is not None:
-            self._out.append(p.encode(p.PublishAck(frame.confirm_id, first_seq,
-                                                   len(frame.payloads))))
+        self.core.published(frame, first_seq)
 
     def _control(self, frame: p.Frame | p.UnknownFrame) -> None:
-        """Every frame but PUB: rare, so clarity beats speed here."""
-        match frame:
+        """Every frame but PUB: the core applies the connection's rules (and raises
+        ProtocolError when one is broken); what is left is the broker's to do."""
+        match self.core.handle(frame):
             case p.Ack(sid, count):
-                self._ack(sid, count)
-            case p.Subscribe():
-                self._subscribe(frame)
+                self._ack(self.core.subscription(sid), count)
+            case p.Subscribe() as subscribe:
+                self._subscribe(subscribe)
             case p.Unsubscribe(sid):
-                self.broker.unsubscribe(self._subscription(sid))
-                del self.subscriptions[sid]
-            case p.Ping(nonce):
-                self._out.append(p.encode(p.Pong(nonce)))
-            case p.Pong():
-                pass
+                self.broker.unsubscribe(self.core.unsubscribed(sid))
             case p.StatsRequest(request_id, options):
-                self._out.append(p.encode(p.StatsReply(request_id, self.broker.stats(options))))
+                self.core.send(p.StatsReply(request_id, self.broker.stats(options)))
             case p.Error(code, message):
                 # Logged once per connection: a client cannot fill the broker's log.
                 self._log_once("client-error", "connection %s reports error [%s]: %s "
                                "(further errors from it are not logged)", self.describe(),
                                code[:64], message[:200])
-            case p.UnknownFrame(type_code):
-                raise ProtocolError(f"unknown frame type {type_code}", code="unknown_frame")
             case _:
-                raise ProtocolError(f"{type(frame).__name__} frames are sent by the broker, "
-                                    "not to it", code="unexpected_frame")
+                pass  # PING and PONG: the core has answered
 
     def _subscribe(self, frame: p.Subscribe) -> None:
-        if frame.sid in self.subscriptions:
-            raise ProtocolError(f"sid {frame.sid} is already subscribed", code="bad_subscribe")
-        if len(self.subscriptions) >= self.config.max_subscriptions:
-            raise ProtocolError(
-                f"connection has its maximum of {self.config.max_subscriptions:,} "
-                "subscriptions (--max-subscriptions)", code="too_many_subscriptions")
         sub = self.broker.subscribe(self, frame)
-        self.subscriptions[frame.sid] = sub
-        self._out.append(p.encode(p.Subscribed(frame.sid)))
+        self.core.subscribed(frame.sid, sub)
         log.info("connection %s subscribed sid %d to %s (start=%s%s)", self.describe(),
                  frame.sid, echo(frame.pattern), frame.start,
                  f", durable {echo(frame.durable)}" if frame.durable else "")
         for topic in sub.cursors:
             self.mark_dirty(sub, topic)
 
-    def _subscription(self, sid: int) -> Cursors:
-        sub = self.subscriptions.get(sid)
-        if sub is None:
-            raise ProtocolError(f"no subscription with sid {sid}", code="unknown_sid")
-        return sub
-
-    def _ack(self, sid: int, count: int) -> None:
-        sub = self._subscription(sid)
-        if not 0 < count <= sub.inflight:
-            raise ProtocolError(f"ACK of {count} for sid {sid}, which has {sub.inflight} "
-                                "unacknowledged", code="bad_ack")
+    def _ack(self, sub: Cursors, count: int) -> None:
+        """The core checked the count and returned the credit: move the ack marks."""
         sub.acknowledge(count)
         if sub.durable:
             self.broker.durables_moved()
@@ -985,10 +955,10 @@ class Connection:
             count = len(payloads)
             tail = p.encode_deliver_tail(topic.name, cursor, stamps, payloads)
             topic.encoded_run = (cursor, count, tail)
-        if self.runs_per_frame:
+        if self.core.runs_per_frame:
             self._runs.setdefault(sub, []).append(tail)  # one frame per subscription
         else:
-            self._out.extend(p.encode_deliver(sub.sid, tail))
+            self.core.send_encoded(p.encode_deliver(sub.sid, tail))
         cursor += count
         sub.cursors[topic] = cursor
         sub.inflight += count
@@ -1016,9 +986,9 @@ class Connection:
 
     def _emit(self, sid: int, tails: list[bytes]) -> None:
         if len(tails) == 1:
-            self._out.extend(p.encode_deliver(sid, tails[0]))
+            self.core.send_encoded(p.encode_deliver(sid, tails[0]))
         else:
-            self._out.extend(p.encode_deliver_runs(sid, tails))
+            self.core.send_encoded(p.encode_deliver_runs(sid, tails))
 
     def _gap(self, sub: Cursors, topic: Topic, first_missed: int, count: int) -> None:
         sub.gaps += 1
@@ -1029,12 +999,12 @@ class Connection:
                   f"{self.config.max_memory_bytes:,} bytes in all)")
         self._log_once("gap", "connection %s sid %d missed %d messages of %s from seq %d: %s",
                        self.describe(), sub.sid, count, echo(topic.name), first_missed, reason)
-        self._out.append(p.encode(p.Gap(sub.sid, topic.name, first_missed, count, reason)))
+        self.core.send(p.Gap(sub.sid, topic.name, first_missed, count, reason))
 
     def _flush(self) -> None:
-        if self._out:
-            self.writer.writelines(self._out)
-            self._out = []
+        out = self.core.data_to_send()
+        if out:
+            self.writer.writelines(out)
 
     async def _drain(self) -> None:
         """Wait for the socket to take our bytes; cut off a client that stops reading."""
@@ -1044,11 +1014,9 @@ class Connection:
         except TimeoutError:
             queued = self.writer.transport.get_write_buffer_size()
             self.broker.counters["slow_consumers"] += 1
-            self.close(p.Error(
-                "slow_consumer",
-                f"took no bytes for {self.config.write_stall_timeout_s:g} s with "
-                f"{queued:,} bytes queued; disconnected so it cannot hold back others",
-                None, True))
+            self.close("slow_consumer",
+                       f"took no bytes for {self.config.write_stall_timeout_s:g} s with "
+                       f"{queued:,} bytes queued; disconnected so it cannot hold back others")
             raise _Closed from None
 
     # --- reporting ---------------------------------------------------------------
