@@ -21,9 +21,9 @@ import msgpack
 
 from broker import protocol as p
 from broker.errors import BrokerError, ConfigError
-from broker.subscription import Message, Start, Subscription
+from broker.subscription import Batch, Message, Start, Subscription
 
-__all__ = ["BROKER_ENV", "DEFAULT_BROKER", "DEFAULT_STREAM", "STREAM_ENV", "TOKEN_ENV",
+__all__ = ["BROKER_ENV", "DEFAULT_BROKER", "DEFAULT_STREAM", "STREAM_ENV", "TOKEN_ENV", "Batch",
            "Client", "Message", "Subscription", "check_address", "is_nats", "parse_address"]
 
 DEFAULT_BROKER = f"127.0.0.1:{p.DEFAULT_PORT}"

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from broker import protocol as p
 from broker.protocol import Gap
-from broker.subscription import UNKNOWN_COUNT, Message, Start, Subscription
+from broker.subscription import UNKNOWN_COUNT, Batch, Message, Start, Subscription
 
 
 class EmbeddedSubscription(Subscription):
@@ -37,7 +37,7 @@ class EmbeddedSubscription(Subscription):
         self._batch: p.Deliver | None = None
         self._batch_epoch = 0  # the broker epoch that numbered the current batch
         self._index = 0
-        self._batch_current = False  # batch came on the current connection (so is ackable)
+        self._batch_current = 0  # 1: batch came on the current connection (so is ackable)
         self._last_seq: dict[str, int] = {}  # highest seq handed out per topic, this epoch
         self._received_last: dict[str, int] = {}  # highest seq received per topic, this epoch
 
@@ -46,21 +46,54 @@ class EmbeddedSubscription(Subscription):
         return self._generation
 
     async def __anext__(self) -> Message:
+        # The hot path of every consumer: one run (a MSG) serves thousands of calls, so
+        # the common case is a few attribute reads and one Message; acknowledgement is
+        # counted inline and sent in batches (see _finish).
+        if self._outstanding:
+            self._finish_previous()
+        batch = self._batch
+        index = self._index
+        if batch is None or index >= len(batch.payloads):
+            batch = await self._next_run()
+            index = self._index
+        self._index = index + 1
+        self._outstanding = self._batch_current
+        self.received += 1
+        topic = batch.topic
+        gap = self._pending_gaps.pop(topic, None) if self._pending_gaps else None
+        return Message(topic, batch.first_seq + index, batch.timestamps_us[index],
+                       batch.payloads[index], gap, self._batch_epoch)
+
+    async def next_batch(self) -> Batch:
+        """The rest of the current run: what one MSG delivered, less what was taken."""
         self._finish_previous()
+        batch = self._batch
+        start = self._index
+        if batch is None or start >= len(batch.payloads):
+            batch = await self._next_run()
+            start = self._index
+        end = len(batch.payloads)
+        self._index = end
+        self._outstanding = (end - start) * self._batch_current
+        self.received += end - start
+        topic = batch.topic
+        gap = self._pending_gaps.pop(topic, None) if self._pending_gaps else None
+        if start:  # part was taken one by one, or skipped as a re-delivery
+            return Batch(topic, range(batch.first_seq + start, batch.first_seq + end),
+                         batch.timestamps_us[start:], batch.payloads[start:], gap,
+                         self._batch_epoch)
+        return Batch(topic, range(batch.first_seq, batch.first_seq + end), batch.timestamps_us,
+                     batch.payloads, gap, self._batch_epoch)
+
+    async def _next_run(self) -> p.Deliver:
+        """Make the next run with messages left current (waiting for one if need be)."""
         while True:
-            batch = self._batch
-            if batch is not None and self._index < len(batch.payloads):
-                index = self._index
-                self._index = index + 1
-                self._outstanding = self._batch_current
-                self.received += 1
-                topic = batch.topic
-                gap = self._pending_gaps.pop(topic, None) if self._pending_gaps else None
-                return Message(topic, batch.first_seq + index, batch.timestamps_us[index],
-                               batch.payloads[index], gap, self._batch_epoch)
             self._batch = None
             if self._queue:
                 self._load(*self._queue.popleft())
+                batch = self._batch
+                if batch is not None and self._index < len(batch.payloads):
+                    return batch
                 continue
             await self._wait_for_more()
 
@@ -88,7 +121,7 @@ class EmbeddedSubscription(Subscription):
         self._batch = item
         self._batch_epoch = epoch
         self._index = skip
-        self._batch_current = current
+        self._batch_current = 1 if current else 0
 
     def _send_acks(self, count: int) -> None:
         if self._closed is None:  # after the end there is no subscription to acknowledge
@@ -126,8 +159,8 @@ class EmbeddedSubscription(Subscription):
             self._last_seq.clear()  # seqs start again from 1 in the new epoch
         self._done = 0
         self._handed = 0
-        self._outstanding = False
-        self._batch_current = False
+        self._outstanding = 0
+        self._batch_current = 0
 
     def subscribe_frame(self, start: Start) -> p.Subscribe:
         return p.Subscribe(self.sid, self.pattern, start, self.durable, self.window)

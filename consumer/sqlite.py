@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import cli
-from broker.client import Message
+from broker.client import Batch
 from broker.errors import ConfigError, SlipstreamError
 from broker.tasks import stop_task
 from consumer.api import Consumer, Fatal
@@ -146,9 +146,10 @@ class Batcher:
         self.messages = 0
         self._lock = asyncio.Lock()  # one transaction at a time, in order
 
-    async def add(self, message: Message) -> None:
-        self.tables.rows_for(message, self.rows)
-        self.messages += 1
+    async def add(self, batch: Batch) -> None:
+        for message in batch:
+            self.tables.rows_for(message, self.rows)
+        self.messages += len(batch)
         if self.messages >= self.batch:
             try:
                 await self.flush()
@@ -161,7 +162,7 @@ class Batcher:
                 return
             rows, count, self.rows, self.messages = self.rows, self.messages, Rows(), 0
             # What may be acknowledged once these rows are in: every message handed out
-            # so far (the one being handled now is acknowledged with the next batch).
+            # so far (the batch being handled now is acknowledged with the next flush).
             client = app.client
             assert client is not None
             acks = [(handler.subscription, handler.subscription.unacknowledged)
@@ -231,7 +232,7 @@ async def _open() -> None:
     _state.update(writer=writer, batcher=batcher,
                   timer=asyncio.create_task(batcher.flush_periodically()))
     for pattern in app.args.patterns:
-        app.add_handler(pattern, batcher.add, auto_ack=False)
+        app.add_handler(pattern, batcher.add, auto_ack=False, batches=True)
 
 
 @app.shutdown

@@ -37,7 +37,7 @@ from broker.errors import ConfigError, SlipstreamError
 from broker.jetstream.connection import header_value, msg_id_of, send_soon
 from broker.jetstream.stream import epoch_of
 from broker.protocol import Gap
-from broker.subscription import UNKNOWN_COUNT, Message, Start, Subscription
+from broker.subscription import UNKNOWN_COUNT, Batch, Message, Start, Subscription
 from broker.tasks import stop_task
 
 if TYPE_CHECKING:
@@ -304,23 +304,55 @@ class JetStreamSubscription(Subscription):
 
     async def __anext__(self) -> Message:
         self._finish_previous()
+        item = await self._next_queued()
+        gap = self._take(item)
+        self._outstanding = 1
+        return Message(item.topic, item.seq, item.timestamp_us, item.payload, gap, item.epoch)
+
+    async def next_batch(self) -> Batch:
+        """The deliveries of one topic queued back to back (at least one). A batch ends
+        before a message that a loss precedes: its gap is reported on it, first."""
+        self._finish_previous()
+        first = await self._next_queued()
+        topic = first.topic
+        gap = self._take(first)
+        items = [first]
+        queue = self._queue
+        while queue and queue[0].topic == topic and queue[0].seq:
+            item = queue[0]
+            if item.msg_id is not None:
+                self._check_count(topic, item.msg_id, item.seq)  # again when taken: no harm
+                if topic in self._pending_gaps:
+                    break
+            queue.popleft()
+            self._take(item)
+            items.append(item)
+        self._outstanding = len(items)
+        return Batch(topic, [item.seq for item in items],
+                     [item.timestamp_us for item in items], [item.payload for item in items],
+                     gap, first.epoch)
+
+    async def _next_queued(self) -> _Delivery:
         while True:
             if self._queue:
                 item = self._queue.popleft()
-                if item.seq == 0:  # the stream was made again
-                    self._record_gap(Gap(0, item.topic, 1, UNKNOWN_COUNT,
-                                         "the JetStream stream was made again"))
-                    continue
-                self._awaiting.append(item.seq)
-                self._outstanding = True
-                self.received += 1
-                topic = item.topic
-                if item.msg_id is not None:
-                    self._check_count(topic, item.msg_id, item.seq)
-                self._topics_seen.add(topic)
-                gap = self._pending_gaps.pop(topic, None) if self._pending_gaps else None
-                return Message(topic, item.seq, item.timestamp_us, item.payload, gap, item.epoch)
+                if item.seq:
+                    return item
+                # A marker: the stream was made again.
+                self._record_gap(Gap(0, item.topic, 1, UNKNOWN_COUNT,
+                                     "the JetStream stream was made again"))
+                continue
             await self._wait_for_more()
+
+    def _take(self, item: _Delivery) -> Gap | None:
+        """Hand `item` out: await its acknowledgement, check its count; the gap before it."""
+        self._awaiting.append(item.seq)
+        self.received += 1
+        topic = item.topic
+        if item.msg_id is not None:
+            self._check_count(topic, item.msg_id, item.seq)
+        self._topics_seen.add(topic)
+        return self._pending_gaps.pop(topic, None) if self._pending_gaps else None
 
     def _check_count(self, topic: str, msg_id: str, seq: int) -> None:
         """A producer's per-topic count that jumps: messages lost before we read them."""

@@ -218,3 +218,42 @@ async def _acked_all(client: Client, count: int) -> bool:
     stats = await client.stats()
     subs = [s for c in stats["connections"] if c["name"] == "typo" for s in c["subscriptions"]]
     return bool(subs) and subs[0]["delivered"] == count and subs[0]["unacked"] == 0
+
+
+BATCH_PLUGIN = """
+from consumer.api import Consumer
+
+app = Consumer("summer")
+total = []
+
+
+@app.on_batches("t.>")
+async def add_up(batch):
+    total.extend(batch.payloads)
+    print(batch.topic, len(batch), sum(int(p) for p in batch.payloads), flush=True)
+"""
+
+
+async def test_a_batch_handler_gets_runs_of_one_topic_and_counts_each_message(
+        processes: Processes, tmp_path: Path) -> None:
+    broker = await processes.broker()
+    plugin = tmp_path / "summer.py"
+    plugin.write_text(BATCH_PLUGIN)
+    async with Client(broker.address) as client:
+        for n in range(1, 1001):
+            await client.publish_bytes("t.a" if n % 2 else "t.b", str(n).encode())
+    consumer = await processes.command("-m", "consumer", "run", str(plugin), "--from",
+                                       "earliest", "--broker", broker.address)
+    await wait_for(lambda: _lines_add_up(consumer, 1000), "the batches to add up to 1,000")
+    assert await consumer.stop(signal.SIGINT) == 0
+    lines = [line.split() for line in consumer.out_path.read_text().splitlines()]  # type: ignore[attr-defined]
+    assert sum(int(count) for _, count, _ in lines) == 1000
+    assert {topic: sum(int(s) for t, _, s in lines if t == topic) for topic in ("t.a", "t.b")} \
+        == {"t.a": 250_000, "t.b": 250_500}
+    assert len(lines) < 100  # runs, not one call per message
+    assert "summer: handled 1,000 messages, 0 gaps" in consumer.log()
+
+
+async def _lines_add_up(consumer: RunningProcess, count: int) -> bool:
+    text = consumer.out_path.read_text()  # type: ignore[attr-defined]
+    return sum(int(line.split()[1]) for line in text.splitlines() if line.strip()) >= count
