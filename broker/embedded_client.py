@@ -325,6 +325,7 @@ class EmbeddedClient(Client):
             asyncio.get_running_loop().call_soon(self._flush_soon)
         self.published += 1
         self._published_since_yield += len(payload)
+        # Every YIELD_EVERY_BYTES, not per message: this is the producer's hot path.
         if self._published_since_yield >= YIELD_EVERY_BYTES:
             self._published_since_yield = 0
             if self._outbox.payload_bytes >= BURST_FLUSH_BYTES:
@@ -338,7 +339,9 @@ class EmbeddedClient(Client):
                 await asyncio.sleep(0)
             finally:
                 self._in_burst = False
-        await self._backpressure()
+            await self._backpressure()
+        elif self._outbox.payload_bytes > self.max_buffered_bytes:
+            await self._backpressure()  # disconnected (or a burst) with a full outbox
         if future is None:
             return None
         return await future
