@@ -1,6 +1,6 @@
-"""The peer for the interleaved-topics workload: nats-server core pub/sub through nats-py,
-run as PEERS.md runs it (a producer and a consumer process, uvloop). Prints the same JSON
-lines as bench/worker.py."""
+"""The peer for W1, W2 and the interleaved-topics workload: nats-server core pub/sub
+through nats-py, run as PEERS.md runs it (a producer and a consumer process, uvloop).
+Prints the same JSON lines as bench/worker.py."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import os
 import sys
 import time
 
+import msgpack
 import nats
 import uvloop
+from nats.aio.msg import Msg
 
 
 async def produce(args: argparse.Namespace) -> None:
@@ -21,8 +23,22 @@ async def produce(args: argparse.Namespace) -> None:
     payload = os.urandom(args.size)
     subjects = [f"t.{index}" for index in range(args.topics)]
     started = time.monotonic_ns()
-    for index in range(args.count):
-        await nc.publish(subjects[index % args.topics], payload)
+    if args.rate:  # paced, each message stamped when sent (as bench/worker.py does)
+        pad = b"x" * (args.size - 40)
+        interval_ns = int(1e9 / args.rate)
+        sent = 0
+        while sent < args.count:
+            due = min(args.count, (time.monotonic_ns() - started) // interval_ns + 1)
+            while sent < due:
+                await nc.publish(subjects[0], msgpack.packb(
+                    {"n": sent, "sent_ns": time.monotonic_ns(), "pad": pad}))
+                sent += 1
+            await nc.flush()
+            await asyncio.sleep(max(0.0, (started + sent * interval_ns - time.monotonic_ns())
+                                    / 1e9))
+    else:
+        for index in range(args.count):
+            await nc.publish(subjects[index % args.topics], payload)
     await nc.flush()
     print(json.dumps({"started_ns": started, "finished_ns": time.monotonic_ns(),
                       "cpu_s": time.process_time()}), flush=True)
@@ -34,12 +50,16 @@ async def consume(args: argparse.Namespace) -> None:
     done = asyncio.Event()
     received = 0
     first_ns = 0
+    latencies_us: list[int] = []
 
-    async def on_message(msg: object) -> None:
+    async def on_message(msg: Msg) -> None:
         nonlocal received, first_ns
         if not received:
             first_ns = time.monotonic_ns()
         received += 1
+        if args.latency:
+            sent_ns = msgpack.unpackb(msg.data)["sent_ns"]
+            latencies_us.append((time.monotonic_ns() - sent_ns) // 1000)
         if received >= args.count:
             done.set()
 
@@ -51,7 +71,7 @@ async def consume(args: argparse.Namespace) -> None:
         await asyncio.wait_for(done.wait(), 120)
     print(json.dumps({"received": received, "lost": args.count - received, "first_ns": first_ns,
                       "last_ns": time.monotonic_ns(), "cpu_s": time.process_time(),
-                      "latencies_us": []}), flush=True)
+                      "latencies_us": latencies_us}), flush=True)
     await nc.close()
 
 
@@ -62,6 +82,8 @@ def main() -> int:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--topics", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=0.0, help="msgs/s; 0: as fast as it can")
+    parser.add_argument("--latency", action="store_true")
     args = parser.parse_args()
     uvloop.run(produce(args) if args.role == "produce" else consume(args))
     return 0

@@ -72,7 +72,8 @@ async def worker(*args: str) -> asyncio.subprocess.Process:
 
 
 async def run_workload(consumers: int, count: int, rate: float, latency: bool,
-                       broker_flags: list[str], nats_nodes: int = 0, topics: int = 1) -> Result:
+                       broker_flags: list[str], nats_nodes: int = 0, topics: int = 1,
+                       consumer_flags: list[str] | None = None) -> Result:
     """One run; `nats_nodes` > 0 runs it through that many JetStream servers instead
     (bench/jetstream.py), the figures for the one every client connects to."""
     if nats_nodes:
@@ -87,7 +88,8 @@ async def run_workload(consumers: int, count: int, rate: float, latency: bool,
     try:
         cpu_before = cpu_seconds(broker.pid)
         subs += [await worker("consume", "--broker", address, "--count", str(count),
-                             *(["--latency"] if latency else [])) for _ in range(consumers)]
+                             *(["--latency"] if latency else []), *(consumer_flags or []))
+                 for _ in range(consumers)]
         for sub in subs:
             assert sub.stdout is not None
             assert (await asyncio.wait_for(sub.stdout.readline(), 15)).strip() == b"ready"
@@ -106,17 +108,20 @@ async def run_workload(consumers: int, count: int, rate: float, latency: bool,
             broker_rss_mib=peak_rss_mib(broker.pid),
             broker_cpu=(cpu_seconds(broker.pid) - cpu_before) / elapsed_s)
         if latency:
-            samples = sorted(x for r in results for x in r["latencies_us"])
-            result.p50_us = samples[len(samples) // 2]
-            result.p99_us = samples[int(len(samples) * 0.99)]
-            result.p999_us = samples[int(len(samples) * 0.999)]
-            result.max_us = samples[-1]
+            _set_latencies(result, [x for r in results for x in r["latencies_us"]])
         return result
     finally:
         for process in [*subs, *(servers or [broker])]:  # a failed run leaves no process
             if process.returncode is None:
                 process.terminate()
                 await process.wait()
+
+
+WORKLOADS: dict[str, dict[str, float | int | bool]] = {
+    "W1": dict(consumers=1, count=200_000, rate=0.0, latency=False),
+    "W2": dict(consumers=1, count=25_000, rate=5000.0, latency=True),
+    "W3": dict(consumers=8, count=50_000, rate=0.0, latency=False),
+}
 
 
 def spread(values: list[float]) -> str:
@@ -132,15 +137,12 @@ async def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--on-full", choices=["drop", "block"], default="drop")
-    parser.add_argument("--only", choices=["W1", "W2", "W3", "K"], action="append",
-                        help="K: the interleaved-topics workload alone")
+    parser.add_argument("--only", choices=["W1", "W2", "W3", "K", "peers"], action="append",
+                        help="K: the interleaved-topics workload alone; peers: W1 and W2 "
+                             "beside nats-server and the brokerless floor")
     args = parser.parse_args()
     flags = ["--on-full", args.on_full]
-    workloads = {
-        "W1": dict(consumers=1, count=200_000, rate=0.0, latency=False),
-        "W2": dict(consumers=1, count=25_000, rate=5000.0, latency=True),
-        "W3": dict(consumers=8, count=50_000, rate=0.0, latency=False),
-    }
+    workloads = WORKLOADS
     print(f"slipstream broker benchmark: {os.cpu_count()} cores, Python "
           f"{sys.version.split()[0]}, on-full={args.on_full}, {args.runs} runs each "
           "(median [min..max])", flush=True)
@@ -167,6 +169,8 @@ async def main() -> int:
               f"{col('p999_us')} | {col('max_us')} | "
               f"{max(r.broker_rss_mib for r in runs):.1f} | "
               f"{statistics.median(r.broker_cpu for r in runs):.2f} |")
+    if not args.only or "peers" in args.only:
+        await beside_the_peers(args.runs, args.on_full)
     if not args.only or "K" in args.only:
         await interleaved_topics(args.runs)
     if not args.only:
@@ -203,7 +207,8 @@ async def interleaved_topics(runs: int) -> None:
               f"{ratio:.2f}x |", flush=True)
 
 
-async def nats_core_run(topics: int) -> Result:
+async def nats_core_run(topics: int = 1, count: int = INTERLEAVED_MESSAGES, rate: float = 0.0,
+                        latency: bool = False) -> Result:
     """One run of the peer: nats-server (no JetStream) and bench/nats_peer.py."""
     from jetstream import free_port, nats_server
 
@@ -213,28 +218,110 @@ async def nats_core_run(topics: int) -> Result:
         stderr=asyncio.subprocess.DEVNULL)
     peer = str(ROOT / "bench" / "nats_peer.py")
     address = f"nats://127.0.0.1:{port}"
+    options = ["--count", str(count), "--rate", str(rate), *(["--latency"] if latency else [])]
     consumer = None
     try:
         await asyncio.sleep(0.3)
         consumer = await asyncio.create_subprocess_exec(
-            sys.executable, peer, "consume", "--server", address, "--count",
-            str(INTERLEAVED_MESSAGES), stdout=asyncio.subprocess.PIPE)
+            sys.executable, peer, "consume", "--server", address, *options,
+            stdout=asyncio.subprocess.PIPE)
         assert consumer.stdout is not None
         assert (await asyncio.wait_for(consumer.stdout.readline(), 15)).strip() == b"ready"
         producer = await asyncio.create_subprocess_exec(
-            sys.executable, peer, "produce", "--server", address, "--count",
-            str(INTERLEAVED_MESSAGES), "--topics", str(topics), stdout=asyncio.subprocess.PIPE)
-        out, _ = await asyncio.wait_for(producer.communicate(), 300)
-        produced = json.loads(out)
-        out, _ = await asyncio.wait_for(consumer.communicate(), 300)
-        result = json.loads(out)
-        elapsed_s = (result["last_ns"] - produced["started_ns"]) / 1e9
-        return Result(rate=result["received"] / elapsed_s, lost=result["lost"])
+            sys.executable, peer, "produce", "--server", address, *options,
+            "--topics", str(topics), stdout=asyncio.subprocess.PIPE)
+        return await _peer_result(producer, consumer)
     finally:
         for process in (consumer, server):
             if process is not None and process.returncode is None:
                 process.terminate()
                 await process.wait()
+
+
+async def raw_floor_run(count: int, rate: float = 0.0, latency: bool = False) -> Result:
+    """One run of the brokerless floor (bench/raw_floor.py): PEERS.md's raw-tcp-batch."""
+    floor = str(ROOT / "bench" / "raw_floor.py")
+    options = ["--count", str(count), "--rate", str(rate), *(["--latency"] if latency else [])]
+    consumer = await asyncio.create_subprocess_exec(
+        sys.executable, floor, "consume", *options, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert consumer.stdout is not None
+        ready = (await asyncio.wait_for(consumer.stdout.readline(), 15)).split()
+        producer = await asyncio.create_subprocess_exec(
+            sys.executable, floor, "produce", "--port", ready[1].decode(), *options,
+            stdout=asyncio.subprocess.PIPE)
+        return await _peer_result(producer, consumer)
+    finally:
+        if consumer.returncode is None:
+            consumer.terminate()
+            await consumer.wait()
+
+
+async def _peer_result(producer: asyncio.subprocess.Process,
+                       consumer: asyncio.subprocess.Process) -> Result:
+    out, _ = await asyncio.wait_for(producer.communicate(), 300)
+    produced = json.loads(out)
+    out, _ = await asyncio.wait_for(consumer.communicate(), 300)
+    result = json.loads(out)
+    elapsed_s = (result["last_ns"] - produced["started_ns"]) / 1e9
+    outcome = Result(rate=result["received"] / elapsed_s, lost=result["lost"])
+    _set_latencies(outcome, result["latencies_us"])
+    return outcome
+
+
+def _set_latencies(result: Result, latencies_us: list[int]) -> None:
+    samples = sorted(latencies_us)
+    if samples:
+        result.p50_us = samples[len(samples) // 2]
+        result.p99_us = samples[int(len(samples) * 0.99)]
+        result.p999_us = samples[int(len(samples) * 0.999)]
+        result.max_us = samples[-1]
+
+
+async def beside_the_peers(runs: int, on_full: str) -> None:
+    """W1 and W2 for slipstream (reading with sub.batches(), and message by message),
+    nats-server + nats-py and the brokerless floor, interleaved run by run so that the
+    machine's drift hits every one alike: the targets are ratios within this run."""
+    w1, w2 = WORKLOADS["W1"], WORKLOADS["W2"]
+    flags = ["--on-full", on_full]
+    peers: dict[str, tuple[list[Result], list[Result]]] = {
+        name: ([], []) for name in ("slipstream", "slipstream per-message", "nats",
+                                    "raw-tcp-batch")}
+    for _ in range(runs):
+        for name, (first, second) in peers.items():
+            if name.startswith("slipstream"):
+                extra = ["--per-message"] if name.endswith("per-message") else []
+                first.append(await run_workload(broker_flags=flags, consumer_flags=extra,
+                                                **w1))  # type: ignore[arg-type]
+                second.append(await run_workload(broker_flags=flags, consumer_flags=extra,
+                                                 **w2))  # type: ignore[arg-type]
+            elif name == "nats":
+                first.append(await nats_core_run(count=int(w1["count"])))
+                second.append(await nats_core_run(count=int(w2["count"]), rate=float(w2["rate"]),
+                                                  latency=True))
+            else:
+                first.append(await raw_floor_run(int(w1["count"])))
+                second.append(await raw_floor_run(int(w2["count"]), float(w2["rate"]),
+                                                  latency=True))
+        print("  peers: one round done", file=sys.stderr, flush=True)
+    print(f"\nW1 and W2 beside the peers, one run ({runs} rounds, median [min..max])\n")
+    print("| peer | W1 msgs/s | W1 lost | W2 p50 µs | W2 p99 µs | W2 p99.9 µs | W2 lost |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, (first, second) in peers.items():
+        print(f"| {name} | {spread([r.rate for r in first])} | {sum(r.lost for r in first)} | "
+              f"{spread([r.p50_us for r in second])} | {spread([r.p99_us for r in second])} | "
+              f"{spread([r.p999_us for r in second])} | {sum(r.lost for r in second)} |")
+
+    def median(name: str, index: int, attr: str) -> float:
+        return float(statistics.median(getattr(r, attr) for r in peers[name][index]))
+
+    floor_ratio = median("slipstream", 0, "rate") / median("raw-tcp-batch", 0, "rate")
+    nats_ratio = median("slipstream", 0, "rate") / median("nats", 0, "rate")
+    p99_ours, p99_nats = median("slipstream", 1, "p99_us"), median("nats", 1, "p99_us")
+    print(f"\nW1: slipstream / raw-tcp-batch = {floor_ratio:.2f} (target >= 0.5); "
+          f"slipstream / nats = {nats_ratio:.2f}")
+    print(f"W2 p99: slipstream {p99_ours:,.0f} µs, nats {p99_nats:,.0f} µs "
+          f"({'within' if p99_ours <= p99_nats else 'over'} the target: <= nats)", flush=True)
 
 
 SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
