@@ -85,9 +85,10 @@ async def produce(args: argparse.Namespace) -> None:
         for start in range(0, args.count, BATCH_FRAMES):
             writer.write(frame * min(BATCH_FRAMES, args.count - start))
             await writer.drain()
+    writer.close()
+    await writer.wait_closed()  # drain() leaves up to its low-water mark unsent
     print(json.dumps({"started_ns": started, "finished_ns": time.monotonic_ns(),
                       "cpu_s": time.process_time()}), flush=True)
-    writer.close()
 
 
 def main() -> int:

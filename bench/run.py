@@ -73,7 +73,8 @@ async def worker(*args: str) -> asyncio.subprocess.Process:
 
 async def run_workload(consumers: int, count: int, rate: float, latency: bool,
                        broker_flags: list[str], nats_nodes: int = 0, topics: int = 1,
-                       consumer_flags: list[str] | None = None) -> Result:
+                       consumer_flags: list[str] | None = None,
+                       producer_flags: list[str] | None = None) -> Result:
     """One run; `nats_nodes` > 0 runs it through that many JetStream servers instead
     (bench/jetstream.py), the figures for the one every client connects to."""
     if nats_nodes:
@@ -94,7 +95,8 @@ async def run_workload(consumers: int, count: int, rate: float, latency: bool,
             assert sub.stdout is not None
             assert (await asyncio.wait_for(sub.stdout.readline(), 15)).strip() == b"ready"
         producer = await worker("produce", "--broker", address, "--count", str(count),
-                                "--rate", str(rate), "--topics", str(topics))
+                                "--rate", str(rate), "--topics", str(topics),
+                                *(producer_flags or []))
         out, _ = await asyncio.wait_for(producer.communicate(), 300)
         produced = json.loads(out)
         results = []
@@ -284,16 +286,21 @@ async def beside_the_peers(runs: int, on_full: str) -> None:
     machine's drift hits every one alike: the targets are ratios within this run."""
     w1, w2 = WORKLOADS["W1"], WORKLOADS["W2"]
     flags = ["--on-full", on_full]
+    # slipstream three ways: both ends batched (publish_batch of 1,000, sub.batches()),
+    # as raw-tcp-batch is; publish_bytes per message into sub.batches(); and message
+    # by message at both ends, as the nats peer is.
+    clients = {"slipstream batched": (["--batch", "1000"], []), "slipstream": ([], []),
+               "slipstream per-message": ([], ["--per-message"])}
     peers: dict[str, tuple[list[Result], list[Result]]] = {
-        name: ([], []) for name in ("slipstream", "slipstream per-message", "nats",
-                                    "raw-tcp-batch")}
+        name: ([], []) for name in (*clients, "nats", "raw-tcp-batch")}
     for _ in range(runs):
         for name, (first, second) in peers.items():
-            if name.startswith("slipstream"):
-                extra = ["--per-message"] if name.endswith("per-message") else []
-                first.append(await run_workload(broker_flags=flags, consumer_flags=extra,
+            if name in clients:
+                producing, consuming = clients[name]
+                first.append(await run_workload(broker_flags=flags, consumer_flags=consuming,
+                                                producer_flags=producing,
                                                 **w1))  # type: ignore[arg-type]
-                second.append(await run_workload(broker_flags=flags, consumer_flags=extra,
+                second.append(await run_workload(broker_flags=flags, consumer_flags=consuming,
                                                  **w2))  # type: ignore[arg-type]
             elif name == "nats":
                 first.append(await nats_core_run(count=int(w1["count"])))
@@ -315,11 +322,14 @@ async def beside_the_peers(runs: int, on_full: str) -> None:
     def median(name: str, index: int, attr: str) -> float:
         return float(statistics.median(getattr(r, attr) for r in peers[name][index]))
 
-    floor_ratio = median("slipstream", 0, "rate") / median("raw-tcp-batch", 0, "rate")
-    nats_ratio = median("slipstream", 0, "rate") / median("nats", 0, "rate")
+    floor = median("raw-tcp-batch", 0, "rate")
+    nats_w1 = median("nats", 0, "rate")
     p99_ours, p99_nats = median("slipstream", 1, "p99_us"), median("nats", 1, "p99_us")
-    print(f"\nW1: slipstream / raw-tcp-batch = {floor_ratio:.2f} (target >= 0.5); "
-          f"slipstream / nats = {nats_ratio:.2f}")
+    print()
+    for name in clients:
+        ours = median(name, 0, "rate")
+        print(f"W1 {name}: {ours / floor:.2f}x raw-tcp-batch (target >= 0.5), "
+              f"{ours / nats_w1:.2f}x nats")
     print(f"W2 p99: slipstream {p99_ours:,.0f} µs, nats {p99_nats:,.0f} µs "
           f"({'within' if p99_ours <= p99_nats else 'over'} the target: <= nats)", flush=True)
 

@@ -31,6 +31,11 @@ async def produce(args: argparse.Namespace) -> int:
             topics = [f"bench.t{index}" for index in range(args.topics)]
             for index in range(args.count):
                 await client.publish_bytes(topics[index % args.topics], next(payloads))
+        elif args.batch > 1:  # Client.publish_batch: what a producer with runs does
+            for start in range(0, args.count, args.batch):
+                await client.publish_batch(
+                    "bench.data", [next(payloads) for _ in range(min(args.batch,
+                                                                      args.count - start))])
         else:
             for _ in range(args.count):
                 await client.publish_bytes("bench.data", next(payloads))
@@ -105,6 +110,8 @@ def main() -> int:
     parser.add_argument("--topics", type=int, default=1, help="interleave this many topics")
     parser.add_argument("--window", type=int, default=8192)
     parser.add_argument("--latency", action="store_true")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="publish with publish_batch, this many at a time")
     parser.add_argument("--per-message", action="store_true",
                         help="read with `async for message in sub` instead of sub.batches()")
     parser.add_argument("--pattern", default="bench.>")

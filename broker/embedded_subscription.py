@@ -48,7 +48,7 @@ class EmbeddedSubscription(Subscription):
     async def __anext__(self) -> Message:
         # The hot path of every consumer: one run (a MSG) serves thousands of calls, so
         # the common case is a few attribute reads and one Message; acknowledgement is
-        # counted inline and sent in batches (see _finish).
+        # counted inline and sent in batches (see _finish_previous).
         if self._outstanding:
             self._finish_previous()
         batch = self._batch
@@ -78,12 +78,11 @@ class EmbeddedSubscription(Subscription):
         self.received += end - start
         topic = batch.topic
         gap = self._pending_gaps.pop(topic, None) if self._pending_gaps else None
+        stamps, payloads = batch.timestamps_us, batch.payloads
         if start:  # part was taken one by one, or skipped as a re-delivery
-            return Batch(topic, range(batch.first_seq + start, batch.first_seq + end),
-                         batch.timestamps_us[start:], batch.payloads[start:], gap,
-                         self._batch_epoch)
-        return Batch(topic, range(batch.first_seq, batch.first_seq + end), batch.timestamps_us,
-                     batch.payloads, gap, self._batch_epoch)
+            stamps, payloads = stamps[start:], payloads[start:]
+        return Batch(topic, range(batch.first_seq + start, batch.first_seq + end), stamps,
+                     payloads, gap, self._batch_epoch)
 
     async def _next_run(self) -> p.Deliver:
         """Make the next run with messages left current (waiting for one if need be)."""

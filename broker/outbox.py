@@ -9,7 +9,7 @@ after the reconnect. `W` is whatever the caller waits on for a confirmation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from broker import protocol as p
@@ -57,6 +57,24 @@ class Outbox(Generic[W]):
         run.payloads.append(payload)
         run.size += len(payload) + MSGPACK_BIN_HEADER_BYTES
         self.payload_bytes += len(payload)
+
+    def add_many(self, topic: str, payloads: Sequence[bytes], max_run_bytes: int) -> None:
+        """Append payloads nobody waits on: a whole list at once when it fits one run."""
+        if not payloads:
+            return  # an empty run would be an empty PUB, which the broker refuses
+        payload_bytes = sum(map(len, payloads))
+        size = payload_bytes + MSGPACK_BIN_HEADER_BYTES * len(payloads)
+        run = self._open.get(topic)
+        if run is None or run.size + size > max_run_bytes:
+            if size > max_run_bytes:  # more than a frame's worth: payload by payload
+                for payload in payloads:
+                    self.add(topic, payload, max_run_bytes, None)
+                return
+            run = self._open[topic] = Run(topic)
+            self._runs.append(run)
+        run.payloads.extend(payloads)
+        run.size += size
+        self.payload_bytes += payload_bytes
 
     def frames(self, runs_per_frame: bool, max_frame_bytes: int,
                new_confirm_id: Callable[[], int]) -> tuple[list[bytes], Confirmations[W]]:

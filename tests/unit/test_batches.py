@@ -89,3 +89,18 @@ async def test_batches_ends_when_the_subscription_ends() -> None:
     sub.deliver(run("t.a", 1, 2))
     sub.end(StopAsyncIteration())
     assert [len(batch) async for batch in sub.batches()] == [2]
+
+
+def test_the_outbox_takes_a_list_whole_when_it_fits_one_run_and_keeps_order() -> None:
+    from broker.outbox import Outbox
+
+    outbox: Outbox[None] = Outbox()
+    outbox.add("t.a", b"0", 100, None)
+    outbox.add_many("t.a", [b"1", b"2"], 100)
+    outbox.add_many("t.b", [b"x" * 40, b"y" * 40, b"z" * 40], 100)  # over a run: split
+    outbox.add_many("t.c", [], 100)  # nothing: no run
+    frames, confirmations = outbox.frames(True, 1 << 20, iter(range(1, 9)).__next__)
+    assert confirmations == [] and outbox.payload_bytes == 0
+    decoded = p.FrameDecoder().feed(b"".join(frames))
+    assert [(f.topic, f.payloads) for f in decoded if type(f) is p.Publish] == [
+        ("t.a", [b"0", b"1", b"2"]), ("t.b", [b"x" * 40, b"y" * 40]), ("t.b", [b"z" * 40])]
