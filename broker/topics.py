@@ -154,6 +154,11 @@ class TopicLog:
 
     def _evict(self, keep_from_seq: int) -> None:
         limits = self.retention
+        # Over the message count: the whole excess in one slice (a busy topic at its
+        # bound evicts as many as each PUB adds, thousands at a time).
+        excess = min(self.retained - limits.max_messages, keep_from_seq - self.first_seq)
+        if excess > 0:
+            self._evict_front(excess)
         while self.retained and self.first_seq < keep_from_seq and (
             self.retained > limits.max_messages or self.retained_bytes > limits.max_bytes
         ):
@@ -170,16 +175,22 @@ class TopicLog:
         return freed
 
     def _evict_oldest(self) -> int:
+        return self._evict_front(1)
+
+    def _evict_front(self, count: int) -> int:
+        """Evict the `count` oldest messages; returns their payload bytes."""
         head = self._head
-        size = len(self._payloads[head])
-        self._payloads[head] = b""  # release the payload now, not when the prefix is cut
+        end = head + count
+        payloads = self._payloads
+        size = sum(map(len, payloads[head:end]))
+        payloads[head:end] = [b""] * count  # release the payloads now, not when cut off
         self.retained_bytes -= size
         self.budget.used_bytes -= size
-        self._head = head + 1
-        self.evicted_total += 1
-        if self._head >= COMPACT_AFTER_SLOTS and self._head * 2 >= len(self._payloads):
-            del self._payloads[: self._head]
-            del self._stamps_us[: self._head]
+        self._head = end
+        self.evicted_total += count
+        if end >= COMPACT_AFTER_SLOTS and end * 2 >= len(payloads):
+            del payloads[:end]
+            del self._stamps_us[:end]
             self._head = 0
         return size
 

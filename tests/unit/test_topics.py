@@ -66,3 +66,16 @@ def test_append_within_takes_a_whole_batch_at_once_when_evictions_are_allowed() 
     assert log.append_within(payloads(3), 2, keep_from_seq=4) == 3  # seqs 1..3 may go
     assert (log.first_seq, log.next_seq, log.retained, log.evicted_total) == (4, 9, 5, 3)
     assert log.read(4, 10, 1 << 20)[0] == [1, 1, 2, 2, 2]
+
+
+def test_a_big_append_evicts_its_excess_at_once_and_the_books_stay_exact() -> None:
+    from broker.topics import ByteBudget
+
+    budget = ByteBudget(1 << 30)
+    log = TopicLog("t", Retention(max_messages=100, max_bytes=1 << 30), budget)
+    sizes = [(index * 7) % 50 + 1 for index in range(5000)]
+    for start in range(0, 5000, 1250):  # four PUBs, each far over the bound
+        log.append([b"x" * size for size in sizes[start:start + 1250]], start)
+    assert (log.first_seq, log.retained, log.evicted_total) == (4901, 100, 4900)
+    assert log.retained_bytes == budget.used_bytes == sum(sizes[-100:])
+    assert [len(p) for p in log.read(4901, 1000, 1 << 30)[1]] == sizes[-100:]
