@@ -210,7 +210,7 @@ async def interleaved_topics(runs: int) -> None:
 
 
 async def nats_core_run(topics: int = 1, count: int = INTERLEAVED_MESSAGES, rate: float = 0.0,
-                        latency: bool = False) -> Result:
+                        latency: bool = False, consumers: int = 1) -> Result:
     """One run of the peer: nats-server (no JetStream) and bench/nats_peer.py."""
     from jetstream import free_port, nats_server
 
@@ -221,21 +221,23 @@ async def nats_core_run(topics: int = 1, count: int = INTERLEAVED_MESSAGES, rate
     peer = str(ROOT / "bench" / "nats_peer.py")
     address = f"nats://127.0.0.1:{port}"
     options = ["--count", str(count), "--rate", str(rate), *(["--latency"] if latency else [])]
-    consumer = None
+    readers: list[asyncio.subprocess.Process] = []
     try:
         await asyncio.sleep(0.3)
-        consumer = await asyncio.create_subprocess_exec(
-            sys.executable, peer, "consume", "--server", address, *options,
-            stdout=asyncio.subprocess.PIPE)
-        assert consumer.stdout is not None
-        assert (await asyncio.wait_for(consumer.stdout.readline(), 15)).strip() == b"ready"
+        for _ in range(consumers):
+            readers.append(await asyncio.create_subprocess_exec(
+                sys.executable, peer, "consume", "--server", address, *options,
+                stdout=asyncio.subprocess.PIPE))
+        for reader in readers:
+            assert reader.stdout is not None
+            assert (await asyncio.wait_for(reader.stdout.readline(), 15)).strip() == b"ready"
         producer = await asyncio.create_subprocess_exec(
             sys.executable, peer, "produce", "--server", address, *options,
             "--topics", str(topics), stdout=asyncio.subprocess.PIPE)
-        return await _peer_result(producer, consumer)
+        return await _peer_result(producer, *readers)
     finally:
-        for process in (consumer, server):
-            if process is not None and process.returncode is None:
+        for process in (*readers, server):
+            if process.returncode is None:
                 process.terminate()
                 await process.wait()
 
@@ -260,14 +262,17 @@ async def raw_floor_run(count: int, rate: float = 0.0, latency: bool = False) ->
 
 
 async def _peer_result(producer: asyncio.subprocess.Process,
-                       consumer: asyncio.subprocess.Process) -> Result:
+                       *consumers: asyncio.subprocess.Process) -> Result:
+    """Deliveries per second summed over the consumers, from the first publish to the last
+    delivery, as run_workload counts them."""
     out, _ = await asyncio.wait_for(producer.communicate(), 300)
     produced = json.loads(out)
-    out, _ = await asyncio.wait_for(consumer.communicate(), 300)
-    result = json.loads(out)
-    elapsed_s = (result["last_ns"] - produced["started_ns"]) / 1e9
-    outcome = Result(rate=result["received"] / elapsed_s, lost=result["lost"])
-    _set_latencies(outcome, result["latencies_us"])
+    results = [json.loads((await asyncio.wait_for(c.communicate(), 300))[0])
+               for c in consumers]
+    elapsed_s = (max(r["last_ns"] for r in results) - produced["started_ns"]) / 1e9
+    outcome = Result(rate=sum(r["received"] for r in results) / elapsed_s,
+                     lost=sum(r["lost"] for r in results))
+    _set_latencies(outcome, [x for r in results for x in r["latencies_us"]])
     return outcome
 
 
@@ -281,9 +286,9 @@ def _set_latencies(result: Result, latencies_us: list[int]) -> None:
 
 
 async def beside_the_peers(runs: int, on_full: str) -> None:
-    """W1 and W2 for slipstream (reading with sub.batches(), and message by message),
-    nats-server + nats-py and the brokerless floor, interleaved run by run so that the
-    machine's drift hits every one alike: the targets are ratios within this run."""
+    """W1 and W2 for slipstream (three ways), nats-server + nats-py and the brokerless
+    floor, interleaved run by run so that the machine's drift hits every one alike (the
+    targets are ratios within this run); then W3 beside nats."""
     w1, w2 = WORKLOADS["W1"], WORKLOADS["W2"]
     flags = ["--on-full", on_full]
     # slipstream three ways: both ends batched (publish_batch of 1,000, sub.batches()),
@@ -311,6 +316,14 @@ async def beside_the_peers(runs: int, on_full: str) -> None:
                 second.append(await raw_floor_run(int(w2["count"]), float(w2["rate"]),
                                                   latency=True))
         print("  peers: one round done", file=sys.stderr, flush=True)
+    w3 = WORKLOADS["W3"]
+    w3_ours: list[Result] = []
+    w3_nats: list[Result] = []
+    for _ in range(runs):
+        w3_ours.append(await run_workload(broker_flags=flags, consumer_flags=[],
+                                          **w3))  # type: ignore[arg-type]
+        w3_nats.append(await nats_core_run(count=int(w3["count"]),
+                                           consumers=int(w3["consumers"])))
     print(f"\nW1 and W2 beside the peers, one run ({runs} rounds, median [min..max])\n")
     print("| peer | W1 msgs/s | W1 lost | W2 p50 µs | W2 p99 µs | W2 p99.9 µs | W2 lost |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -330,6 +343,12 @@ async def beside_the_peers(runs: int, on_full: str) -> None:
         ours = median(name, 0, "rate")
         print(f"W1 {name}: {ours / floor:.2f}x raw-tcp-batch (target >= 0.5), "
               f"{ours / nats_w1:.2f}x nats")
+    w3_ratio = statistics.median(r.rate for r in w3_ours) / statistics.median(
+        r.rate for r in w3_nats)
+    print(f"W3 1 -> 8 (publish_bytes -> sub.batches()): slipstream "
+          f"{spread([r.rate for r in w3_ours])} deliveries/s ({sum(r.lost for r in w3_ours)} "
+          f"lost), nats {spread([r.rate for r in w3_nats])} ({sum(r.lost for r in w3_nats)} "
+          f"lost): {w3_ratio:.2f}x (target >= 2)")
     print(f"W2 p99: slipstream {p99_ours:,.0f} µs, nats {p99_nats:,.0f} µs "
           f"({'within' if p99_ours <= p99_nats else 'over'} the target: <= nats)", flush=True)
 
