@@ -128,7 +128,7 @@ class Cursors:
     per matching topic (the client's side is broker/subscription.py)."""
 
     __slots__ = ("acked", "connection", "cursors", "delivered", "durable", "gaps",
-                 "inflight", "missed", "pattern", "sid", "unacked", "window")
+                 "inflight", "missed", "pattern", "sid", "stalled", "unacked", "window")
 
     def __init__(self, connection: Connection, sid: int, pattern: str,
                  window: int, durable: str | None) -> None:
@@ -141,6 +141,9 @@ class Cursors:
         self.acked: dict[Topic, int] = {}  # first seq not yet acknowledged, per topic
         self.unacked: deque[list[Any]] = deque()  # [log, end_seq, count] per run sent
         self.inflight = 0
+        # Topics with messages left that waited for credit: the next ACK wakes them (only
+        # them: an ACK must not cost O(topics) when a pattern matches thousands).
+        self.stalled: set[Topic] = set()
         self.delivered = 0
         self.gaps = 0
         self.missed = 0
@@ -152,19 +155,22 @@ class Cursors:
     def pending(self) -> int:
         return sum(max(0, topic.next_seq - cursor) for topic, cursor in self.cursors.items())
 
-    def acknowledge(self, count: int) -> None:
+    def acknowledge(self, count: int) -> dict[Topic, None]:
         """Move ack marks forward over the oldest `count` delivered messages (the
-        connection has already taken them off `inflight`)."""
+        connection has already taken them off `inflight`); the topics whose mark moved."""
+        moved: dict[Topic, None] = {}
         while count:
             run = self.unacked[0]
             topic, end, size = run
             taken = min(size, count)
             self.acked[topic] = max(self.acked[topic], end - size + taken)
+            moved[topic] = None
             count -= taken
             if taken == size:
                 self.unacked.popleft()
             else:
                 run[2] = size - taken
+        return moved
 
 
 @dataclass
@@ -902,12 +908,15 @@ class Connection:
 
     def _ack(self, sub: Cursors, count: int) -> None:
         """The core checked the count and returned the credit: move the ack marks."""
-        sub.acknowledge(count)
+        moved = sub.acknowledge(count)
         if sub.durable:
             self.broker.durables_moved()
-        for topic, cursor in sub.cursors.items():
-            if cursor < topic.next_seq:
-                self.mark_dirty(sub, topic)
+        if sub.stalled:  # credit is back: what waited for it may go on
+            for topic in sub.stalled:
+                if topic in sub.cursors:  # not forgotten meanwhile
+                    self.mark_dirty(sub, topic)
+            sub.stalled.clear()
+        for topic in moved:  # --on-full block: a publisher may wait for this room
             self.broker.room_freed(topic)
 
     # --- sending ---------------------------------------------------------------
@@ -934,7 +943,8 @@ class Connection:
         """Queue the next run of `topic` for `sub`, or a GAP if it fell behind retention."""
         credit = sub.window - sub.inflight
         if credit <= 0:
-            return  # the ack that returns credit marks us dirty again
+            sub.stalled.add(topic)  # the ack that returns credit marks it dirty again
+            return
         cursor = sub.cursors[topic]
         first = topic.first_seq
         if cursor < first:
@@ -964,8 +974,11 @@ class Connection:
         sub.inflight += count
         sub.delivered += count
         sub.unacked.append([topic, cursor, count])
-        if cursor < topic.next_seq and sub.inflight < sub.window:
-            self._dirty[sub, topic] = None
+        if cursor < topic.next_seq:
+            if sub.inflight < sub.window:
+                self._dirty[sub, topic] = None
+            else:
+                sub.stalled.add(topic)
 
     def _emit_runs(self) -> None:
         """This pass's runs, one MSGM per subscription (cut where a frame would exceed
