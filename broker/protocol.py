@@ -206,6 +206,8 @@ def _list_of(kind: type) -> _Check:
 
 
 _int = _is(int)
+_bytes_list = _list_of(bytes)
+_int_list = _list_of(int)
 _str = _is(str)
 _opt_int = _is(int, type(None))
 _opt_str = _is(str, type(None))
@@ -213,12 +215,12 @@ _opt_str = _is(str, type(None))
 _SCHEMA: dict[int, tuple[type[Any], tuple[_Check, ...]]] = {
     FrameType.HELLO: (Hello, (_int, _str, _opt_str)),
     FrameType.WELCOME: (Welcome, (_int, _str, _int, _int)),
-    FrameType.PUB: (Publish, (_str, _list_of(bytes), _opt_int)),
+    FrameType.PUB: (Publish, (_str, _bytes_list, _opt_int)),
     FrameType.PUBACK: (PublishAck, (_int, _int, _int)),
     FrameType.SUB: (Subscribe, (_int, _str, _is(str, int), _opt_str, _int)),
     FrameType.SUBACK: (Subscribed, (_int,)),
     FrameType.UNSUB: (Unsubscribe, (_int,)),
-    FrameType.MSG: (Deliver, (_int, _str, _int, _list_of(int), _list_of(bytes))),
+    FrameType.MSG: (Deliver, (_int, _str, _int, _int_list, _bytes_list)),
     FrameType.GAP: (Gap, (_int, _str, _int, _int, _str)),
     FrameType.ACK: (Ack, (_int, _int)),
     FrameType.PING: (Ping, (_int,)),
@@ -431,14 +433,25 @@ def split_runs(fields: list[Any]) -> list[Frame]:
                             f"of runs, got {_describe(fields[1:])}", code="bad_frame")
     runs = fields[-1]
     frames: list[Frame] = []
+    sid = fields[1]
     for run in runs:
         if type(run) is not list:
             raise ProtocolError(f"{name} run must be an array, got {_describe(run)}",
                                 code="bad_frame")
+        # The hot path (with many topics a run may hold a few messages): the checks of
+        # the schema inline; anything off goes through parse_fields, which says what.
         if type_code == FrameType.PUBM:
+            if len(run) == 2 and type(run[0]) is str and _bytes_list(run[1]):
+                frames.append(Publish(run[0], run[1], None))
+                continue
             frame = parse_fields([int(FrameType.PUB), *run, None])
         else:
-            frame = parse_fields([int(FrameType.MSG), fields[1], *run])
+            if (len(run) == 4 and type(run[0]) is str and type(run[1]) is int
+                    and type(sid) is int and _int_list(run[2]) and _bytes_list(run[3])
+                    and len(run[2]) == len(run[3])):
+                frames.append(Deliver(sid, run[0], run[1], run[2], run[3]))
+                continue
+            frame = parse_fields([int(FrameType.MSG), sid, *run])
         frames.append(frame)  # type: ignore[arg-type]  # known types: never UnknownFrame
     return frames
 

@@ -154,6 +154,9 @@ class TopicLog:
 
     def _evict(self, keep_from_seq: int) -> None:
         limits = self.retention
+        if (len(self._payloads) - self._head <= limits.max_messages
+                and self.retained_bytes <= limits.max_bytes):
+            return  # within bounds: the common case, once per PUB run
         # Over the message count: the whole excess in one slice (a busy topic at its
         # bound evicts as many as each PUB adds, thousands at a time).
         excess = min(self.retained - limits.max_messages, keep_from_seq - self.first_seq)
