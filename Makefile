@@ -28,7 +28,7 @@ test: $(SETUP)
 	$(PY) -m pytest
 
 lint: $(SETUP)
-	$(VENV)/bin/ruff check broker producer consumer f1vocab tests bench scripts examples
+	$(VENV)/bin/ruff check broker producer consumer f1vocab slipstream tests bench scripts examples
 	$(VENV)/bin/mypy
 
 bench: $(SETUP)

@@ -37,8 +37,8 @@ connected subscriber has acknowledged the oldest message: nothing is lost,
 but one slow consumer slows every producer of that topic."""
 
 
-def serve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m broker", description=DESCRIPTION,
+def serve_parser(prog: str = "python -m broker") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default %(default)s; 0.0.0.0 for every "
@@ -213,9 +213,9 @@ async def serve(config: BrokerConfig) -> int:
     return cli.EXIT_OK
 
 
-def stats_parser() -> argparse.ArgumentParser:
+def stats_parser(prog: str = "python -m broker stats") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m broker stats",
+        prog=prog,
         description="Show a running broker's topics (published, retained, bytes, subscribers) "
                     "and connections (delivered, pending, gaps).")
     cli.add_connection_args(parser)
@@ -277,24 +277,27 @@ def format_stream_stats(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m broker") -> int:
+    """`prog` names the command in help and errors (`slipstream broker` runs this too;
+    its `stats` is then `slipstream stats`)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["stats"]:
-        args = stats_parser().parse_args(argv[1:])
+        stats_prog = f"{prog.removesuffix(' broker')} stats"
+        args = stats_parser(stats_prog).parse_args(argv[1:])
         cli.setup_logging(args, default=logging.WARNING)
-        return cli.run("python -m broker stats", lambda: show_stats(args))
-    args = serve_parser().parse_args(argv)
+        return cli.run(stats_prog, lambda: show_stats(args))
+    args = serve_parser(prog).parse_args(argv)
     cli.setup_logging(args)
     if args.broker is not None:
         if not is_nats(args.broker):
-            return cli.fail("python -m broker", f"--broker {args.broker!r}: only a nats:// "
+            return cli.fail(prog, f"--broker {args.broker!r}: only a nats:// "
                             "address makes sense here (to run this broker, leave it out)",
                             cli.EXIT_USAGE)
         from broker.jetstream.setup import prepare
 
-        return cli.run("python -m broker", lambda: prepare(args, argv))
+        return cli.run(prog, lambda: prepare(args, argv))
     config = config_from(args)
-    return cli.run("python -m broker", lambda: serve(config))
+    return cli.run(prog, lambda: serve(config))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ def installed() -> dict[str, str]:
     return {entry.name: entry.value for entry in entry_points(group=GROUP)}
 
 
-def usage() -> str:
+def usage(prog: str = "python -m consumer") -> str:
     names = "\n".join(f"  {name:<12} ({value})" for name, value in sorted(installed().items()))
-    return ("usage: python -m consumer NAME [options]      run an installed consumer\n"
-            "       python -m consumer run FILE [options]  run a consumer written in FILE\n"
-            "       python -m consumer NAME --help         its options\n\n"
+    return (f"usage: {prog} NAME [options]      run an installed consumer\n"
+            f"       {prog} run FILE [options]  run a consumer written in FILE\n"
+            f"       {prog} NAME --help         its options\n\n"
             f"installed consumers (entry-point group {GROUP!r}):\n{names}")
 
 
@@ -58,21 +58,21 @@ def load_file(path_text: str) -> Consumer:
     return find_consumer(vars(module), path_text)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m consumer") -> int:
+    """`prog` names the command in help and errors (`slipstream consumer` runs this too)."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
+        print(usage(prog))
         return cli.EXIT_OK if argv else cli.EXIT_USAGE
     try:
         if argv[0] == "run":
             if len(argv) < 2 or argv[1].startswith("-"):
-                return cli.fail("python -m consumer run", "give the consumer's FILE",
-                                cli.EXIT_USAGE)
-            app, rest, prog = load_file(argv[1]), argv[2:], f"python -m consumer run {argv[1]}"
+                return cli.fail(f"{prog} run", "give the consumer's FILE", cli.EXIT_USAGE)
+            app, rest, prog = load_file(argv[1]), argv[2:], f"{prog} run {argv[1]}"
         else:
-            app, rest, prog = load_installed(argv[0]), argv[1:], f"python -m consumer {argv[0]}"
+            app, rest, prog = load_installed(argv[0]), argv[1:], f"{prog} {argv[0]}"
     except ConfigError as exc:
-        return cli.fail("python -m consumer", str(exc), cli.EXIT_USAGE)
+        return cli.fail(prog, str(exc), cli.EXIT_USAGE)
     return app.run(rest, prog=prog)
 
 

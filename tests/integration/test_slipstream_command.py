@@ -1,0 +1,57 @@
+"""The `slipstream` command: every subcommand reaches the entry point it stands for, with
+the same flags and exit codes; the console script is installed by the set-up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+from tests.helpers import Processes, RunningProcess, run_command, wait_for
+
+
+def test_the_console_script_is_installed_beside_python() -> None:
+    assert (Path(sys.executable).parent / "slipstream").is_file()
+
+
+async def test_help_lists_every_command_and_mistakes_exit_2_with_a_hint() -> None:
+    code, out, _ = await run_command("-m", "slipstream", "--help")
+    assert code == 0
+    for command in ("broker", "stats", "pub", "sub", "replay", "live", "archive", "udp",
+                    "udp-sim", "udp-replay", "consumer", "run"):
+        assert f"\n  {command} " in out
+    code, _, err = await run_command("-m", "slipstream")
+    assert code == 2
+    code, _, err = await run_command("-m", "slipstream", "pu")
+    assert code == 2 and "no command 'pu' (did you mean pub?)" in err
+    code, out, _ = await run_command("-m", "slipstream", "sub", "--help")
+    assert code == 0 and out.startswith("usage: slipstream sub")
+
+
+async def test_broker_pub_sub_and_stats_through_one_command(processes: Processes) -> None:
+    broker = await processes.command("-m", "slipstream", "broker", "--port", "0")
+    await wait_for(lambda: _listening(broker), "the broker to listen")
+    address = "127.0.0.1:" + broker.out_path.read_text().split()[-1].rsplit(":", 1)[1]  # type: ignore[attr-defined]
+    for n in (1, 2):
+        code, _, err = await run_command("-m", "slipstream", "pub", "demo.hello",
+                                         json.dumps({"n": n}), "--broker", address)
+        assert code == 0, err
+    code, out, err = await run_command("-m", "slipstream", "sub", "demo.>", "--from",
+                                       "earliest", "--count", "2", "--json", "--broker", address)
+    assert code == 0, err
+    assert [json.loads(line)["data"] for line in out.splitlines()] == [{"n": 1}, {"n": 2}]
+    code, out, _ = await run_command("-m", "slipstream", "stats", "--json", "--broker", address)
+    assert code == 0 and json.loads(out)["topics"]["demo.hello"]["published"] == 2
+    code, _, err = await run_command("-m", "slipstream", "pub", "demo.hello", "{not json",
+                                     "--broker", address)
+    assert code == 2 and "the JSON argument is not valid JSON" in err
+    assert await broker.stop(signal.SIGINT) == 0
+
+
+async def _listening(broker: RunningProcess) -> bool:
+    """The broker's first line (its address) is out."""
+    await asyncio.sleep(0)
+    out: Path = broker.out_path  # type: ignore[attr-defined]
+    return out.read_text().endswith("\n")
