@@ -13,9 +13,9 @@ from typing import Any
 
 from broker import cli
 from broker import protocol as p
-from broker.client import DEFAULT_STREAM, STREAM_ENV, is_nats
+from broker.client import DEFAULT_STREAM, STREAM_ENV, is_nats, parse_address
 from broker.datadir import DATA_DIR_ENV
-from broker.errors import StorageError
+from broker.errors import ConfigError, StorageError
 from broker.server import Broker, BrokerConfig
 from broker.topics import Retention
 
@@ -35,6 +35,16 @@ gap notice with the exact count it lost: producers and other consumers are
 never slowed. 'block' makes publishers wait (TCP backpressure) until every
 connected subscriber has acknowledged the oldest message: nothing is lost,
 but one slow consumer slows every producer of that topic."""
+
+
+def http_arg(text: str) -> tuple[str, int]:
+    """--http HOST:PORT, checked as argparse parses it (a bad value: exit 2, one line)."""
+    if ":" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8222)")
+    try:
+        return parse_address(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def serve_parser(prog: str = "python -m broker") -> argparse.ArgumentParser:
@@ -64,6 +74,9 @@ def serve_parser(prog: str = "python -m broker") -> argparse.ArgumentParser:
     parser.add_argument("--handshake-timeout", type=float, default=5.0, metavar="SECONDS",
                         help="disconnect a client that sends no HELLO for this long "
                              "(default %(default)s)")
+    parser.add_argument("--http", metavar="HOST:PORT", type=http_arg,
+                        help="serve /healthz, /varz and /metrics (Prometheus) here, e.g. "
+                             "127.0.0.1:8222 (off by default; docs/operations.md)")
     add_storage_args(parser)
     add_limit_args(parser)
     add_nats_args(parser)
@@ -181,7 +194,7 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
         max_publish_rate_msgs=args.max_publish_rate,
         max_publish_rate_bytes=args.max_publish_bytes,
         data_dir=args.data_dir, fsync=args.fsync, repair=args.repair,
-        retain_age_s=args.retain_age)
+        retain_age_s=args.retain_age, http=args.http)
 
 
 def exposure_warning(config: BrokerConfig) -> str | None:
@@ -189,28 +202,47 @@ def exposure_warning(config: BrokerConfig) -> str | None:
     if config.token is None and not cli.is_loopback(config.host):
         return (f"listening on {config.host} without --token: anyone who can reach this "
                 "address can publish and read every topic")
+    if config.http is not None and not cli.is_loopback(config.http[0]):
+        return (f"--http serves the broker's figures on {config.http[0]} to anyone who can "
+                "reach it (no token applies there)")
     return None
 
 
 async def serve(config: BrokerConfig) -> int:
     broker = Broker(config)
+    monitor = None
+    if config.http is not None:
+        from broker.monitor import Monitor
+
+        monitor = Monitor(broker, *config.http)
+        try:
+            port = await monitor.start()  # first: /healthz says "starting" while we load
+        except OSError as exc:
+            return cli.fail("python -m broker", f"--http: cannot serve on "
+                            f"{config.http[0]}:{config.http[1]}: {exc.strerror or exc}")
+        print(f"slipstream broker monitoring on http://{config.http[0]}:{port}/ "
+              "(/healthz, /varz, /metrics)", flush=True)
     try:
-        await broker.start()
-    except StorageError as exc:
-        return cli.fail("python -m broker", str(exc), cli.EXIT_USAGE)
-    except OSError as exc:
-        return cli.fail("python -m broker",
-                        f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
-    warning = exposure_warning(config)
-    if warning:
-        log.warning("%s", warning)
-    # The one line a supervisor (or a test) waits for before connecting.
-    print(f"slipstream broker listening on {config.host}:{broker.port}", flush=True)
-    try:
-        await asyncio.Event().wait()  # until Ctrl-C / SIGTERM cancels us
+        try:
+            await broker.start()
+        except StorageError as exc:
+            return cli.fail("python -m broker", str(exc), cli.EXIT_USAGE)
+        except OSError as exc:
+            return cli.fail("python -m broker", f"cannot listen on {config.host}:"
+                            f"{config.port}: {exc.strerror or exc}")
+        warning = exposure_warning(config)
+        if warning:
+            log.warning("%s", warning)
+        # The one line a supervisor (or a test) waits for before connecting.
+        print(f"slipstream broker listening on {config.host}:{broker.port}", flush=True)
+        try:
+            await asyncio.Event().wait()  # until Ctrl-C / SIGTERM cancels us
+        finally:
+            await broker.close()
+        return cli.EXIT_OK
     finally:
-        await broker.close()
-    return cli.EXIT_OK
+        if monitor is not None:
+            await monitor.close()
 
 
 def stats_parser(prog: str = "python -m broker stats") -> argparse.ArgumentParser:

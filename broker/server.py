@@ -98,6 +98,7 @@ class BrokerConfig:
     fsync: FsyncPolicy = "interval"
     repair: bool = False
     retain_age_s: float = 0.0  # on disk: delete segments older than this (0: no limit)
+    http: tuple[str, int] | None = None  # --http: the monitoring endpoints (broker/monitor.py)
 
     @property
     def segment_bytes(self) -> int:
@@ -202,6 +203,10 @@ class Broker:
             ("refused_connections", "budget_evictions", "expired_topics", "expired_durables",
              "slow_consumers"), 0)
         self.log_throttle = LogThrottle(log)
+        # Since the start, for monitoring (broker/monitor.py): only ever grow.
+        self.totals: dict[str, int] = dict.fromkeys(
+            ("published", "delivered", "gaps", "missed", "bytes_in", "bytes_out"), 0)
+        self.state: Literal["starting", "accepting", "stopping"] = "starting"
         self._last_publish: dict[Topic, float] = {}
         # A topic created again after it expired starts above every seq it had.
         self._expired_seq_floor = 1
@@ -223,6 +228,7 @@ class Broker:
         self._housekeeping = asyncio.create_task(self._housekeep(), name="broker-housekeeping")
         if self.data is not None and self.config.fsync != "always":
             self._syncer = asyncio.create_task(self._sync_periodically(), name="broker-sync")
+        self.state = "accepting"
         log.info("listening on %s:%d (on-full=%s, retain %d messages / %d bytes per topic, "
                  "%d bytes in all)", self.config.host, self.port, self.config.on_full,
                  self.config.retention.max_messages, self.config.retention.max_bytes,
@@ -236,6 +242,7 @@ class Broker:
 
     async def close(self) -> None:
         """Stop accepting, tell every client we are going, and end all connections."""
+        self.state = "stopping"
         if self._server is not None:
             self._server.close()
         for task in (self._housekeeping, self._syncer):
@@ -675,6 +682,7 @@ class Connection:
                     data = await self.reader.read(READ_CHUNK_BYTES)
                     if not data:
                         raise _Closed
+                    self.broker.totals["bytes_in"] += len(data)
                     frames = core.receive_data(data)
         except TimeoutError:
             core.fail("handshake_timeout", f"no HELLO within {self.config.handshake_timeout_s:g} s")
@@ -709,6 +717,7 @@ class Connection:
                 core.receive_eof()
                 self._stop_sender()
                 raise _Closed
+            self.broker.totals["bytes_in"] += len(data)
             frames = core.receive_data(data)
 
     async def _next_data(self) -> bytes:
@@ -874,6 +883,7 @@ class Connection:
         if self.config.fsync == "always" and type(topic) is DiskTopicLog:
             topic.sync()  # on the disk itself before the PUBACK says so
         self.published += len(frame.payloads)
+        self.broker.totals["published"] += len(frame.payloads)
         self.broker.notify(topic)
         self.core.published(frame, first_seq)
 
@@ -973,6 +983,7 @@ class Connection:
         sub.cursors[topic] = cursor
         sub.inflight += count
         sub.delivered += count
+        self.broker.totals["delivered"] += count
         sub.unacked.append([topic, cursor, count])
         if cursor < topic.next_seq:
             if sub.inflight < sub.window:
@@ -1006,6 +1017,9 @@ class Connection:
     def _gap(self, sub: Cursors, topic: Topic, first_missed: int, count: int) -> None:
         sub.gaps += 1
         sub.missed += count
+        totals = self.broker.totals
+        totals["gaps"] += 1
+        totals["missed"] += count
         reason = (f"evicted: fell behind retention of {echo(topic.name)} "
                   f"({self.config.retention.max_messages:,} messages / "
                   f"{self.config.retention.max_bytes:,} bytes per topic, "
@@ -1017,6 +1031,7 @@ class Connection:
     def _flush(self) -> None:
         out = self.core.data_to_send()
         if out:
+            self.broker.totals["bytes_out"] += sum(map(len, out))
             self.writer.writelines(out)
 
     async def _drain(self) -> None:

@@ -59,6 +59,7 @@ class RunningProcess:
 @dataclass
 class RunningBroker(RunningProcess):
     port: int = 0
+    http_url: str = ""  # with --http: where /healthz, /varz and /metrics are
 
     @property
     def address(self) -> str:
@@ -100,11 +101,16 @@ class Processes:
         running = RunningBroker(process, log_path)
         self.started.append(running)
         assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), STARTUP_TIMEOUT_S)
-        if not line:
-            await process.wait()
-            raise AssertionError(f"broker exited {process.returncode}: {running.log()}")
-        running.port = int(line.decode().rsplit(":", 1)[1])
+        while True:  # with --http, the monitoring line comes first
+            line = await asyncio.wait_for(process.stdout.readline(), STARTUP_TIMEOUT_S)
+            if not line:
+                await process.wait()
+                raise AssertionError(f"broker exited {process.returncode}: {running.log()}")
+            text = line.decode()
+            if "monitoring on " not in text:
+                break
+            running.http_url = text.split("monitoring on ", 1)[1].split()[0]
+        running.port = int(text.rsplit(":", 1)[1])
         return running
 
     async def dashboard(self, broker: str, *flags: str, http: str = "127.0.0.1:0"

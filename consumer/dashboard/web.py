@@ -40,6 +40,7 @@ PATHS = {  # path -> the query parameters it takes
     "/events": {"topics", "token"},
     "/api/state": {"token"},
     "/api/stats": {"token"},
+    "/healthz": set(),  # for probes: no token, any Host (it tells nothing of the data)
 }
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -94,6 +95,7 @@ class DashboardWeb:
         app.router.add_get("/events", self.events)
         app.router.add_get("/api/state", self.state)
         app.router.add_get("/api/stats", self.stats)
+        app.router.add_get("/healthz", self.healthz)
         app.on_shutdown.append(self._close_clients)
         return app
 
@@ -142,7 +144,9 @@ class DashboardWeb:
         unknown = sorted(set(request.query) - allowed)
         if unknown:
             return error(400, f"unknown query parameter {', '.join(map(repr, unknown))} for "
-                              f"{request.path} (it takes: {', '.join(sorted(allowed))})")
+                              f"{request.path} (it takes: {', '.join(sorted(allowed)) or 'none'})")
+        if request.path == "/healthz":
+            return await handler(request)
         foreign = self._foreign(request)
         if foreign is not None:
             return error(403, foreign)
@@ -179,6 +183,13 @@ class DashboardWeb:
 
     async def state(self, request: web.Request) -> web.Response:
         return web.Response(text=json_text(self.hub.state()), content_type="application/json")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """200 while serving with the broker connected; 503 while the broker is away
+        (the page still serves what it had, but nothing new arrives)."""
+        if self.hub.broker_connected():
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "broker unreachable"}, status=503)
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.Response(text=json_text(self.hub.stats()), content_type="application/json")

@@ -304,3 +304,21 @@ async def test_other_sites_and_rebound_names_are_refused(processes: Processes) -
             async with session.ws_connect(dashboard.url + "ws", headers={
                     "Host": name, "Origin": f"http://{name}"}) as ws:
                 assert await ws.receive_json(timeout=5)  # the first frame of the feed
+
+
+async def test_healthz_needs_no_token_and_follows_the_broker(processes: Processes) -> None:
+    broker = await processes.broker("--token", "s3cret")
+    dashboard = await processes.dashboard(broker.address, "--token", "s3cret")
+    async with aiohttp.ClientSession() as session:
+        async def health() -> tuple[int, Any]:
+            async with session.get(dashboard.url + "healthz",
+                                   headers={"Host": "probe.internal:1"}) as response:
+                return response.status, await response.json()
+
+        await until(lambda: _is(health(), (200, {"status": "ok"})))
+        assert await broker.stop(signal.SIGTERM) == 0
+        await until(lambda: _is(health(), (503, {"status": "broker unreachable"})))
+
+
+async def _is(answer: Awaitable[tuple[int, Any]], expected: tuple[int, Any]) -> bool:
+    return await answer == expected
