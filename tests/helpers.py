@@ -129,11 +129,13 @@ class Processes:
         running.url = line.decode().split()[1].split("?")[0]
         return running
 
-    async def command(self, *args: str, stdout_path: Path | None = None) -> RunningProcess:
+    async def command(self, *args: str, stdout_path: Path | None = None,
+                      env: dict[str, str] | None = None, cwd: Path = ROOT) -> RunningProcess:
         """Start `python ARGS...` with stdout to a file (read it with .output())."""
         log_path = self.directory / f"proc-{len(self.started)}.log"
         out = stdout_path or self.directory / f"proc-{len(self.started)}.out"
-        process = await spawn(list(args), log_path, stdout=out.open("wb"))
+        process = await spawn(list(args), log_path, stdout=out.open("wb"), extra_env=env,
+                              cwd=cwd)
         running = RunningProcess(process, log_path)
         running.out_path = out  # type: ignore[attr-defined]
         self.started.append(running)
@@ -253,12 +255,15 @@ def free_port() -> int:
         return port
 
 
-async def spawn(args: list[str], log_path: Path, stdout: object) -> asyncio.subprocess.Process:
+async def spawn(args: list[str], log_path: Path, stdout: object,
+                extra_env: dict[str, str] | None = None,
+                cwd: Path = ROOT) -> asyncio.subprocess.Process:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SLIPSTREAM_BROKER", None)
     env.pop("SLIPSTREAM_TOKEN", None)
+    env.update(extra_env or {})
     return await asyncio.create_subprocess_exec(
-        sys.executable, *args, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+        sys.executable, *args, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=stdout, stderr=log_path.open("wb"))  # type: ignore[arg-type]
 
 
