@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m consumer") -> int
         return cli.EXIT_OK if argv else cli.EXIT_USAGE
     try:
         if argv[0] == "run":
+            if argv[1:2] in (["-h"], ["--help"]):
+                print(f"usage: {prog} run FILE [options]\n\nRun the Consumer defined in FILE "
+                      "(docs/writing-a-consumer.md) with the options every consumer has;\n"
+                      f"`{prog} run FILE --help` lists them, with the consumer's own.")
+                return cli.EXIT_OK
             if len(argv) < 2 or argv[1].startswith("-"):
                 return cli.fail(f"{prog} run", "give the consumer's FILE", cli.EXIT_USAGE)
             app, rest, prog = load_file(argv[1]), argv[2:], f"{prog} run {argv[1]}"

@@ -103,8 +103,8 @@ async def run(args: argparse.Namespace) -> int:
     async with cli.client_for(args, "pub") as client:
         if args.count:
             await publish_synthetic(client, args, in_doubt)
-        elif args.json is not None:
-            await publish_one(client, args, message, in_doubt)
+        elif args.json is not None:  # one message: confirmed, so its seq can be shown
+            await publish_one(client, args, message, in_doubt, confirm=True)
         else:
             for number, line in enumerate(sys.stdin, 1):
                 if line.strip():
@@ -122,8 +122,9 @@ def parse_json(text: str, where: str) -> Any:
 
 
 async def publish_one(client: Client, args: argparse.Namespace, data: Any,
-                      in_doubt: InDoubt) -> None:
-    seq = await in_doubt.publish(client, args.topic, msgpack.packb(data), args.confirm)
+                      in_doubt: InDoubt, confirm: bool = False) -> None:
+    seq = await in_doubt.publish(client, args.topic, msgpack.packb(data),
+                                 confirm or args.confirm)
     if seq is not None:
         print(f"published {args.topic} #{seq}{in_doubt.summary()}")
 
@@ -133,11 +134,16 @@ async def publish_synthetic(client: Client, args: argparse.Namespace,
     interval_s = 1.0 / args.rate if args.rate > 0 else 0.0
     pacer = Pacer(1.0 if interval_s else 0.0)
     payloads = synthetic_payloads(args.size)
-    for index in range(args.count):
-        await pacer.wait_until(index * interval_s)
-        await in_doubt.publish(client, args.topic, next(payloads), args.confirm)
-    await client.flush()
-    elapsed = max(time.monotonic() - pacer.started, 1e-3)
-    print(f"published {args.count:,} messages of {args.size} bytes to {args.topic} in "
-          f"{elapsed:.3f} s: {args.count / elapsed:,.0f} msg/s{in_doubt.summary()}",
-          file=sys.stderr)
+    sent = 0
+    try:
+        for index in range(args.count):
+            await pacer.wait_until(index * interval_s)
+            await in_doubt.publish(client, args.topic, next(payloads), args.confirm)
+            sent = index + 1
+        await client.flush()
+    finally:  # Ctrl-C too: say how far it got
+        elapsed = max(time.monotonic() - pacer.started, 1e-3)
+        stopped = "" if sent == args.count else f" (stopped after {sent:,} of {args.count:,})"
+        print(f"published {sent:,} messages of {args.size} bytes to {args.topic} in "
+              f"{elapsed:.3f} s: {sent / elapsed:,.0f} msg/s{in_doubt.summary()}{stopped}",
+              file=sys.stderr)

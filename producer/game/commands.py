@@ -40,23 +40,31 @@ def add_parsers(subparsers: Any) -> None:
         "udp-sim", help="send a simulated game session as UDP datagrams",
         description="Emit specification-valid datagrams of a plausible session: cars "
                     "lapping, tyres wearing, a fastest lap, a penalty and a safety car.")
-    sim.add_argument("--to", default=f"127.0.0.1:{GAME_PORT}", metavar="HOST:PORT")
-    sim.add_argument("--format", type=int, choices=sorted(SPECS), default=2026)
-    sim.add_argument("--cars", type=cli.positive_int, default=20)
+    sim.add_argument("--to", default=f"127.0.0.1:{GAME_PORT}", metavar="HOST:PORT",
+                     help="where to send the datagrams: the port `udp` listens on "
+                          "(default %(default)s)")
+    sim.add_argument("--format", type=int, choices=sorted(SPECS), default=2026,
+                     help="which game's UDP format to speak (default %(default)s)")
+    sim.add_argument("--cars", type=cli.positive_int, default=20,
+                     help="cars in the simulated session (default %(default)s)")
     sim.add_argument("--hz", type=float, default=60.0, help="frames per second (default 60)")
     sim.add_argument("--duration", type=float, default=120.0, metavar="S",
                      help="session length in seconds (default 120)")
-    sim.add_argument("--as-fast-as-possible", action="store_true")
+    sim.add_argument("--as-fast-as-possible", action="store_true",
+                     help="no pauses: the whole session at once (for tests and benchmarks)")
     cli.add_logging_args(sim)
     sim.set_defaults(command=run_simulator, log_level=logging.INFO)
 
     replay = subparsers.add_parser(
         "udp-replay", help="replay a capture into the broker or as UDP datagrams",
         description="Replay a capture file (from `udp --record`), keeping its timing.")
-    replay.add_argument("capture", type=Path, metavar="FILE")
+    replay.add_argument("capture", type=Path, metavar="FILE",
+                        help="a capture written by `udp --record` (samples/game/ has one)")
     pace = replay.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0, metavar="X")
-    pace.add_argument("--as-fast-as-possible", action="store_true")
+    pace.add_argument("--speed", type=float, default=1.0, metavar="X",
+                      help="X times the captured pace (default 1)")
+    pace.add_argument("--as-fast-as-possible", action="store_true",
+                      help="no pauses at all")
     replay.add_argument("--to", metavar="HOST:PORT",
                         help="send the datagrams to this UDP port instead of the broker")
     replay.add_argument("--raw", action="store_true", help="into the broker: also game.raw")

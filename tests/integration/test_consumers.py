@@ -257,3 +257,18 @@ async def test_a_batch_handler_gets_runs_of_one_topic_and_counts_each_message(
 async def _lines_add_up(consumer: RunningProcess, count: int) -> bool:
     text = consumer.out_path.read_text()  # type: ignore[attr-defined]
     return sum(int(line.split()[1]) for line in text.splitlines() if line.strip()) >= count
+
+
+async def test_the_readmes_from_python_program_runs_as_shown(processes: Processes) -> None:
+    broker = await processes.broker()
+    program = await processes.command("examples/from_python.py",
+                                      env={"SLIPSTREAM_BROKER": broker.address})
+    await wait_for_output(program, "demo.hello 2 {'lap': 2}")
+    assert await program.stop(signal.SIGINT) == 0
+    assert program.out_path.read_text().splitlines() == [  # type: ignore[attr-defined]
+        "stored as seq 2", "demo.hello 1 {'lap': 1}", "demo.hello 2 {'lap': 2}"]
+
+
+async def test_run_help_explains_instead_of_failing() -> None:
+    code, out, _ = await run_command("-m", "consumer", "run", "--help")
+    assert code == 0 and out.startswith("usage: python -m consumer run FILE [options]")

@@ -35,9 +35,9 @@ async def test_broker_pub_sub_and_stats_through_one_command(processes: Processes
     await wait_for(lambda: _listening(broker), "the broker to listen")
     address = "127.0.0.1:" + broker.out_path.read_text().split()[-1].rsplit(":", 1)[1]  # type: ignore[attr-defined]
     for n in (1, 2):
-        code, _, err = await run_command("-m", "slipstream", "pub", "demo.hello",
-                                         json.dumps({"n": n}), "--broker", address)
-        assert code == 0, err
+        code, out, err = await run_command("-m", "slipstream", "pub", "demo.hello",
+                                           json.dumps({"n": n}), "--broker", address)
+        assert (code, out) == (0, f"published demo.hello #{n}\n"), err
     code, out, err = await run_command("-m", "slipstream", "sub", "demo.>", "--from",
                                        "earliest", "--count", "2", "--json", "--broker", address)
     assert code == 0, err
@@ -55,3 +55,22 @@ async def _listening(broker: RunningProcess) -> bool:
     await asyncio.sleep(0)
     out: Path = broker.out_path  # type: ignore[attr-defined]
     return out.read_text().endswith("\n")
+
+
+async def test_an_interrupted_pub_count_still_reports_how_far_it_got(
+        processes: Processes) -> None:
+    broker = await processes.broker()
+    pub = await processes.command("-m", "slipstream", "pub", "demo.load", "--count", "100000",
+                                  "--rate", "200", "--broker", broker.address)
+    await wait_for(lambda: _published_some(broker.address), "some messages to arrive")
+    assert await pub.stop(signal.SIGINT) == 0
+    report = pub.log().strip().splitlines()[-1]
+    assert report.startswith("published ") and " of 100,000)" in report, report
+
+
+async def _published_some(address: str) -> bool:
+    from broker import Client
+
+    async with Client(address) as client:
+        topics = (await client.stats())["topics"]
+    return topics.get("demo.load", {}).get("published", 0) > 0
