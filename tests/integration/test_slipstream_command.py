@@ -73,4 +73,4 @@ async def _published_some(address: str) -> bool:
 
     async with Client(address) as client:
         topics = (await client.stats())["topics"]
-    return topics.get("demo.load", {}).get("published", 0) > 0
+    return int(topics.get("demo.load", {}).get("published", 0)) > 0
