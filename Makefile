@@ -9,7 +9,9 @@ SETUP := $(VENV)/.setup-done
 .PHONY: run test lint bench clean help
 
 help:
-	@echo "make run    set up, then run the demo: broker + publisher + printer"
+	@echo "make run    set up, then run the demo: the broker, a real F1 session replayed at 30x and"
+	@echo "            a simulated game session, into the printer, SQLite, the alerter and the"
+	@echo "            dashboard (each run's data in data/run-*/)"
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make lint   ruff and mypy --strict"
 	@echo "make bench  throughput and latency benchmarks, and what hostile clients cost"

@@ -142,9 +142,13 @@ def add_command(parser: argparse.ArgumentParser, command: Callable[..., Any],
 
 
 def setup_logging(args: argparse.Namespace, default: int = logging.INFO) -> None:
+    """One format for every command: the time of day in a terminal, where the lines sit
+    beside the printer's and the alerter's; the date too when the log goes to a file or
+    a journal, to be read later."""
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else default
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    datefmt = "%H:%M:%S" if sys.stderr.isatty() else "%Y-%m-%d %H:%M:%S"
+    logging.basicConfig(level=level, stream=sys.stderr, datefmt=datefmt,
+                        format="%(asctime)s %(levelname)-8s %(message)s  [%(name)s]")
 
 
 def client_for(args: argparse.Namespace, name: str, **options: Any) -> Client:

@@ -4,11 +4,16 @@ a printer, a SQLite writer, an alerter and the web dashboard.
 Nine processes: the broker; the live-timing replay of the 2020 70th
 Anniversary GP Practice 2 (real data, at 30x: about three minutes); the game
 simulator sending UDP to the game bridge (as the F1 game would); the printer
-on what a person can read as it scrolls by; the SQLite writer into
-data/slipstream.db; and the alerter with the shipped rules (also logging to
-data/alerts.jsonl); and the dashboard, whose address it prints (open it in a
+on what a person can read as it scrolls by; the SQLite writer; the alerter
+with the shipped rules; and the dashboard, whose address it prints (open it in a
 browser while the session runs). At the end, or on Ctrl-C, everything stops cleanly and it
 says where the data is and what to ask it.
+
+Each run keeps its data in a directory of its own, data/run-YYYYMMDD-HHMMSS/
+(the database, the alerts, the broker's log), so a second run replaces
+nothing. A port already in use (another demo, another broker) is replaced by
+a free one, and the demo says so; SLIPSTREAM_DEMO_PORT, _HTTP and _GAME_PORT
+choose them.
 
 With SLIPSTREAM_BROKER=nats://HOST:PORT (docs/scale-out.md) the same demo runs on
 a NATS JetStream server or cluster instead: no slipstream broker is started, the
@@ -18,33 +23,61 @@ stream is set up first, and every producer and consumer is pointed there.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PORT = int(os.environ.get("SLIPSTREAM_DEMO_PORT", "20778"))
+
+
+def free(port: int, kind: int = socket.SOCK_STREAM) -> bool:
+    """Whether `port` on loopback can be bound (TCP, or UDP with SOCK_DGRAM)."""
+    with socket.socket(socket.AF_INET, kind) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_port(variable: str, default: int, what: str,
+                kind: int = socket.SOCK_STREAM) -> int:
+    """`variable` if set; else `default`, or 0 (a free one) when `default` is taken."""
+    if variable in os.environ:
+        return int(os.environ[variable].rsplit(":", 1)[-1])
+    if free(default, kind):
+        return default
+    print(f"port {default} ({what}) is in use: using a free one instead "
+          f"({variable} chooses)", flush=True)
+    return 0
+
+
 NATS = os.environ.get("SLIPSTREAM_BROKER", "")
 ON_NATS = NATS.lower().startswith(("nats://", "tls://"))
-BROKER = NATS if ON_NATS else f"127.0.0.1:{PORT}"
 SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
 SPEED = os.environ.get("SLIPSTREAM_DEMO_SPEED", "30")
-DATA = ROOT / "data"
-DATABASE = DATA / "slipstream.db"
-ALERTS = DATA / "alerts.jsonl"
-BROKER_DATA = DATA / "broker"  # the broker's --data-dir: topics on disk (docs/storage.md)
+RUN = ROOT / "data" / time.strftime("run-%Y%m%d-%H%M%S")  # this run's data, kept
+DATABASE = RUN / "slipstream.db"
+ALERTS = RUN / "alerts.jsonl"
+BROKER_DATA = RUN / "broker"  # the broker's --data-dir: topics on disk (docs/storage.md)
 READABLE = ["live.SessionInfo", "live.SessionStatus", "live.WeatherData", "live.DriverList",
             "game.event"]
-GAME_PORT = int(os.environ.get("SLIPSTREAM_DEMO_GAME_PORT", "20777"))
-HTTP = os.environ.get("SLIPSTREAM_DEMO_HTTP", "127.0.0.1:8080")
 SPEED_TRACE = ("SELECT l.lap_distance, t.speed FROM game_lap_data l JOIN game_car_telemetry t "
                "USING (epoch, car_index, session_uid, frame) WHERE car_index = 0 AND "
                "current_lap_num = 2 ORDER BY frame")
 FASTEST_LAPS = ("SELECT d.tla, l.lap_time, min(l.lap_time_s) AS s FROM live_laps l "
                 "JOIN drivers d USING (racing_number) GROUP BY l.racing_number "
                 "ORDER BY s LIMIT 5")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def python(*args: str, **options: object) -> subprocess.Popen[bytes]:
@@ -63,32 +96,39 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def main() -> int:
-    DATA.mkdir(exist_ok=True)
-    for stale in (DATABASE, ALERTS, *DATA.glob("slipstream.db-*")):
-        stale.unlink(missing_ok=True)  # each demo starts from an empty database
+    RUN.mkdir(parents=True, exist_ok=True)
+    print(f"this run's data goes to {RUN.relative_to(ROOT)}/ (earlier runs are kept beside "
+          "it; delete data/ when done)", flush=True)
     if ON_NATS:
-        print(f"on NATS JetStream at {BROKER}: setting up the stream ...", flush=True)
-        broker = python("-m", "broker", "--broker", BROKER)  # prints the stream; exits
+        broker_address = NATS
+        print(f"on NATS JetStream at {NATS}: setting up the stream ...", flush=True)
+        broker = python("-m", "broker", "--broker", NATS)  # prints the stream; exits
         if broker.wait():
             return 1  # it said why on stderr (unreachable, refused, incompatible stream)
     else:
-        shutil.rmtree(BROKER_DATA, ignore_errors=True)  # ... and an empty broker log
-        print(f"starting the broker on {BROKER}, keeping its log in {BROKER_DATA} ...",
-              flush=True)
-        broker = python("-m", "broker", "--port", str(PORT), "-q", "--data-dir",
+        port = choose_port("SLIPSTREAM_DEMO_PORT", 20778, "the broker")
+        broker = python("-m", "broker", "--port", str(port), "-q", "--data-dir",
                         str(BROKER_DATA), stdout=subprocess.PIPE)
         assert broker.stdout is not None
-        if not broker.stdout.readline():
-            return broker.wait() or 1  # it said why on stderr (port in use, ...)
+        line = broker.stdout.readline().decode()
+        if not line:
+            return broker.wait() or 1  # it said why on stderr
+        broker_address = "127.0.0.1:" + line.rsplit(":", 1)[1].strip()
+        print(f"the broker is on {broker_address}, keeping its log in "
+              f"{BROKER_DATA.relative_to(ROOT)}/", flush=True)
     children = [broker]
-    common = ["--from", "earliest", "--broker", BROKER]
+    common = ["--from", "earliest", "--broker", broker_address, "-q"]
+    http = os.environ.get("SLIPSTREAM_DEMO_HTTP") or (
+        f"127.0.0.1:{choose_port('SLIPSTREAM_DEMO_HTTP', 8080, 'the dashboard')}")
+    game_port = choose_port("SLIPSTREAM_DEMO_GAME_PORT", 20777, "the game's UDP",
+                            socket.SOCK_DGRAM) or free_udp_port()
     try:
         children += [
             python("-m", "consumer", "printer", *READABLE, *common),
             python("-m", "consumer", "sqlite", "--db", str(DATABASE), *common),
             python("-m", "consumer", "alerter", "--log", str(ALERTS), *common),
         ]
-        dashboard = python("-m", "consumer", "dashboard", "--http", HTTP, *common,
+        dashboard = python("-m", "consumer", "dashboard", "--http", http, *common,
                            stdout=subprocess.PIPE)
         children.append(dashboard)
         assert dashboard.stdout is not None
@@ -96,24 +136,25 @@ def main() -> int:
         if address:
             print(f"\n  the dashboard: open {address} in a browser\n", flush=True)
         else:  # it said why on stderr (port in use, say); the rest of the demo goes on
-            print(f"the dashboard did not start (SLIPSTREAM_DEMO_HTTP={HTTP} picks another "
+            print(f"the dashboard did not start (SLIPSTREAM_DEMO_HTTP={http} picks another "
                   "address)", file=sys.stderr, flush=True)
-        bridge = python("-m", "producer", "udp", "--listen", f"127.0.0.1:{GAME_PORT}",
-                        "--broker", BROKER, "-q", stdout=subprocess.PIPE)
+        bridge = python("-m", "producer", "udp", "--listen", f"127.0.0.1:{game_port}",
+                        "--broker", broker_address, "-q", stdout=subprocess.PIPE)
         children.append(bridge)
         assert bridge.stdout is not None
         bridge.stdout.readline()  # listening: the simulator may start
-        children.append(python("-m", "producer", "udp-sim", "--to", f"127.0.0.1:{GAME_PORT}",
+        children.append(python("-m", "producer", "udp-sim", "--to", f"127.0.0.1:{game_port}",
                                "--hz", "20", "--duration", str(round(6200 / float(SPEED))),
                                "-q"))
         print(f"replaying {SESSION.name} at {SPEED}x and a simulated game session "
               "(Ctrl-C stops) ...\n", flush=True)
         replay = python("-m", "producer", "replay", str(SESSION), "--speed", SPEED,
-                        "--broker", BROKER)
+                        "--broker", broker_address)
         children.append(replay)
         replay.wait()
         print("\nwhat the broker saw:\n", flush=True)
-        subprocess.run([sys.executable, "-m", "broker", "stats", "--broker", BROKER], cwd=ROOT)
+        subprocess.run([sys.executable, "-m", "broker", "stats", "--broker", broker_address],
+                       cwd=ROOT)
     except KeyboardInterrupt:
         print("\nCtrl-C: stopping ...", file=sys.stderr)
     finally:
@@ -125,7 +166,7 @@ def main() -> int:
           f"  sqlite3 {DATABASE.relative_to(ROOT)} "
           f"\"{FASTEST_LAPS}\"\nThe game car's speed over its second lap:\n  sqlite3 "
           f"{DATABASE.relative_to(ROOT)} \"{SPEED_TRACE}\"\nMore queries: docs/sqlite.md\n"
-          f"The dashboard on its own: python -m consumer dashboard (docs/dashboard.md)")
+          f"The dashboard on its own: slipstream consumer dashboard (docs/dashboard.md)")
     return 0
 
 
