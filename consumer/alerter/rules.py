@@ -5,13 +5,18 @@ may contain `*`, so one rule covers every car or every driver; each match
 (its "key", e.g. the racing number) is tracked on its own. Comparisons fire
 when they become true (a held condition alerts once) and re-arm when they are
 false again (past `rearm`, for hysteresis); `cooldown_s` keeps a flapping
-value from alerting more than once in that many seconds. Pure logic, no I/O.
+value from alerting more than once in that many seconds, per `cooldown_key`
+(by default each key; "{keys[0]}" groups a car's four wheels, "" the whole
+rule), and the next alert says how many it held back. Messages read in words:
+`{keys[1]:wheel}` is "front-left", `{...[penalty_type]:penalty}` "Time
+penalty" (NAMED lists them). Pure logic, no I/O.
 """
 
 from __future__ import annotations
 
+import string
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -19,11 +24,25 @@ from typing import Any
 
 from broker.errors import ConfigError, ProtocolError
 from broker.routing import validate_pattern
+from f1vocab.game.names import (
+    penalty_name,
+    safety_car_event_name,
+    safety_car_name,
+    session_type_name,
+    track_name,
+    wheel_name,
+)
 
 CONDITIONS = (">", "<", "==", "!=", "in", "changed", "rising")
 SEVERITIES = ("info", "warning", "critical")
-KEYS = {"name", "topic", "field", "condition", "value", "rearm", "cooldown_s", "severity",
-        "message", "on_snapshot", "repeat"}
+KEYS = {"name", "topic", "field", "condition", "value", "rearm", "cooldown_s", "cooldown_key",
+        "severity", "message", "on_snapshot", "repeat"}
+# Format specs that turn the game's codes into words: "{keys[1]:wheel}", "{x:penalty}".
+NAMED: dict[str, Callable[[int], str]] = {
+    "wheel": wheel_name, "penalty": penalty_name, "safety_car": safety_car_name,
+    "safety_car_event": safety_car_event_name, "track": track_name,
+    "session_type": session_type_name,
+}
 _MISSING: Any = object()
 
 
@@ -49,7 +68,14 @@ class _Track:
 
     previous: Any = _MISSING
     armed: bool = True
-    last_alert_us: int | None = None
+
+
+@dataclass
+class _Cooldown:
+    """One cooldown key's last alert, and the alerts held back since."""
+
+    last_alert_us: int
+    held: int = 0
 
 
 @dataclass
@@ -63,9 +89,11 @@ class Rule:
     value: Any = None
     rearm: Any = None
     cooldown_s: float = 0.0
+    cooldown_key: str = "{key}"  # what one cooldown covers (a template like the message)
     on_snapshot: bool = False  # a snapshot sets the baseline silently unless this is true
     repeat: bool = False  # alert on every message the condition holds (discrete events)
     _tracks: dict[str, _Track] = dataclass_field(default_factory=dict, repr=False)
+    _cooldowns: dict[str, _Cooldown] = dataclass_field(default_factory=dict, repr=False)
 
     def evaluate(self, topic: str, seq: int, broker_ts_us: int, data: Any) -> Iterator[Alert]:
         snapshot = isinstance(data, dict) and bool(data.get("snapshot"))
@@ -75,15 +103,29 @@ class Rule:
             previous, track.previous = track.previous, value
             if not fire or (snapshot and not self.on_snapshot):
                 continue
-            if track.last_alert_us is not None and \
-                    broker_ts_us - track.last_alert_us < self.cooldown_s * 1e6:
-                continue
-            track.last_alert_us = broker_ts_us
-            text = render(self.message, value=value, key=key, topic=topic, seq=seq,
+            values = dict(value=value, key=key, keys=key.split("."), topic=topic, seq=seq,
                           previous=None if previous is _MISSING else previous, rule=self.name,
                           severity=self.severity, parent=parent)
+            held = self._cooled_down(render(self.cooldown_key, **values), broker_ts_us)
+            if held is None:
+                continue
+            text = render(self.message, **values)
+            if held:
+                text += f" (+{held} more held back by the {self.cooldown_s:g} s cooldown)"
             yield Alert(self.name, self.severity, text, topic, seq, key, value,
                         None if previous is _MISSING else previous, broker_ts_us)
+
+    def _cooled_down(self, cooldown_key: str, now_us: int) -> int | None:
+        """None while `cooldown_key` is cooling down (the alert is counted as held back);
+        else how many were held back since its last alert."""
+        if not self.cooldown_s:
+            return 0
+        cooldown = self._cooldowns.get(cooldown_key)
+        if cooldown is not None and now_us - cooldown.last_alert_us < self.cooldown_s * 1e6:
+            cooldown.held += 1
+            return None
+        self._cooldowns[cooldown_key] = _Cooldown(now_us)
+        return cooldown.held if cooldown is not None else 0
 
     def _fires(self, track: _Track, value: Any) -> bool:
         if self.condition == "changed":
@@ -147,10 +189,28 @@ class _AnyKey(dict[str, Any]):
         return _Anything()
 
 
+class _Words(string.Formatter):
+    """str.format, plus the NAMED specs: a code formatted as its name."""
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        named = NAMED.get(format_spec)
+        if named is None:
+            return super().format_field(value, format_spec)
+        if isinstance(value, _Anything):  # a template checked at load time
+            return ""
+        return named(int(value))
+
+    def get_value(self, key: int | str, args: Any, kwargs: Any) -> Any:
+        return kwargs[key] if isinstance(key, str) else args[key]
+
+
+_WORDS = _Words()
+
+
 def render(template: str, **values: Any) -> str:
     """The alert text; a placeholder that does not fit the message is left as it is."""
     try:
-        return template.format_map(_Template(values))
+        return _WORDS.vformat(template, (), _Template(values))
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         return f"{template} [value={values.get('value')!r}]"
 
@@ -242,12 +302,17 @@ def _rule(entry: dict[str, Any], where: str) -> Rule:
     cooldown = entry.get("cooldown_s", 0)
     if not isinstance(cooldown, int | float) or cooldown < 0:
         raise bad(f"'cooldown_s' must be a number >= 0, got {cooldown!r}")
-    try:
-        entry["message"].format_map(_AnyKey())
-    except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
-        raise bad(f"bad message template {entry['message']!r}: {exc}") from None
+    cooldown_key = entry.get("cooldown_key", "{key}")
+    if not isinstance(cooldown_key, str):
+        raise bad(f"'cooldown_key' must be a string template, got {cooldown_key!r}")
+    for what, template in (("message", entry["message"]), ("cooldown_key", cooldown_key)):
+        try:
+            _WORDS.vformat(template, (), _AnyKey())
+        except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
+            raise bad(f"bad {what} template {template!r}: {exc}") from None
     return Rule(name=entry["name"], topic=entry["topic"], field=entry["field"],
                 condition=entry["condition"], severity=entry["severity"],
                 message=entry["message"], value=entry.get("value"), rearm=entry.get("rearm"),
-                cooldown_s=float(cooldown), on_snapshot=bool(entry.get("on_snapshot", False)),
+                cooldown_s=float(cooldown), cooldown_key=cooldown_key,
+                on_snapshot=bool(entry.get("on_snapshot", False)),
                 repeat=bool(entry.get("repeat", False)))

@@ -76,3 +76,25 @@ def session_type_name(session_type: int) -> str:
 def penalty_name(penalty_type: int) -> str:
     """4 -> 'Time penalty'."""
     return PENALTY_TYPES.get(penalty_type, f"penalty type {penalty_type}")
+
+
+# Wheel arrays in the game's telemetry are in this order (both appendices).
+WHEELS = ("rear-left", "rear-right", "front-left", "front-right")
+
+# The event "SCAR": safety_car_type and event_type.
+SAFETY_CAR_TYPES = {0: "No safety car", 1: "Safety car", 2: "Virtual safety car",
+                    3: "Formation lap safety car"}
+SAFETY_CAR_EVENTS = {0: "deploying", 1: "returning", 2: "returned", 3: "resuming the race"}
+
+
+def wheel_name(index: int) -> str:
+    """2 -> 'front-left'."""
+    return WHEELS[index] if 0 <= index < len(WHEELS) else f"wheel {index}"
+
+
+def safety_car_name(safety_car_type: int) -> str:
+    return SAFETY_CAR_TYPES.get(safety_car_type, f"Safety car type {safety_car_type}")
+
+
+def safety_car_event_name(event_type: int) -> str:
+    return SAFETY_CAR_EVENTS.get(event_type, f"event {event_type}")

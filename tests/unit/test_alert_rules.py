@@ -125,3 +125,24 @@ def test_a_bad_rules_file_is_refused_with_file_line_and_reason(
         load_rules(path)
     assert str(caught.value).startswith(str(path))
     assert message in str(caught.value)
+
+
+def test_shipped_game_rules_speak_in_words_and_one_cooldown_covers_a_cars_wheels() -> None:
+    rules = {rule.name: rule for rule in load_rules(SHIPPED)}
+    wear = rules["tyre-wear"]
+
+    def damage(at_s: float, worn: list[list[float]]) -> list[str]:
+        data = {"car_damage_data": [{"tyres_wear": wheels} for wheels in worn]}
+        return [a.message for a in wear.evaluate("game.car_damage", 1, int(at_s * 1e6), data)]
+
+    assert damage(0, [[50, 50, 50, 50], [50, 50, 50, 50]]) == []
+    # Every wheel of both cars crosses 70% at once: one line per car, not eight.
+    assert damage(1, [[71, 72, 73, 74], [71, 72, 73, 74]]) == [
+        "Car 0: rear-left tyre 71% worn", "Car 1: rear-left tyre 71% worn"]
+    penalty = rules["game-penalty"].evaluate("game.event", 2, 0, {
+        "event_string_code": "PENA",
+        "event_details": {"vehicle_idx": 14, "penalty_type": 4, "time": 5}})
+    assert [a.message for a in penalty] == ["Penalty for car 14: Time penalty, 5 s"]
+    safety = rules["game-safety-car"].evaluate("game.event", 3, 0, {
+        "event_string_code": "SCAR", "event_details": {"safety_car_type": 1, "event_type": 0}})
+    assert [a.message for a in safety] == ["Safety car deploying"]
