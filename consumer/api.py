@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import difflib
 import json
 import logging
 import os
@@ -36,10 +37,12 @@ from broker import cli
 from broker.client import Batch, Client, Message, Subscription
 from broker.errors import ConfigError, ProtocolError
 from broker.limits import LogThrottle
-from broker.routing import validate_pattern
+from broker.routing import pattern_matches, validate_pattern
 
 log = logging.getLogger("slipstream.consumer")
 
+HINT_AFTER_S = 2.0  # a pattern idle this long, matching no topic, gets one warning
+HINT_TOPICS = 10_000  # topics looked at for that hint (one STATS page)
 HandlerFn = Callable[[Message], Awaitable[None]]
 BatchHandlerFn = Callable[[Batch], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
@@ -221,10 +224,30 @@ class Consumer:
                 for handler in self.handlers:
                     tasks.create_task(self._pump(handler), name=handler.pattern)
                 tasks.create_task(self._wait_for_stop())
+                tasks.create_task(self._hint_unmatched(client))
         except* _Stop:
             pass
         except* HandlerFailed as group:
             self._failure = self._failure or group.exceptions[0]  # type: ignore[assignment]
+
+    async def _hint_unmatched(self, client: Client) -> None:
+        """A pattern that matches no topic waits in silence, and a typo looks like a quiet
+        session: once, after HINT_AFTER_S, name the topics that look close."""
+        await asyncio.sleep(HINT_AFTER_S)
+        idle = [h.pattern for h in self.handlers
+                if h.subscription is not None and not h.subscription.received]
+        if not idle:
+            return
+        try:
+            topics = list((await client.stats(topic_limit=HINT_TOPICS))["topics"])
+        except Exception:  # a hint only: an engine without the list, a broker gone
+            return
+        for pattern in idle:
+            if any(pattern_matches(pattern, topic) for topic in topics):
+                continue
+            close = difflib.get_close_matches(pattern, topics, n=5, cutoff=0.6)
+            log.warning("no topic matches %r yet%s (every topic: slipstream stats)", pattern,
+                        f"; topics that look close: {', '.join(close)}" if close else "")
 
     async def _wait_for_stop(self) -> None:
         assert self._stopping is not None

@@ -272,3 +272,23 @@ async def test_the_readmes_from_python_program_runs_as_shown(processes: Processe
 async def test_run_help_explains_instead_of_failing() -> None:
     code, out, _ = await run_command("-m", "consumer", "run", "--help")
     assert code == 0 and out.startswith("usage: python -m consumer run FILE [options]")
+
+
+async def test_a_pattern_that_matches_no_topic_names_the_close_ones_once(
+        processes: Processes) -> None:
+    broker = await processes.broker()
+    async with Client(broker.address) as client:
+        for topic in ("live.TimingData", "live.TimingStats", "live.TrackStatus"):
+            await client.publish(topic, {})
+    printer = await processes.command("-m", "slipstream", "sub", "live.TimingDate",
+                                      "live.TrackStatus", "--broker", broker.address)
+    await wait_for(lambda: _logged(printer, "no topic matches"), "the hint")
+    assert await printer.stop(signal.SIGINT) == 0
+    hints = [line for line in printer.log().splitlines() if "no topic matches" in line]
+    assert len(hints) == 1, hints  # the typo only: live.TrackStatus exists
+    assert "no topic matches 'live.TimingDate' yet; topics that look close: " \
+           "live.TimingData, live.TimingStats" in hints[0]
+
+
+async def _logged(process: RunningProcess, text: str) -> bool:
+    return text in process.log()
