@@ -166,7 +166,7 @@ class EmbeddedSubscription(Subscription):
 
     async def unsubscribe(self) -> None:
         """Stop this subscription; a durable one keeps its position in the broker."""
-        self._flush_acks()
+        self.finish_on_close()  # the message in hand is done, as on close()
         self._forget()
         self._send(p.Unsubscribe(self.sid))
         self.end(StopAsyncIteration())

@@ -231,7 +231,9 @@ class Subscription:
             self._done = 0
 
     def finish_on_close(self) -> None:
-        """Closing cleanly: the message being handled when the loop ended is done too."""
+        """Leaving cleanly (client.close() or unsubscribe()): the message or batch in hand
+        when the loop ended (by `break`, say) is done too, so a durable resumes after it.
+        Whoever may fail on a message uses auto_ack=False and acks what succeeded."""
         if self._outstanding and self.auto_ack:
             self._finish(self._outstanding)
             self._outstanding = 0

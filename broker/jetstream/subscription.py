@@ -411,7 +411,7 @@ class JetStreamSubscription(Subscription):
             self._nats_sub = None
 
     async def unsubscribe(self) -> None:
-        self._flush_acks()
+        self.finish_on_close()  # the message in hand is done, as on close()
         await self.stop()
         self.client.forget(self)
         self.end(StopAsyncIteration())

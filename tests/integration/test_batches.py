@@ -54,3 +54,28 @@ async def test_batches_deliver_every_message_once_in_order_per_topic(
         assert seqs[topic] == sorted(set(seqs[topic])), topic
     if processes.engine == "embedded":  # one MSG run per batch: far fewer than messages
         assert len(batches) < received / 10
+
+
+@pytest.mark.usefixtures("engine")
+@pytest.mark.parametrize("leave", ["close", "unsubscribe"])
+async def test_breaking_out_of_the_loop_finishes_the_message_in_hand(
+        processes: Processes, leave: str) -> None:
+    """The rule for a durable: a message is finished when the next is asked for, or when
+    the reader leaves (the client closed, or the subscription unsubscribed) while holding
+    it. So after `break` on message 3, the durable resumes at 4, on either engine."""
+    broker = await processes.any_broker()
+    async with Client(broker.address, name="pub") as producer:
+        for n in range(1, 7):
+            await producer.publish("demo.d", n)
+        await producer.flush()
+    async with Client(broker.address, name="reader") as reader:
+        sub = await reader.subscribe("demo.d", durable="breaker", start="earliest")
+        async for message in sub:
+            if message.data == 3:
+                break
+        if leave == "unsubscribe":
+            await sub.unsubscribe()
+    async with Client(broker.address, name="reader") as reader:
+        sub = await reader.subscribe("demo.d", durable="breaker")
+        async with asyncio.timeout(20):
+            assert [(await anext(sub)).data for _ in range(3)] == [4, 5, 6]
