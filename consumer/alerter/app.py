@@ -55,7 +55,8 @@ def _handler(rules: list[Rule]) -> Any:
     async def check(message: Message) -> None:
         when_us = source_time_us(message.data) or message.timestamp_us
         for rule in rules:
-            for alert in rule.evaluate(message.topic, message.seq, when_us, message.data):
+            for alert in rule.evaluate(message.topic, message.seq, when_us, message.data,
+                                       message.timestamp_us):
                 await _emit(alert)
     check.__name__ = f"rules for {rules[0].topic}"
     return check

@@ -56,7 +56,8 @@ class Alert:
     key: str
     value: Any
     previous: Any
-    broker_ts_us: int
+    clock_us: int  # the time the rule reasoned with: the source's clock when it has one
+    broker_ts_us: int = 0  # when the broker stored the message, µs since 1970 UTC
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -95,7 +96,10 @@ class Rule:
     _tracks: dict[str, _Track] = dataclass_field(default_factory=dict, repr=False)
     _cooldowns: dict[str, _Cooldown] = dataclass_field(default_factory=dict, repr=False)
 
-    def evaluate(self, topic: str, seq: int, broker_ts_us: int, data: Any) -> Iterator[Alert]:
+    def evaluate(self, topic: str, seq: int, clock_us: int, data: Any,
+                 broker_ts_us: int = 0) -> Iterator[Alert]:
+        """The alerts one message raises; cooldowns run on `clock_us` (the source's clock
+        for a replay, so it alerts as the live session did)."""
         snapshot = isinstance(data, dict) and bool(data.get("snapshot"))
         for key, value, parent in field_values(data, self.field.split(".")):
             track = self._tracks.setdefault(key, _Track())
@@ -106,14 +110,14 @@ class Rule:
             values = dict(value=value, key=key, keys=key.split("."), topic=topic, seq=seq,
                           previous=None if previous is _MISSING else previous, rule=self.name,
                           severity=self.severity, parent=parent)
-            held = self._cooled_down(render(self.cooldown_key, **values), broker_ts_us)
+            held = self._cooled_down(render(self.cooldown_key, **values), clock_us)
             if held is None:
                 continue
             text = render(self.message, **values)
             if held:
                 text += f" (+{held} more held back by the {self.cooldown_s:g} s cooldown)"
             yield Alert(self.name, self.severity, text, topic, seq, key, value,
-                        None if previous is _MISSING else previous, broker_ts_us)
+                        None if previous is _MISSING else previous, clock_us, broker_ts_us)
 
     def _cooled_down(self, cooldown_key: str, now_us: int) -> int | None:
         """None while `cooldown_key` is cooling down (the alert is counted as held back);

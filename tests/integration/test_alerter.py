@@ -101,7 +101,11 @@ async def test_a_scripted_sequence_fires_exactly_the_expected_alerts(
         for at_s, brakes in script:
             await client.publish("car.44", {"offset_s": at_s, "brakes": brakes})
         seen = [await asyncio.wait_for(anext(critical), 10) for _ in range(3)]
-    assert [(a["key"], a["value"], a["message"]) for a in await alerts_in(log, 3)] == [
+    logged = await alerts_in(log, 3)
+    # clock_us is the source's clock (offset_s), broker_ts_us the broker's, in Unix µs.
+    assert [a["clock_us"] for a in logged] == [1_000_000, 2_000_000, 12_000_000]
+    assert all(a["broker_ts_us"] > 1_700_000_000 * 10**6 for a in logged)
+    assert [(a["key"], a["value"], a["message"]) for a in logged] == [
         ("0", 950, "brake 0 of car.44 at 950 C"),   # t=1: hot
         ("1", 910, "brake 1 of car.44 at 910 C"),   # t=2: the other brake, its own key
         # t=12: re-armed at t=5, cooled down; it says the t=6 one was held back
