@@ -74,6 +74,8 @@ def serve_parser(prog: str = "python -m broker") -> argparse.ArgumentParser:
     parser.add_argument("--handshake-timeout", type=float, default=5.0, metavar="SECONDS",
                         help="disconnect a client that sends no HELLO for this long "
                              "(default %(default)s)")
+    cli.add_tls_args(parser, "require client certificates signed by this CA",
+                     "serve TLS with this certificate (clients use tls://HOST:PORT)")
     parser.add_argument("--http", metavar="HOST:PORT", type=http_arg,
                         help="serve /healthz, /varz and /metrics (Prometheus) here, e.g. "
                              "127.0.0.1:8222 (off by default; docs/operations.md)")
@@ -194,14 +196,20 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
         max_publish_rate_msgs=args.max_publish_rate,
         max_publish_rate_bytes=args.max_publish_bytes,
         data_dir=args.data_dir, fsync=args.fsync, repair=args.repair,
-        retain_age_s=args.retain_age, http=args.http)
+        retain_age_s=args.retain_age, http=args.http,
+        tls=cli.tls_files(args) if (args.tls_cert or args.tls_key or args.tls_ca) else None)
 
 
 def exposure_warning(config: BrokerConfig) -> str | None:
     """What to say when the broker can be reached from other machines with no token."""
-    if config.token is None and not cli.is_loopback(config.host):
-        return (f"listening on {config.host} without --token: anyone who can reach this "
-                "address can publish and read every topic")
+    if not cli.is_loopback(config.host):
+        missing = [what for what, absent in (("--token", config.token is None),
+                                             ("TLS", config.tls is None)) if absent]
+        if missing:
+            return (f"listening on {config.host} without {' or '.join(missing)}: "
+                    + ("anyone who can reach this address can publish and read every topic"
+                       if config.token is None else "the token and every message cross the "
+                       "network in clear"))
     if config.http is not None and not cli.is_loopback(config.http[0]):
         return (f"--http serves the broker's figures on {config.http[0]} to anyone who can "
                 "reach it (no token applies there)")
@@ -225,7 +233,7 @@ async def serve(config: BrokerConfig) -> int:
     try:
         try:
             await broker.start()
-        except StorageError as exc:
+        except (StorageError, ConfigError) as exc:  # a damaged data dir, an unusable TLS file
             return cli.fail("python -m broker", str(exc), cli.EXIT_USAGE)
         except OSError as exc:
             return cli.fail("python -m broker", f"cannot listen on {config.host}:"

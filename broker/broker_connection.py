@@ -44,6 +44,9 @@ TRANSITIONS: Transitions = {
 # A HELLO is a version, a name and a token: frames before it may be no larger.
 MAX_HELLO_BYTES = 4096
 MAX_CLIENT_NAME_CHARS = 128
+# A TLS ClientHello starts with a handshake record (0x16) of version 3.x; a HELLO frame's
+# length prefix cannot (it would be a frame of over 369 MB).
+TLS_RECORD_START = b"\x16\x03"
 
 
 class Credited(Protocol):
@@ -89,6 +92,10 @@ class BrokerConnection(Generic[S]):
         """The frames `data` completes, to be acted on in order. A byte stream that
         breaks the protocol fails the connection (state CLOSING) after them."""
         if self.state is State.HANDSHAKE:
+            if not self._decoder.buffered_bytes and data.startswith(TLS_RECORD_START):
+                self.fail("handshake", "this looks like a TLS handshake, and this broker "
+                          "serves plain TCP (start it with --tls-cert and --tls-key)")
+                return []
             hello = self._decoder.feed(data, max_frames=1)
             if self._decoder.error is None and not hello:
                 return []

@@ -16,8 +16,10 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
+from broker import tls
 from broker.client import (
     BROKER_ENV,
     DEFAULT_BROKER,
@@ -116,9 +118,9 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     """--broker, --token and --stream, with their environment variables."""
     parser.add_argument(
         "--broker", type=broker_address, default=os.environ.get(BROKER_ENV, DEFAULT_BROKER),
-        metavar="ADDRESS", help="HOST:PORT of slipstream's broker, or nats://HOST:PORT[,...] "
-                                f"for a NATS JetStream cluster (env {BROKER_ENV}; default "
-                                "%(default)s)")
+        metavar="ADDRESS", help="HOST:PORT of slipstream's broker (tls://HOST:PORT with TLS), "
+                                "or nats://HOST:PORT[,...] for a NATS JetStream cluster "
+                                f"(env {BROKER_ENV}; default %(default)s)")
     parser.add_argument(
         "--token", default=os.environ.get(TOKEN_ENV),
         help=f"shared secret the broker asks for; NATS: token auth (env {TOKEN_ENV})")
@@ -126,6 +128,21 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
         "--stream", default=os.environ.get(STREAM_ENV) or DEFAULT_STREAM,
         help=f"NATS only: the JetStream stream holding the topics (env {STREAM_ENV}; "
              "default %(default)s)")
+    add_tls_args(parser, "the CA that signed the broker's certificate (default: the system's)",
+                 "this client's certificate, when the broker asks for one")
+
+
+def add_tls_args(parser: argparse.ArgumentParser, ca_help: str, cert_help: str) -> None:
+    """--tls-ca, --tls-cert and --tls-key (PEM files; env SLIPSTREAM_TLS_*)."""
+    for flag, env, help_text in (("--tls-ca", tls.CA_ENV, ca_help),
+                                 ("--tls-cert", tls.CERT_ENV, cert_help),
+                                 ("--tls-key", tls.KEY_ENV, "the private key of --tls-cert")):
+        parser.add_argument(flag, type=Path, default=os.environ.get(env) or None,
+                            metavar="FILE", help=f"{help_text} (PEM; env {env})")
+
+
+def tls_files(args: argparse.Namespace) -> tls.TlsFiles:
+    return tls.TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
 
 
 def add_logging_args(parser: argparse.ArgumentParser) -> None:
@@ -155,7 +172,7 @@ def client_for(args: argparse.Namespace, name: str, **options: Any) -> Client:
     """The client the command line asks for: its engine, address, token and stream."""
     if is_nats(args.broker):
         options.setdefault("stream", args.stream)
-    return Client(args.broker, name=name, token=args.token, **options)
+    return Client(args.broker, name=name, token=args.token, tls=tls_files(args), **options)
 
 
 def fail(prog: str, message: str, code: int = EXIT_FAILURE) -> int:

@@ -6,7 +6,8 @@
             print(message.topic, message.seq, message.data)
 
 The address picks the engine: `HOST:PORT` or `slipstream://HOST:PORT` is
-slipstream's own broker (broker/embedded_client.py); `nats://HOST:PORT`, or
+slipstream's own broker (broker/embedded_client.py), `tls://HOST:PORT` the
+same over TLS (broker/tls.py); `nats://HOST:PORT`, or
 several of them comma-separated, is a NATS JetStream cluster
 (broker/jetstream/). `Client(address)` returns the right one; both keep this
 interface, so producers and consumers never ask which it is.
@@ -23,6 +24,7 @@ import msgpack
 from broker import protocol as p
 from broker.errors import BrokerError, ConfigError
 from broker.subscription import Batch, Message, Start, Subscription
+from broker.tls import TlsFiles
 
 __all__ = ["BROKER_ENV", "DEFAULT_BROKER", "DEFAULT_STREAM", "STREAM_ENV", "TOKEN_ENV", "Batch",
            "Client", "Message", "Subscription", "check_address", "is_nats", "parse_address"]
@@ -33,7 +35,8 @@ TOKEN_ENV = "SLIPSTREAM_TOKEN"
 STREAM_ENV = "SLIPSTREAM_STREAM"
 DEFAULT_STREAM = "SLIPSTREAM"  # the JetStream stream that holds the topics
 EMBEDDED_SCHEME = "slipstream://"
-NATS_SCHEMES = ("nats://", "tls://")
+TLS_SCHEME = "tls://"  # the embedded broker over TLS (broker/tls.py)
+NATS_SCHEMES = ("nats://",)
 
 
 def is_nats(address: str) -> bool:
@@ -41,16 +44,23 @@ def is_nats(address: str) -> bool:
     return address.strip().lower().startswith(NATS_SCHEMES)
 
 
+def uses_tls(address: str) -> bool:
+    """Whether `address` is the embedded broker over TLS (tls://HOST:PORT)."""
+    return address.strip().lower().startswith(TLS_SCHEME)
+
+
 def parse_address(text: str) -> tuple[str, int]:
-    """Embedded broker: 'HOST:PORT' (or 'slipstream://HOST:PORT', ':PORT', 'PORT' or
-    'HOST') -> (host, port); ConfigError if malformed."""
+    """Embedded broker: 'HOST:PORT' (or 'slipstream://HOST:PORT', 'tls://HOST:PORT',
+    ':PORT', 'PORT' or 'HOST') -> (host, port); ConfigError if malformed."""
     if is_nats(text):
         raise ConfigError(f"{text!r} is a NATS address, not the embedded broker's HOST:PORT")
-    if text.lower().startswith(EMBEDDED_SCHEME):
-        text = text[len(EMBEDDED_SCHEME):]
+    for scheme in (EMBEDDED_SCHEME, TLS_SCHEME):
+        if text.lower().startswith(scheme):
+            text = text[len(scheme):]
     if "," in text or "://" in text:
         raise ConfigError(f"address {text!r} is not HOST:PORT (a list of seeds, or a scheme "
-                          "other than slipstream://, is for NATS: nats://HOST:PORT,...)")
+                          "other than slipstream:// or tls://, is for NATS: "
+                          "nats://HOST:PORT,...)")
     host, sep, port_text = text.rpartition(":")
     if not sep:
         # A bare number is a port on this machine (no host name is all digits).
@@ -100,10 +110,12 @@ class Client:
 
     def __init__(self, broker: str | None = None, *, name: str = "slipstream-client",
                  token: str | None = None, reconnect: bool = True,
-                 connect_timeout_s: float = 5.0, reconnect_max_delay_s: float = 2.0) -> None:
+                 connect_timeout_s: float = 5.0, reconnect_max_delay_s: float = 2.0,
+                 tls: TlsFiles | None = None) -> None:
         self.address = broker or os.environ.get(BROKER_ENV) or DEFAULT_BROKER
         self.name = name
         self.token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self.tls = tls if tls is not None else TlsFiles.from_env()  # CA, client cert, key
         self.reconnect = reconnect
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_max_delay_s = reconnect_max_delay_s

@@ -19,15 +19,17 @@ import contextlib
 import itertools
 import logging
 import random
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
 from broker import protocol as p
-from broker.client import Client, parse_address
+from broker.client import Client, parse_address, uses_tls
 from broker.client_connection import ClientConnection, Event, Opened, Refused
 from broker.embedded_subscription import EmbeddedSubscription
 from broker.errors import (
     BrokerError,
+    ConfigError,
     ConnectError,
     ConnectionLostError,
     HandshakeRefusedError,
@@ -38,6 +40,7 @@ from broker.outbox import Outbox
 from broker.routing import validate_pattern, validate_topic
 from broker.states import State
 from broker.subscription import Start
+from broker.tls import TlsFiles, client_context
 
 log = logging.getLogger("slipstream.client")
 
@@ -56,11 +59,17 @@ class EmbeddedClient(Client):
     def __init__(self, broker: str | None = None, *, name: str = "slipstream-client",
                  token: str | None = None, reconnect: bool = True,
                  connect_timeout_s: float = 5.0, reconnect_max_delay_s: float = 2.0,
-                 max_buffered_bytes: int = 8 * 1024 * 1024) -> None:
+                 max_buffered_bytes: int = 8 * 1024 * 1024, tls: TlsFiles | None = None) -> None:
         super().__init__(broker, name=name, token=token, reconnect=reconnect,
                          connect_timeout_s=connect_timeout_s,
-                         reconnect_max_delay_s=reconnect_max_delay_s)
+                         reconnect_max_delay_s=reconnect_max_delay_s, tls=tls)
         self.host, self.port = parse_address(self.address)
+        self._ssl: ssl.SSLContext | None = None
+        if uses_tls(self.address):
+            self._ssl = client_context(self.tls)  # ConfigError now, not at each reconnect
+        elif self.tls:
+            raise ConfigError(f"--tls-* given for {self.address!r}: a broker with TLS is "
+                              "reached at tls://HOST:PORT")
         self.max_buffered_bytes = max_buffered_bytes
         self.max_payload_bytes = p.DEFAULT_MAX_FRAME_BYTES - p.FRAME_ROOM_BYTES
         self._conn: ClientConnection | None = None  # the current connection's rules
@@ -111,7 +120,16 @@ class EmbeddedClient(Client):
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 reader, writer = await asyncio.open_connection(
-                    self.host, self.port, limit=READ_CHUNK_BYTES)
+                    self.host, self.port, limit=READ_CHUNK_BYTES, ssl=self._ssl,
+                    server_hostname=self.host if self._ssl else None)
+        except ssl.SSLCertVerificationError as exc:  # will not pass on a retry either
+            raise HandshakeRefusedError(
+                f"{where}: its TLS certificate is not trusted ({exc.verify_message}); give "
+                "--tls-ca with the CA that signed it") from None
+        except ssl.SSLError as exc:
+            raise ConnectError(f"TLS with {where} failed: {exc.reason or exc} (is it running "
+                               "with --tls-cert, and does it want a client certificate?)"
+                               ) from None
         except (OSError, TimeoutError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
                 str(exc) or type(exc).__name__)
@@ -140,11 +158,17 @@ class EmbeddedClient(Client):
                 while conn.state is State.HANDSHAKE:
                     data = await reader.read(READ_CHUNK_BYTES)
                     if not data:
-                        raise ConnectError(f"{where} closed the connection during the handshake")
+                        raise self._cut_in_handshake(where, "closed the connection")
                     events = conn.receive_data(data)
         except TimeoutError:
             raise ConnectError(f"{where} did not answer HELLO within "
                                f"{self.connect_timeout_s:g} s") from None
+        except ssl.SSLError as exc:  # TLS 1.3 reports a refused client certificate here
+            raise HandshakeRefusedError(
+                f"{where} ended TLS: {exc.reason or exc} (a broker started with --tls-ca "
+                "wants a client certificate: --tls-cert and --tls-key)") from None
+        except ConnectionResetError:
+            raise self._cut_in_handshake(where, "reset the connection") from None
         except OSError as exc:
             raise ConnectError(f"{where} failed during the handshake: {exc}") from None
         first = events[0]
@@ -157,6 +181,17 @@ class EmbeddedClient(Client):
                                         f"{first.message}")
         assert type(first) is Opened
         return events[1:]
+
+    def _cut_in_handshake(self, where: str, how: str) -> SlipstreamError:
+        """The broker ended the connection before WELCOME: say what is likely wrong."""
+        if self._ssl is None:
+            return ConnectError(f"{where} {how} during the handshake (if it serves TLS: "
+                                "tls://HOST:PORT)")
+        if self.tls.cert is None:  # a broker started with --tls-ca refuses such clients
+            return HandshakeRefusedError(
+                f"{where} {how} during the TLS handshake: it probably wants a client "
+                "certificate (--tls-cert and --tls-key)")
+        return ConnectError(f"{where} {how} during the TLS handshake")
 
     async def _run(self) -> None:
         """Read until the connection ends; then reconnect, or fail everything waiting."""

@@ -40,6 +40,7 @@ from broker.limits import LogThrottle, TokenBucket
 from broker.routing import Router, echo, validate_pattern, validate_topic
 from broker.segments import DEFAULT_SEGMENT_BYTES
 from broker.states import State
+from broker.tls import TlsFiles, server_context
 from broker.topics import ByteBudget, Retention, TopicLog
 
 Topic = TopicLog | DiskTopicLog  # in memory, or on disk with --data-dir
@@ -99,6 +100,7 @@ class BrokerConfig:
     repair: bool = False
     retain_age_s: float = 0.0  # on disk: delete segments older than this (0: no limit)
     http: tuple[str, int] | None = None  # --http: the monitoring endpoints (broker/monitor.py)
+    tls: TlsFiles | None = None  # --tls-cert/--tls-key (and --tls-ca for client certificates)
 
     @property
     def segment_bytes(self) -> int:
@@ -222,15 +224,20 @@ class Broker:
     async def start(self) -> None:
         if self.data is not None:
             self._load()  # before listening: a damaged DIR stops the start, nothing half-up
+        tls = server_context(self.config.tls) if self.config.tls else None
         self._server = await asyncio.start_server(
-            self._accept, self.config.host, self.config.port, limit=READ_CHUNK_BYTES
-        )
+            self._accept, self.config.host, self.config.port, limit=READ_CHUNK_BYTES,
+            ssl=tls, ssl_handshake_timeout=self.config.handshake_timeout_s if tls else None)
         self._housekeeping = asyncio.create_task(self._housekeep(), name="broker-housekeeping")
         if self.data is not None and self.config.fsync != "always":
             self._syncer = asyncio.create_task(self._sync_periodically(), name="broker-sync")
         self.state = "accepting"
-        log.info("listening on %s:%d (on-full=%s, retain %d messages / %d bytes per topic, "
-                 "%d bytes in all)", self.config.host, self.port, self.config.on_full,
+        secured = ""
+        if self.config.tls is not None:
+            secured = " with TLS" + (", client certificates required"
+                                     if self.config.tls.ca else "")
+        log.info("listening on %s:%d%s (on-full=%s, retain %d messages / %d bytes per topic, "
+                 "%d bytes in all)", self.config.host, self.port, secured, self.config.on_full,
                  self.config.retention.max_messages, self.config.retention.max_bytes,
                  self.config.max_memory_bytes)
 

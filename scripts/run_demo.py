@@ -56,7 +56,7 @@ def choose_port(variable: str, default: int, what: str,
 
 
 NATS = os.environ.get("SLIPSTREAM_BROKER", "")
-ON_NATS = NATS.lower().startswith(("nats://", "tls://"))
+ON_NATS = NATS.lower().startswith("nats://")
 SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"
 SPEED = os.environ.get("SLIPSTREAM_DEMO_SPEED", "30")
 RUN = ROOT / "data" / time.strftime("run-%Y%m%d-%H%M%S")  # this run's data, kept

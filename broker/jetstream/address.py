@@ -29,8 +29,9 @@ def parse_servers(text: str) -> list[str]:
             port = url.port or DEFAULT_NATS_PORT
         except ValueError as exc:
             raise ConfigError(f"{text!r}: {part!r} is not nats://HOST:PORT ({exc})") from None
-        if url.scheme not in ("nats", "tls"):
-            raise ConfigError(f"{text!r}: {part!r} is not a nats:// or tls:// address")
+        if url.scheme != "nats":
+            raise ConfigError(f"{text!r}: {part!r} is not a nats:// address (for TLS: "
+                              "nats:// with --tls-ca)")
         if not url.hostname:
             raise ConfigError(f"{text!r}: {part!r} names no host")
         if url.path not in ("", "/") or url.query:

@@ -21,6 +21,7 @@ from nats.js import errors as js_errors
 from broker.client import DEFAULT_STREAM, STREAM_ENV, Client
 from broker.errors import (
     BrokerError,
+    ConfigError,
     ConnectError,
     ConnectionLostError,
     HandshakeRefusedError,
@@ -33,6 +34,7 @@ from broker.jetstream.stream import StreamSpec, covered, ensure_stream, epoch_of
 from broker.jetstream.subscription import JetStreamSubscription
 from broker.routing import validate_pattern, validate_topic
 from broker.subscription import Start
+from broker.tls import TlsFiles, client_context
 
 log = logging.getLogger("slipstream.client")
 
@@ -47,10 +49,10 @@ class JetStreamClient(Client):
                  token: str | None = None, reconnect: bool = True,
                  connect_timeout_s: float = 5.0, reconnect_max_delay_s: float = 2.0,
                  stream: str | None = None, spec: StreamSpec | None = None,
-                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                 max_in_flight: int = MAX_IN_FLIGHT, tls: TlsFiles | None = None) -> None:
         super().__init__(broker, name=name, token=token, reconnect=reconnect,
                          connect_timeout_s=connect_timeout_s,
-                         reconnect_max_delay_s=reconnect_max_delay_s)
+                         reconnect_max_delay_s=reconnect_max_delay_s, tls=tls)
         self.servers = parse_servers(self.address)
         self.spec = spec or StreamSpec(name=stream or os.environ.get(STREAM_ENV)
                                        or DEFAULT_STREAM)
@@ -130,7 +132,10 @@ class JetStreamClient(Client):
                 allow_reconnect=True, max_reconnect_attempts=1,
                 reconnect_time_wait=self.reconnect_max_delay_s,  # type: ignore[arg-type]
                 error_cb=on_error, disconnected_cb=self._disconnected,
-                reconnected_cb=self._reconnected)
+                reconnected_cb=self._reconnected,
+                tls=client_context(self.tls) if self.tls else None)
+        except ConfigError:
+            raise  # an unusable --tls-* file
         except Exception as exc:
             if refused or "Authorization" in str(exc):
                 raise HandshakeRefusedError(

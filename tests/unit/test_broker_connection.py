@@ -214,3 +214,11 @@ def test_the_two_cores_hold_a_whole_conversation_with_no_socket() -> None:
     client.send(p.Ack(1, 2))
     [ack] = to_broker()
     assert server.handle(ack) == p.Ack(1, 2) and sub.inflight == 0
+
+
+def test_a_tls_client_at_a_plain_broker_is_told_so() -> None:
+    conn = broker()
+    assert conn.receive_data(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03") == []
+    [error] = sent(conn)
+    assert type(error) is p.Error and error.code == "handshake" and error.fatal
+    assert "looks like a TLS handshake" in error.message and "--tls-cert" in error.message

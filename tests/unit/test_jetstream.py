@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from nats.js.api import DiscardPolicy, RetentionPolicy, StreamConfig
 
-from broker.client import is_nats, parse_address
+from broker.client import is_nats, parse_address, uses_tls
 from broker.errors import ConfigError
 from broker.jetstream.address import display, parse_servers
 from broker.jetstream.connection import header_value, msg_id_of, status_of
@@ -16,9 +16,11 @@ from broker.jetstream.subscription import deliver_policy, durable_name
 
 
 def test_the_scheme_picks_the_engine() -> None:
-    assert is_nats("nats://a:4222") and is_nats(" TLS://a:4222")
+    assert is_nats("nats://a:4222") and is_nats(" NATS://a:4222")
     assert not is_nats("127.0.0.1:20778") and not is_nats("slipstream://h:1")
+    assert not is_nats("tls://h:1")  # the embedded broker over TLS
     assert parse_address("slipstream://h:7") == ("h", 7)
+    assert parse_address("tls://h:8") == ("h", 8) and uses_tls(" TLS://h:8")
     with pytest.raises(ConfigError, match="NATS address"):
         parse_address("nats://h:1")
 
@@ -30,7 +32,7 @@ def test_seeds_inherit_the_scheme_and_get_the_default_port() -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("a:1", "no nats:// scheme"), ("nats://a:1,http://b:2", "not a nats:// or tls://"),
+    ("a:1", "no nats:// scheme"), ("nats://a:1,http://b:2", "not a nats:// address"),
     ("nats://", "names no host"), ("nats://a:99999", "is not nats://HOST:PORT"),
     ("nats://a:1/S", "--stream"), (",", "names no NATS server")])
 def test_bad_addresses_say_what_is_wrong(text: str, message: str) -> None:
