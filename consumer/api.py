@@ -86,12 +86,15 @@ class Consumer:
         self.description = description
         self.default_start = start  # --from's default: "new", or "earliest" for whole state
         self.handlers: list[Handler] = []
+        # Failures reported by message_failed without their handler (several patterns).
+        self._unnamed = Handler("", _no_handler)
         self.args = argparse.Namespace()  # the parsed command line, once running
         self.client: Client | None = None
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._argument_hooks: list[Callable[[argparse.ArgumentParser], None]] = []
         self._stopping: asyncio.Event | None = None
+        self._subscribed: asyncio.Event | None = None
         self._failure: HandlerFailed | None = None
         self._stdout_gone = False
         # One handler raising on every message must not write a line per message.
@@ -186,6 +189,7 @@ class Consumer:
     async def serve(self) -> int:
         """Run the startup hooks, connect, handle messages until stopped, then shut down."""
         self._stopping = asyncio.Event()
+        self._subscribed = asyncio.Event()
         shut_down = False
         try:
             for hook in self._startup:
@@ -219,6 +223,8 @@ class Consumer:
             handler.subscription = await client.subscribe(
                 handler.pattern, start=self.args.start, auto_ack=handler.auto_ack,
                 durable=f"{self.args.durable}:{handler.pattern}" if self.args.durable else None)
+        assert self._subscribed is not None
+        self._subscribed.set()
         try:
             async with asyncio.TaskGroup() as tasks:
                 for handler in self.handlers:
@@ -229,6 +235,14 @@ class Consumer:
             pass
         except* HandlerFailed as group:
             self._failure = self._failure or group.exceptions[0]  # type: ignore[assignment]
+
+    async def subscribed(self) -> Client:
+        """Wait until every handler's subscription is made (for a startup hook's task that
+        needs the broker, such as a progress report); returns the connected client."""
+        assert self._subscribed is not None, "only while the consumer runs"
+        await self._subscribed.wait()
+        assert self.client is not None
+        return self.client
 
     async def _hint_unmatched(self, client: Client) -> None:
         """A pattern that matches no topic waits in silence, and a typo looks like a quiet
@@ -246,6 +260,8 @@ class Consumer:
             if any(pattern_matches(pattern, topic) for topic in topics):
                 continue
             close = difflib.get_close_matches(pattern, topics, n=5, cutoff=0.6)
+            if not close and ("*" in pattern or ">" in pattern):
+                continue  # a family with no topic yet (no game running, say): not a typo
             log.warning("no topic matches %r yet%s (every topic: slipstream stats)", pattern,
                         f"; topics that look close: {', '.join(close)}" if close else "")
 
@@ -277,18 +293,31 @@ class Consumer:
                 return
             except Fatal as exc:
                 raise HandlerFailed(str(exc)) from exc
+            except HandlerFailed:
+                raise  # message_failed under --on-error stop
             except Exception as exc:
-                handler.failed += 1
-                where = f"handler {handler.name!r} failed on {_where(message)}"
-                if self.args.on_error == "stop":
-                    raise HandlerFailed(f"{where}: {type(exc).__name__}: {exc}") from exc
-                # Keyed on the handler and the error's type, not its text (which may name
-                # each message's data): the same failure on every message is one line,
-                # then a count every 10 s.
-                self._error_log.log(logging.ERROR, f"{handler.name}:{type(exc).__name__}",
-                                    "%s (skipped): %s: %s", where, type(exc).__name__, exc,
-                                    exc_info=handler.failed == 1)  # the traceback once
+                self.message_failed(message, exc, handler)
             handler.handled += len(message) if type(message) is Batch else 1
+
+    def message_failed(self, item: Message | Batch, error: Exception,
+                       handler: Handler | None = None) -> None:
+        """A handler could not handle `item`: under --on-error skip it is logged and
+        counted and the consumer goes on; under stop, HandlerFailed ends it (exit 1).
+        A batch handler calls this for the one message it could not handle, so that one
+        bad message costs that message, not its whole batch."""
+        if handler is None:
+            handler = self.handlers[0] if len(self.handlers) == 1 else self._unnamed
+        handler.failed += 1
+        where = f"handler {handler.name!r} failed on {_where(item)}"
+        if self.args.on_error == "stop":
+            raise HandlerFailed(f"{where}: {type(error).__name__}: {error}") from error
+        # Keyed on the handler and the error's type, not its text (which may name
+        # each message's data): the same failure on every message is one line,
+        # then a count every 10 s.
+        self._error_log.log(logging.ERROR, f"{handler.name}:{type(error).__name__}",
+                            "%s (skipped): %s: %s", where, type(error).__name__, error,
+                            exc_info=handler.failed == 1)  # the traceback once (we are
+        # called in the except block that caught `error`)
 
     def report(self) -> str:
         subs = [h.subscription for h in self.handlers if h.subscription is not None]
@@ -296,7 +325,11 @@ class Consumer:
         return (f"{self.name}: handled {sum(h.handled for h in self.handlers):,} messages, "
                 f"{sum(s.gap_count for s in subs)} gaps ({sum(s.missed for s in subs):,} "
                 f"messages missed{f', {unknown} of unknown size' if unknown else ''}), "
-                f"{sum(h.failed for h in self.handlers)} handler errors")
+                f"{sum(h.failed for h in (*self.handlers, self._unnamed))} handler errors")
+
+
+async def _no_handler(item: Any) -> None:
+    """The stand-in function of the Handler that counts failures with no handler named."""
 
 
 def _where(item: Message | Batch) -> str:

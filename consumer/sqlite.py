@@ -21,6 +21,8 @@ import argparse
 import asyncio
 import logging
 import sqlite3
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,14 @@ from typing import Any
 from broker import cli
 from broker.client import Batch
 from broker.errors import ConfigError, SlipstreamError
+from broker.progress import Progress
 from broker.tasks import stop_task
 from consumer.api import Consumer, Fatal
 from consumer.sqlite_schema import SCHEMA, LiveTables, Rows
 
 log = logging.getLogger("slipstream.sqlite")
 RETRY_FIRST_DELAY_S = 0.1
+CATCH_UP_CHECK_S = 1.0  # how often a catching-up writer asks the broker what is pending
 RETRY_MAX_DELAY_S = 2.0
 
 app = Consumer("sqlite", description="Write every message of the topics matching PATTERN "
@@ -144,17 +148,50 @@ class Batcher:
         self.tables = LiveTables()
         self.rows = Rows()
         self.messages = 0
+        self.handled = 0  # messages taken, since the start
+        self.catch_up: Progress | None = None  # --from earliest: through the backlog
+        self._catch_up_started = 0.0
         self._lock = asyncio.Lock()  # one transaction at a time, in order
 
     async def add(self, batch: Batch) -> None:
         for message in batch:
-            self.tables.rows_for(message, self.rows)
+            try:
+                self.tables.rows_for(message, self.rows)
+            except Exception as exc:  # one bad message costs that message, not the batch
+                app.message_failed(message, exc)
         self.messages += len(batch)
+        self.handled += len(batch)
+        if self.catch_up is not None:
+            self._caught_up(batch)
         if self.messages >= self.batch:
             try:
                 await self.flush()
             except WriteFailed as exc:
                 raise Fatal(str(exc)) from None
+
+    def start_catch_up(self, backlog: int, started_monotonic: float) -> None:
+        """Count from the start: what was handled while the backlog was measured is in."""
+        self.catch_up = Progress("sqlite catch-up", backlog, "msg")
+        self.catch_up.advance(self.handled)
+        self._catch_up_started = started_monotonic
+
+    def _caught_up(self, batch: Batch) -> None:
+        """Count the backlog down, until it is through."""
+        progress = self.catch_up
+        assert progress is not None
+        progress.advance(len(batch))
+        if progress.done >= (progress.total or 0):
+            self.end_catch_up()
+
+    def end_catch_up(self) -> None:
+        progress = self.catch_up
+        if progress is not None:
+            progress.close()
+            self.catch_up = None
+            elapsed = max(time.monotonic() - self._catch_up_started, 1e-3)
+            print(f"sqlite: caught up: {progress.done:,} messages of the backlog in "
+                  f"{elapsed:.1f} s ({progress.done / elapsed:,.0f} msg/s); now storing as "
+                  "they arrive", file=sys.stderr, flush=True)
 
     async def flush(self) -> None:
         async with self._lock:
@@ -231,8 +268,43 @@ async def _open() -> None:
     batcher = Batcher(writer, app.args.batch, app.args.flush_ms / 1000, app.args.retry_for)
     _state.update(writer=writer, batcher=batcher,
                   timer=asyncio.create_task(batcher.flush_periodically()))
+    if app.args.start == "earliest":
+        _state["catch_up"] = asyncio.create_task(_measure_backlog(batcher))
     for pattern in app.args.patterns:
         app.add_handler(pattern, batcher.add, auto_ack=False, batches=True)
+
+
+async def _measure_backlog(batcher: Batcher) -> None:
+    try:
+        await _report_catch_up(batcher)
+    except (SlipstreamError, KeyError) as exc:  # only a report: say so and carry on
+        log.info("no catch-up report: %s", exc)
+
+
+async def _report_catch_up(batcher: Batcher) -> None:
+    """--from earliest: what the broker retains of our topics is the backlog to report
+    progress through (an upper bound: a durable may resume part-way)."""
+    client = await app.subscribed()
+    started = time.monotonic()
+    backlog = 0
+    for pattern in app.args.patterns:
+        stats = await client.stats_all(topics=pattern, connections=False)
+        backlog += sum(topic["retained"] for topic in stats["topics"].values())
+    if not backlog:
+        return
+    print(f"sqlite: catching up on up to {backlog:,} retained messages", file=sys.stderr,
+          flush=True)
+    batcher.start_catch_up(backlog, started)
+    # A durable that resumed part-way never counts up to all that is retained: it has
+    # caught up once the broker has nothing pending or unacknowledged (so committed) for it.
+    durables = {f"{app.args.durable}:{pattern}" for pattern in app.args.patterns}
+    while batcher.catch_up is not None and app.args.durable:
+        await asyncio.sleep(CATCH_UP_CHECK_S)
+        connections = (await client.stats(topic_limit=0))["connections"]
+        ours = [sub for connection in connections for sub in connection["subscriptions"]
+                if sub["durable"] in durables]
+        if ours and not any(sub["pending"] or sub["unacked"] for sub in ours):
+            batcher.end_catch_up()
 
 
 @app.shutdown
@@ -240,6 +312,10 @@ async def _close() -> None:
     if "writer" not in _state:
         return
     await stop_task(_state["timer"])
+    if "catch_up" in _state:
+        await stop_task(_state["catch_up"])
+    if _state["batcher"].catch_up is not None:
+        _state["batcher"].catch_up.close()
     writer: Writer = _state["writer"]
     try:
         if not _state["batcher"].failed:

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from broker.errors import SlipstreamError
+from broker.progress import Progress
 
 log = logging.getLogger("slipstream.livetiming")
 
@@ -81,15 +82,18 @@ async def download_session(http: aiohttp.ClientSession, base: str, path: str,
     if not isinstance(feeds, dict):
         raise ArchiveError(f"{base}/{path}Index.json has no Feeds")
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-    for topic, feed in sorted(feeds.items()):
-        stream = feed.get("StreamPath") if isinstance(feed, dict) else None
-        if not isinstance(stream, str):
-            continue
-        async with http.get(f"{base}/{path}{stream}") as response:
-            if response.status != 200:
-                log.warning("skipping %s: HTTP %d", topic, response.status)
+    with Progress("download", len(feeds), "feeds", log_interval_s=0) as progress:
+        for topic, feed in sorted(feeds.items()):
+            stream = feed.get("StreamPath") if isinstance(feed, dict) else None
+            if not isinstance(stream, str):
+                progress.advance(1)
                 continue
-            data = await response.read()
-        await asyncio.to_thread((folder / f"{topic}.jsonStream").write_bytes, data)
-        log.info("downloaded %s (%d bytes)", topic, len(data))
+            async with http.get(f"{base}/{path}{stream}") as response:
+                if response.status != 200:
+                    log.warning("skipping %s: HTTP %d", topic, response.status)
+                    progress.advance(1)
+                    continue
+                data = await response.read()
+            await asyncio.to_thread((folder / f"{topic}.jsonStream").write_bytes, data)
+            progress.advance(1, f"{topic} ({len(data):,} bytes)")
     return folder

@@ -9,17 +9,15 @@ it, so a consumer sees a complete picture from its first message.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
+from broker.progress import Progress
 from f1vocab.state import merge
 from producer.livetiming.feed import FeedMessage
 from producer.livetiming.publisher import LivePublisher
 from producer.pacing import Pacer
 
 log = logging.getLogger("slipstream.livetiming")
-
-PROGRESS_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -97,12 +95,9 @@ async def _replay_once(messages: list[FeedMessage], publisher: LivePublisher,
                  format_clock(options.start_s), len(snapshots), first)
     times = session_times(messages)
     pacer = Pacer(options.speed)
-    next_progress = pacer.started + PROGRESS_INTERVAL_S
-    for index in range(first, len(messages)):
-        await pacer.wait_until(times[index] - options.start_s)
-        await publisher.publish(messages[index])
-        if time.monotonic() >= next_progress:
-            next_progress += PROGRESS_INTERVAL_S
-            log.info("replayed %d of %d messages (session time %s)", index + 1, len(messages),
-                     format_clock(times[index]))
+    with Progress("replay", len(messages) - first, "msg") as progress:
+        for index in range(first, len(messages)):
+            await pacer.wait_until(times[index] - options.start_s)
+            await publisher.publish(messages[index])
+            progress.advance(1, f"session time {format_clock(times[index])}")
     await publisher.client.flush()

@@ -9,6 +9,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from broker import Client
 from tests.helpers import (
     SESSION,
@@ -16,6 +18,7 @@ from tests.helpers import (
     RunningProcess,
     replay_session,
     wait_drained,
+    wait_for,
     wait_subscribed,
 )
 
@@ -146,3 +149,26 @@ async def test_a_broker_restart_is_a_new_epoch_not_a_collision(processes: Proces
     assert [json.loads(data) for (data,) in query(
         db, "SELECT data FROM messages ORDER BY broker_ts_us, seq")] == list(range(801))
     assert restarted.port == broker.port
+
+
+async def test_catching_up_from_earliest_is_reported_until_caught_up(
+        processes: Processes, tmp_path: Path) -> None:
+    broker = await processes.broker()
+    async with Client(broker.address) as client:
+        for start in range(0, 30_000, 1_000):
+            await client.publish_batch("live.Heartbeat", [
+                msgpack.packb({"n": n}) for n in range(start, start + 1_000)])
+        await client.flush()
+        await client.ping()
+    db = tmp_path / "catch.db"
+    process = await writer(processes, db, broker.address, "--from", "earliest")
+    await wait_for_rows(db, 30_000)
+    await wait_for(lambda: _logged(process, "caught up: "), "the caught-up line")
+    assert await process.stop(signal.SIGINT) == 0
+    log = process.log()
+    assert "sqlite: catching up on up to 30,000 retained messages" in log
+    assert "sqlite: caught up: 30,000 messages of the backlog in " in log
+
+
+async def _logged(process: RunningProcess, text: str) -> bool:
+    return text in process.log()
