@@ -172,3 +172,23 @@ async def test_catching_up_from_earliest_is_reported_until_caught_up(
 
 async def _logged(process: RunningProcess, text: str) -> bool:
     return text in process.log()
+
+
+async def test_one_undecodable_payload_costs_that_message_not_its_batch(
+        processes: Processes, tmp_path: Path) -> None:
+    broker = await processes.broker()
+    payloads = [msgpack.packb({"n": n}) for n in range(1_000)]
+    payloads[500] = b"\xc1 not msgpack"
+    async with Client(broker.address) as client:
+        await client.publish_batch("live.Heartbeat", payloads)  # one run: one batch
+        await client.flush()
+        await client.ping()
+    db = tmp_path / "bad.db"
+    process = await writer(processes, db, broker.address, "--from", "earliest")
+    await wait_for_rows(db, 999)
+    await wait_drained(broker.address, "sqlite")
+    assert await process.stop(signal.SIGINT) == 0
+    assert query(db, "SELECT count(*) FROM messages")[0][0] == 999
+    assert "sqlite: handled 1,000 messages, 0 gaps (0 messages missed), 1 handler errors" \
+        in process.log()
+    assert "failed on live.Heartbeat #501" in process.log()
