@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import Processes, RunningProcess, run_command, wait_for
 
 
@@ -74,3 +76,28 @@ async def _published_some(address: str) -> bool:
     async with Client(address) as client:
         topics = (await client.stats())["topics"]
     return int(topics.get("demo.load", {}).get("published", 0)) > 0
+
+
+@pytest.mark.parametrize(("command", "report"), [
+    (["replay", "samples/livetiming/2020-08-07_70th-anniversary-fp2", "--speed", "1"],
+     "replay: published"),
+    (["udp", "--listen", "127.0.0.1:0"], "udp: received"),
+    (["sub", ">"], "printer: handled"),
+    (["consumer", "alerter", "--no-publish"], "alerter: handled"),
+])
+async def test_ctrl_c_is_exit_0_with_the_commands_report(
+        processes: Processes, command: list[str], report: str) -> None:
+    """One convention for every long-running command: Ctrl-C stops it cleanly, exit 0,
+    after its usual report."""
+    broker = await processes.broker()
+    running = await processes.command("-m", "slipstream", *command, "--broker", broker.address)
+    await wait_for(lambda: _connected(broker.address, 2), "the command to connect")
+    assert await running.stop(signal.SIGINT) == 0
+    assert report in running.log() + running.out_path.read_text()  # type: ignore[attr-defined]
+
+
+async def _connected(address: str, connections: int) -> bool:
+    from broker import Client
+
+    async with Client(address, name="probe") as client:
+        return len((await client.stats())["connections"]) >= connections
