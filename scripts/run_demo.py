@@ -128,8 +128,8 @@ def main() -> int:
             python("-m", "consumer", "sqlite", "--db", str(DATABASE), *common),
             python("-m", "consumer", "alerter", "--log", str(ALERTS), *common),
         ]
-        dashboard = python("-m", "consumer", "dashboard", "--http", http, *common,
-                           stdout=subprocess.PIPE)
+        dashboard = python("-m", "consumer", "dashboard", "--http", http, "--game-label",
+                           "Simulated F1 game", *common, stdout=subprocess.PIPE)
         children.append(dashboard)
         assert dashboard.stdout is not None
         address = dashboard.stdout.readline().decode().removeprefix("dashboard: ").strip()

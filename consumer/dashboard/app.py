@@ -24,7 +24,7 @@ from broker.tasks import stop_task
 from consumer.api import Consumer
 from consumer.dashboard.hub import Hub
 from consumer.dashboard.model import Dashboard
-from consumer.dashboard.web import DashboardWeb, Limits
+from consumer.dashboard.web import DEFAULT_GAME_LABEL, DashboardWeb, Limits
 
 log = logging.getLogger("slipstream.dashboard")
 
@@ -52,6 +52,9 @@ _running = Running()
 
 @app.arguments
 def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--game-label", default=DEFAULT_GAME_LABEL, metavar="TEXT",
+                        help="title of the game panel (default %(default)r; make run says "
+                             "'Simulated F1 game' for the simulator)")
     parser.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT",
                         help="where to serve the page (default %(default)s; 0.0.0.0:8080 "
                              "opens it to the network, so give it a --token)")
@@ -94,7 +97,8 @@ async def _serve() -> None:
                     "(give --token to require one)", host)
     hub = Hub(Dashboard(history=args.history), max_events=args.max_events,
               broker_connected=lambda: app.client is not None and app.client.connected)
-    server = DashboardWeb(hub, token=args.token, allow_hosts=tuple(args.allow_host), limits=Limits(
+    server = DashboardWeb(hub, token=args.token, allow_hosts=tuple(args.allow_host),
+                          game_label=args.game_label, limits=Limits(
         max_clients=args.max_clients, send_timeout_s=args.send_timeout))
     runner = web.AppRunner(server.app(), handle_signals=False, access_log=None,
                            shutdown_timeout=2.0)

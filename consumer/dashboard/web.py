@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import html
 import json
 import logging
 import time
@@ -34,6 +35,7 @@ from consumer.dashboard.hub import Hub
 log = logging.getLogger("slipstream.dashboard")
 
 STATIC = Path(__file__).with_name("static")
+DEFAULT_GAME_LABEL = "F1 game"
 PATHS = {  # path -> the query parameters it takes
     "/": {"token"},
     "/ws": {"topics", "token"},
@@ -78,14 +80,15 @@ def error(status: int, message: str) -> web.Response:
 
 class DashboardWeb:
     def __init__(self, hub: Hub, token: str | None = None, limits: Limits = Limits(),
-                 allow_hosts: tuple[str, ...] = ()) -> None:
+                 allow_hosts: tuple[str, ...] = (),
+                 game_label: str = DEFAULT_GAME_LABEL) -> None:
         self.hub = hub
         self.token = token
         self.limits = limits
         # Host names (HOST:PORT) this dashboard answers to; filled by serving_at().
         self.extra_hosts = {host.lower() for host in allow_hosts}
         self.hosts: set[str] | None = None  # None: any Host (bound to every interface)
-        self.page = render_page()
+        self.page = render_page(game_label)
         self._sockets: set[web.WebSocketResponse] = set()
 
     def app(self) -> web.Application:
@@ -297,9 +300,11 @@ class DashboardWeb:
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"dashboard stopping")
 
 
-def render_page() -> str:
-    """The page as one document: style and script put inline, so it needs nothing else."""
+def render_page(game_label: str = DEFAULT_GAME_LABEL) -> str:
+    """The page as one document: style and script put inline, so it needs nothing else;
+    the game panel titled `game_label` ("Simulated game" for the simulator)."""
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     style = (STATIC / "style.css").read_text(encoding="utf-8")
     script = (STATIC / "app.js").read_text(encoding="utf-8")
-    return page.replace("/*STYLE*/", style).replace("/*SCRIPT*/", script)
+    return (page.replace("/*STYLE*/", style).replace("/*SCRIPT*/", script)
+            .replace("<!--GAME_LABEL-->", html.escape(game_label)))

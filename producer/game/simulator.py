@@ -232,7 +232,7 @@ class SessionSimulator:
         for car, participant in zip(self.cars, data["participants"], strict=False):
             participant.update(ai_controlled=1 if car.index else 0, driver_id=car.index,
                                team_id=car.index % TEAMS, race_number=car.index + 2,
-                               name=f"DRIVER {car.index + 1:02d}")
+                               name=f"SIM DRIVER {car.index + 1:02d}")  # not a real one
 
     def _classification(self, data: dict[str, Any], now: float) -> None:
         data["num_cars"] = len(self.cars)

@@ -40,7 +40,7 @@ RECORD_LEVELS = """() => {
 async def test_the_page_shows_the_session_live_and_survives_a_dashboard_restart(
         processes: Processes, tmp_path: Path) -> None:
     broker = await processes.broker()
-    dashboard = await processes.dashboard(broker.address)
+    dashboard = await processes.dashboard(broker.address, "--game-label", "Simulated F1 game")
     async with playwright.async_playwright() as driver:
         browser = await driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
@@ -79,6 +79,8 @@ async def test_the_page_shows_the_session_live_and_survives_a_dashboard_restart(
                 timeout=TIMEOUT_MS)
             assert (await page.locator("#game-session").text_content() or "").startswith(
                 "Silverstone, Race, 10 laps")
+            title = await page.locator("#game h2").text_content() or ""
+            assert title.startswith("Simulated F1 game Silverstone")  # says what it is
             assert await page.locator("#leaderboard tr.player").count() == 1
             assert await page.locator("#tyres > div").count() == 4
             assert int(await page.locator("#car-rpm").text_content() or "0") > 0
