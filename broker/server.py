@@ -643,21 +643,23 @@ class Connection:
         """End this connection from the broker's side, telling the client why."""
         if self._closing:
             return
-        if code == "shutdown":
-            log.info("closing %s: %s", self.describe(), message)
-        else:
-            self._log_once(code, "closing %s: %s", self.describe(), message)
         self.core.fail(code, message)
         self._after_fatal()
 
     def _after_fatal(self) -> None:
-        """The core has queued a fatal ERROR: send it, and close as fits."""
+        """The core has queued a fatal ERROR (ours, or the rules'): log it, send it, and
+        close as fits."""
+        fatal = self.core.fatal
+        assert fatal is not None
+        if fatal.code == "shutdown":
+            log.info("closing %s: %s", self.describe(), fatal.message)
+        else:
+            self._log_once(fatal.code, "closing %s: %s", self.describe(), fatal.message)
         self._flush()
         transport = self.writer.transport
-        fatal = self.core.fatal
         if transport.get_write_buffer_size():
             transport.abort()  # a client that is not reading would hold a graceful close open
-        elif fatal is not None and fatal.code != "shutdown":
+        elif fatal.code != "shutdown":
             self._linger = True  # run() half-closes, drains briefly, then closes
         else:
             self.writer.close()
@@ -694,9 +696,6 @@ class Connection:
         except TimeoutError:
             core.fail("handshake_timeout", f"no HELLO within {self.config.handshake_timeout_s:g} s")
         if core.state is not State.OPEN:  # refused: the core queued the fatal ERROR
-            assert core.fatal is not None
-            self._log_once(core.fatal.code, "closing %s: %s", self.describe(),
-                           core.fatal.message)
             self._after_fatal()
             raise _Closed
         self._flush()  # WELCOME
@@ -710,9 +709,6 @@ class Connection:
         while True:
             await self._act(frames)
             if core.broken():  # the core failed the connection: its ERROR is queued
-                assert core.fatal is not None
-                self._log_once(core.fatal.code, "closing %s: %s", self.describe(),
-                               core.fatal.message)
                 self._after_fatal()
                 self._stop_sender()
                 raise _Closed

@@ -86,8 +86,6 @@ class Consumer:
         self.description = description
         self.default_start = start  # --from's default: "new", or "earliest" for whole state
         self.handlers: list[Handler] = []
-        # Failures reported by message_failed without their handler (several patterns).
-        self._unnamed = Handler("", _no_handler)
         self.args = argparse.Namespace()  # the parsed command line, once running
         self.client: Client | None = None
         self._startup: list[Hook] = []
@@ -305,8 +303,9 @@ class Consumer:
         counted and the consumer goes on; under stop, HandlerFailed ends it (exit 1).
         A batch handler calls this for the one message it could not handle, so that one
         bad message costs that message, not its whole batch."""
-        if handler is None:
-            handler = self.handlers[0] if len(self.handlers) == 1 else self._unnamed
+        if handler is None:  # the handler whose pattern the message came by
+            handler = next((h for h in self.handlers if pattern_matches(h.pattern, item.topic)),
+                           self.handlers[0])
         handler.failed += 1
         where = f"handler {handler.name!r} failed on {_where(item)}"
         if self.args.on_error == "stop":
@@ -325,11 +324,7 @@ class Consumer:
         return (f"{self.name}: handled {sum(h.handled for h in self.handlers):,} messages, "
                 f"{sum(s.gap_count for s in subs)} gaps ({sum(s.missed for s in subs):,} "
                 f"messages missed{f', {unknown} of unknown size' if unknown else ''}), "
-                f"{sum(h.failed for h in (*self.handlers, self._unnamed))} handler errors")
-
-
-async def _no_handler(item: Any) -> None:
-    """The stand-in function of the Handler that counts failures with no handler named."""
+                f"{sum(h.failed for h in self.handlers)} handler errors")
 
 
 def _where(item: Message | Batch) -> str:
