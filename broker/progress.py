@@ -8,6 +8,7 @@ reports (not through logging, which consumers keep at WARNING).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from types import TracebackType
@@ -15,6 +16,9 @@ from types import TracebackType
 from tqdm import tqdm
 
 LOG_INTERVAL_S = 10.0  # without a terminal: one line this often
+# SLIPSTREAM_PROGRESS=0: neither bar nor lines (make run, where several processes share
+# one terminal and a bar would be torn up by the others' lines).
+PROGRESS_ENV = "SLIPSTREAM_PROGRESS"
 
 
 class Progress:
@@ -27,9 +31,11 @@ class Progress:
         self.note = ""
         self._interval_s = log_interval_s
         self._next_log = time.monotonic() + log_interval_s
+        self._silent = os.environ.get(PROGRESS_ENV, "1") == "0"
         on_terminal = sys.stderr.isatty() if terminal is None else terminal
         self._bar = tqdm(total=total, unit=unit, desc=what, file=sys.stderr, leave=False,
-                         dynamic_ncols=True, unit_scale=True) if on_terminal else None
+                         dynamic_ncols=True, unit_scale=True) if (
+            on_terminal and not self._silent) else None
 
     def __enter__(self) -> Progress:
         return self
@@ -47,7 +53,7 @@ class Progress:
             self._bar.update(count)
             if note is not None:
                 self._bar.set_postfix_str(note, refresh=False)
-        elif time.monotonic() >= self._next_log:
+        elif not self._silent and time.monotonic() >= self._next_log:
             self._next_log = time.monotonic() + self._interval_s
             print(self.line(), file=sys.stderr, flush=True)
 

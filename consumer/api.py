@@ -41,7 +41,7 @@ from broker.routing import pattern_matches, validate_pattern
 
 log = logging.getLogger("slipstream.consumer")
 
-HINT_AFTER_S = 2.0  # a pattern idle this long, matching no topic, gets one warning
+HINT_AFTER_S = 2.0  # an idle pattern matching no topic, but close to some, gets one warning
 HINT_TOPICS = 10_000  # topics looked at for that hint (one STATS page)
 HandlerFn = Callable[[Message], Awaitable[None]]
 BatchHandlerFn = Callable[[Batch], Awaitable[None]]
@@ -244,7 +244,8 @@ class Consumer:
 
     async def _hint_unmatched(self, client: Client) -> None:
         """A pattern that matches no topic waits in silence, and a typo looks like a quiet
-        session: once, after HINT_AFTER_S, name the topics that look close."""
+        session: once, after HINT_AFTER_S, name the topics that look close (if none does,
+        the source has probably not started yet, and nothing is said)."""
         await asyncio.sleep(HINT_AFTER_S)
         idle = [h.pattern for h in self.handlers
                 if h.subscription is not None and not h.subscription.received]
@@ -258,10 +259,10 @@ class Consumer:
             if any(pattern_matches(pattern, topic) for topic in topics):
                 continue
             close = difflib.get_close_matches(pattern, topics, n=5, cutoff=0.6)
-            if not close and ("*" in pattern or ">" in pattern):
-                continue  # a family with no topic yet (no game running, say): not a typo
-            log.warning("no topic matches %r yet%s (every topic: slipstream stats)", pattern,
-                        f"; topics that look close: {', '.join(close)}" if close else "")
+            if not close:
+                continue  # nothing like it yet: a source not started, not a typo
+            log.warning("no topic matches %r yet; topics that look close: %s (every topic: "
+                        "slipstream stats)", pattern, ", ".join(close))
 
     async def _wait_for_stop(self) -> None:
         assert self._stopping is not None

@@ -80,8 +80,12 @@ def free_udp_port() -> int:
         return port
 
 
+# The processes share one terminal: a progress bar would be torn up by the others' lines.
+CHILD_ENV = {**os.environ, "SLIPSTREAM_PROGRESS": "0"}
+
+
 def python(*args: str, **options: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, **options)  # type: ignore[call-overload, no-any-return]
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=CHILD_ENV, **options)  # type: ignore[call-overload, no-any-return]
 
 
 def stop(processes: list[subprocess.Popen[bytes]]) -> None:

@@ -22,3 +22,11 @@ def test_quiet_between_intervals_and_without_a_total(capsys: pytest.CaptureFixtu
         progress.advance(3)
     assert capsys.readouterr().err == ""
     assert progress.line() == "download: 3 feeds"
+
+
+def test_slipstream_progress_0_silences_it(capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLIPSTREAM_PROGRESS", "0")
+    with Progress("replay", 10, "msg", terminal=True, log_interval_s=0) as progress:
+        progress.advance(5)
+    assert capsys.readouterr().err == "" and progress.done == 5
