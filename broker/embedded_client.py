@@ -348,10 +348,7 @@ class EmbeddedClient(Client):
         if confirm:
             future = asyncio.get_running_loop().create_future()
         self._outbox.add(topic, payload, self.max_payload_bytes, future)
-        self._queued(1, len(payload))
-        # A sync test per message; the coroutine only every YIELD_EVERY_BYTES.
-        if (self._published_since_yield >= YIELD_EVERY_BYTES
-                or self._outbox.payload_bytes > self.max_buffered_bytes):
+        if self._queued(1, len(payload)):
             await self._pause()
         if future is None:
             return None
@@ -363,9 +360,7 @@ class EmbeddedClient(Client):
         self._check_publish(topic, max(map(len, payloads), default=0))
         before = self._outbox.payload_bytes
         self._outbox.add_many(topic, payloads, self.max_payload_bytes)
-        self._queued(len(payloads), self._outbox.payload_bytes - before)
-        if (self._published_since_yield >= YIELD_EVERY_BYTES
-                or self._outbox.payload_bytes > self.max_buffered_bytes):
+        if self._queued(len(payloads), self._outbox.payload_bytes - before):
             await self._pause()
 
     def _check_publish(self, topic: str, biggest_bytes: int) -> None:
@@ -379,12 +374,17 @@ class EmbeddedClient(Client):
         if self._failure is not None:
             raise self._failure
 
-    def _queued(self, count: int, payload_bytes: int) -> None:
+    def _queued(self, count: int, payload_bytes: int) -> bool:
+        """Count what was just put in the outbox; whether it is time to _pause(). A sync
+        test per publish: the coroutine runs only every YIELD_EVERY_BYTES (or when the
+        outbox is over its bound)."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_soon)
         self.published += count
         self._published_since_yield += payload_bytes
+        return (self._published_since_yield >= YIELD_EVERY_BYTES
+                or self._outbox.payload_bytes > self.max_buffered_bytes)
 
     async def _pause(self) -> None:
         """Every YIELD_EVERY_BYTES published, and with the outbox over its bound: write a
