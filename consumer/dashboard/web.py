@@ -15,7 +15,6 @@ every path wants it as `?token=` or `Authorization: Bearer`.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import html
 import json
 import logging
@@ -27,10 +26,10 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from broker import cli
 from consumer.api import json_text
 from consumer.dashboard.fanout import ClientQueue, Update, parse_patterns
 from consumer.dashboard.hub import Hub
+from consumer.web_guard import Guard, error
 
 log = logging.getLogger("slipstream.dashboard")
 
@@ -74,20 +73,13 @@ class TokenBucket:
         return True
 
 
-def error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
 class DashboardWeb:
     def __init__(self, hub: Hub, token: str | None = None, limits: Limits = Limits(),
                  allow_hosts: tuple[str, ...] = (),
                  game_label: str = DEFAULT_GAME_LABEL) -> None:
         self.hub = hub
-        self.token = token
+        self.guard = Guard(token, allow_hosts)
         self.limits = limits
-        # Host names (HOST:PORT) this dashboard answers to; filled by serving_at().
-        self.extra_hosts = {host.lower() for host in allow_hosts}
-        self.hosts: set[str] | None = None  # None: any Host (bound to every interface)
         self.page = render_page(game_label)
         self._sockets: set[web.WebSocketResponse] = set()
 
@@ -103,35 +95,7 @@ class DashboardWeb:
         return app
 
     def serving_at(self, host: str, port: int) -> None:
-        """Which Host headers to accept, now that the port is known.
-
-        A page on another site must not read the feed: browsers send the page's
-        Origin with a WebSocket handshake and with cross-site requests, and DNS
-        rebinding shows up as a Host that is not ours. Bound to loopback (the
-        default), only loopback names are ours; bound to every interface, any Host
-        is, and the Origin must still match it.
-        """
-        if host in ("0.0.0.0", "::", ""):
-            self.hosts = None
-            return
-        names = {host, "localhost", "127.0.0.1", "[::1]"} if cli.is_loopback(host) else {host}
-        self.hosts = {f"{name}:{port}".lower() for name in names} | self.extra_hosts
-        if port == 80:
-            self.hosts |= {name.lower() for name in names}
-
-    def _foreign(self, request: web.Request) -> str | None:
-        """Why this request comes from outside the dashboard's own page, or None."""
-        host = request.headers.get("Host", "").lower()
-        if self.hosts is not None and host not in self.hosts:
-            return (f"Host {host[:100]!r} is not this dashboard's address (a DNS-rebinding "
-                    "page?); to serve it under another name, start with --allow-host NAME:PORT")
-        origin = request.headers.get("Origin")
-        if origin is not None:
-            origin_host = origin.lower().removeprefix("http://").removeprefix("https://")
-            if origin_host != host and origin_host not in self.extra_hosts:
-                return (f"Origin {origin[:100]!r} is another site: only this dashboard's own "
-                        "page may read it (or start with --allow-host for that origin's host)")
-        return None
+        self.guard.serving_at(host, port)
 
     # --- every request -----------------------------------------------------------------
 
@@ -150,19 +114,13 @@ class DashboardWeb:
                               f"{request.path} (it takes: {', '.join(sorted(allowed)) or 'none'})")
         if request.path == "/healthz":
             return await handler(request)
-        foreign = self._foreign(request)
+        foreign = self.guard.foreign(request)
         if foreign is not None:
             return error(403, foreign)
-        if self.token is not None and not self._authorised(request):
+        if not self.guard.authorised(request):
             return error(401, "this dashboard needs its token: add ?token=... to the address "
                               "(or send Authorization: Bearer ...)")
         return await handler(request)
-
-    def _authorised(self, request: web.Request) -> bool:
-        assert self.token is not None
-        given = request.query.get("token") or request.headers.get(
-            "Authorization", "").removeprefix("Bearer ")
-        return hmac.compare_digest(given.encode(), self.token.encode())
 
     def _patterns(self, request: web.Request) -> list[str]:
         try:

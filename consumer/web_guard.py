@@ -1,0 +1,64 @@
+"""Who may read a consumer's web pages: the Host, Origin and token checks.
+
+Shared by the dashboard and the standings pages. A page on another site
+must not read the feed or press the admin buttons: browsers send the page's
+Origin with a WebSocket handshake, a POST and cross-site requests, and DNS
+rebinding shows up as a Host that is not ours.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from broker import cli
+
+
+def error(status: int, message: str) -> web.Response:
+    """Every refusal is JSON with one sentence a person can act on."""
+    return web.json_response({"error": message}, status=status)
+
+
+class Guard:
+    def __init__(self, token: str | None = None, allow_hosts: tuple[str, ...] = ()) -> None:
+        self.token = token
+        # Host names (HOST:PORT) this site answers to; filled by serving_at().
+        self.extra_hosts = {host.lower() for host in allow_hosts}
+        self.hosts: set[str] | None = None  # None: any Host (bound to every interface)
+
+    def serving_at(self, host: str, port: int) -> None:
+        """Which Host headers to accept, now that the port is known.
+
+        Bound to loopback (the default), only loopback names are ours; bound to
+        every interface, any Host is, and the Origin must still match it.
+        """
+        if host in ("0.0.0.0", "::", ""):
+            self.hosts = None
+            return
+        names = {host, "localhost", "127.0.0.1", "[::1]"} if cli.is_loopback(host) else {host}
+        self.hosts = {f"{name}:{port}".lower() for name in names} | self.extra_hosts
+        if port == 80:
+            self.hosts |= {name.lower() for name in names}
+
+    def foreign(self, request: web.Request) -> str | None:
+        """Why this request comes from outside the site's own pages, or None."""
+        host = request.headers.get("Host", "").lower()
+        if self.hosts is not None and host not in self.hosts:
+            return (f"Host {host[:100]!r} is not this site's address (a DNS-rebinding "
+                    "page?); to serve it under another name, start with --allow-host NAME:PORT")
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            origin_host = origin.lower().removeprefix("http://").removeprefix("https://")
+            if origin_host != host and origin_host not in self.extra_hosts:
+                return (f"Origin {origin[:100]!r} is another site: only this site's own "
+                        "pages may use it (or start with --allow-host for that origin's host)")
+        return None
+
+    def authorised(self, request: web.Request) -> bool:
+        """True without a token, or when the request carries it (?token= or Bearer)."""
+        if self.token is None:
+            return True
+        given = request.query.get("token") or request.headers.get(
+            "Authorization", "").removeprefix("Bearer ")
+        return hmac.compare_digest(given.encode(), self.token.encode())
