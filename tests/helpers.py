@@ -116,16 +116,25 @@ class Processes:
     async def dashboard(self, broker: str, *flags: str, http: str = "127.0.0.1:0"
                         ) -> RunningDashboard:
         """`consumer dashboard` on a free port; returns once it says where it serves."""
-        log_path = self.directory / f"dashboard-{len(self.started)}.log"
-        process = await spawn(["-m", "consumer", "dashboard", "--broker", broker, "--http",
+        return await self.web_consumer("dashboard", broker, *flags, http=http)
+
+    async def standings(self, broker: str, *flags: str, http: str = "127.0.0.1:0"
+                        ) -> RunningDashboard:
+        """`consumer standings` on a free port; returns once it says where it serves."""
+        return await self.web_consumer("standings", broker, *flags, http=http)
+
+    async def web_consumer(self, name: str, broker: str, *flags: str, http: str
+                           ) -> RunningDashboard:
+        log_path = self.directory / f"{name}-{len(self.started)}.log"
+        process = await spawn(["-m", "consumer", name, "--broker", broker, "--http",
                                http, *flags], log_path, stdout=asyncio.subprocess.PIPE)
         running = RunningDashboard(process, log_path)
         self.started.append(running)
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), STARTUP_TIMEOUT_S)
-        if not line.startswith(b"dashboard: http://"):
+        if not line.startswith(f"{name}: http://".encode()):
             await process.wait()
-            raise AssertionError(f"dashboard exited {process.returncode}: {running.log()}")
+            raise AssertionError(f"{name} exited {process.returncode}: {running.log()}")
         running.url = line.decode().split()[1].split("?")[0]
         return running
 

@@ -1,0 +1,129 @@
+"""`slipstream consumer standings`: the standings of a sim-racing event, with points.
+
+Each driver's single fastest lap on the current track, from the game's lap
+data (`--source game`, the default), from F1 live timing (`--source live`),
+from both, or only from times typed on the admin page (`--source manual`).
+It serves a public standings page and an admin page (add and rename drivers,
+enter a lap time, strike one, set the track, say who is driving the game's
+player car) on 127.0.0.1:8081, and `GET /api/export` writes the table with
+points to a timestamped CSV. Every change goes through the broker as a
+`standings.*` message (see table.py), so every consumer sees it, and the
+standings are rebuilt from the broker when this consumer restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from broker import cli
+from broker.errors import ConfigError
+from broker.tasks import stop_task
+from consumer.api import Consumer
+from consumer.standings.keeper import StandingsKeeper
+from consumer.standings.sources import GameLaps, LiveLaps
+from consumer.standings.table import DEFAULT_POINTS, Standings, StandingsError, parse_points
+from consumer.standings.web import StandingsWeb
+
+log = logging.getLogger("slipstream.standings")
+
+SOURCES = ("game", "live", "both", "manual")
+GAME_TOPICS = ("game.session", "game.participants", "game.lap_data")
+LIVE_TOPICS = ("live.SessionInfo", "live.DriverList", "live.TimingData")
+
+app = Consumer("standings", description="Keep the standings of a sim-racing event (each "
+                                        "driver's fastest lap, with points) and serve them "
+                                        "with an admin page and a CSV export.",
+               # The standings are what the standings.* messages add up to: all of them.
+               start="earliest")
+
+
+@dataclass
+class Running:
+    keeper: StandingsKeeper | None = None
+    runner: web.AppRunner | None = None
+    tables: asyncio.Task[None] | None = None
+
+
+_running = Running()
+
+
+@app.arguments
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--http", default="127.0.0.1:8081", metavar="HOST:PORT",
+                        help="where to serve the pages (default %(default)s)")
+    parser.add_argument("--source", choices=SOURCES, default="game",
+                        help="where timed laps come from: the game's lap data, F1 live "
+                             "timing, both, or only the admin page (default %(default)s)")
+    parser.add_argument("--game-cars", choices=("all", "player"), default="all",
+                        help="time every car in the game, or only the player's (one rig, "
+                             "drivers taking turns; default %(default)s)")
+    parser.add_argument("--points", default=",".join(map(str, DEFAULT_POINTS)),
+                        metavar="P1,P2,...", help="points for 1st, 2nd, ...; the rest "
+                                                  "score none (default %(default)s)")
+    parser.add_argument("--export-dir", default="exports", metavar="DIR",
+                        help="where GET /api/export writes its CSV files (default "
+                             "%(default)s)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME:PORT",
+                        help="also answer to this Host, e.g. behind a proxy")
+
+
+@app.startup
+async def _serve() -> None:
+    args = app.args
+    if ":" not in args.http:
+        raise ConfigError(f"--http {args.http!r} is not HOST:PORT (e.g. 127.0.0.1:8081)")
+    host, port = cli.flag_address(args.http, "--http")
+    try:
+        points = parse_points(args.points)
+    except StandingsError as exc:
+        raise ConfigError(str(exc)) from None
+    if not cli.is_loopback(host) and not args.token:
+        log.warning("serving on %s without a token: anyone who can reach it can change "
+                    "the standings (give --token to require one on the admin side)", host)
+    game = GameLaps(player_only=args.game_cars == "player") \
+        if args.source in ("game", "both") else None
+    live = LiveLaps() if args.source in ("live", "both") else None
+    keeper = StandingsKeeper(Standings(points), lambda: app.client, game, live)
+    site = StandingsWeb(keeper, Path(args.export_dir), token=args.token,
+                        allow_hosts=tuple(args.allow_host))
+    runner = web.AppRunner(site.app(), handle_signals=False, access_log=None,
+                           shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    bound = runner.addresses[0][1] if runner.addresses else port
+    site.serving_at(host, bound)
+    print(f"standings: http://{host}:{bound}/ (admin: http://{host}:{bound}/admin"
+          + ("?token=...)" if args.token else ")"), flush=True)
+    _running.keeper, _running.runner = keeper, runner
+    _running.tables = asyncio.create_task(keeper.publish_tables(), name="standings.table")
+    app.add_handler("standings.>", keeper.on_standings)
+    for topic in GAME_TOPICS if game is not None else ():
+        app.add_handler(topic, keeper.on_game)
+    for topic in LIVE_TOPICS if live is not None else ():
+        app.add_handler(topic, keeper.on_live)
+
+
+@app.shutdown
+async def _stop() -> None:
+    await stop_task(_running.tables)
+    if _running.runner is not None:
+        await _running.runner.cleanup()
+    keeper = _running.keeper
+    if keeper is not None:
+        await keeper.flush_table()
+        standings = keeper.standings
+        timed = sum(1 for row in standings.rows() if row["position"] is not None)
+        print(f"standings: {len(standings.drivers)} drivers, {timed} with a time on "
+              f"{standings.track or 'no track'}; {keeper.published_laps} laps published "
+              "from the sources", file=sys.stderr)

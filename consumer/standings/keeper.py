@@ -1,0 +1,151 @@
+"""Keeps the standings in step with the broker: every change goes out, then comes back.
+
+A change (a lap from the game, a driver added on the admin page) is
+published as a `standings.*` message, and the table takes it only when the
+broker delivers it back. So the broker is the one record: the table is what
+its messages add up to, whoever published them, and an admin request is
+answered only once its change is stored and shown. After each change the
+table itself goes out as `standings.table`, at most every `table_every_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from broker.client import Client, Message
+from broker.errors import SlipstreamError
+from consumer.standings.sources import AtTheWheel, GameLaps, LiveLaps, SourceLap
+from consumer.standings.table import Standings
+
+log = logging.getLogger("slipstream.standings")
+
+ECHO_TIMEOUT_S = 5.0  # an admin change not back from the broker by then is reported so
+
+
+class NotRecorded(Exception):
+    """The broker did not take a change (it is away, or refused it): nothing changed."""
+
+
+def new_id(kind: str) -> str:
+    return f"{kind}-{secrets.token_hex(6)}"
+
+
+class StandingsKeeper:
+    def __init__(self, standings: Standings, client: Callable[[], Client | None],
+                 game: GameLaps | None = None, live: LiveLaps | None = None,
+                 table_every_s: float = 0.5) -> None:
+        self.standings = standings
+        self.game = game
+        self.live = live
+        self.client = client
+        self._table_every_s = table_every_s
+        self._applied: dict[str, int] = {}  # topic -> the last seq applied
+        self._changed = asyncio.Condition()
+        self._table_due = asyncio.Event()
+        self.published_laps = 0
+
+    # --- from the broker -------------------------------------------------------------
+
+    async def on_standings(self, message: Message) -> None:
+        """A `standings.*` message: apply it, and wake whoever waits for it."""
+        try:
+            if self.standings.apply(message.topic, message.data, message.timestamp_us):
+                self._table_due.set()
+        finally:
+            async with self._changed:
+                self._applied[message.topic] = max(message.seq,
+                                                   self._applied.get(message.topic, 0))
+                self._changed.notify_all()
+
+    async def on_game(self, message: Message) -> None:
+        assert self.game is not None
+        name, packet = message.topic.removeprefix("game."), message.data
+        if name == "session":
+            await self._follow_track(self.game.session(packet))
+        elif name == "participants":
+            await self._publish_laps(self.game.participants(packet))
+        elif name == "lap_data":
+            await self._publish_laps(self.game.lap_data(packet, self._at_the_wheel()))
+
+    async def on_live(self, message: Message) -> None:
+        assert self.live is not None
+        laps = self.live.apply(message.topic, message.data)
+        if message.topic == "live.SessionInfo" and self.live.track:
+            await self._follow_track(self.live.track)
+        await self._publish_laps(laps)
+
+    def _at_the_wheel(self) -> AtTheWheel | None:
+        driver = self.standings.driving
+        name = self.standings.drivers.get(driver) if driver is not None else None
+        return AtTheWheel(driver, name) if driver is not None and name is not None else None
+
+    async def _follow_track(self, track: str) -> None:
+        """The source is on another track: the standings follow it."""
+        if track != self.standings.track:
+            await self._publish("standings.track", {"track": track})
+
+    async def _publish_laps(self, laps: list[SourceLap]) -> None:
+        for lap in laps:
+            if self.standings.knows_lap(lap.id):
+                continue  # read again after a restart: already in the standings
+            await self._publish("standings.lap", {
+                "id": lap.id, "driver": lap.driver, "name": lap.name, "track": lap.track,
+                "lap_ms": lap.lap_ms, "source": lap.source})
+            self.published_laps += 1
+
+    async def _publish(self, topic: str, data: dict[str, Any]) -> int:
+        client = self.client()
+        if client is None or not client.connected:
+            raise NotRecorded("the broker is not reachable: nothing was changed")
+        try:
+            seq = await asyncio.wait_for(client.publish(topic, data, confirm=True),
+                                         ECHO_TIMEOUT_S)
+        except TimeoutError:
+            raise NotRecorded(f"the broker did not confirm {topic} within "
+                              f"{ECHO_TIMEOUT_S:.0f} s: it may or may not be stored") from None
+        except SlipstreamError as exc:
+            raise NotRecorded(f"{topic} was not stored: {exc}") from None
+        assert seq is not None
+        return seq
+
+    # --- from the admin page ---------------------------------------------------------
+
+    async def record(self, topic: str, data: dict[str, Any]) -> bool:
+        """Publish one change and wait until it is back and applied; False if it was
+        stored but not back within ECHO_TIMEOUT_S (it will show when it comes)."""
+        seq = await self._publish(topic, data)
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(
+                    lambda: self._applied.get(topic, 0) >= seq), ECHO_TIMEOUT_S)
+            except TimeoutError:
+                return False
+        return True
+
+    # --- the table, for everyone ------------------------------------------------------
+
+    async def publish_tables(self) -> None:
+        """Publish `standings.table` after changes, at most every table_every_s; until
+        cancelled. A broker away means the next change publishes it again."""
+        while True:
+            await self._table_due.wait()
+            self._table_due.clear()
+            try:
+                await self._publish("standings.table", self.standings.view())
+            except NotRecorded as exc:
+                log.warning("standings.table not published: %s", exc)
+            await asyncio.sleep(self._table_every_s)
+
+    async def flush_table(self) -> None:
+        """On the way out: publish the table if a change since the last one is unsent."""
+        if self._table_due.is_set():
+            self._table_due.clear()
+            try:
+                await self._publish("standings.table", self.standings.view())
+            except NotRecorded as exc:
+                log.warning("the last standings.table not published: %s", exc)
+

@@ -1,0 +1,165 @@
+"""Where timed laps come from: the game's lap data and F1's live timing (sans-I/O).
+
+Each source turns the messages it reads into `SourceLap`s: a completed lap,
+with a driver id, the name the source gives that driver, and the track. The
+standings consumer publishes them as `standings.lap` messages. A lap's id is
+the same however often it is read (a restart reading the retained data
+again), so the standings count it once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from f1vocab.game.names import track_name
+from f1vocab.state import apply
+from f1vocab.timing import LapTimeError, parse_lap_time
+
+Packet = dict[str, Any]
+PENDING_MAX = 200  # laps held until the source names the driver and the track
+Pending = tuple[int, int, int, "AtTheWheel | None"]  # car index, lap number, ms, who drove
+
+
+@dataclass(frozen=True)
+class SourceLap:
+    id: str
+    driver: str  # the standings' driver id: "game:NAME" or "live:NUMBER", or who is driving
+    name: str
+    lap_ms: int
+    track: str
+
+    @property
+    def source(self) -> str:
+        return self.id.partition(":")[0]  # "game" or "live"
+
+
+@dataclass(frozen=True)
+class AtTheWheel:
+    """The driver the admin page says is driving the game's player car."""
+
+    driver: str
+    name: str
+
+
+class GameLaps:
+    """Completed, valid laps from `game.lap_data`, named by `game.participants` and
+    placed by `game.session`.
+
+    A lap is complete when a car's lap number goes up; its time is then the
+    packet's `last_lap_time_in_ms`, and it counts if the game did not flag the
+    lap invalid (a cut, a wall) in any packet seen while it was driven. With
+    `player_only`, only the player's car is timed: one rig, drivers taking turns.
+    """
+
+    def __init__(self, player_only: bool = False) -> None:
+        self.player_only = player_only
+        self.track: str | None = None
+        self.names: list[str] = []
+        self._session_uid: int | None = None
+        self._lap_num: dict[int, int] = {}  # car index -> lap in progress
+        self._invalid: dict[int, bool] = {}  # car index -> that lap was flagged invalid
+        self._pending: list[Pending] = []
+
+    def session(self, packet: Packet) -> str:
+        self._same_session(packet)
+        self.track = track_name(packet["track_id"])
+        return self.track
+
+    def participants(self, packet: Packet) -> list[SourceLap]:
+        self._same_session(packet)
+        active = packet["participants"][:packet["num_active_cars"]]
+        self.names = [str(car["name"]) or f"Car {index + 1}" for index, car in enumerate(active)]
+        return self._release()
+
+    def lap_data(self, packet: Packet, at_the_wheel: AtTheWheel | None = None
+                 ) -> list[SourceLap]:
+        self._same_session(packet)
+        player = packet["header"]["player_car_index"]
+        for index, lap in enumerate(packet["lap_data"]):
+            if not lap["car_position"] or (self.player_only and index != player):
+                continue  # an empty slot, or someone else's car
+            number, invalid = lap["current_lap_num"], bool(lap["current_lap_invalid"])
+            before = self._lap_num.get(index)
+            if before is not None and number > before:
+                if lap["last_lap_time_in_ms"] and not self._invalid.get(index):
+                    wheel = at_the_wheel if index == player else None
+                    self._pending.append((index, before, lap["last_lap_time_in_ms"], wheel))
+                self._invalid[index] = invalid
+            else:
+                self._invalid[index] = self._invalid.get(index, False) or invalid
+            self._lap_num[index] = number
+        del self._pending[:-PENDING_MAX]
+        return self._release()
+
+    def _same_session(self, packet: Packet) -> None:
+        uid = packet["header"]["session_uid"]
+        if uid != self._session_uid:  # a new session: its laps start again
+            self._session_uid = uid
+            self._lap_num.clear()
+            self._invalid.clear()
+
+    def _release(self) -> list[SourceLap]:
+        """The held laps whose driver and track are known by now."""
+        if self.track is None or not self.names:
+            return []
+        laps: list[SourceLap] = []
+        held: list[Pending] = []
+        for index, lap_number, lap_ms, wheel in self._pending:
+            if wheel is None and index >= len(self.names):
+                held.append((index, lap_number, lap_ms, wheel))
+                continue
+            driver, name = ((wheel.driver, wheel.name) if wheel is not None
+                            else (f"game:{self.names[index]}", self.names[index]))
+            laps.append(SourceLap(f"game:{self._session_uid}:{index}:{lap_number}", driver,
+                                  name, lap_ms, self.track))
+        self._pending = held
+        return laps
+
+
+class LiveLaps:
+    """Each driver's best lap from `live.TimingData`, named by `live.DriverList` and
+    placed by `live.SessionInfo` (the circuit's short name)."""
+
+    def __init__(self) -> None:
+        self.track: str | None = None
+        self.session = ""
+        self._state: dict[str, dict[str, Any]] = {}
+        self._best: dict[str, str] = {}  # racing number -> best lap text last seen
+
+    def apply(self, topic: str, message: Any) -> list[SourceLap]:
+        """Take one live-timing message; the new best laps it reveals."""
+        update = message.get("data") if isinstance(message, dict) else None
+        if not isinstance(update, dict):
+            return []
+        name = topic.removeprefix("live.")
+        self._state[name] = apply(self._state.get(name, {}), update,
+                                  snapshot=bool(message.get("snapshot")))
+        if name == "SessionInfo":
+            info = self._state[name]
+            circuit = (info.get("Meeting") or {}).get("Circuit") or {}
+            self.track = circuit.get("ShortName") or (info.get("Meeting") or {}).get("Location")
+            self.session = str(info.get("Key") or info.get("Path") or "")
+        return self._new_bests()
+
+    def _new_bests(self) -> list[SourceLap]:
+        lines = self._state.get("TimingData", {}).get("Lines")
+        drivers = self._state.get("DriverList", {})
+        if self.track is None or not isinstance(lines, dict):
+            return []
+        laps = []
+        for number, line in lines.items():
+            best = (line.get("BestLapTime") or {}).get("Value") if isinstance(line, dict) \
+                else None
+            driver = drivers.get(number)
+            if not best or best == self._best.get(number) or not isinstance(driver, dict):
+                continue  # no time yet, the same one, or not named yet (it will be)
+            try:
+                lap_ms = parse_lap_time(best)
+            except LapTimeError:
+                continue  # damaged: the next best lap will do
+            self._best[number] = best
+            name = driver.get("FullName") or driver.get("BroadcastName") or f"#{number}"
+            laps.append(SourceLap(f"live:{self.session}:{number}:{lap_ms}", f"live:{number}",
+                                  str(name), lap_ms, self.track))
+        return laps

@@ -1,0 +1,243 @@
+"""The standings of a sim-racing event, folded from `standings.*` messages (sans-I/O).
+
+Every change to the standings is a message on the broker, and the table is
+what those messages add up to, applied in the order the broker gives them.
+So every consumer sees each change, a restarted standings consumer rebuilds
+the table from the broker, and with `--data-dir` the event survives a
+restart of the broker too.
+
+    standings.driver        {"id", "name"}              add a driver, or rename one
+    standings.lap           {"id", "driver", "name",    a timed lap (from the game,
+                             "track", "lap_ms",          live timing or the admin page);
+                             "source"}                   it adds a driver not yet known
+    standings.lap_removed   {"id"}                      strike a lap (a typo, a cut)
+    standings.track         {"track"}                   where the event is now
+    standings.driving       {"driver"}                  who is at the wheel of the
+                                                        game's player car (or null)
+
+`standings.table`, the table itself, is published for others to show and is
+not applied here. Each driver's standing is their single fastest lap on the
+track; equal times go to whoever set theirs first, as in F1.
+
+The broker keeps order within a topic, not across topics, so each message
+stands on its own: a lap names its driver, a struck lap stays struck if its
+lap arrives after, and a rename sticks whichever comes first.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from f1vocab.timing import MAX_LAP_MS, format_lap_time
+
+DEFAULT_POINTS = (25, 18, 15, 12, 10, 8, 6, 4, 2, 1)
+SOURCES = ("game", "live", "manual")
+FACTS = ("standings.driver", "standings.lap", "standings.lap_removed", "standings.track",
+         "standings.driving")
+MAX_DRIVERS = 1_000
+LAPS_KEPT = 10  # per driver and track: the best few, so striking one shows the next
+IDS_REMEMBERED = 100_000  # lap ids kept to ignore a lap published twice
+MAX_NAME = 64
+
+
+class StandingsError(ValueError):
+    """A `standings.*` message that cannot be applied; the text says why."""
+
+
+@dataclass(frozen=True)
+class Lap:
+    id: str
+    driver: str
+    track: str
+    lap_ms: int
+    source: str
+    set_at_us: int  # the broker's clock when the lap was published: ties go to the earlier
+
+    @property
+    def order(self) -> tuple[int, int, str]:
+        return (self.lap_ms, self.set_at_us, self.id)
+
+
+def parse_points(text: str) -> tuple[int, ...]:
+    """`--points 25,18,15`: points for 1st, 2nd, ...; the rest score none."""
+    try:
+        points = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise StandingsError(f"--points {text!r} is not a comma-separated list of whole "
+                             "numbers (e.g. 25,18,15,12,10,8,6,4,2,1)") from None
+    if not points or any(p < 0 for p in points):
+        raise StandingsError(f"--points {text!r}: give at least one, none negative")
+    return points
+
+
+def clean_name(value: Any, what: str = "name") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise StandingsError(f"a driver's {what} must be non-empty text")
+    name = " ".join(value.split())
+    if len(name) > MAX_NAME:
+        raise StandingsError(f"a driver's {what} is at most {MAX_NAME} characters "
+                             f"({len(name)} given)")
+    return name
+
+
+class Standings:
+    def __init__(self, points: tuple[int, ...] = DEFAULT_POINTS) -> None:
+        self.points = points
+        self.drivers: dict[str, str] = {}  # id -> name, in the order they were added
+        self.laps: dict[str, dict[str, list[Lap]]] = {}  # track -> driver -> best first
+        self.track: str | None = None
+        self.driving: str | None = None
+        self.version = 0  # counts the changes applied: the page asks "anything new?"
+        self._lap_ids: dict[str, None] = {}  # lap ids applied or struck, oldest first
+
+    # --- applying messages -----------------------------------------------------------
+
+    def apply(self, topic: str, data: Any, set_at_us: int = 0) -> bool:
+        """Apply one `standings.*` message; True if it changed the standings.
+
+        Raises StandingsError for a message that is not what the topic holds.
+        """
+        if topic not in FACTS:
+            return False  # standings.table, or a topic from a newer version
+        if not isinstance(data, dict):
+            raise StandingsError(f"{topic}: expected a map, got {type(data).__name__}")
+        changed = getattr(self, "_" + topic.removeprefix("standings."))(data, set_at_us)
+        if changed:
+            self.version += 1
+        return bool(changed)
+
+    def _driver(self, data: dict[str, Any], set_at_us: int) -> bool:
+        driver = _text(data, "id", "standings.driver")
+        name = clean_name(data.get("name"))
+        if self.drivers.get(driver) == name:
+            return False
+        self._room_for(driver)
+        self.drivers[driver] = name
+        return True
+
+    def _room_for(self, driver: str) -> None:
+        if driver not in self.drivers and len(self.drivers) >= MAX_DRIVERS:
+            raise StandingsError(f"the standings hold at most {MAX_DRIVERS:,} drivers: "
+                                 f"{driver!r} is one too many")
+
+    def _lap(self, data: dict[str, Any], set_at_us: int) -> bool:
+        lap_ms = data.get("lap_ms")
+        if not isinstance(lap_ms, int) or not 0 < lap_ms < MAX_LAP_MS:
+            raise StandingsError(f"standings.lap: lap_ms {lap_ms!r} is not a lap time in "
+                                 "milliseconds")
+        source = data.get("source")
+        if source not in SOURCES:
+            raise StandingsError(f"standings.lap: source {source!r} is not one of "
+                                 f"{', '.join(SOURCES)}")
+        lap = Lap(_text(data, "id", "standings.lap"), _text(data, "driver", "standings.lap"),
+                  _text(data, "track", "standings.lap"), lap_ms, source, set_at_us)
+        if lap.id in self._lap_ids:
+            return False  # published twice (a restart re-reading its source), or struck
+        if lap.driver not in self.drivers:  # the name a rename gives sticks, so only now
+            self._room_for(lap.driver)
+            self.drivers[lap.driver] = clean_name(data.get("name"))
+        self._remember(lap.id)
+        kept = self.laps.setdefault(lap.track, {}).setdefault(lap.driver, [])
+        kept.append(lap)
+        kept.sort(key=lambda known: known.order)
+        if len(kept) > LAPS_KEPT:
+            del kept[LAPS_KEPT:]
+            return lap in kept
+        return True
+
+    def _lap_removed(self, data: dict[str, Any], set_at_us: int) -> bool:
+        lap_id = _text(data, "id", "standings.lap_removed")
+        self._remember(lap_id)  # so the lap is not counted if it arrives after this
+        for by_driver in self.laps.values():
+            for driver, kept in by_driver.items():
+                left = [lap for lap in kept if lap.id != lap_id]
+                if len(left) != len(kept):
+                    by_driver[driver] = left
+                    return True
+        return False  # already struck, or fell out of the kept few
+
+    def _track(self, data: dict[str, Any], set_at_us: int) -> bool:
+        track = _text(data, "track", "standings.track")
+        if track == self.track:
+            return False
+        self.track = track
+        return True
+
+    def _driving(self, data: dict[str, Any], set_at_us: int) -> bool:
+        driver = data.get("driver")
+        if driver is not None and not isinstance(driver, str):
+            raise StandingsError(f"standings.driving: driver {driver!r} is not a driver id")
+        if driver == self.driving:
+            return False
+        self.driving = driver
+        return True
+
+    def _remember(self, lap_id: str) -> None:
+        self._lap_ids[lap_id] = None
+        if len(self._lap_ids) > IDS_REMEMBERED:
+            del self._lap_ids[next(iter(self._lap_ids))]
+
+    def knows_lap(self, lap_id: str) -> bool:
+        return lap_id in self._lap_ids
+
+    def best(self, driver: str, track: str) -> int | None:
+        kept = self.laps.get(track, {}).get(driver)
+        return kept[0].lap_ms if kept else None
+
+    # --- reading ---------------------------------------------------------------------
+
+    def rows(self, track: str | None = None) -> list[dict[str, Any]]:
+        """The table for `track` (default: the current one): timed drivers by their
+        fastest lap with gap and points, then the drivers without a time."""
+        track = track if track is not None else self.track
+        by_driver = self.laps.get(track or "", {})
+        best = sorted((kept[0] for kept in by_driver.values() if kept),
+                      key=lambda lap: lap.order)
+        rows = []
+        for place, lap in enumerate(best, 1):
+            gap = lap.lap_ms - best[0].lap_ms
+            rows.append({
+                "position": place, "driver": lap.driver, "name": self.drivers[lap.driver],
+                "lap_ms": lap.lap_ms, "lap": format_lap_time(lap.lap_ms),
+                "gap": f"+{gap / 1000:.3f}" if place > 1 else "",
+                "points": self.points[place - 1] if place <= len(self.points) else 0,
+                "source": lap.source, "lap_id": lap.id,
+                "set_at": _iso(lap.set_at_us)})
+        timed = {row["driver"] for row in rows}
+        rows += [{"position": None, "driver": driver, "name": name, "lap_ms": None,
+                  "lap": "", "gap": "", "points": 0, "source": None, "lap_id": None,
+                  "set_at": None}
+                 for driver, name in self.drivers.items() if driver not in timed]
+        return rows
+
+    def view(self) -> dict[str, Any]:
+        """What the pages show and `standings.table` carries."""
+        return {"track": self.track, "tracks": sorted(self.laps), "version": self.version,
+                "driving": self.driving, "points": list(self.points), "rows": self.rows()}
+
+    def csv_text(self, track: str | None = None) -> str:
+        """The table as CSV, fastest first, for a spreadsheet or the prize-giving."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["position", "driver", "lap_time", "lap_ms", "gap", "points",
+                         "source", "set_at"])
+        for row in self.rows(track):
+            if row["position"] is not None:
+                writer.writerow([row["position"], row["name"], row["lap"], row["lap_ms"],
+                                 row["gap"], row["points"], row["source"], row["set_at"]])
+        return out.getvalue()
+
+
+def _text(data: dict[str, Any], key: str, topic: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise StandingsError(f"{topic}: {key!r} must be non-empty text, got {value!r}")
+    return value
+
+
+def _iso(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="milliseconds")

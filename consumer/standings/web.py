@@ -1,0 +1,228 @@
+"""The standings' HTTP side, on aiohttp: a public page, an admin page and their API.
+
+    GET  /                      the standings, for a screen at the event (public)
+    GET  /api/standings         the same as JSON (public)
+    GET  /healthz               200 while the broker is connected, else 503 (public)
+    GET  /admin                 drivers, lap times, the track, who is driving (token)
+    POST /api/admin/ACTION      one change, as JSON (token; see ACTIONS)
+    GET  /api/export[?track=]   the table as CSV with points, also written to the
+                                export directory under a timestamped name (token)
+
+With a token (the consumer's --token), the admin page, its actions and the
+export want it as `?token=` or `Authorization: Bearer`; the standings
+themselves stay public, since they are made to be shown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from consumer.standings.keeper import NotRecorded, StandingsKeeper, new_id
+from consumer.standings.table import StandingsError, clean_name
+from consumer.web_guard import Guard, error
+from f1vocab.timing import LapTimeError, parse_lap_time
+
+log = logging.getLogger("slipstream.standings")
+
+STATIC = Path(__file__).with_name("static")
+MAX_BODY = 4096  # an admin request is a name or a lap time
+PUBLIC = {"/", "/api/standings", "/healthz"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Change = tuple[str, dict[str, Any]]  # (topic, message) to record
+
+
+class Refused(Exception):
+    """An admin request that cannot be done as asked: the status and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class StandingsWeb:
+    def __init__(self, keeper: StandingsKeeper, export_dir: Path, token: str | None = None,
+                 allow_hosts: tuple[str, ...] = ()) -> None:
+        self.keeper = keeper
+        self.standings = keeper.standings
+        self.export_dir = export_dir
+        self.guard = Guard(token, allow_hosts)
+        self.actions: dict[str, Callable[[dict[str, Any]], Change]] = {
+            "add-driver": self._add_driver, "rename": self._rename, "lap": self._lap,
+            "remove-lap": self._remove_lap, "track": self._track, "driving": self._driving}
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
+        app.router.add_get("/", self._page("standings.html"))
+        app.router.add_get("/admin", self._page("admin.html"))
+        app.router.add_get("/api/standings", self.table)
+        app.router.add_get("/api/export", self.export)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_post("/api/admin/{action}", self.admin)
+        return app
+
+    def serving_at(self, host: str, port: int) -> None:
+        self.guard.serving_at(host, port)
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/healthz":
+            return await handler(request)
+        foreign = self.guard.foreign(request)
+        if foreign is not None:
+            return error(403, foreign)
+        if request.path not in PUBLIC and not self.guard.authorised(request):
+            return error(401, "the admin side needs the token: open /admin?token=... "
+                              "(or send Authorization: Bearer ...)")
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            return error(404, f"no such path: {request.path} (pages: /, /admin; API: "
+                              "/api/standings, /api/export, POST /api/admin/ACTION)")
+        except web.HTTPMethodNotAllowed:
+            return error(405, f"{request.method} is not allowed on {request.path}")
+        except web.HTTPRequestEntityTooLarge:
+            return error(413, f"a request body is at most {MAX_BODY} bytes")
+
+    # --- reading ---------------------------------------------------------------------
+
+    def _page(self, name: str) -> Handler:
+        text = (STATIC / name).read_text(encoding="utf-8").replace(
+            "/*STYLE*/", (STATIC / "style.css").read_text(encoding="utf-8"))
+
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(text=text, content_type="text/html",
+                                headers={"Cache-Control": "no-store"})
+        return page
+
+    async def table(self, request: web.Request) -> web.Response:
+        return web.json_response(self._view())
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        client = self.keeper.client()
+        if client is not None and client.connected:
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "broker unreachable"}, status=503)
+
+    async def export(self, request: web.Request) -> web.Response:
+        """The table as CSV: written to the export directory, and sent back."""
+        track = request.query.get("track") or self.standings.track
+        if track is None:
+            return error(409, "no track yet, so no standings to export: set the track on "
+                              "the admin page (or start a source)")
+        if track not in self.standings.laps and track != self.standings.track:
+            return error(404, f"no standings for track {track!r} (tracks with laps: "
+                              f"{', '.join(sorted(self.standings.laps)) or 'none'})")
+        text = self.standings.csv_text(track)
+        slug = re.sub(r"[^a-z0-9]+", "-", track.lower()).strip("-") or "track"
+        name = f"standings-{slug}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.csv"
+        path = self.export_dir / name
+        try:
+            self.export_dir.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".csv.partial")
+            with partial.open("w", encoding="utf-8", newline="") as file:
+                file.write(text)
+                file.flush()
+                os.fsync(file.fileno())
+            partial.replace(path)
+        except OSError as exc:
+            log.error("export not written to %s: %s", path, exc.strerror or exc)
+            return error(507, f"the export could not be written to {path}: "
+                              f"{exc.strerror or exc}")
+        log.info("exported %s standings to %s", track, path)
+        return web.Response(text=text, content_type="text/csv", charset="utf-8", headers={
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "X-Written-To": str(path)})
+
+    def _view(self) -> dict[str, Any]:
+        view = self.standings.view()
+        view["driving_name"] = self.standings.drivers.get(self.standings.driving or "")
+        view["drivers"] = [{"id": driver, "name": name}
+                           for driver, name in self.standings.drivers.items()]
+        return view
+
+    # --- changing --------------------------------------------------------------------
+
+    async def admin(self, request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        make = self.actions.get(action)
+        if make is None:
+            return error(404, f"no admin action {action!r} (actions: "
+                              f"{', '.join(self.actions)})")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error(400, "send the request as a JSON object")
+        try:
+            if not isinstance(body, dict):
+                raise Refused(400, "send the request as a JSON object")
+            topic, message = make(body)
+            shown = await self.keeper.record(topic, message)
+        except Refused as exc:
+            return error(exc.status, str(exc))
+        except (StandingsError, LapTimeError) as exc:
+            return error(400, str(exc))
+        except NotRecorded as exc:
+            return error(503, str(exc))
+        log.info("admin: %s %s", action, json.dumps(message, ensure_ascii=False))
+        return web.json_response({"recorded": topic, "shown": shown,
+                                  "standings": self._view()}, status=200 if shown else 202)
+
+    def _driver(self, body: dict[str, Any]) -> str:
+        driver = body.get("driver")
+        if not isinstance(driver, str) or driver not in self.standings.drivers:
+            raise Refused(404, f"no driver {driver!r}: add the driver first")
+        return driver
+
+    def _unique(self, name: str, driver: str | None = None) -> str:
+        for known, known_name in self.standings.drivers.items():
+            if known != driver and known_name.casefold() == name.casefold():
+                raise Refused(409, f"there is already a driver named {known_name!r}")
+        return name
+
+    def _add_driver(self, body: dict[str, Any]) -> Change:
+        name = self._unique(clean_name(body.get("name")))
+        return "standings.driver", {"id": new_id("driver"), "name": name}
+
+    def _rename(self, body: dict[str, Any]) -> Change:
+        driver = self._driver(body)
+        return "standings.driver", {"id": driver,
+                                    "name": self._unique(clean_name(body.get("name")), driver)}
+
+    def _lap(self, body: dict[str, Any]) -> Change:
+        driver = self._driver(body)
+        time_text = body.get("time")
+        lap_ms = parse_lap_time(time_text if isinstance(time_text, str) else "")
+        if self.standings.track is None:
+            raise Refused(409, "set the track first: a lap time is a time on a track")
+        return "standings.lap", {"id": new_id("manual"), "driver": driver,
+                                 "name": self.standings.drivers[driver],
+                                 "track": self.standings.track, "lap_ms": lap_ms,
+                                 "source": "manual"}
+
+    def _remove_lap(self, body: dict[str, Any]) -> Change:
+        lap = body.get("lap")
+        known = {kept.id for by_driver in self.standings.laps.values()
+                 for laps in by_driver.values() for kept in laps}
+        if not isinstance(lap, str) or lap not in known:
+            raise Refused(404, f"no lap {lap!r} in the standings")
+        return "standings.lap_removed", {"id": lap}
+
+    def _track(self, body: dict[str, Any]) -> Change:
+        track = body.get("track")
+        if not isinstance(track, str) or not track.strip() or len(track) > 64:
+            raise Refused(400, "give the track's name (at most 64 characters)")
+        return "standings.track", {"track": " ".join(track.split())}
+
+    def _driving(self, body: dict[str, Any]) -> Change:
+        if body.get("driver") is None:
+            return "standings.driving", {"driver": None}
+        return "standings.driving", {"driver": self._driver(body)}

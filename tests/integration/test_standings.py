@@ -1,0 +1,226 @@
+"""The standings consumer as an event runs it: real broker, the bundled game capture, the
+admin API over HTTP, and a plain subscriber counting the standings.* messages."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from broker import Client
+from tests.helpers import (
+    ROOT,
+    Processes,
+    RunningDashboard,
+    assert_nothing_more,
+    run_command,
+    take,
+)
+
+CAPTURE = ROOT / "samples" / "game" / "session-2026.cap"
+CARS = 20
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str,
+                timeout_s: float = 30.0) -> None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not await condition():
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def view(standings: RunningDashboard) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, \
+            session.get(standings.url + "api/standings") as response:
+        assert response.status == 200
+        return dict(await response.json())
+
+
+async def timed_rows(standings: RunningDashboard) -> list[dict[str, Any]]:
+    return [row for row in (await view(standings))["rows"] if row["position"] is not None]
+
+
+async def admin(standings: RunningDashboard, action: str, body: Any,
+                token: str | None = "s3cret") -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{standings.url}api/admin/{action}", json=body, headers=headers) as response:
+        return response.status, dict(await response.json())
+
+
+async def final_classification(address: str) -> tuple[dict[str, int], int]:
+    """What the game itself says: each car's best lap by driver name, and the laps
+    completed by all the cars."""
+    async with Client(address, name="check") as client:
+        names = (await take(await client.subscribe("game.participants", start="earliest"),
+                            1))[0].data["participants"]
+        final = (await take(await client.subscribe("game.final_classification",
+                                                   start="earliest"), 1))[0].data
+    cars = final["classification_data"][:final["num_cars"]]
+    return ({names[index]["name"]: car["best_lap_time_in_ms"] for index, car in enumerate(cars)},
+            sum(car["num_laps"] for car in cars))
+
+
+@pytest.mark.usefixtures("engine")
+async def test_the_games_laps_make_the_standings_and_every_consumer_sees_them(
+        processes: Processes, tmp_path: Path) -> None:
+    broker = await processes.any_broker()
+    code, _, err = await run_command("-m", "producer", "udp-replay", str(CAPTURE),
+                                     "--as-fast-as-possible", "--broker", broker.address)
+    assert code == 0, err
+    best, completed = await final_classification(broker.address)
+    assert len(best) == CARS and completed == 40
+    async with Client(broker.address, name="watcher") as client:
+        laps_seen = await client.subscribe("standings.lap", start="earliest")
+        standings = await processes.standings(broker.address, "--points", "10,6,4,3,2,1",
+                                              "--export-dir", str(tmp_path / "exports"))
+        await until(lambda: _count(timed_rows(standings), CARS), "20 drivers with a time")
+        rows = await timed_rows(standings)
+        # Each driver's fastest lap is the one the game's final classification gives.
+        assert {row["name"]: row["lap_ms"] for row in rows} == best
+        assert [row["lap_ms"] for row in rows] == sorted(best.values())
+        assert [row["points"] for row in rows] == [10, 6, 4, 3, 2, 1] + [0] * (CARS - 6)
+        assert {row["source"] for row in rows} == {"game"}
+        assert (await view(standings))["track"] == "Silverstone"
+        # Every completed lap went out once as a standings.lap, for any consumer to see.
+        stopped = await standings.stop(signal.SIGINT)
+        assert stopped == 0
+        assert f"; {completed} laps published from the sources" in standings.log()
+        laps = await take(laps_seen, completed)
+        await assert_nothing_more(laps_seen)
+        assert len({lap.data["id"] for lap in laps}) == completed
+        assert all(lap.data["source"] == "game" and lap.data["track"] == "Silverstone"
+                   for lap in laps)
+        assert {lap.data["name"] for lap in laps} == set(best)
+        best_published = {name: min(lap.data["lap_ms"] for lap in laps
+                                    if lap.data["name"] == name) for name in best}
+        assert best_published == best
+        # The table went out after the changes, the last one on the way out: the track,
+        # then each lap, so its version counts them all.
+        tables = await client.subscribe("standings.table", start="earliest")
+        last = (await take(tables, 1))[0]
+        while last.data["version"] < len(laps) + 1:
+            last = (await take(tables, 1, timeout_s=5))[0]
+        assert last.data["version"] == len(laps) + 1
+        assert [r["lap_ms"] for r in last.data["rows"]] == sorted(best.values())
+
+
+async def _count(rows: Awaitable[list[dict[str, Any]]], wanted: int) -> bool:
+    return len(await rows) == wanted
+
+
+async def test_the_admin_side_needs_the_token_and_every_change_goes_through_the_broker(
+        processes: Processes, tmp_path: Path) -> None:
+    broker = await processes.broker("--token", "s3cret", "--data-dir", str(tmp_path / "data"))
+    exports = tmp_path / "exports"
+    standings = await processes.standings(broker.address, "--token", "s3cret", "--source",
+                                          "manual", "--export-dir", str(exports))
+    async with aiohttp.ClientSession() as session:
+        for path in ("admin", "api/export"):
+            async with session.get(standings.url + path) as response:
+                assert response.status == 401
+                assert "needs the token" in (await response.json())["error"]
+        async with session.get(standings.url) as page:  # made to be shown: public
+            assert page.status == 200 and "Standings" in await page.text()
+        async with session.get(standings.url + "admin?token=s3cret") as page:
+            assert page.status == 200 and "lap-time" in await page.text()
+    assert (await admin(standings, "track", {"track": "Monza"}, token=None))[0] == 401
+    assert (await admin(standings, "track", {"track": "Monza"}, token="wrong"))[0] == 401
+
+    status, answer = await admin(standings, "lap", {"driver": "nobody", "time": "1:20.000"})
+    assert (status, answer["error"]) == (404, "no driver 'nobody': add the driver first")
+    ids = {}
+    for name in ("Ann", "Bob", "Cat", "Dan"):
+        status, answer = await admin(standings, "add-driver", {"name": name})
+        assert status == 200 and answer["shown"], answer
+        ids[name] = next(d["id"] for d in answer["standings"]["drivers"] if d["name"] == name)
+    status, answer = await admin(standings, "lap", {"driver": ids["Ann"], "time": "1:20.000"})
+    assert (status, answer["error"]) == (409, "set the track first: a lap time is a time on "
+                                              "a track")
+    assert (await admin(standings, "track", {"track": "Monza"}))[0] == 200
+    # One lap in each way a person types one.
+    for name, typed in (("Ann", "1:21.606"), ("Bob", "1.20.5"), ("Cat", "81.000"),
+                        ("Dan", "79.999s")):
+        status, answer = await admin(standings, "lap", {"driver": ids[name], "time": typed})
+        assert status == 200, answer
+    status, answer = await admin(standings, "lap", {"driver": ids["Ann"], "time": "1:75.1"})
+    assert (status, answer["error"]) == (400, "'1:75.1' has 75 seconds after the minutes: "
+                                              "seconds must be below 60 (did you mean 2:15?)")
+    status, answer = await admin(standings, "add-driver", {"name": " ann "})
+    assert (status, answer["error"]) == (409, "there is already a driver named 'Ann'")
+    status, answer = await admin(standings, "rename", {"driver": ids["Bob"], "name": "Robert"})
+    assert status == 200
+    rows = answer["standings"]["rows"]
+    assert [(r["name"], r["lap"], r["gap"], r["points"]) for r in rows] == [
+        ("Dan", "1:19.999", "", 25), ("Robert", "1:20.500", "+0.501", 18),
+        ("Cat", "1:21.000", "+1.001", 15), ("Ann", "1:21.606", "+1.607", 12)]
+    # A typo struck: Dan's only lap goes, and Dan stays, untimed.
+    status, answer = await admin(standings, "remove-lap", {"lap": rows[0]["lap_id"]})
+    assert status == 200
+    assert [r["name"] for r in answer["standings"]["rows"]] == ["Robert", "Cat", "Ann", "Dan"]
+    assert answer["standings"]["rows"][-1]["position"] is None
+    status, answer = await admin(standings, "driving", {"driver": ids["Cat"]})
+    assert status == 200 and answer["standings"]["driving_name"] == "Cat"
+    before = await view(standings)
+
+    # The export: sorted by fastest lap, with points, written under a timestamped name.
+    async with aiohttp.ClientSession() as session, \
+            session.get(standings.url + "api/export?token=s3cret") as response:
+        assert response.status == 200
+        text = await response.text()
+        written = Path(response.headers["X-Written-To"])
+        assert response.headers["Content-Disposition"] == \
+            f'attachment; filename="{written.name}"'
+    assert written.parent == exports and written.read_text() == text
+    assert written.name.startswith("standings-monza-") and written.suffix == ".csv"
+    assert [row[:6] for row in csv.reader(io.StringIO(text))] == [
+        ["position", "driver", "lap_time", "lap_ms", "gap", "points"],
+        ["1", "Robert", "1:20.500", "80500", "", "25"],
+        ["2", "Cat", "1:21.000", "81000", "+0.500", "18"],
+        ["3", "Ann", "1:21.606", "81606", "+1.106", "15"]]
+
+    # The broker is the record: a standings consumer killed and started again has it all,
+    # and so does any client reading standings.* from the start.
+    await standings.kill()
+    standings = await processes.standings(broker.address, "--token", "s3cret", "--source",
+                                          "manual", "--export-dir", str(exports))
+    await until(lambda: _same(view(standings), before), "the standings rebuilt")
+    async with Client(broker.address, token="s3cret") as client:
+        drivers = await take(await client.subscribe("standings.driver", start="earliest"), 5)
+        assert [m.data["name"] for m in drivers] == ["Ann", "Bob", "Cat", "Dan", "Robert"]
+
+    # With the broker away, a change is refused and nothing changes.
+    await broker.stop()
+    status, answer = await admin(standings, "track", {"track": "Spa"})
+    assert status == 503 and "the broker is not reachable" in answer["error"]
+    assert (await view(standings))["track"] == "Monza"
+    async with aiohttp.ClientSession() as session, \
+            session.get(standings.url + "healthz") as response:
+        assert response.status == 503
+
+
+async def _same(got: Awaitable[dict[str, Any]], wanted: dict[str, Any]) -> bool:
+    current = await got
+    return all(current[key] == wanted[key] for key in ("rows", "track", "driving", "drivers"))
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--points", "25,x"], "--points '25,x' is not a comma-separated list of whole numbers"),
+    (["--http", "8081"], "--http '8081' is not HOST:PORT"),
+    (["--source", "radio"], "invalid choice: 'radio'"),
+])
+async def test_bad_flags_are_refused_with_a_reason(processes: Processes, flags: list[str],
+                                                  says: str) -> None:
+    broker = await processes.broker()
+    code, _, err = await run_command("-m", "consumer", "standings", "--broker",
+                                     broker.address, *flags)
+    assert code == 2 and says in err, err
