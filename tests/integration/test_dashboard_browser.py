@@ -99,3 +99,68 @@ async def test_the_page_shows_the_session_live_and_survives_a_dashboard_restart(
         finally:
             await browser.close()
     await replay.stop()
+
+
+async def test_the_standings_pages_show_the_game_laps_and_take_the_admins_changes(
+        processes: Processes, tmp_path: Path) -> None:
+    broker = await processes.broker()
+    code, _, err = await run_command("-m", "producer", "udp-replay", str(CAPTURE),
+                                     "--as-fast-as-possible", "--broker", broker.address)
+    assert code == 0, err
+    standings = await processes.standings(broker.address, "--token", "s3cret",
+                                          "--export-dir", str(tmp_path / "exports"))
+    async with playwright.async_playwright() as driver:
+        browser = await driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            errors: list[str] = []
+            screen = await browser.new_page(viewport={"width": 1200, "height": 900})
+            screen.on("pageerror", lambda error: errors.append(str(error)))
+            await screen.goto(standings.url)  # the public page: no token
+            await screen.wait_for_function(
+                "document.querySelectorAll('#standings tbody tr').length === 20",
+                timeout=TIMEOUT_MS)
+            assert await screen.locator("#track").text_content() == "Silverstone"
+            first = await screen.locator("#standings tbody tr").first.locator(
+                "td").all_text_contents()
+            assert first[0] == "1" and first[4] == "25" and first[1].startswith("DRIVER")
+
+            admin = await browser.new_page(viewport={"width": 1200, "height": 900},
+                                           accept_downloads=True)
+            admin.on("pageerror", lambda error: errors.append(str(error)))
+            await admin.goto(standings.url + "admin?token=s3cret")
+            await admin.wait_for_function(
+                "document.querySelectorAll('#standings tbody tr').length === 20",
+                timeout=TIMEOUT_MS)
+            await admin.fill("#driver-name", "Alice <b>Fast</b>")
+            await admin.click("#driver-form button")
+            await admin.wait_for_selector("#lap-driver option:has-text('Alice <b>Fast</b>')",
+                                          state="attached", timeout=TIMEOUT_MS)
+            await admin.select_option("#lap-driver", label="Alice <b>Fast</b>")
+            await admin.fill("#lap-time", "1:75.000")
+            await admin.click("#lap-form button")
+            await admin.wait_for_selector("#message.error:has-text('seconds must be below 60')",
+                                          timeout=TIMEOUT_MS)
+            await admin.fill("#lap-time", "48.1s")
+            await admin.click("#lap-form button")
+            await admin.wait_for_selector("#message.ok", timeout=TIMEOUT_MS)
+            # The screen at the event shows the new leader by itself, name as text.
+            await screen.wait_for_function(
+                "document.querySelector('#standings tbody tr td:nth-child(2)').textContent"
+                " === 'Alice <b>Fast</b>'", timeout=TIMEOUT_MS)
+            assert await screen.locator("#standings b").count() == 0
+            assert await screen.locator("#standings tbody tr").count() == 21
+            leader = await screen.locator("#standings tbody tr").first.locator(
+                "td").all_text_contents()
+            assert leader == ["1", "Alice <b>Fast</b>", "48.100", "", "25"]
+
+            async with admin.expect_download() as download_info:
+                await admin.click("#export")
+            download = await download_info.value
+            assert download.suggested_filename.startswith("standings-silverstone-")
+            exported = (tmp_path / "exports" / download.suggested_filename).read_text()
+            assert exported.splitlines()[1].startswith("1,Alice <b>Fast</b>,48.100,48100,,25,")
+            await screen.screenshot(path=str(tmp_path / "standings.png"), full_page=True)
+            assert (tmp_path / "standings.png").stat().st_size > 10_000
+            assert errors == []
+        finally:
+            await browser.close()
