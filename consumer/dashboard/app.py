@@ -29,7 +29,8 @@ from consumer.dashboard.web import DEFAULT_GAME_LABEL, DashboardWeb, Limits
 log = logging.getLogger("slipstream.dashboard")
 
 PATTERNS = ("live.>", "alerts.>", "game.session", "game.lap_data", "game.participants",
-            "game.car_telemetry", "game.car_status", "game.car_damage", "game.event")
+            "game.car_telemetry", "game.car_status", "game.car_damage", "game.event",
+            "standings.table")
 
 app = Consumer("dashboard", description="Serve a live web dashboard (timing tower, track "
                                         "status, race control, alerts, game telemetry) over "

@@ -48,6 +48,7 @@ class Dashboard:
     def __init__(self, history: int = 50, trace_bin_m: float = 10.0) -> None:
         self.live: dict[str, State] = {}  # "TimingData" -> its merged state
         self.game: dict[str, State] = {}  # "lap_data" -> the latest packet
+        self.standings: State | None = None  # the latest standings.table
         self.trace = game.LapTrace(trace_bin_m)
         self.history: dict[str, deque[Event]] = {
             feed: deque(maxlen=history) for feed in EVENT_FEEDS}
@@ -65,6 +66,7 @@ class Dashboard:
                 self.game.get("car_telemetry"), self.game.get("car_status"),
                 self.game.get("car_damage")),
             "dashboard.game.trace": self.trace.view,
+            "standings.table": lambda: self.standings,
         }
 
     # --- taking messages ------------------------------------------------------------
@@ -80,6 +82,9 @@ class Dashboard:
             return self._remember("alerts", [(topic, data)])
         if topic.startswith("game."):
             return self._apply_game(topic[5:], data)
+        if topic == "standings.table":  # the standings consumer's whole table, each time
+            self.standings = data
+            self._dirty.add(topic)
         return []
 
     def _apply_live(self, topic: str, message: State) -> list[Event]:

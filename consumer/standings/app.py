@@ -103,6 +103,7 @@ async def _serve() -> None:
         raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     bound = runner.addresses[0][1] if runner.addresses else port
     site.serving_at(host, bound)
+    keeper.page = f"http://{host}:{bound}/"
     print(f"standings: http://{host}:{bound}/ (admin: http://{host}:{bound}/admin"
           + ("?token=...)" if args.token else ")"), flush=True)
     _running.keeper, _running.runner = keeper, runner

@@ -47,6 +47,7 @@ class StandingsKeeper:
         self._changed = asyncio.Condition()
         self._table_due = asyncio.Event()
         self.published_laps = 0
+        self.page: str | None = None  # the public page's address, for others to link to
 
     # --- from the broker -------------------------------------------------------------
 
@@ -135,17 +136,20 @@ class StandingsKeeper:
             await self._table_due.wait()
             self._table_due.clear()
             try:
-                await self._publish("standings.table", self.standings.view())
+                await self._publish("standings.table", self.table())
             except NotRecorded as exc:
                 log.warning("standings.table not published: %s", exc)
             await asyncio.sleep(self._table_every_s)
+
+    def table(self) -> dict[str, Any]:
+        return {**self.standings.view(), "page": self.page}
 
     async def flush_table(self) -> None:
         """On the way out: publish the table if a change since the last one is unsent."""
         if self._table_due.is_set():
             self._table_due.clear()
             try:
-                await self._publish("standings.table", self.standings.view())
+                await self._publish("standings.table", self.table())
             except NotRecorded as exc:
                 log.warning("the last standings.table not published: %s", exc)
 

@@ -161,6 +161,18 @@ async def test_the_standings_pages_show_the_game_laps_and_take_the_admins_change
             assert exported.splitlines()[1].startswith("1,Alice <b>Fast</b>,48.100,48100,,25,")
             await screen.screenshot(path=str(tmp_path / "standings.png"), full_page=True)
             assert (tmp_path / "standings.png").stat().st_size > 10_000
+
+            # The main dashboard shows the top ten from standings.table, linking to it all.
+            dashboard = await processes.dashboard(broker.address)
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            await page.goto(dashboard.url)
+            await page.wait_for_selector("#standings-panel:not([hidden])", timeout=TIMEOUT_MS)
+            await page.wait_for_function(
+                "document.querySelector('#standings tbody td:nth-child(2)').textContent"
+                " === 'Alice <b>Fast</b>'", timeout=TIMEOUT_MS)
+            assert await page.locator("#standings tbody tr").count() == 10
+            assert await page.locator("#standings-page").get_attribute("href") == standings.url
             assert errors == []
         finally:
             await browser.close()

@@ -134,3 +134,14 @@ def test_track_status_and_tower_cope_with_missing_state() -> None:
     # Timing lines before the driver list arrives still make rows (named by number).
     rows = timing_tower({}, {"Lines": {"44": {"Position": "1"}}}, {})
     assert [(r["tla"], r["position"]) for r in rows] == [("44", 1)]
+
+
+def test_the_standings_table_is_shown_as_the_standings_consumer_sent_it() -> None:
+    model = Dashboard()
+    assert model.all_views()["standings.table"] is None  # no standings consumer yet
+    model.take_changed()
+    table = {"track": "Monza", "rows": [{"position": 1, "name": "Ann", "lap": "1:20.000"}]}
+    assert model.apply("standings.table", table) == []
+    assert model.take_changed() == {"standings.table": table}
+    assert model.apply("standings.lap", {"id": "x"}) == []  # the facts are not shown
+    assert model.take_changed() == {}

@@ -197,6 +197,22 @@ function showLeaderboard(rows) {
   }));
 }
 
+// The standings consumer's table (standings.table): the top ten, and a link to all of it.
+function showStandings(table) {
+  const timed = table ? table.rows.filter((r) => r.position !== null) : [];
+  $("standings-panel").hidden = timed.length === 0;
+  if (!timed.length) return;
+  $("standings-track").textContent = table.track || "";
+  $("standings-page").hidden = !table.page;
+  if (table.page) $("standings-page").href = table.page;
+  $("standings").tBodies[0].replaceChildren(...timed.slice(0, 10).map((r) => {
+    const tr = el("tr");
+    tr.append(el("td", "", r.position), el("td", "", r.name), el("td", "", r.lap),
+      el("td", "", r.points));
+    return tr;
+  }));
+}
+
 function gameEvent(e) {
   addLine("game-events", e.name, e.code === "PENA" ? "warning" : "", `${Math.round(e.session_time)} s`);
 }
@@ -260,6 +276,7 @@ const VIEWS = {
   "dashboard.game.leaderboard": showLeaderboard,
   "dashboard.game.trace": showTrace,
   "game.event": gameEvent,
+  "standings.table": showStandings,
 };
 
 for (const link of document.querySelectorAll("footer a")) link.href = withToken(link.getAttribute("href"));
