@@ -1,13 +1,14 @@
 """`make run`: real F1 live timing and a simulated game session, through the broker, to
 a printer, a SQLite writer, an alerter and the web dashboard.
 
-Nine processes: the broker; the live-timing replay of the 2020 70th
+Ten processes: the broker; the live-timing replay of the 2020 70th
 Anniversary GP Practice 2 (real data, at 30x: about three minutes); the game
 simulator sending UDP to the game bridge (as the F1 game would); the printer
 on what a person can read as it scrolls by; the SQLite writer; the alerter
-with the shipped rules; and the dashboard, whose address it prints (open it in a
-browser while the session runs). At the end, or on Ctrl-C, everything stops cleanly and it
-says where the data is and what to ask it.
+with the shipped rules; the dashboard and the standings of the game's laps,
+whose addresses it prints (open them in a browser while the session runs).
+At the end, or on Ctrl-C, everything stops cleanly and it says where the
+data is and what to ask it.
 
 Each run keeps its data in a directory of its own, data/run-YYYYMMDD-HHMMSS/
 (the database, the alerts, the broker's log), so a second run replaces
@@ -62,6 +63,7 @@ SPEED = os.environ.get("SLIPSTREAM_DEMO_SPEED", "30")
 RUN = ROOT / "data" / time.strftime("run-%Y%m%d-%H%M%S")  # this run's data, kept
 DATABASE = RUN / "slipstream.db"
 ALERTS = RUN / "alerts.jsonl"
+EXPORTS = RUN / "exports"  # the standings' CSV exports
 BROKER_DATA = RUN / "broker"  # the broker's --data-dir: topics on disk (docs/storage.md)
 READABLE = ["live.SessionInfo", "live.SessionStatus", "live.WeatherData", "live.DriverList",
             "game.event"]
@@ -134,14 +136,24 @@ def main() -> int:
         ]
         dashboard = python("-m", "consumer", "dashboard", "--http", http, "--game-label",
                            "Simulated F1 game", *common, stdout=subprocess.PIPE)
-        children.append(dashboard)
-        assert dashboard.stdout is not None
-        address = dashboard.stdout.readline().decode().removeprefix("dashboard: ").strip()
-        if address:
-            print(f"\n  the dashboard: open {address} in a browser\n", flush=True)
-        else:  # it said why on stderr (port in use, say); the rest of the demo goes on
-            print(f"the dashboard did not start (SLIPSTREAM_DEMO_HTTP={http} picks another "
-                  "address)", file=sys.stderr, flush=True)
+        standings_http = os.environ.get("SLIPSTREAM_DEMO_STANDINGS") or (
+            f"127.0.0.1:{choose_port('SLIPSTREAM_DEMO_STANDINGS', 8081, 'the standings')}")
+        standings = python("-m", "consumer", "standings", "--http", standings_http,
+                           "--export-dir", str(EXPORTS), *common, stdout=subprocess.PIPE)
+        children += [dashboard, standings]
+        print(flush=True)
+        for process, what, variable, address in (
+                (dashboard, "the dashboard", "SLIPSTREAM_DEMO_HTTP", http),
+                (standings, "the standings (game laps, with points)",
+                 "SLIPSTREAM_DEMO_STANDINGS", standings_http)):
+            assert process.stdout is not None
+            line = process.stdout.readline().decode().split(": ", 1)[-1].strip()
+            if line:
+                print(f"  {what}: open {line}", flush=True)
+            else:  # it said why on stderr (port in use, say); the rest of the demo goes on
+                print(f"{what} did not start ({variable}={address} picks another "
+                      "address)", file=sys.stderr, flush=True)
+        print(flush=True)
         bridge = python("-m", "producer", "udp", "--listen", f"127.0.0.1:{game_port}",
                         "--broker", broker_address, "-q", stdout=subprocess.PIPE)
         children.append(bridge)
@@ -170,7 +182,9 @@ def main() -> int:
           f"  sqlite3 {DATABASE.relative_to(ROOT)} "
           f"\"{FASTEST_LAPS}\"\nThe game car's speed over its second lap:\n  sqlite3 "
           f"{DATABASE.relative_to(ROOT)} \"{SPEED_TRACE}\"\nMore queries: docs/sqlite.md\n"
-          f"The dashboard on its own: slipstream consumer dashboard (docs/dashboard.md)")
+          f"The dashboard on its own: slipstream consumer dashboard (docs/dashboard.md)\n"
+          f"The standings: slipstream consumer standings (docs/standings.md); exports go to "
+          f"{EXPORTS.relative_to(ROOT)}/")
     return 0
 
 
