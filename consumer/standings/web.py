@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from consumer.standings.keeper import NotRecorded, StandingsKeeper, new_id
-from consumer.standings.table import StandingsError, clean_name
+from consumer.standings.table import MAX_DRIVERS, StandingsError, clean_name
 from consumer.web_guard import Guard, error
 from f1vocab.timing import LapTimeError, parse_lap_time
 
@@ -189,6 +189,8 @@ class StandingsWeb:
         return name
 
     def _add_driver(self, body: dict[str, Any]) -> Change:
+        if len(self.standings.drivers) >= MAX_DRIVERS:
+            raise Refused(409, f"the standings hold at most {MAX_DRIVERS:,} drivers")
         name = self._unique(clean_name(body.get("name")))
         return "standings.driver", {"id": new_id("driver"), "name": name}
 
