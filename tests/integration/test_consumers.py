@@ -142,7 +142,7 @@ async def test_a_slow_handler_holds_back_its_subscription_not_memory(
     (["run"], "give the consumer's FILE"),
     (["nosuch"],
      "no consumer named 'nosuch' is installed (installed: alerter, dashboard, printer, "
-     "sqlite, udp-forward)"),
+     "sqlite, standings, udp-forward)"),
 ])
 async def test_bad_plugin_names_and_paths_exit_2(args: list[str], message: str) -> None:
     code, _, err = await run_command("-m", "consumer", *args)
