@@ -156,11 +156,20 @@ LIVE: dict[str, Summary] = {
 }
 
 
+def session_start(data: dict[str, Any]) -> str:
+    """live.session_start: a replay round or live connection begins (f1vocab/sessions.py)."""
+    what = f"{data['source']} of {data['name']}" if data.get("name") else str(data["source"])
+    start = f" from {data['start']}" if data.get("start") not in (None, "00:00:00") else ""
+    return f"new session {data['session']}: {what}{start}"
+
+
 def summarise(topic: str, data: Any) -> str:
     """The one-line summary of a message (compact JSON for topics without one)."""
     try:
         if topic.startswith("alerts.") and isinstance(data, dict):
             return alert(data)
+        if topic == "live.session_start" and isinstance(data, dict):
+            return session_start(data)
         if topic == "game.raw" and isinstance(data, bytes):
             return f"{len(data)} bytes"
         if topic in GAME and isinstance(data, dict):

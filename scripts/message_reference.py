@@ -37,6 +37,8 @@ slipstream sub 'live.TimingData' --json --count 3 --from earliest
 Lists of cars are shortened to their first element here, and long examples are cut
 (`...`). Game field names and units are those of the game's UDP specification
 (docs/game-udp.md); live-timing `data` is F1's own (docs/live-timing.md).
+Every `live.*` message also carries `"session"`, the run of the replay or live
+bridge it came from, announced on `live.session_start` (docs/live-timing.md).
 The `standings.*` topics are described in docs/standings.md, and `alerts.*` in
 docs/alerter.md.
 """

@@ -65,8 +65,8 @@ DATABASE = RUN / "slipstream.db"
 ALERTS = RUN / "alerts.jsonl"
 EXPORTS = RUN / "exports"  # the standings' CSV exports
 BROKER_DATA = RUN / "broker"  # the broker's --data-dir: topics on disk (docs/storage.md)
-READABLE = ["live.SessionInfo", "live.SessionStatus", "live.WeatherData", "live.DriverList",
-            "game.event"]
+READABLE = ["live.session_start", "live.SessionInfo", "live.SessionStatus", "live.WeatherData",
+            "live.DriverList", "game.event"]
 SPEED_TRACE = ("SELECT l.lap_distance, t.speed FROM game_lap_data l JOIN game_car_telemetry t "
                "USING (epoch, car_index, session_uid, frame) WHERE car_index = 0 AND "
                "current_lap_num = 2 ORDER BY frame")

@@ -21,6 +21,7 @@ from broker.subscription import Message, Subscription
 ROOT = Path(__file__).resolve().parents[1]
 SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"  # real, bundled
 SESSION_MESSAGES = 17_979
+REPLAY_MESSAGES = SESSION_MESSAGES + 1  # what a replay publishes: the session's, announced
 STARTUP_TIMEOUT_S = 15.0
 
 

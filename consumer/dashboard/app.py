@@ -117,7 +117,7 @@ async def _serve() -> None:
     _running.refresher = asyncio.create_task(hub.run(args.refresh), name="refresh")
 
     async def take(message: Message) -> None:
-        if hub.on_message(message.topic, message.data):
+        if hub.on_message(message.topic, message.data, message.timestamp_us):
             await asyncio.sleep(0)  # let the senders take the events before the next batch
 
     for pattern in PATTERNS:

@@ -31,10 +31,10 @@ class Hub:
 
     # --- from the broker -----------------------------------------------------------
 
-    def on_message(self, topic: str, data: Any) -> int:
+    def on_message(self, topic: str, data: Any, timestamp_us: int = 0) -> int:
         """Apply one message; returns how many events it sent."""
         self.last_message_at = time.monotonic()
-        events = self.model.apply(topic, data)
+        events = self.model.apply(topic, data, timestamp_us)
         for event_topic, event in events:
             self.fanout.publish(Update.encode(event_topic, "event", event))
         return len(events)

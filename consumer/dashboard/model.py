@@ -17,6 +17,7 @@ from typing import Any
 
 from consumer.dashboard import game, tower
 from f1vocab.game.names import event_name, penalty_name
+from f1vocab.sessions import SESSION_START_TOPIC, SessionTracker
 from f1vocab.state import apply, as_list
 
 State = dict[str, Any]
@@ -55,6 +56,7 @@ class Dashboard:
         self.handled: Counter[str] = Counter()
         self._dirty: set[str] = set()
         self._race_control_seen = 0
+        self.sessions = SessionTracker()
         self.views: dict[str, Callable[[], Any]] = {
             "dashboard.session": self._session,
             "live.TrackStatus": lambda: tower.track_status(self._state("TrackStatus")),
@@ -71,13 +73,20 @@ class Dashboard:
 
     # --- taking messages ------------------------------------------------------------
 
-    def apply(self, topic: str, data: Any) -> list[Event]:
-        """Take one message; return the events to send now, in order."""
+    def apply(self, topic: str, data: Any, timestamp_us: int = 0) -> list[Event]:
+        """Take one message (`timestamp_us`: the broker's clock when it was published);
+        return the events to send now, in order."""
         self.handled[topic] += 1
         if not isinstance(data, dict):
             return []
         if topic.startswith("live."):
-            return self._apply_live(topic, data)
+            seen = self.sessions.observe(data, timestamp_us)
+            if seen == "old":
+                return []  # a replaced session's, caught up late: not the one shown
+            events = self._new_session(data) if seen == "new" else []
+            if topic == SESSION_START_TOPIC:
+                return events
+            return events + self._apply_live(topic, data)
         if topic.startswith("alerts."):
             return self._remember("alerts", [(topic, data)])
         if topic.startswith("game."):
@@ -86,6 +95,16 @@ class Dashboard:
             self.standings = data
             self._dirty.add(topic)
         return []
+
+    def _new_session(self, message: State) -> list[Event]:
+        """Another replay (or live connection) started: the last one's timing, flags
+        and race control go, and the pages are told to clear their feeds."""
+        self.live.clear()
+        self.history["live.RaceControlMessages"].clear()
+        self._race_control_seen = 0
+        self._dirty.update(view for topic, view in FEEDS.items() if topic.startswith("live."))
+        return [(SESSION_START_TOPIC, {"session": self.sessions.current,
+                                       "name": message.get("name", "")})]
 
     def _apply_live(self, topic: str, message: State) -> list[Event]:
         update = message.get("data")

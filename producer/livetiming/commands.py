@@ -148,7 +148,8 @@ async def _replay_paths(paths: list[Path], args: argparse.Namespace,
     for damage in report.first_damage:
         log.info("  damaged: %s", damage)
     async with cli.client_for(args, "replay") as client:
-        publisher = LivePublisher(client)
+        publisher = LivePublisher(client, source="replay")
+        options.name = ", ".join(path.name for path in paths)
         try:
             await replay(messages, publisher, options)
         finally:

@@ -5,15 +5,23 @@ each on `live.<Topic>`, counts what it published and what it had to skip,
 writes the FastF1-format recording, and remembers each topic's state, so
 that the snapshot F1 sends again after a reconnect is published only if it
 says something new.
+
+Each run of a source is a session: `start_session` announces it on
+`live.session_start`, and every message after carries its id, so consumers
+can tell a second replay into the same broker from the first and start
+their state again (f1vocab/sessions.py).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from broker.client import Client
+from f1vocab.sessions import SESSION_START_TOPIC
 from f1vocab.state import copy_json, merge
 from f1vocab.timing import FeedError
 from producer.livetiming.feed import FeedMessage
@@ -39,20 +47,40 @@ class Recorder:
 
 
 class LivePublisher:
-    def __init__(self, client: Client, recorder: Recorder | None = None) -> None:
+    def __init__(self, client: Client, recorder: Recorder | None = None,
+                 source: str = "live") -> None:
         self.client = client
         self.recorder = recorder
+        self.source = source  # "live", "replay", "archive": said in live.session_start
+        self.session: str | None = None
+        self._f1_session: Any = None  # SessionInfo's Key: a new one is a new session
         self.published = 0
         self.deduplicated = 0
         self.skipped: dict[str, int] = {}  # reason kind -> count
         self._state: dict[str, Any] = {}  # per F1 topic: merged state, or the last .z payload
 
+    async def start_session(self, **about: Any) -> str:
+        """Announce a new session (a replay round, a live connection); every message
+        published after carries its id. `about` says what it is, for people."""
+        self.session = secrets.token_hex(4)
+        self._state.clear()
+        self._f1_session = None  # a new session: nothing of the last one counts as published
+        await self.client.publish(SESSION_START_TOPIC, {
+            "session": self.session, "source": self.source,
+            "started_at_us": time.time_ns() // 1000, **about})
+        log.info("session %s: %s", self.session, ", ".join(
+            f"{key} {value}" for key, value in about.items()) or self.source)
+        return self.session
+
     async def publish(self, message: FeedMessage) -> None:
+        if self.session is None or self._next_f1_session(message):
+            await self.start_session()
         try:
             payload = message.to_payload()
         except FeedError as exc:
             self.skip("damaged-payload", f"{message.topic}: {exc}")
             return
+        payload["session"] = self.session
         if self.recorder is not None:
             self.recorder.write(message)
         await self.client.publish(message.broker_topic, payload)
@@ -66,6 +94,15 @@ class LivePublisher:
                 self.deduplicated += 1
                 continue
             await self.publish(message)
+
+    def _next_f1_session(self, message: FeedMessage) -> bool:
+        """A live feed left running from practice into qualifying: F1's SessionInfo
+        snapshot names another session."""
+        if message.topic != "SessionInfo" or not isinstance(message.data, dict) \
+                or "Key" not in message.data:
+            return False
+        key, self._f1_session = self._f1_session, message.data["Key"]
+        return key is not None and key != message.data["Key"]
 
     def skip(self, kind: str, detail: str) -> None:
         """Count something unusable; log the first of each kind."""

@@ -25,6 +25,7 @@ class ReplayOptions:
     speed: float = 1.0  # 0 means as fast as possible
     start_s: float = 0.0  # session time to start at (seconds from the first message)
     loop: bool = False
+    name: str = ""  # what is replayed (its folder or file), said in live.session_start
 
 
 def format_clock(seconds: float) -> str:
@@ -86,6 +87,8 @@ async def replay(messages: list[FeedMessage], publisher: LivePublisher,
 
 async def _replay_once(messages: list[FeedMessage], publisher: LivePublisher,
                        options: ReplayOptions) -> None:
+    # Each round is a session of its own: consumers start their state again.
+    await publisher.start_session(name=options.name, start=format_clock(options.start_s))
     first = 0
     if options.start_s > 0:
         snapshots, first = state_at(messages, options.start_s)

@@ -9,6 +9,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -16,7 +17,7 @@ import pytest
 
 from broker.client import Client
 from tests.helpers import (
-    SESSION_MESSAGES,
+    REPLAY_MESSAGES,
     Processes,
     RunningDashboard,
     replay_session,
@@ -118,7 +119,7 @@ async def test_websocket_and_sse_clients_get_every_event_and_the_final_state(
                     len(script.events("alerts.")) == 5)
         # live.> and alerts.> are separate subscriptions: wait for the last live message
         # too, then for the final state to reach both clients.
-        await until(lambda: handled(session, dashboard, "live.", SESSION_MESSAGES))
+        await until(lambda: handled(session, dashboard, "live.", REPLAY_MESSAGES))
         state = await get_json(session, dashboard.url + "api/state")
         views = state["views"]
         await until(lambda: browser.last("dashboard.tower") == views["dashboard.tower"] and
@@ -127,7 +128,7 @@ async def test_websocket_and_sse_clients_get_every_event_and_the_final_state(
         stats = await get_json(session, dashboard.url + "api/stats")
 
     assert sum(v for k, v in stats["handled"].items() if k.startswith("live.")) == \
-        SESSION_MESSAGES
+        REPLAY_MESSAGES
     assert stats["handled"]["alerts.warning"] == 5
     expected_race_control = race_control_lines()
     for viewer in (browser, script):
@@ -145,7 +146,7 @@ async def test_websocket_and_sse_clients_get_every_event_and_the_final_state(
     assert state["live"]["TrackStatus"] == {"Status": "5", "Message": "Red"}
     assert len(state["live"]["DriverList"]) == 20
     assert await dashboard.stop(signal.SIGINT) == 0
-    assert "17,984 messages shown" in dashboard.log()
+    assert "17,985 messages shown" in dashboard.log()
 
 
 
@@ -322,3 +323,23 @@ async def test_healthz_needs_no_token_and_follows_the_broker(processes: Processe
 
 async def _is(answer: Awaitable[tuple[int, Any]], expected: tuple[int, Any]) -> bool:
     return await answer == expected
+
+
+async def test_a_second_replay_into_the_same_broker_starts_the_page_again(
+        processes: Processes) -> None:
+    """The second run's race control, flags and tower replace the first's: nothing of the
+    first is shown twice, for a viewer watching or a dashboard started afterwards."""
+    broker = await processes.broker()
+    watching_dashboard = await processes.dashboard(broker.address)
+    await replay_session(broker.address)
+    await replay_session(broker.address)
+    late_dashboard = await processes.dashboard(broker.address)  # catches up topic by topic
+    async with aiohttp.ClientSession() as session:
+        for dashboard in (watching_dashboard, late_dashboard):
+            await until(partial(handled, session, dashboard, "live.", 2 * REPLAY_MESSAGES))
+            state = await get_json(session, dashboard.url + "api/state")
+            race_control = [e["data"]["Message"] for e in state["events"]
+                            if e["topic"] == "live.RaceControlMessages"]
+            assert race_control == race_control_lines()  # once: the second run's
+            assert state["views"]["live.TrackStatus"]["level"] == "red"
+            assert len(state["views"]["dashboard.tower"]) == 20

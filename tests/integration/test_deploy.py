@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from broker import Client
-from tests.helpers import ROOT, SESSION_MESSAGES, Processes, RunningProcess, wait_for
+from tests.helpers import REPLAY_MESSAGES, ROOT, Processes, RunningProcess, wait_for
 
 DEPLOY = ROOT / "deploy"
 UNITS = ("slipstream-broker.service", "slipstream-consumer@.service")
@@ -107,9 +107,9 @@ async def test_compose_services_run_as_plain_processes(processes: Processes,
     replayed = await processes.command(  # as fast as it goes: the test need not take 3 min
         *on_this_machine([*replay[:-2], "--as-fast-as-possible"], tmp_path), env=env)
     assert await asyncio.wait_for(replayed.process.wait(), 60) == 0
-    await wait_for(lambda: _rows(tmp_path / "slipstream.db", SESSION_MESSAGES),
+    await wait_for(lambda: _rows(tmp_path / "slipstream.db", REPLAY_MESSAGES),
                    "the whole session in the writer's database", timeout_s=60)
-    assert live_rows(tmp_path / "slipstream.db") == SESSION_MESSAGES
+    assert live_rows(tmp_path / "slipstream.db") == REPLAY_MESSAGES
     url = await _dashboard_url(dashboard)
     async with aiohttp.ClientSession() as session, session.get(url + "healthz") as response:
         assert response.status == 200

@@ -36,14 +36,18 @@ def session_lines() -> dict[str, list[Any]]:
 
 
 async def everything_published(address: str, count: int) -> list[Message]:
-    """Every message on live.>, from the earliest retained; exactly `count`, nothing more."""
+    """Every message on live.>, from the earliest retained: one announced session
+    (live.session_start) and exactly `count` messages stamped with it, nothing more."""
     async with Client(address, name="checker") as client:
         sub = await client.subscribe("live.>", start="earliest")
         async with asyncio.timeout(20):
-            messages = [await anext(sub) for _ in range(count)]
+            messages = [await anext(sub) for _ in range(count + 1)]
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
                 await anext(sub)
+    (start,) = [m for m in messages if m.topic == "live.session_start"]
+    messages.remove(start)
+    assert {m.data["session"] for m in messages} == {start.data["session"]}
     return messages
 
 

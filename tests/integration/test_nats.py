@@ -23,8 +23,8 @@ from broker.jetstream.client import JetStreamClient
 from broker.jetstream.stream import StreamSpec
 from broker.jetstream.subscription import JetStreamSubscription
 from tests.helpers import (
+    REPLAY_MESSAGES,
     SESSION,
-    SESSION_MESSAGES,
     Processes,
     assert_nothing_more,
     nats_address,
@@ -258,19 +258,19 @@ async def test_replay_and_consumers_work_unchanged_on_nats(processes: Processes)
         with sqlite3.connect(db) as conn:
             try:
                 return bool(conn.execute("SELECT count(*) FROM messages").fetchone()[0]
-                            == SESSION_MESSAGES)
+                            == REPLAY_MESSAGES)
             except sqlite3.OperationalError:
                 return False
 
-    await wait_for(stored, f"{SESSION_MESSAGES} rows", 60)
-    await wait_for(lambda: _lines_at_least(printer.out_path, SESSION_MESSAGES),  # type: ignore[attr-defined]
+    await wait_for(stored, f"{REPLAY_MESSAGES} rows", 60)
+    await wait_for(lambda: _lines_at_least(printer.out_path, REPLAY_MESSAGES),  # type: ignore[attr-defined]
                    "the printer", 60)
     assert await writer.stop() == 0 and await printer.stop() == 0
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM messages").fetchone() \
-            == (SESSION_MESSAGES, SESSION_MESSAGES)
+            == (REPLAY_MESSAGES, REPLAY_MESSAGES)
     lines = printer.out_path.read_text().splitlines()  # type: ignore[attr-defined]
-    assert len(lines) == SESSION_MESSAGES
+    assert len(lines) == REPLAY_MESSAGES
 
 
 async def _lines_at_least(path: object, count: int) -> bool:
@@ -315,23 +315,23 @@ async def test_killing_a_node_of_a_3_node_cluster_loses_nothing_and_repeats_noth
         with sqlite3.connect(db) as conn:
             try:
                 return bool(conn.execute("SELECT count(*) FROM messages").fetchone()[0]
-                            >= SESSION_MESSAGES)
+                            >= REPLAY_MESSAGES)
             except sqlite3.OperationalError:
                 return False
 
-    await wait_for(stored, f"{SESSION_MESSAGES} rows", 90)
-    await wait_for(lambda: _lines_at_least(reader.out_path, SESSION_MESSAGES),  # type: ignore[attr-defined]
+    await wait_for(stored, f"{REPLAY_MESSAGES} rows", 90)
+    await wait_for(lambda: _lines_at_least(reader.out_path, REPLAY_MESSAGES),  # type: ignore[attr-defined]
                    "the reader", 90)
     # Nothing pending or unacknowledged: nothing can be delivered again after this.
     await wait_drained(nodes[1].address, "sqlite")
     await wait_drained(nodes[1].address, "printer")
     assert await writer.stop() == 0 and await reader.stop() == 0
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == SESSION_MESSAGES
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == REPLAY_MESSAGES
     records = [json.loads(line) for line in
                reader.out_path.read_text().splitlines()]  # type: ignore[attr-defined]
-    assert len(records) == SESSION_MESSAGES  # none twice
-    assert len({(r["topic"], r["seq"]) for r in records}) == SESSION_MESSAGES  # none missing
+    assert len(records) == REPLAY_MESSAGES  # none twice
+    assert len({(r["topic"], r["seq"]) for r in records}) == REPLAY_MESSAGES  # none missing
     for process in (writer, reader, replay):  # each of them really lost its node
         assert "lost the connection to NATS" in process.log(), process.log()
 
@@ -362,7 +362,7 @@ async def test_a_killed_durable_writer_resumes_and_stores_everything_once(
 
     await wait_for(some_rows, "the first run to store some rows", 30)
     await first.stop(signal.SIGKILL)
-    assert await rows() < SESSION_MESSAGES, "the first run finished before it was killed"
+    assert await rows() < REPLAY_MESSAGES, "the first run finished before it was killed"
     nc = await nats.connect(node.address)
     try:
         (info,) = await nc.jetstream().consumers_info("SLIPSTREAM")
@@ -373,12 +373,12 @@ async def test_a_killed_durable_writer_resumes_and_stores_everything_once(
     again = await processes.command(*args)
 
     async def all_rows() -> bool:
-        return await rows() >= SESSION_MESSAGES
+        return await rows() >= REPLAY_MESSAGES
 
-    await wait_for(all_rows, f"{SESSION_MESSAGES} rows", 60)
+    await wait_for(all_rows, f"{REPLAY_MESSAGES} rows", 60)
     await wait_drained(node.address, "sqlite")  # nothing left to deliver again
     assert await again.stop() == 0
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM messages").fetchone() \
-            == (SESSION_MESSAGES, SESSION_MESSAGES)
+            == (REPLAY_MESSAGES, REPLAY_MESSAGES)
     assert "0 gaps" in again.log()

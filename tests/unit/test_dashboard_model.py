@@ -145,3 +145,47 @@ def test_the_standings_table_is_shown_as_the_standings_consumer_sent_it() -> Non
     assert model.take_changed() == {"standings.table": table}
     assert model.apply("standings.lap", {"id": "x"}) == []  # the facts are not shown
     assert model.take_changed() == {}
+
+
+def stamped(session: str, first_us: int) -> list[tuple[str, dict[str, Any], int]]:
+    """The bundled session as one replay run publishes it: announced, each message
+    stamped with the run, with the broker's clock (1 µs apart) after `first_us`."""
+    start = ("live.session_start", {"session": session, "source": "replay"}, first_us)
+    return [start] + [(topic, {**payload, "session": session}, first_us + index + 1)
+                      for index, (topic, payload) in enumerate(session_messages())]
+
+
+def test_a_second_replay_starts_the_live_state_again() -> None:
+    dashboard = Dashboard(history=100)
+    for topic, payload, at_us in stamped("first", 1_000_000):
+        dashboard.apply(topic, payload, at_us)
+    assert dashboard.take_changed()["live.TrackStatus"]["level"] == "red"  # how it ended
+    # The second run: its announcement clears the red flag, the tower and race control.
+    second = stamped("second", 2_000_000)
+    events = dashboard.apply(*second[0])
+    assert events == [("live.session_start", {"session": "second", "name": ""})]
+    views = dashboard.take_changed()
+    assert views["live.TrackStatus"]["level"] == "unknown"
+    assert views["dashboard.tower"] == [] and dashboard.recent_events() == []
+    race_control = []
+    for topic, payload, at_us in second[1:]:
+        race_control += dashboard.apply(topic, payload, at_us)
+    assert len(race_control) == 21  # each message once: the first run's are not repeated
+    assert dashboard.take_changed()["live.TrackStatus"]["level"] == "red"
+
+
+def test_catching_up_topic_by_topic_shows_only_the_latest_session() -> None:
+    """A dashboard started after two replays reads the retained messages topic by topic
+    (the broker keeps order within a topic only): the first run's stay out."""
+    messages = stamped("first", 1_000_000) + stamped("second", 2_000_000)
+    messages.sort(key=lambda message: message[0])  # by topic; in order within each
+    dashboard = Dashboard(history=100)
+    events = []
+    for topic, payload, at_us in messages:
+        events += dashboard.apply(topic, payload, at_us)
+    only_second = Dashboard(history=100)
+    for topic, payload, at_us in stamped("second", 2_000_000):
+        only_second.apply(topic, payload, at_us)
+    assert dashboard.take_changed() == only_second.take_changed()
+    assert [e for e in events if e[0] != "live.session_start"] == \
+        only_second.recent_events()

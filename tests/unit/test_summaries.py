@@ -62,3 +62,12 @@ def test_game_session_and_penalty_summaries_use_readable_names() -> None:
     assert seen["session"] == "Silverstone, Race, 10 laps, 60 s left"
     assert seen["event"].startswith("PENA penalty_type=4 ")
     assert seen["event"].endswith("(Time penalty)")
+
+
+def test_a_new_session_says_what_it_replays() -> None:
+    assert summarise("live.session_start", {
+        "session": "3f2a9c1d", "source": "replay", "name": "2020-08-07_70th-anniversary-fp2",
+        "start": "00:14:00"}) == \
+        "new session 3f2a9c1d: replay of 2020-08-07_70th-anniversary-fp2 from 00:14:00"
+    assert summarise("live.session_start", {"session": "0a1b2c3d", "source": "live"}) == \
+        "new session 0a1b2c3d: live"

@@ -277,6 +277,8 @@ const VIEWS = {
   "dashboard.game.trace": showTrace,
   "game.event": gameEvent,
   "standings.table": showStandings,
+  // Another session was replayed into the broker: the last one's race control goes.
+  "live.session_start": () => $("race-control").replaceChildren(),
 };
 
 for (const link of document.querySelectorAll("footer a")) link.href = withToken(link.getAttribute("href"));
