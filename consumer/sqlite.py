@@ -33,7 +33,7 @@ from broker.errors import ConfigError, SlipstreamError
 from broker.progress import Progress
 from broker.tasks import stop_task
 from consumer.api import Consumer, Fatal
-from consumer.sqlite_schema import SCHEMA, LiveTables, Rows
+from consumer.sqlite_schema import SCHEMA_VERSION, LiveTables, Rows, SchemaError, prepare
 
 log = logging.getLogger("slipstream.sqlite")
 RETRY_FIRST_DELAY_S = 0.1
@@ -59,6 +59,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-for", type=float, default=30.0, metavar="SECONDS",
                         help="keep retrying a failed transaction (disk full, database locked) "
                              "this long before stopping with exit 1 (default %(default)s)")
+    parser.add_argument("--game-json", action="store_true",
+                        help="store every game packet as JSON in `messages`, for json_extract "
+                             "queries; by default the high-rate ones (motion, telemetry, ...) "
+                             "go to `game_packets` compressed, about 15x smaller")
     parser.set_defaults(durable="sqlite")  # resume after a restart unless told otherwise
 
 
@@ -88,10 +92,13 @@ class Writer:
             db.execute("PRAGMA busy_timeout=1000")  # a lock held briefly elsewhere is waited for
             db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
             db.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint
-            db.executescript(SCHEMA)
+            migrated = prepare(db)
             _prove_writable(db)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, SchemaError) as exc:
             raise ConfigError(f"cannot write the database {self.path}: {exc}") from None
+        if migrated:  # said whatever the log level: the file changed under its owner
+            print(f"sqlite: {self.path} brought up to schema {SCHEMA_VERSION} (live laps are "
+                  "now kept per session)", file=sys.stderr, flush=True)
         self._db = db
 
     async def write(self, rows: Rows) -> None:
@@ -138,14 +145,14 @@ class Batcher:
     """Collects rows from the handlers and commits them, then acknowledges."""
 
     def __init__(self, writer: Writer, batch: int, flush_s: float,
-                 retry_for_s: float = 30.0) -> None:
+                 retry_for_s: float = 30.0, game_json: bool = False) -> None:
         self.writer = writer
         self.batch = batch
         self.flush_s = flush_s
         self.retry_for_s = retry_for_s
         self.failed_attempts = 0
         self.failed = False  # gave up: the shutdown does not try again
-        self.tables = LiveTables()
+        self.tables = LiveTables(game_json)
         self.rows = Rows()
         self.messages = 0
         self.handled = 0  # messages taken, since the start
@@ -265,7 +272,8 @@ _state: dict[str, Any] = {}
 async def _open() -> None:
     writer = Writer(app.args.db)
     await writer.open()
-    batcher = Batcher(writer, app.args.batch, app.args.flush_ms / 1000, app.args.retry_for)
+    batcher = Batcher(writer, app.args.batch, app.args.flush_ms / 1000, app.args.retry_for,
+                      game_json=app.args.game_json)
     _state.update(writer=writer, batcher=batcher,
                   timer=asyncio.create_task(batcher.flush_periodically()))
     if app.args.start == "earliest":

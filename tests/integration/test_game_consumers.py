@@ -6,11 +6,14 @@ import asyncio
 import json
 import signal
 import sqlite3
+import zlib
 from pathlib import Path
 
+import msgpack
 import pytest
 
-from tests.helpers import ROOT, Processes, run_command, wait_drained
+from broker import Client
+from tests.helpers import ROOT, Processes, run_command, take, wait_drained
 
 CAPTURE = ROOT / "samples" / "game" / "session-2026.cap"
 CAR_SLOTS, FRAMES = 24, 241  # format 2026 has 24 car slots; the capture has 241 frames
@@ -32,17 +35,7 @@ async def test_game_tables_hold_every_car_of_every_frame(processes: Processes,
     db = tmp_path / "game.db"
     writer = await processes.command("-m", "consumer", "sqlite", "game.>", "--db", str(db),
                                      "--from", "earliest", "--broker", broker)
-    async with asyncio.timeout(20):
-        while True:
-            await asyncio.sleep(0.2)
-            if db.exists():
-                try:
-                    with sqlite3.connect(db) as connection:
-                        if connection.execute("SELECT count(*) FROM messages").fetchone()[0] \
-                                >= 2132:
-                            break
-                except sqlite3.OperationalError:
-                    pass
+    await wait_for_stored(db, 2132)
     assert await writer.stop(signal.SIGINT) == 0
     with sqlite3.connect(db) as connection:
         assert connection.execute("SELECT count(*) FROM game_car_telemetry").fetchone()[0] \
@@ -57,6 +50,55 @@ async def test_game_tables_hold_every_car_of_every_frame(processes: Processes,
     distances = [row[0] for row in trace]
     assert len(trace) > 50 and distances == sorted(distances)
     assert all(0 < speed < 400 for _, speed in trace)
+
+
+async def wait_for_stored(db: Path, count: int) -> None:
+    """Until `count` messages are in the database, as JSON or compressed."""
+    async with asyncio.timeout(20):
+        while True:
+            await asyncio.sleep(0.2)
+            try:
+                with sqlite3.connect(db) as connection:
+                    if connection.execute(
+                            "SELECT (SELECT count(*) FROM messages) + "
+                            "(SELECT count(*) FROM game_packets)").fetchone()[0] >= count:
+                        return
+            except sqlite3.OperationalError:
+                pass  # not made yet
+
+
+@pytest.mark.parametrize("game_json", [False, True])
+async def test_the_high_rate_packets_are_stored_compressed_unless_asked_for_json(
+        processes: Processes, tmp_path: Path, game_json: bool) -> None:
+    broker = await replayed_capture(processes)
+    db = tmp_path / "game.db"
+    writer = await processes.command("-m", "consumer", "sqlite", "game.>", "--db", str(db),
+                                     "--from", "earliest", "--broker", broker,
+                                     *(["--game-json"] if game_json else []))
+    await wait_for_stored(db, 2132)
+    assert await writer.stop(signal.SIGINT) == 0
+    with sqlite3.connect(db) as connection:
+        as_json = dict(connection.execute(
+            "SELECT topic, count(*) FROM messages GROUP BY topic").fetchall())
+        packed = connection.execute("SELECT topic, seq, payload FROM game_packets").fetchall()
+        telemetry = connection.execute("SELECT data FROM messages WHERE topic = "
+                                       "'game.car_telemetry' AND seq = 7").fetchall()
+    if game_json:
+        assert packed == [] and sum(as_json.values()) == 2132
+        assert json.loads(telemetry[0][0])["header"]["packet_id"] == 6
+        return
+    # The few low-rate packets people read whole stay JSON; the rest are compressed as
+    # published, and decode to the same packet.
+    assert as_json == {"game.event": 6, "game.participants": 25,
+                       "game.final_classification": 1}
+    assert len(packed) == 2132 - 32 and telemetry == []
+    async with Client(broker, name="check") as client:
+        sub = await client.subscribe("game.car_telemetry", start="earliest")
+        published = {m.seq: m.payload for m in await take(sub, 241)}
+    stored = {seq: zlib.decompress(payload) for topic, seq, payload in packed
+              if topic == "game.car_telemetry"}
+    assert stored == published
+    assert msgpack.unpackb(stored[7])["header"]["packet_id"] == 6
 
 
 @pytest.mark.usefixtures("engine")

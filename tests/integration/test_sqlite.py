@@ -17,15 +17,16 @@ from tests.helpers import (
     Processes,
     RunningProcess,
     replay_session,
+    run_command,
     wait_drained,
     wait_for,
     wait_subscribed,
 )
 
 
-def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
+def query(db: Path, sql: str, *parameters: Any) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db) as connection:
-        return connection.execute(sql).fetchall()
+        return connection.execute(sql, parameters).fetchall()
 
 
 async def wait_for_rows(db: Path, count: int, timeout_s: float = 20) -> None:
@@ -75,16 +76,19 @@ async def test_the_real_session_fills_every_table(processes: Processes, tmp_path
     await replay_session(broker.address)
     db = tmp_path / "session.db"
     sqlite_writer = await writer(processes, db, broker.address, "--from", "earliest")
-    await wait_for_rows(db, 17_979)
+    await wait_for_rows(db, 17_980)
     assert await sqlite_writer.stop(signal.SIGINT) == 0
     raw = raw_session()
     assert dict(query(db, "SELECT topic, count(*) FROM messages GROUP BY topic")) == {
-        f"live.{topic}": len(lines) for topic, lines in raw.items()}
+        "live.session_start": 1, **{f"live.{topic}": len(lines) for topic, lines in raw.items()}}
+    ((session, source, name),) = query(db, "SELECT session, source, name FROM live_sessions")
+    assert (source, name) == ("replay", "2020-08-07_70th-anniversary-fp2") and len(session) == 8
     assert query(db, "PRAGMA journal_mode") == [("wal",)]
     # Lap times, checked against the raw lines and against their own sectors.
     expected = lap_times_by_the_documented_rule()
     laps = {(number, lap): time for number, lap, time in
-            query(db, "SELECT racing_number, lap, lap_time FROM live_laps")}
+            query(db, "SELECT racing_number, lap, lap_time FROM live_laps WHERE session = ?",
+                  session)}
     assert laps == expected and len(laps) == 501
     (fastest,) = query(db, "SELECT d.tla, l.lap_time, l.sector1_s + l.sector2_s + l.sector3_s "
                            "FROM live_laps l JOIN drivers d USING (racing_number) "
@@ -95,7 +99,7 @@ async def test_the_real_session_fills_every_table(processes: Processes, tmp_path
         status["Message"] for status in raw["TrackStatus"]]
     items = sum(len(m["Messages"]) for m in raw["RaceControlMessages"])
     assert query(db, "SELECT count(*) FROM race_control")[0][0] == items
-    assert "sqlite: handled 17,979 messages, 0 gaps" in sqlite_writer.log()
+    assert "sqlite: handled 17,980 messages, 0 gaps" in sqlite_writer.log()
 
 
 async def test_a_writer_killed_mid_stream_resumes_with_nothing_lost_or_doubled(
@@ -192,3 +196,70 @@ async def test_one_undecodable_payload_costs_that_message_not_its_batch(
     assert "sqlite: handled 1,000 messages, 0 gaps (0 messages missed), 1 handler errors" \
         in process.log()
     assert "failed on live.Heartbeat #501" in process.log()
+
+
+async def test_two_replays_into_one_broker_keep_their_laps_apart(processes: Processes,
+                                                                 tmp_path: Path) -> None:
+    """Each replay is a session: its laps are its own, even for a writer that reads both
+    from the start (topic by topic, so the runs' messages interleave on the way in)."""
+    broker = await processes.broker()
+    await replay_session(broker.address)
+    await replay_session(broker.address)
+    db = tmp_path / "two.db"
+    sqlite_writer = await writer(processes, db, broker.address, "--from", "earliest")
+    await wait_for_rows(db, 2 * 17_980)
+    assert await sqlite_writer.stop(signal.SIGINT) == 0
+    sessions = [row[0] for row in query(db, "SELECT session FROM live_sessions "
+                                            "ORDER BY broker_ts_us")]
+    assert len(sessions) == 2 and sessions[0] != sessions[1]
+    expected = lap_times_by_the_documented_rule()
+    for session in sessions:
+        laps = {(number, lap): time for number, lap, time in query(
+            db, "SELECT racing_number, lap, lap_time FROM live_laps WHERE session = ?",
+            session)}
+        assert laps == expected
+    assert query(db, "SELECT count(*) FROM live_laps") == [(2 * 501,)]
+
+
+# live_laps as schema 0 (before sessions) made it; the other tables were as they are now.
+SCHEMA_0_LAPS = """
+CREATE TABLE live_laps (
+    epoch INTEGER NOT NULL, racing_number TEXT NOT NULL, lap INTEGER NOT NULL,
+    lap_time TEXT, lap_time_s REAL, sector1_s REAL, sector2_s REAL, sector3_s REAL,
+    position INTEGER, broker_ts_us INTEGER NOT NULL,
+    PRIMARY KEY (epoch, racing_number, lap)
+);
+INSERT INTO live_laps VALUES (1, '44', 3, '1:25.606', 85.606, 28.1, 30.2, 27.306, 1, 10);
+"""
+
+
+async def test_a_database_of_the_first_schema_is_brought_up_to_date(
+        processes: Processes, tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as connection:
+        connection.executescript(SCHEMA_0_LAPS)
+    broker = await processes.broker()
+    await replay_session(broker.address)
+    sqlite_writer = await writer(processes, db, broker.address, "--from", "earliest")
+    await wait_for_rows(db, 17_980)
+    assert await sqlite_writer.stop(signal.SIGINT) == 0
+    assert "brought up to schema 1 (live laps are now kept per session)" in \
+        sqlite_writer.log()
+    assert query(db, "PRAGMA user_version") == [(1,)]
+    # The old lap is kept, under no session; the replay's are under its own.
+    assert query(db, "SELECT session, lap_time FROM live_laps WHERE epoch = 1 AND "
+                     "racing_number = '44' AND lap = 3") == [("", "1:25.606")]
+    assert query(db, "SELECT count(*) FROM live_laps WHERE session != ''") == [(501,)]
+
+
+async def test_a_database_of_a_newer_schema_is_refused_with_exit_2(
+        processes: Processes, tmp_path: Path) -> None:
+    db = tmp_path / "newer.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("PRAGMA user_version = 99")
+    broker = await processes.broker()
+    code, _, err = await run_command("-m", "consumer", "sqlite", "--db", str(db),
+                                     "--broker", broker.address)
+    assert code == 2
+    assert f"cannot write the database {db}: it has schema 99, written by a newer " \
+           "slipstream (this one writes schema 1): use another --db" in err
