@@ -139,9 +139,11 @@ async def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--on-full", choices=["drop", "block"], default="drop")
-    parser.add_argument("--only", choices=["W1", "W2", "W3", "K", "peers"], action="append",
+    parser.add_argument("--only", choices=["W1", "W2", "W3", "K", "peers", "game-storage"],
+                        action="append",
                         help="K: the interleaved-topics workload alone; peers: W1 and W2 "
-                             "beside nats-server and the brokerless floor")
+                             "beside nats-server and the brokerless floor; game-storage: "
+                             "the SQLite writer on game packets, compressed and as JSON")
     args = parser.parse_args()
     flags = ["--on-full", args.on_full]
     workloads = WORKLOADS
@@ -175,6 +177,8 @@ async def main() -> int:
         await beside_the_peers(args.runs, args.on_full)
     if not args.only or "K" in args.only:
         await interleaved_topics(args.runs)
+    if not args.only or "game-storage" in args.only:
+        await game_storage(args.runs)
     if not args.only:
         await replay_throughput(args.runs)
         await dashboard_fanout(args.runs)
@@ -580,6 +584,67 @@ async def sqlite_throughput(runs: int) -> None:
     print()
     print(f"SQLite writer, {SQLITE_ROWS:,} retained 200-byte messages drained into a fresh "
           f"database (WAL, batches of 2,000), first row to last: {spread(rates)} rows/s")
+
+
+GAME_CAPTURE = ROOT / "samples" / "game" / "session-2026.cap"
+GAME_ROUNDS = 10  # the bundled capture published this many times: 21,320 packets
+
+
+async def game_storage(runs: int) -> None:
+    """The SQLite writer draining the bundled game capture (published GAME_ROUNDS times):
+    packets/s and database bytes per packet, compressed (the default) and --game-json."""
+    import sqlite3
+    import tempfile
+
+    packets = 2132 * GAME_ROUNDS
+    print(f"\nSQLite writer, the bundled game capture x{GAME_ROUNDS} ({packets:,} packets, "
+          f"retained) drained into a fresh database, {runs} runs:\n")
+    print("| storage | packets/s, first row to last | database MB | bytes per packet |")
+    print("|---|---:|---:|---:|")
+    for flags in ([], ["--game-json"]):
+        rates, sizes = [], []
+        for _ in range(runs):
+            broker, address = await start_broker([])
+            folder = Path(tempfile.mkdtemp(prefix="slipstream-bench-"))
+            db = folder / "game.db"
+            try:
+                for _ in range(GAME_ROUNDS):
+                    replay = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "producer", "udp-replay", str(GAME_CAPTURE),
+                        "--as-fast-as-possible", "--broker", address, "-q", cwd=ROOT,
+                        stderr=asyncio.subprocess.DEVNULL)
+                    assert await asyncio.wait_for(replay.wait(), 60) == 0
+                writer = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "consumer", "sqlite", "game.>", "--db", str(db),
+                    "--from", "earliest", "--broker", address, "-q", *flags, cwd=ROOT,
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                first_at = last_at = 0.0
+                stored = first_stored = 0
+                while stored < packets:
+                    await asyncio.sleep(0.02)
+                    try:
+                        with sqlite3.connect(db) as connection:
+                            stored = connection.execute(
+                                "SELECT (SELECT count(*) FROM messages) + "
+                                "(SELECT count(*) FROM game_packets)").fetchone()[0]
+                    except sqlite3.OperationalError:
+                        continue  # not created yet
+                    now = time.monotonic()
+                    if stored and not first_at:
+                        first_at, first_stored = now, stored
+                    last_at = now
+                writer.send_signal(2)
+                await asyncio.wait_for(writer.wait(), 30)
+                with sqlite3.connect(db) as connection:
+                    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                rates.append((packets - first_stored) / (last_at - first_at))
+                sizes.append(db.stat().st_size)
+            finally:
+                broker.terminate()
+                await broker.wait()
+        size = statistics.median(sizes)
+        print(f"| {' '.join(flags) or 'compressed (default)'} | {spread(rates)} | "
+              f"{size / 1e6:.1f} | {size / packets:,.0f} |")
 
 
 async def retention_bounds_memory(flags: list[str]) -> None:
