@@ -157,22 +157,23 @@ async def main() -> int:
         runs = [await run_workload(broker_flags=flags, **spec) for _ in range(args.runs)]  # type: ignore[arg-type]
         rows.append((name, runs))
         print(f"  {name} done", file=sys.stderr, flush=True)
-    print()
-    print("| workload | rate | lost | p50 µs | p99 µs | p99.9 µs | max µs | broker peak RSS MiB "
-          "| broker CPU (cores) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    units = {"W1": "msgs/s", "W2": "msgs/s", "W3": "deliveries/s"}
-    for name, runs in rows:
-        latency = name == "W2"
+    if rows:  # the W workloads' table, when any ran
+        print()
+        print("| workload | rate | lost | p50 µs | p99 µs | p99.9 µs | max µs "
+              "| broker peak RSS MiB | broker CPU (cores) |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        units = {"W1": "msgs/s", "W2": "msgs/s", "W3": "deliveries/s"}
+        for name, runs in rows:
+            latency = name == "W2"
 
-        def col(attr: str, runs: list[Result] = runs, show: bool = latency) -> str:
-            return spread([getattr(r, attr) for r in runs]) if show else "—"
+            def col(attr: str, runs: list[Result] = runs, show: bool = latency) -> str:
+                return spread([getattr(r, attr) for r in runs]) if show else "—"
 
-        print(f"| {name} | {spread([r.rate for r in runs])} {units[name]} | "
-              f"{sum(r.lost for r in runs)} | {col('p50_us')} | {col('p99_us')} | "
-              f"{col('p999_us')} | {col('max_us')} | "
-              f"{max(r.broker_rss_mib for r in runs):.1f} | "
-              f"{statistics.median(r.broker_cpu for r in runs):.2f} |")
+            print(f"| {name} | {spread([r.rate for r in runs])} {units[name]} | "
+                  f"{sum(r.lost for r in runs)} | {col('p50_us')} | {col('p99_us')} | "
+                  f"{col('p999_us')} | {col('max_us')} | "
+                  f"{max(r.broker_rss_mib for r in runs):.1f} | "
+                  f"{statistics.median(r.broker_cpu for r in runs):.2f} |")
     if not args.only or "peers" in args.only:
         await beside_the_peers(args.runs, args.on_full)
     if not args.only or "K" in args.only:
