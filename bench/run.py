@@ -546,9 +546,29 @@ async def bridge_throughput(runs: int) -> None:
 SQLITE_ROWS = 200_000
 
 
+async def rows_per_second(db: Path, count_sql: str, total: int) -> float:
+    """Poll a database another process writes until `count_sql` reaches `total`: the rate
+    from the first row seen to the last."""
+    import sqlite3
+
+    first_at = last_at = 0.0
+    rows = first_rows = 0
+    while rows < total:
+        await asyncio.sleep(0.02)
+        try:
+            with sqlite3.connect(db) as connection:
+                rows = connection.execute(count_sql).fetchone()[0]
+        except sqlite3.OperationalError:
+            continue  # not created yet
+        now = time.monotonic()
+        if rows and not first_at:
+            first_at, first_rows = now, rows
+        last_at = now
+    return (total - first_rows) / (last_at - first_at)
+
+
 async def sqlite_throughput(runs: int) -> None:
     """The SQLite writer draining 200,000 retained 200-byte messages: rows/s it sustains."""
-    import sqlite3
     import tempfile
 
     rates = []
@@ -563,22 +583,10 @@ async def sqlite_throughput(runs: int) -> None:
                 sys.executable, "-m", "consumer", "sqlite", "bench.>", "--db", str(db),
                 "--from", "earliest", "--broker", address, "-q", cwd=ROOT,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-            first_at = last_at = 0.0
-            rows = 0
-            while rows < SQLITE_ROWS:
-                await asyncio.sleep(0.02)
-                try:
-                    with sqlite3.connect(db) as connection:
-                        rows = connection.execute("SELECT count(*) FROM messages").fetchone()[0]
-                except sqlite3.OperationalError:
-                    continue  # not created yet
-                now = time.monotonic()
-                if rows and not first_at:
-                    first_at, first_rows = now, rows
-                last_at = now
+            rates.append(await rows_per_second(db, "SELECT count(*) FROM messages",
+                                               SQLITE_ROWS))
             writer.send_signal(2)
             await asyncio.wait_for(writer.wait(), 30)
-            rates.append((SQLITE_ROWS - first_rows) / (last_at - first_at))
         finally:
             broker.terminate()
             await broker.wait()
@@ -619,26 +627,13 @@ async def game_storage(runs: int) -> None:
                     sys.executable, "-m", "consumer", "sqlite", "game.>", "--db", str(db),
                     "--from", "earliest", "--broker", address, "-q", *flags, cwd=ROOT,
                     stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-                first_at = last_at = 0.0
-                stored = first_stored = 0
-                while stored < packets:
-                    await asyncio.sleep(0.02)
-                    try:
-                        with sqlite3.connect(db) as connection:
-                            stored = connection.execute(
-                                "SELECT (SELECT count(*) FROM messages) + "
-                                "(SELECT count(*) FROM game_packets)").fetchone()[0]
-                    except sqlite3.OperationalError:
-                        continue  # not created yet
-                    now = time.monotonic()
-                    if stored and not first_at:
-                        first_at, first_stored = now, stored
-                    last_at = now
+                rates.append(await rows_per_second(
+                    db, "SELECT (SELECT count(*) FROM messages) + "
+                        "(SELECT count(*) FROM game_packets)", packets))
                 writer.send_signal(2)
                 await asyncio.wait_for(writer.wait(), 30)
                 with sqlite3.connect(db) as connection:
                     connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                rates.append((packets - first_stored) / (last_at - first_at))
                 sizes.append(db.stat().st_size)
             finally:
                 broker.terminate()

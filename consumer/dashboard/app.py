@@ -25,6 +25,7 @@ from consumer.api import Consumer
 from consumer.dashboard.hub import Hub
 from consumer.dashboard.model import Dashboard
 from consumer.dashboard.web import DEFAULT_GAME_LABEL, DashboardWeb, Limits
+from consumer.website import http_address, start_site
 
 log = logging.getLogger("slipstream.dashboard")
 
@@ -77,12 +78,6 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="disconnect a client that takes nothing for this long (default 30)")
 
 
-def http_address(text: str) -> tuple[str, int]:
-    if ":" not in text:
-        raise ConfigError(f"--http {text!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
-    return cli.flag_address(text, "--http")
-
-
 @app.startup
 async def _serve() -> None:
     args = app.args
@@ -101,15 +96,7 @@ async def _serve() -> None:
     server = DashboardWeb(hub, token=args.token, allow_hosts=tuple(args.allow_host),
                           game_label=args.game_label, limits=Limits(
         max_clients=args.max_clients, send_timeout_s=args.send_timeout))
-    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None,
-                           shutdown_timeout=2.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
-    bound = runner.addresses[0][1] if runner.addresses else port
+    runner, bound = await start_site(server.app(), host, port)
     server.serving_at(host, bound)
     url = f"http://{host}:{bound}/" + ("?token=..." if args.token else "")
     print(f"dashboard: {url}", flush=True)

@@ -29,7 +29,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from consumer.api import json_text
 from consumer.dashboard.fanout import ClientQueue, Update, parse_patterns
 from consumer.dashboard.hub import Hub
-from consumer.web_guard import Guard, error
+from consumer.website import Guard, error
 
 log = logging.getLogger("slipstream.dashboard")
 

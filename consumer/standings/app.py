@@ -30,6 +30,7 @@ from consumer.standings.keeper import StandingsKeeper
 from consumer.standings.sources import GameLaps, LiveLaps
 from consumer.standings.table import DEFAULT_POINTS, Standings, StandingsError, parse_points
 from consumer.standings.web import StandingsWeb
+from consumer.website import http_address, start_site
 
 log = logging.getLogger("slipstream.standings")
 
@@ -77,9 +78,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 @app.startup
 async def _serve() -> None:
     args = app.args
-    if ":" not in args.http:
-        raise ConfigError(f"--http {args.http!r} is not HOST:PORT (e.g. 127.0.0.1:8081)")
-    host, port = cli.flag_address(args.http, "--http")
+    host, port = http_address(args.http)
     try:
         points = parse_points(args.points)
     except StandingsError as exc:
@@ -93,15 +92,7 @@ async def _serve() -> None:
     keeper = StandingsKeeper(Standings(points), lambda: app.client, game, live)
     site = StandingsWeb(keeper, Path(args.export_dir), token=args.token,
                         allow_hosts=tuple(args.allow_host))
-    runner = web.AppRunner(site.app(), handle_signals=False, access_log=None,
-                           shutdown_timeout=2.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
-    bound = runner.addresses[0][1] if runner.addresses else port
+    runner, bound = await start_site(site.app(), host, port)
     site.serving_at(host, bound)
     keeper.page = f"http://{host}:{bound}/"
     print(f"standings: http://{host}:{bound}/ (admin: http://{host}:{bound}/admin"

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from consumer.standings.keeper import NotRecorded, StandingsKeeper, new_id
 from consumer.standings.table import MAX_DRIVERS, StandingsError, clean_name
-from consumer.web_guard import Guard, error
+from consumer.website import Guard, error
 from f1vocab.timing import LapTimeError, parse_lap_time
 
 log = logging.getLogger("slipstream.standings")

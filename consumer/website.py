@@ -1,6 +1,7 @@
-"""Who may read a consumer's web pages: the Host, Origin and token checks.
+"""What the consumers that serve web pages share: starting the site, and who may use it.
 
-Shared by the dashboard and the standings pages. A page on another site
+The dashboard and the standings pages both serve on --http HOST:PORT, and
+check each request's Host, Origin and token the same way. A page on another site
 must not read the feed or press the admin buttons: browsers send the page's
 Origin with a WebSocket handshake, a POST and cross-site requests, and DNS
 rebinding shows up as a Host that is not ours.
@@ -13,6 +14,28 @@ import hmac
 from aiohttp import web
 
 from broker import cli
+from broker.errors import ConfigError
+
+
+def http_address(text: str) -> tuple[str, int]:
+    """--http HOST:PORT, checked."""
+    if ":" not in text:
+        raise ConfigError(f"--http {text!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    return cli.flag_address(text, "--http")
+
+
+async def start_site(app: web.Application, host: str, port: int
+                     ) -> tuple[web.AppRunner, int]:
+    """Serve `app` on host:port; returns the runner (cleanup() stops it) and the port bound
+    (the one chosen, for port 0). A port in use is a ConfigError saying so."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    return runner, runner.addresses[0][1] if runner.addresses else port
 
 
 def error(status: int, message: str) -> web.Response:
