@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,11 +16,14 @@ import aiohttp
 import pytest
 
 from broker import Client
+from f1vocab.timing import parse_lap_time
 from tests.helpers import (
     ROOT,
+    SESSION,
     Processes,
     RunningDashboard,
     assert_nothing_more,
+    replay_session,
     run_command,
     take,
 )
@@ -225,3 +229,42 @@ async def test_bad_flags_are_refused_with_a_reason(processes: Processes, flags: 
     code, _, err = await run_command("-m", "consumer", "standings", "--broker",
                                      broker.address, *flags)
     assert code == 2 and says in err, err
+
+
+def best_laps_in_the_raw_session() -> dict[str, int]:
+    """Each driver's last BestLapTime in the bundled TimingData lines, in ms, by full name."""
+    def lines(topic: str) -> list[dict[str, Any]]:
+        text = (SESSION / f"{topic}.jsonStream").read_text(encoding="utf-8-sig")
+        return [json.loads(line[12:]) for line in text.splitlines() if line.strip()]
+
+    names: dict[str, str] = {}
+    for update in lines("DriverList"):
+        for number, driver in update.items():
+            if isinstance(driver, dict) and driver.get("FullName"):
+                names[number] = driver["FullName"]
+    best: dict[str, str] = {}
+    for update in lines("TimingData"):
+        for number, line in (update.get("Lines") or {}).items():
+            value = (line.get("BestLapTime") or {}).get("Value") if isinstance(line, dict) \
+                else None
+            if value:
+                best[number] = value
+    return {names[number]: parse_lap_time(value) for number, value in best.items()}
+
+
+async def test_live_timings_best_laps_make_the_standings(processes: Processes) -> None:
+    broker = await processes.broker()
+    await replay_session(broker.address)
+    standings = await processes.standings(broker.address, "--source", "live")
+    best = best_laps_in_the_raw_session()
+    assert len(best) == 20
+    await until(lambda: _same_laps(timed_rows(standings), best), "every driver's best lap")
+    rows = await timed_rows(standings)
+    assert (rows[0]["name"], rows[0]["lap"], rows[0]["points"]) == ("Lewis HAMILTON",
+                                                                    "1:25.606", 25)
+    assert {row["source"] for row in rows} == {"live"}
+    assert (await view(standings))["track"] == "Silverstone"
+
+
+async def _same_laps(rows: Awaitable[list[dict[str, Any]]], best: dict[str, int]) -> bool:
+    return {row["name"]: row["lap_ms"] for row in await rows} == best
