@@ -99,9 +99,7 @@ class StandingsKeeper:
             self.published_laps += 1
 
     async def _publish(self, topic: str, data: dict[str, Any]) -> int:
-        client = self.client()
-        if client is None or not client.connected:
-            raise NotRecorded("the broker is not reachable: nothing was changed")
+        client = await self._connected_client()
         try:
             seq = await asyncio.wait_for(client.publish(topic, data, confirm=True),
                                          ECHO_TIMEOUT_S)
@@ -112,6 +110,18 @@ class StandingsKeeper:
             raise NotRecorded(f"{topic} was not stored: {exc}") from None
         assert seq is not None
         return seq
+
+    async def _connected_client(self) -> Client:
+        """The client, once connected: a change made while the consumer starts or
+        reconnects waits a moment for it rather than failing at once."""
+        deadline = asyncio.get_running_loop().time() + ECHO_TIMEOUT_S
+        while True:
+            client = self.client()
+            if client is not None and client.connected:
+                return client
+            if asyncio.get_running_loop().time() > deadline:
+                raise NotRecorded("the broker is not reachable: nothing was changed")
+            await asyncio.sleep(0.05)
 
     # --- from the admin page ---------------------------------------------------------
 

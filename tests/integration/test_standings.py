@@ -268,3 +268,23 @@ async def test_live_timings_best_laps_make_the_standings(processes: Processes) -
 
 async def _same_laps(rows: Awaitable[list[dict[str, Any]]], best: dict[str, int]) -> bool:
     return {row["name"]: row["lap_ms"] for row in await rows} == best
+
+
+async def test_one_rig_the_players_laps_go_to_whoever_is_at_the_wheel(
+        processes: Processes) -> None:
+    broker = await processes.broker()
+    standings = await processes.standings(broker.address, "--game-cars", "player")
+    status, answer = await admin(standings, "add-driver", {"name": "Alice"}, token=None)
+    assert status == 200
+    alice = answer["standings"]["drivers"][0]["id"]
+    assert (await admin(standings, "driving", {"driver": alice}, token=None))[0] == 200
+    code, _, err = await run_command("-m", "producer", "udp-replay", str(CAPTURE),
+                                     "--as-fast-as-possible", "--broker", broker.address)
+    assert code == 0, err
+    best, _ = await final_classification(broker.address)
+    player_best = best["DRIVER 01"]  # the capture's player car: index 0
+    await until(lambda: _same_laps(timed_rows(standings), {"Alice": player_best}),
+                "Alice's best lap")
+    rows = (await view(standings))["rows"]
+    assert [(r["name"], r["lap_ms"], r["source"]) for r in rows] == [
+        ("Alice", player_best, "game")]  # and no AI car is timed
