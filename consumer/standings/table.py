@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,8 +37,6 @@ from f1vocab.timing import MAX_LAP_MS, format_lap_time
 
 DEFAULT_POINTS = (25, 18, 15, 12, 10, 8, 6, 4, 2, 1)
 SOURCES = ("game", "live", "manual")
-FACTS = ("standings.driver", "standings.lap", "standings.lap_removed", "standings.track",
-         "standings.driving")
 MAX_DRIVERS = 1_000
 LAPS_KEPT = 10  # per driver and track: the best few, so striking one shows the next
 IDS_REMEMBERED = 100_000  # lap ids kept to ignore a lap published twice
@@ -93,6 +92,10 @@ class Standings:
         self.driving: str | None = None
         self.version = 0  # counts the changes applied: the page asks "anything new?"
         self._lap_ids: dict[str, None] = {}  # lap ids applied or struck, oldest first
+        self._facts: dict[str, Callable[[dict[str, Any], int], bool]] = {
+            "standings.driver": self._driver, "standings.lap": self._lap,
+            "standings.lap_removed": self._lap_removed, "standings.track": self._track,
+            "standings.driving": self._driving}
 
     # --- applying messages -----------------------------------------------------------
 
@@ -101,14 +104,15 @@ class Standings:
 
         Raises StandingsError for a message that is not what the topic holds.
         """
-        if topic not in FACTS:
+        fact = self._facts.get(topic)
+        if fact is None:
             return False  # standings.table, or a topic from a newer version
         if not isinstance(data, dict):
             raise StandingsError(f"{topic}: expected a map, got {type(data).__name__}")
-        changed = getattr(self, "_" + topic.removeprefix("standings."))(data, set_at_us)
+        changed = fact(data, set_at_us)
         if changed:
             self.version += 1
-        return bool(changed)
+        return changed
 
     def _driver(self, data: dict[str, Any], set_at_us: int) -> bool:
         driver = _text(data, "id", "standings.driver")
