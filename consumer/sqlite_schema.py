@@ -197,7 +197,8 @@ class LiveTables:
             rows[INSERT_GAME_PACKET].append((message.epoch, topic, message.seq,
                                              message.timestamp_us,
                                              zlib.compress(message.payload, 1)))
-            if topic in ("game.car_telemetry", "game.lap_data"):
+            if topic in ("game.car_telemetry", "game.lap_data") and \
+                    isinstance(message.data, dict):
                 self._game_rows(message, message.data, rows)
             return
         data = message.data
