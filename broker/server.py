@@ -509,8 +509,11 @@ class Broker:
 
     def keep_from(self, topic: Topic, publisher: Connection | None) -> int:
         """Block policy: the oldest seq some other connection's subscription still needs."""
-        return min((sub.acked[topic] for sub in self.router.subscribers(topic.name)
-                    if sub.connection is not publisher), default=topic.next_seq)
+        oldest = topic.next_seq
+        for sub in self.router.subscribers(topic.name):  # once per PUB run: a plain loop
+            if sub.connection is not publisher and sub.acked[topic] < oldest:
+                oldest = sub.acked[topic]
+        return oldest
 
     def make_room(self, wanted_bytes: int = 0) -> bool:
         """Keep retained bytes across all topics within --max-memory.
@@ -830,18 +833,19 @@ class Connection:
         async with self.broker.topic_lock(topic):
             first_seq = topic.next_seq
             remaining = frame.payloads
-            while remaining:
+            while True:
                 keep_from = self.broker.keep_from(topic, self)
                 try:
                     appended = topic.append_within(remaining, now_us(), keep_from)
                 except OSError as exc:
                     raise self._storage_error(topic, exc) from None
+                if appended == len(remaining):
+                    break  # all stored (the common case): _published tells the subscribers
                 if appended:
                     remaining = remaining[appended:]
-                    self.broker.notify(topic)
-                else:
-                    self._flush()
-                    await self._wait_for_room(topic)
+                    self.broker.notify(topic)  # their acks are what frees the room
+                self._flush()
+                await self._wait_for_room(topic)
         self._published(topic, frame, first_seq)
 
     async def _wait_for_room(self, topic: Topic) -> None:
