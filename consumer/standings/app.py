@@ -23,12 +23,18 @@ from pathlib import Path
 from aiohttp import web
 
 from broker import cli
-from broker.errors import ConfigError
+from broker.errors import ConfigError, SlipstreamError
 from broker.tasks import stop_task
 from consumer.api import Consumer
 from consumer.standings.keeper import StandingsKeeper
 from consumer.standings.sources import GameLaps, LiveLaps
-from consumer.standings.table import DEFAULT_POINTS, Standings, StandingsError, parse_points
+from consumer.standings.table import (
+    DEFAULT_POINTS,
+    FACTS,
+    Standings,
+    StandingsError,
+    parse_points,
+)
 from consumer.standings.web import StandingsWeb
 from consumer.website import http_address, start_site
 
@@ -50,6 +56,7 @@ class Running:
     keeper: StandingsKeeper | None = None
     runner: web.AppRunner | None = None
     tables: asyncio.Task[None] | None = None
+    read_back: asyncio.Task[None] | None = None
 
 
 _running = Running()
@@ -78,6 +85,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 @app.startup
 async def _serve() -> None:
     args = app.args
+    if args.durable:
+        raise ConfigError("--durable does not suit the standings: they are rebuilt from every "
+                          "retained standings.* message at each start, which a durable "
+                          "subscription would skip")
     host, port = http_address(args.http)
     try:
         points = parse_points(args.points)
@@ -99,6 +110,7 @@ async def _serve() -> None:
           + ("?token=...)" if args.token else ")"), flush=True)
     _running.keeper, _running.runner = keeper, runner
     _running.tables = asyncio.create_task(keeper.publish_tables(), name="standings.table")
+    _running.read_back = asyncio.create_task(_read_back(keeper), name="read back")
     app.add_handler("standings.>", keeper.on_standings)
     for topic in GAME_TOPICS if game is not None else ():
         app.add_handler(topic, keeper.on_game)
@@ -106,8 +118,27 @@ async def _serve() -> None:
         app.add_handler(topic, keeper.on_live)
 
 
+async def _read_back(keeper: StandingsKeeper) -> None:
+    """How many standings facts the broker retains now: the sources publish no lap until
+    those are read back (see keeper.py). From `--from new` there is nothing to read."""
+    if app.args.start != "earliest":
+        keeper.read_back(0)
+        return
+    client = await app.subscribed()
+    try:
+        stats = await client.stats_all(topics="standings.>", connections=False)
+        retained = sum(topic["retained"] for name, topic in stats["topics"].items()
+                       if name in FACTS)
+    except (SlipstreamError, KeyError) as exc:
+        log.warning("cannot tell what the broker retains of the standings (%s): laps "
+                    "published before may be published again", exc)
+        retained = 0
+    keeper.read_back(retained)
+
+
 @app.shutdown
 async def _stop() -> None:
+    await stop_task(_running.read_back)
     await stop_task(_running.tables)
     if _running.runner is not None:
         await _running.runner.cleanup()

@@ -6,6 +6,11 @@ broker delivers it back. So the broker is the one record: the table is what
 its messages add up to, whoever published them, and an admin request is
 answered only once its change is stored and shown. After each change the
 table itself goes out as `standings.table`, at most every `table_every_s`.
+
+A consumer that starts again reads the sources' retained messages again, and
+would find their laps again: it publishes none until it has read back the
+`standings.*` messages the broker retained when it started, so the laps it
+already published are known and left out.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from typing import Any
 from broker.client import Client, Message
 from broker.errors import SlipstreamError
 from consumer.standings.sources import AtTheWheel, GameLaps, LiveLaps, SourceLap
-from consumer.standings.table import Standings
+from consumer.standings.table import FACTS, Standings
 
 log = logging.getLogger("slipstream.standings")
 
 ECHO_TIMEOUT_S = 5.0  # an admin change not back from the broker by then is reported so
+READ_BACK_TIMEOUT_S = 30.0  # the sources wait this long at most for the read-back
 
 
 class NotRecorded(Exception):
@@ -48,12 +54,27 @@ class StandingsKeeper:
         self._table_due = asyncio.Event()
         self.published_laps = 0
         self.page: str | None = None  # the public page's address, for others to link to
+        self.caught_up = asyncio.Event()  # the standings read back: sources may publish
+        self._facts_read = 0
+        self._facts_retained: int | None = None  # at start: what there is to read back
+
+    def read_back(self, retained: int) -> None:
+        """At start: the broker retained this many standings facts, which arrive first."""
+        self._facts_retained = retained
+        self._check_caught_up()
+
+    def _check_caught_up(self) -> None:
+        if self._facts_retained is not None and self._facts_read >= self._facts_retained:
+            self.caught_up.set()
 
     # --- from the broker -------------------------------------------------------------
 
     async def on_standings(self, message: Message) -> None:
         """A `standings.*` message: apply it, and wake whoever waits for it."""
         try:
+            if message.topic in FACTS:
+                self._facts_read += 1
+                self._check_caught_up()
             if self.standings.apply(message.topic, message.data, message.timestamp_us):
                 self._table_due.set()
         finally:
@@ -90,6 +111,15 @@ class StandingsKeeper:
             await self._publish("standings.track", {"track": track})
 
     async def _publish_laps(self, laps: list[SourceLap]) -> None:
+        if laps and not self.caught_up.is_set():
+            try:
+                await asyncio.wait_for(self.caught_up.wait(), READ_BACK_TIMEOUT_S)
+            except TimeoutError:  # some were evicted on the way: go on, and say so
+                log.warning("read back %d of the %s standings messages retained at start "
+                            "after %.0f s: publishing laps now (some may be published "
+                            "again)", self._facts_read, self._facts_retained,
+                            READ_BACK_TIMEOUT_S)
+                self.caught_up.set()
         for lap in laps:
             if self.standings.knows_lap(lap.id):
                 continue  # read again after a restart: already in the standings

@@ -37,6 +37,8 @@ from f1vocab.timing import MAX_LAP_MS, format_lap_time
 
 DEFAULT_POINTS = (25, 18, 15, 12, 10, 8, 6, 4, 2, 1)
 SOURCES = ("game", "live", "manual")
+FACTS = ("standings.driver", "standings.lap", "standings.lap_removed", "standings.track",
+         "standings.driving")  # what the table is folded from (standings.table is not)
 MAX_DRIVERS = 1_000
 LAPS_KEPT = 10  # per driver and track: the best few, so striking one shows the next
 IDS_REMEMBERED = 100_000  # lap ids kept to ignore a lap published twice
@@ -92,10 +94,9 @@ class Standings:
         self.driving: str | None = None
         self.version = 0  # counts the changes applied: the page asks "anything new?"
         self._lap_ids: dict[str, None] = {}  # lap ids applied or struck, oldest first
-        self._facts: dict[str, Callable[[dict[str, Any], int], bool]] = {
-            "standings.driver": self._driver, "standings.lap": self._lap,
-            "standings.lap_removed": self._lap_removed, "standings.track": self._track,
-            "standings.driving": self._driving}
+        self._facts: dict[str, Callable[[dict[str, Any], int], bool]] = dict(zip(FACTS, (
+            self._driver, self._lap, self._lap_removed, self._track, self._driving),
+            strict=True))
 
     # --- applying messages -----------------------------------------------------------
 

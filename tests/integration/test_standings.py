@@ -26,6 +26,7 @@ from tests.helpers import (
     replay_session,
     run_command,
     take,
+    wait_drained,
 )
 
 CAPTURE = ROOT / "samples" / "game" / "session-2026.cap"
@@ -117,6 +118,15 @@ async def test_the_games_laps_make_the_standings_and_every_consumer_sees_them(
             last = (await take(tables, 1, timeout_s=5))[0]
         assert last.data["version"] == len(laps) + 1
         assert [r["lap_ms"] for r in last.data["rows"]] == sorted(best.values())
+
+        # Started again, it reads the game's packets again: it finds the same laps, knows
+        # them from the standings it read back first, and publishes none of them again.
+        again = await processes.standings(broker.address)
+        await until(lambda: _version(view(again), completed + 1), "the standings read back")
+        await wait_drained(broker.address, "standings")  # and every game packet handled
+        assert await again.stop(signal.SIGINT) == 0
+        assert "; 0 laps published from the sources" in again.log()
+        await assert_nothing_more(laps_seen)
 
 
 async def _version(got: Awaitable[dict[str, Any]], wanted: int) -> bool:
@@ -222,6 +232,7 @@ async def _same(got: Awaitable[dict[str, Any]], wanted: dict[str, Any]) -> bool:
     (["--points", "25,x"], "--points '25,x' is not a comma-separated list of whole numbers"),
     (["--http", "8081"], "--http '8081' is not HOST:PORT"),
     (["--source", "radio"], "invalid choice: 'radio'"),
+    (["--durable", "standings"], "--durable does not suit the standings"),
 ])
 async def test_bad_flags_are_refused_with_a_reason(processes: Processes, flags: list[str],
                                                   says: str) -> None:
