@@ -46,7 +46,8 @@ LIVE_TOPICS = ("live.SessionInfo", "live.DriverList", "live.TimingData")
 
 app = Consumer("standings", description="Keep the standings of a sim-racing event (each "
                                         "driver's fastest lap, with points) and serve them "
-                                        "with an admin page and a CSV export.",
+                                        "with an admin page and a CSV export. The --token "
+                                        "that opens the broker also guards the admin side.",
                # The standings are what the standings.* messages add up to: all of them.
                start="earliest")
 
