@@ -9,12 +9,24 @@ rebinding shows up as a Host that is not ours.
 
 from __future__ import annotations
 
+import argparse
 import hmac
 
 from aiohttp import web
 
 from broker import cli
 from broker.errors import ConfigError
+
+
+def add_site_arguments(parser: argparse.ArgumentParser, port: int) -> None:
+    """--http and --allow-host, as every consumer that serves pages takes them."""
+    parser.add_argument("--http", default=f"127.0.0.1:{port}", metavar="HOST:PORT",
+                        help=f"where to serve the pages (default %(default)s; 0.0.0.0:{port} "
+                             "opens them to the network, so give a --token)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME:PORT",
+                        help="also answer to this Host (and pages from it), e.g. behind a "
+                             "proxy; by default only the address served (loopback names "
+                             "when on loopback)")
 
 
 def http_address(text: str) -> tuple[str, int]:

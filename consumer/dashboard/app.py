@@ -25,7 +25,7 @@ from consumer.api import Consumer
 from consumer.dashboard.hub import Hub
 from consumer.dashboard.model import Dashboard
 from consumer.dashboard.web import DEFAULT_GAME_LABEL, DashboardWeb, Limits
-from consumer.website import http_address, start_site
+from consumer.website import add_site_arguments, http_address, start_site
 
 log = logging.getLogger("slipstream.dashboard")
 
@@ -57,13 +57,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--game-label", default=DEFAULT_GAME_LABEL, metavar="TEXT",
                         help="title of the game panel (default %(default)r; make run says "
                              "'Simulated F1 game' for the simulator)")
-    parser.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT",
-                        help="where to serve the page (default %(default)s; 0.0.0.0:8080 "
-                             "opens it to the network, so give it a --token)")
-    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME:PORT",
-                        help="also answer to this Host (and pages from it), e.g. behind a "
-                             "proxy; by default only the address served (loopback names "
-                             "when on loopback)")
+    add_site_arguments(parser, 8080)
     parser.add_argument("--refresh", type=float, default=0.1, metavar="SECONDS",
                         help="how often changed views are sent to browsers (default 0.1)")
     parser.add_argument("--history", type=int, default=50, metavar="N",

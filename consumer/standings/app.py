@@ -36,7 +36,7 @@ from consumer.standings.table import (
     parse_points,
 )
 from consumer.standings.web import StandingsWeb
-from consumer.website import http_address, start_site
+from consumer.website import add_site_arguments, http_address, start_site
 
 log = logging.getLogger("slipstream.standings")
 
@@ -65,8 +65,7 @@ _running = Running()
 
 @app.arguments
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--http", default="127.0.0.1:8081", metavar="HOST:PORT",
-                        help="where to serve the pages (default %(default)s)")
+    add_site_arguments(parser, 8081)
     parser.add_argument("--source", choices=SOURCES, default="game",
                         help="where timed laps come from: the game's lap data, F1 live "
                              "timing, both, or only the admin page (default %(default)s)")
@@ -79,8 +78,6 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-dir", default="exports", metavar="DIR",
                         help="where GET /api/export writes its CSV files (default "
                              "%(default)s)")
-    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME:PORT",
-                        help="also answer to this Host, e.g. behind a proxy")
 
 
 @app.startup
