@@ -50,6 +50,14 @@ async def start_site(app: web.Application, host: str, port: int
     return runner, runner.addresses[0][1] if runner.addresses else port
 
 
+def health(broker_connected: bool) -> web.Response:
+    """/healthz: 200 while the broker is connected, 503 while it is away (the pages still
+    serve what they had, but nothing new arrives)."""
+    if broker_connected:
+        return web.json_response({"status": "ok"})
+    return web.json_response({"status": "broker unreachable"}, status=503)
+
+
 def error(status: int, message: str) -> web.Response:
     """Every refusal is JSON with one sentence a person can act on."""
     return web.json_response({"error": message}, status=status)

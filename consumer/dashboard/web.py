@@ -29,7 +29,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from consumer.api import json_text
 from consumer.dashboard.fanout import ClientQueue, Update, parse_patterns
 from consumer.dashboard.hub import Hub
-from consumer.website import Guard, error
+from consumer.website import Guard, error, health
 
 log = logging.getLogger("slipstream.dashboard")
 
@@ -146,11 +146,7 @@ class DashboardWeb:
         return web.Response(text=json_text(self.hub.state()), content_type="application/json")
 
     async def healthz(self, request: web.Request) -> web.Response:
-        """200 while serving with the broker connected; 503 while the broker is away
-        (the page still serves what it had, but nothing new arrives)."""
-        if self.hub.broker_connected():
-            return web.json_response({"status": "ok"})
-        return web.json_response({"status": "broker unreachable"}, status=503)
+        return health(self.hub.broker_connected())
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.Response(text=json_text(self.hub.stats()), content_type="application/json")

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from consumer.standings.keeper import NotRecorded, StandingsKeeper, new_id
 from consumer.standings.table import MAX_DRIVERS, StandingsError, clean_name
-from consumer.website import Guard, error
+from consumer.website import Guard, error, health
 from f1vocab.timing import LapTimeError, parse_lap_time
 
 log = logging.getLogger("slipstream.standings")
@@ -108,9 +108,7 @@ class StandingsWeb:
 
     async def healthz(self, request: web.Request) -> web.Response:
         client = self.keeper.client()
-        if client is not None and client.connected:
-            return web.json_response({"status": "ok"})
-        return web.json_response({"status": "broker unreachable"}, status=503)
+        return health(client is not None and client.connected)
 
     async def export(self, request: web.Request) -> web.Response:
         """The table as CSV: written to the export directory, and sent back."""
