@@ -5,107 +5,145 @@
     DIR/durables.bin    durable positions (msgpack), replaced atomically when they move
     DIR/topics/NAME/    one topic's segments (broker/segments.py)
 
-See docs/storage.md. File work only; the broker decides when to call it.
+See docs/storage.md. File work only, through a `Files`; the broker decides when.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgpack
 
 from broker.errors import StorageError
-from broker.segments import RecoveryReport, TopicStore
+from broker.files import AppendFile, Files, LockHeldError, replace_file
+from broker.segments import (
+    NEW_TOPIC_PREFIX,
+    REAL_FILES,
+    FsyncPolicy,
+    RecoveryReport,
+    TopicStore,
+    held_nothing,
+    remove_directory,
+)
 
-FsyncPolicy = Literal["always", "interval", "never"]
+__all__ = ["DATA_DIR_ENV", "DataDir", "FsyncPolicy"]
+
 DATA_DIR_ENV = "SLIPSTREAM_DATA_DIR"
+Positions = dict[str, tuple[str, dict[str, int]]]  # durable -> (pattern, {topic: seq})
 
 
 class DataDir:
-    def __init__(self, path: Path, fsync: FsyncPolicy = "interval") -> None:
+    def __init__(self, path: Path, fsync: FsyncPolicy = "interval",
+                 files: Files = REAL_FILES) -> None:
         self.path = path
         self.fsync = fsync
+        self.files = files
         self.topics_path = path / "topics"
         self.epoch = 0
-        self._lock_fd: int | None = None
+        self.notes: list[str] = []  # what opening found and did, for the log
+        self._lock: AppendFile | None = None
 
-    def open(self) -> None:
+    @property
+    def durable(self) -> bool:
+        return self.fsync != "never"
+
+    def open(self, repair: bool = False) -> None:
         """Create or open DIR, take its lock and read (or choose) the epoch."""
+        files = self.files
         try:
-            self.topics_path.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(self.path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+            self._make_directories()
+            self._lock = files.lock(self.path / "LOCK", f"{os.getpid()}\n")
+        except LockHeldError as held:
+            raise StorageError(f"data directory {self.path} is in use by another broker "
+                               f"(pid {held or '?'}); one broker per directory") from None
         except OSError as exc:
             raise StorageError(f"cannot use data directory {self.path}: "
                                f"{exc.strerror or exc}") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip()
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            raise StorageError(f"data directory {self.path} is in use by another broker "
-                               f"(pid {holder or '?'}); one broker per directory") from None
-        os.ftruncate(self._lock_fd, 0)
-        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         epoch_file = self.path / "EPOCH"
-        if epoch_file.exists():
-            try:
-                self.epoch = int(epoch_file.read_text().strip())
-            except ValueError:
-                raise StorageError(f"{epoch_file} does not hold an epoch (a number)") from None
-        else:
-            self.epoch = time.time_ns() // 1000
-            self._write_atomically(epoch_file, f"{self.epoch}\n".encode())
+        if files.exists(epoch_file):
+            text = files.read(epoch_file).decode(errors="replace").strip()
+            if not text.isdigit():
+                raise StorageError(f"{epoch_file} does not hold an epoch (a number): {text!r}")
+            self.epoch = int(text)
+            return
+        topics = [n for n in files.listdir(self.topics_path) if not n.startswith(".")]
+        if topics and not repair:
+            raise StorageError(
+                f"{epoch_file} is missing, but {self.topics_path} holds {len(topics):,} topics: "
+                "with a new epoch, (epoch, topic, seq) would name other messages than before. "
+                "Put EPOCH back, or start with --repair to give the data a new epoch")
+        if topics:
+            self.notes.append(f"{epoch_file} was missing: the data has a new epoch (--repair)")
+        self.epoch = time.time_ns() // 1000
+        replace_file(files, epoch_file, f"{self.epoch}\n".encode(), durable=self.durable)
+
+    def _make_directories(self) -> None:
+        missing = [p for p in (self.topics_path, *self.topics_path.parents)
+                   if not self.files.exists(p)]
+        for directory in reversed(missing):
+            self.files.mkdir(directory)
+            if self.durable:
+                self.files.fsync(directory.parent)
 
     def close(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
-    def open_topics(self, repair: bool,
-                    segment_bytes: int) -> list[tuple[TopicStore, RecoveryReport]]:
-        """Every topic in DIR, checked (StorageError names the first that is damaged)."""
+    def open_topics(self, repair: bool, segment_bytes: int,
+                    verify: bool = False) -> list[tuple[TopicStore, RecoveryReport]]:
+        """Every topic in DIR, checked (StorageError names the first that is damaged).
+        A directory a crash left before it held anything is removed, with a note."""
+        files = self.files
         opened = []
-        for directory in sorted(p for p in self.topics_path.iterdir() if p.is_dir()):
-            opened.append(TopicStore.open(directory, repair=repair, segment_bytes=segment_bytes))
+        for name in sorted(files.listdir(self.topics_path)):
+            directory = self.topics_path / name
+            if not files.is_dir(directory):
+                continue
+            if name.startswith(NEW_TOPIC_PREFIX):
+                remove_directory(files, directory)
+                self.notes.append(f"removed {directory}: a topic a crash left half-made "
+                                  "(it held nothing)")
+                continue
+            try:
+                opened.append(TopicStore.open(directory, repair=repair, verify=verify,
+                                              segment_bytes=segment_bytes, files=files,
+                                              fsync=self.fsync))
+            except StorageError:
+                if not held_nothing(files, directory):
+                    raise
+                remove_directory(files, directory)
+                self.notes.append(f"removed {directory}: a topic directory a crash left "
+                                  "before anything was stored in it")
         return opened
 
     def create_topic(self, name: str, first_seq: int, segment_bytes: int) -> TopicStore:
         try:
-            return TopicStore.create(self.topics_path, name, first_seq, segment_bytes)
+            return TopicStore.create(self.topics_path, name, first_seq, segment_bytes,
+                                     files=self.files, fsync=self.fsync)
         except OSError as exc:
             raise StorageError(f"cannot create topic {name!r} in {self.topics_path}: "
                                f"{exc.strerror or exc}") from None
 
-    def load_durables(self) -> dict[str, tuple[str, dict[str, int]]]:
+    def load_durables(self) -> Positions:
         """name -> (pattern, {topic: first unacknowledged seq})."""
         path = self.path / "durables.bin"
-        if not path.exists():
+        if not self.files.exists(path):
             return {}
         try:
-            data: dict[str, Any] = msgpack.unpackb(path.read_bytes())
+            data: dict[str, Any] = msgpack.unpackb(self.files.read(path))
             return {name: (entry["pattern"], dict(entry["acked"]))
                     for name, entry in data.items()}
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
             raise StorageError(f"{path} is damaged ({exc}); move it away to start without "
                                "the durable positions") from None
 
-    def save_durables(self, durables: dict[str, tuple[str, dict[str, int]]]) -> None:
+    def save_durables(self, durables: Positions) -> None:
+        """Replace durables.bin atomically (fsynced unless --fsync never). OSError if not."""
         data = {name: {"pattern": pattern, "acked": acked}
                 for name, (pattern, acked) in durables.items()}
-        self._write_atomically(self.path / "durables.bin", msgpack.packb(data))
-
-    def _write_atomically(self, path: Path, data: bytes) -> None:
-        """Write, (fsync,) rename: a crash leaves the old file or the new one, never half."""
-        temporary = path.with_name(path.name + ".tmp")
-        with temporary.open("wb") as file:
-            file.write(data)
-            if self.fsync != "never":
-                file.flush()
-                os.fsync(file.fileno())
-        os.replace(temporary, path)
+        replace_file(self.files, self.path / "durables.bin", msgpack.packb(data),
+                     durable=self.durable)

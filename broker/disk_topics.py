@@ -1,9 +1,9 @@
 """A topic log kept on disk (--data-dir), with the recent part also in memory.
 
-`DiskTopicLog` offers what the server uses of `TopicLog` (append, read at a
-cursor, first/next seq, the block policy's append_within), so the server does
-not care where a topic lives. Every record is written to the topic's segment
-files before `append` returns (so before any PUBACK); the newest records also
+`DiskTopicLog` is a `TopicStorage` (broker/storage.py), as the in-memory
+`TopicLog` is, so the server does not care where a topic lives. Every record
+is written to the topic's segment files before `append` returns (so before
+any PUBACK; under --fsync always, on the disk itself); the newest records also
 stay in a small in-memory `TopicLog`, the cache, which serves live
 subscribers without touching the disk. Subscribers catching up read the
 segments. Retention is exact by count; files go a whole segment at a time.
@@ -89,8 +89,8 @@ class DiskTopicLog:
         return len(taken)
 
     def _write(self, payloads: list[bytes], stamp_us: int, keep_from_seq: int | None) -> int:
-        """To disk, then to the cache, then retention (never past `keep_from_seq`). An
-        OSError (disk full, read-only) leaves both as they were."""
+        """To disk, then to the cache, then retention (never past `keep_from_seq`).
+        WriteRefusedError (disk full, read-only, a failed fsync) leaves both as they were."""
         first = self.store.append(payloads, stamp_us)
         self.unsynced = True
         self.cache.append(payloads, stamp_us)
@@ -122,6 +122,8 @@ class DiskTopicLog:
 
     def read(self, from_seq: int, max_count: int,
              max_bytes: int) -> tuple[list[int], list[bytes]]:
+        """As TopicLog.read; UnreadableRangeError when the records at `from_seq` are damaged
+        or their files are gone (the server sends a GAP for them)."""
         if from_seq >= self.cache.first_seq:
             return self.cache.read(from_seq, max_count, max_bytes)
         return self.store.read(from_seq, max_count, max_bytes)
@@ -133,9 +135,11 @@ class DiskTopicLog:
         return self.cache.evict_for_budget(bytes_wanted, self.cache.next_seq)
 
     def sync(self) -> None:
+        """What was written reaches the disk itself; WriteRefusedError (and the topic takes
+        no more writes) when an fsync fails."""
         if self.unsynced:
             self.unsynced = False
-            self.store.fsync()
+            self.store.sync()
 
     def release(self) -> None:
         self.cache.release()

@@ -1,130 +1,82 @@
 """Topic logs on disk: append-only segment files with a sparse index (storage core of --data-dir).
 
 One topic is one directory of segments. A segment holds consecutive records
-from its base seq on; it is closed (rolled) at a size limit, and retention
-deletes whole segments, oldest first. A record is a fixed header and the
-payload:
+(broker/records.py) from its base seq on; it is sealed at a size limit and a
+new one begins; retention deletes whole segments, oldest first, after moving
+the topic's START (its first seq) past them, so a segment that goes missing
+any other way is noticed. Beside each sealed segment an index file holds
+(seq, offset) pairs, one every INDEX_EVERY_BYTES: derived from the segment,
+checked against it, rebuilt whenever it does not fit, never trusted over it.
 
-    +-----------+-----------+---------+-----------+-----------------+
-    | length u32| crc32 u32 | seq u64 | ts_us u64 | payload (length)|
-    +-----------+-----------+---------+-----------+-----------------+
-
-big-endian; the CRC covers seq, ts_us and the payload. Beside each segment an
-index file holds (seq, offset) pairs, one every INDEX_EVERY_BYTES of segment,
-so reading from any seq is a seek and a short scan, never a scan of the topic.
-
-`encode_records` and `scan` are the sans-I/O part (bytes in, records out);
-`TopicStore` does the file work. Nothing here knows about asyncio.
+Every file operation goes through a `Files` (broker/files.py), so the crash
+simulator (tests/sim/) runs this very code against every crash point and
+every I/O error. What each failure leaves is in docs/storage.md.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import struct
+import threading
 import time
 import zlib
 from array import array
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 from broker.errors import StorageError
+from broker.files import AppendFile, Files, RealFiles, replace_file
+from broker.records import (
+    HEADER,
+    MAX_RECORD_BYTES,
+    Scan,
+    encode_records,
+    find_next_record,
+    record_is_intact,
+    scan,
+)
 
-HEADER = struct.Struct(">IIQQ")
-CRC_PART = struct.Struct(">QQ")  # the header fields the CRC covers
+FsyncPolicy = Literal["always", "interval", "never"]
 INDEX_ENTRY = struct.Struct(">QQ")  # seq, offset
 SEGMENT_SUFFIX = ".seg"
 INDEX_SUFFIX = ".idx"
 NAME_FILE = "TOPIC"
+START_FILE = "START"  # the topic's first seq: where retention last moved it
+NEW_TOPIC_PREFIX = ".new-"  # a topic directory being made: renamed into place once whole
 INDEX_EVERY_BYTES = 64 * 1024
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
-MAX_RECORD_BYTES = 64 * 1024 * 1024  # a larger length field can only be damage
+REAL_FILES = RealFiles()
 
 
-def encode_records(first_seq: int, stamp_us: int, payloads: list[bytes]) -> bytes:
-    """The records for `payloads`, seqs from `first_seq`, ready to append to a segment."""
-    parts: list[bytes] = []
-    seq = first_seq
-    for payload in payloads:
-        covered = CRC_PART.pack(seq, stamp_us)
-        crc = zlib.crc32(payload, zlib.crc32(covered))
-        parts.append(HEADER.pack(len(payload), crc, seq, stamp_us))
-        parts.append(payload)
-        seq += 1
-    return b"".join(parts)
+class WriteRefusedError(StorageError):
+    """An append that stored nothing. `stopped`: the topic takes no more writes until the
+    broker restarts (an fsync failed: what the disk holds is unknown, so writing on
+    would confirm messages on top of a hole)."""
+
+    def __init__(self, reason: str, stopped: bool) -> None:
+        super().__init__(reason)
+        self.stopped = stopped
 
 
-@dataclass
-class Scan:
-    """What `scan` found: every good record's (seq, ts_us, offset, payload length), where the
-    good part ends, and why it ended early, if it did."""
+class UnreadableRangeError(StorageError):
+    """Seqs [first, end) of a topic cannot be served: damaged records, or files gone."""
 
-    seqs: array[int] = field(default_factory=lambda: array("Q"))
-    stamps: array[int] = field(default_factory=lambda: array("Q"))
-    offsets: array[int] = field(default_factory=lambda: array("Q"))
-    lengths: array[int] = field(default_factory=lambda: array("Q"))
-    end: int = 0  # offset just past the last good record
-    torn: str | None = None  # the data stops inside a record: a crash mid-write
-    corrupt: str | None = None  # a bad record with more data after it: damage
-
-    @property
-    def count(self) -> int:
-        return len(self.seqs)
+    def __init__(self, topic: str, first: int, end: int, reason: str) -> None:
+        super().__init__(f"topic {topic!r}: seqs {first:,} to {end - 1:,} cannot be read: "
+                         f"{reason}")
+        self.first, self.end, self.reason = first, end, reason
 
 
-def scan(data: bytes | memoryview, start: int = 0, expect_seq: int | None = None,
-         base_offset: int = 0) -> Scan:
-    """Check the records in `data` from `start`; offsets in the result add `base_offset`.
+@dataclass(frozen=True)
+class Hole:
+    """Seqs [first, end) a topic once had and cannot serve, and why."""
 
-    A record that runs past the end of `data` is a torn tail; a record whose
-    length, CRC or seq is wrong is corrupt if anything follows it, and torn if
-    it is the last thing in `data` (its bytes may not all have reached the disk).
-    """
-    result = Scan(end=base_offset + start)
-    size = len(data)
-    position = start
-    while position < size:
-        where = base_offset + position
-        if size - position < HEADER.size:
-            result.torn = f"{size - position} bytes of a record header at offset {where:,}"
-            break
-        length, crc, seq, stamp = HEADER.unpack_from(data, position)
-        end = position + HEADER.size + length
-        problem = None
-        if length > MAX_RECORD_BYTES:
-            problem = f"record length {length:,} at offset {where:,} is impossible"
-        elif end > size:
-            result.torn = (f"record at offset {where:,} is cut short: {size - position:,} of "
-                           f"{HEADER.size + length:,} bytes")
-            break
-        elif zlib.crc32(data[position + HEADER.size:end],
-                        zlib.crc32(CRC_PART.pack(seq, stamp))) != crc:
-            problem = f"record at offset {where:,} fails its CRC"
-        elif expect_seq is not None and seq != expect_seq:
-            problem = f"record at offset {where:,} has seq {seq:,}, expected {expect_seq:,}"
-        if problem is not None:
-            if end >= size:
-                result.torn = problem + " (the last record: a torn write)"
-            else:
-                result.corrupt = problem
-            break
-        result.seqs.append(seq)
-        result.stamps.append(stamp)
-        result.offsets.append(where)
-        result.lengths.append(length)
-        expect_seq = seq + 1
-        position = end
-        result.end = base_offset + position
-    return result
-
-
-def topic_directory_name(topic: str) -> str:
-    """A file-system-safe, readable name for a topic's directory (the exact name is in TOPIC)."""
-    quoted = quote(topic, safe="")
-    if len(quoted) <= 200:
-        return quoted
-    return f"{quoted[:150]}~{zlib.crc32(topic.encode()):08x}"
+    first: int
+    end: int
+    reason: str
 
 
 @dataclass
@@ -134,8 +86,16 @@ class RecoveryReport:
     segments: int = 0
     records: int = 0
     torn_bytes: int = 0  # cut off the end of the last segment
-    repaired_bytes: int = 0  # cut off by --repair after corruption
+    repaired_bytes: int = 0  # damaged bytes --repair took out
     notes: list[str] = field(default_factory=list)
+
+
+def topic_directory_name(topic: str) -> str:
+    """A file-system-safe, readable name for a topic's directory (the exact name is in TOPIC)."""
+    quoted = quote(topic, safe="")
+    if len(quoted) <= 200:
+        return quoted
+    return f"{quoted[:150]}~{zlib.crc32(topic.encode()):08x}"
 
 
 class Segment:
@@ -151,36 +111,45 @@ class Segment:
         self.last_stamp_us = 0
         self.index_seqs = array("Q")
         self.index_offsets = array("Q")
-        self._fd: int | None = None  # open while this is the active (appended) segment
+        self.file: AppendFile | None = None  # open while this is the active segment
 
     @property
     def count(self) -> int:
         return self.next_seq - self.base_seq
 
-    def index_from(self, found: Scan) -> None:
-        """Rebuild the sparse index from a scan of the whole segment."""
+    def take_scan(self, found: Scan) -> None:
+        """Adopt what a scan of the whole segment found: its end, stamps and index."""
         self.index_seqs, self.index_offsets = array("Q"), array("Q")
-        last = -INDEX_EVERY_BYTES
-        for seq, offset in zip(found.seqs, found.offsets, strict=True):
+        self.index_records(found.seqs, found.offsets)
+        self.size = found.end
+        self.next_seq = found.seqs[-1] + 1 if found.count else self.base_seq
+        if found.count:
+            self.first_stamp_us, self.last_stamp_us = found.stamps[0], found.stamps[-1]
+
+    def index_records(self, seqs: array[int] | range, offsets: array[int] | list[int]) -> None:
+        """Index the records that start a new INDEX_EVERY_BYTES stretch."""
+        last = self.index_offsets[-1] if self.index_offsets else -INDEX_EVERY_BYTES
+        for seq, offset in zip(seqs, offsets, strict=True):
             if offset - last >= INDEX_EVERY_BYTES:
                 self.index_seqs.append(seq)
                 self.index_offsets.append(offset)
                 last = offset
 
-    def write_index(self) -> None:
+    def write_index(self, files: Files) -> None:
+        """Save the index of a sealed segment. It is derived: a failure only costs a scan
+        when the topic is opened again."""
         data = b"".join(INDEX_ENTRY.pack(s, o)
                         for s, o in zip(self.index_seqs, self.index_offsets, strict=True))
-        temporary = self.index_path.with_suffix(".idx.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, self.index_path)
+        with contextlib.suppress(OSError):
+            replace_file(files, self.index_path, data, durable=False)
 
-    def read_index(self) -> bool:
+    def read_index(self, files: Files) -> bool:
         """Load the index file; False if it is missing or does not fit the segment."""
         try:
-            data = self.index_path.read_bytes()
+            data = files.read(self.index_path)
         except OSError:
             return False
-        if len(data) % INDEX_ENTRY.size:
+        if not data or len(data) % INDEX_ENTRY.size:
             return False
         seqs, offsets = array("Q"), array("Q")
         for seq, offset in INDEX_ENTRY.iter_unpack(data):
@@ -188,178 +157,238 @@ class Segment:
                 return False
             seqs.append(seq)
             offsets.append(offset)
-        if not seqs or seqs[0] != self.base_seq or offsets[0] != 0:
+        if seqs[0] != self.base_seq or offsets[0] != 0:
             return False
         self.index_seqs, self.index_offsets = seqs, offsets
         return True
-
-    def open_for_append(self) -> None:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            self._index_fd = os.open(self.index_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                                     0o644)
-
-    def append(self, data: bytes, first_seq: int, count: int, offsets: list[int],
-               stamp_us: int) -> None:
-        """Write records (already encoded) and index the ones that start a new stretch."""
-        assert self._fd is not None
-        written = os.write(self._fd, data)
-        if written != len(data):  # a short write: the disk is full; cut back what went out
-            os.ftruncate(self._fd, self.size)
-            raise OSError(28, "No space left on device (short write)")
-        entries = []
-        last = self.index_offsets[-1] if self.index_offsets else -INDEX_EVERY_BYTES
-        for number, relative in enumerate(offsets):
-            offset = self.size + relative
-            if offset - last >= INDEX_EVERY_BYTES:
-                self.index_seqs.append(first_seq + number)
-                self.index_offsets.append(offset)
-                entries.append(INDEX_ENTRY.pack(first_seq + number, offset))
-                last = offset
-        if entries:
-            os.write(self._index_fd, b"".join(entries))
-        if not self.count:
-            self.first_stamp_us = stamp_us
-        self.last_stamp_us = stamp_us
-        self.size += len(data)
-        self.next_seq = first_seq + count
-
-    def fsync(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.fsync(self._index_fd)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            os.close(self._index_fd)
-            self._fd = None
 
     def locate(self, seq: int) -> int:
         """The offset of the indexed record at or before `seq`."""
         position = bisect_right(self.index_seqs, seq) - 1
         return self.index_offsets[max(position, 0)]
 
-    def delete(self) -> None:
-        self.close()
-        for path in (self.path, self.index_path):
-            path.unlink(missing_ok=True)
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 class TopicStore:
     """One topic's log on disk: append, read from any seq, roll, retention, recovery."""
 
-    def __init__(self, directory: Path, name: str,
-                 segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+    def __init__(self, files: Files, directory: Path, name: str, segment_bytes: int,
+                 fsync: FsyncPolicy) -> None:
+        self.files = files
         self.directory = directory
         self.name = name
         self.segment_bytes = segment_bytes
+        self.durable = fsync != "never"  # fsync at all (on sealing, creating, syncing)
+        self.sync_each_append = fsync == "always"
         self.segments: list[Segment] = []
+        self.start_seq = 1  # START: below it, retention took the records
+        self.holes: list[Hole] = []  # seqs it cannot serve (missing files, damage)
         self.evicted_total = 0
+        self.stopped: str | None = None  # why writes are refused until a restart
+        self._unsynced_dirs: set[Path] = set()
+        # The interval syncer fsyncs from a thread: sealing or closing waits for it.
+        self._sync_lock = threading.Lock()
 
-    # --- opening -----------------------------------------------------------------
+    # --- creating and opening ------------------------------------------------------
 
     @classmethod
     def create(cls, root: Path, name: str, first_seq: int = 1,
-               segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> TopicStore:
-        directory = root / topic_directory_name(name)
-        directory.mkdir(parents=True, exist_ok=False)
-        (directory / NAME_FILE).write_text(name, encoding="utf-8")
-        store = cls(directory, name, segment_bytes)
-        store._new_segment(first_seq)
+               segment_bytes: int = DEFAULT_SEGMENT_BYTES, files: Files = REAL_FILES,
+               fsync: FsyncPolicy = "interval") -> TopicStore:
+        """Make the topic's directory whole under a temporary name, then rename it into
+        place: a crash leaves the topic complete, or a leftover that recovery removes."""
+        final = root / topic_directory_name(name)
+        making = root / (NEW_TOPIC_PREFIX + final.name)
+        store = cls(files, final, name, segment_bytes, fsync)
+        if files.exists(making):
+            remove_directory(files, making)
+        handle: AppendFile | None = None
+        try:
+            files.mkdir(making)
+            files.write_file(making / NAME_FILE, name.encode(), fsync=store.durable)
+            files.write_file(making / START_FILE, b"%d\n" % first_seq, fsync=store.durable)
+            handle = files.open_append(Segment(making, first_seq).path)
+            if store.durable:
+                files.fsync(making)
+            files.rename(making, final)
+        except OSError:
+            if handle is not None:
+                handle.close()
+            with contextlib.suppress(OSError):  # if not, recovery removes it
+                remove_directory(files, making)
+            raise
+        store._unsynced_dirs.add(root)
+        store.start_seq = first_seq
+        segment = Segment(final, first_seq)
+        segment.file = handle
+        store.segments.append(segment)
         return store
 
     @classmethod
     def open(cls, directory: Path, repair: bool = False,
-             segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> tuple[TopicStore, RecoveryReport]:
+             segment_bytes: int = DEFAULT_SEGMENT_BYTES, files: Files = REAL_FILES,
+             fsync: FsyncPolicy = "interval",
+             verify: bool = False) -> tuple[TopicStore, RecoveryReport]:
         """Open an existing topic directory, checking what a crash can leave behind.
 
-        Older segments are checked through their index and their tail (the
-        part after the last index entry); the last segment is scanned whole.
-        A torn end of the last segment is cut off; corruption anywhere stops
-        the open with StorageError, unless `repair` keeps the good prefix.
+        The last segment is scanned whole; older ones through their index and
+        the tail after its last entry (all of them with `verify` or `repair`).
+        A torn end of the last segment is cut off. Damage stops the open with
+        StorageError, unless `repair` keeps every intact record around it.
         """
-        try:
-            name = (directory / NAME_FILE).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StorageError(f"{directory}: no readable {NAME_FILE} file ({exc})") from None
-        store = cls(directory, name, segment_bytes)
+        name = read_topic_name(files, directory)
+        store = cls(files, directory, name, segment_bytes, fsync)
         report = RecoveryReport()
-        bases = sorted(int(path.stem) for path in directory.glob(f"*{SEGMENT_SUFFIX}")
-                       if path.stem.isdigit())
-        if not bases:
-            raise StorageError(f"{directory}: topic {name!r} has no segment files")
-        for number, base in enumerate(bases):
-            segment = Segment(directory, base)
-            last = number == len(bases) - 1
-            expected_next = bases[number + 1] if not last else None
-            stop = store._recover(segment, expected_next, repair, report)
-            store.segments.append(segment)
-            report.segments += 1
-            report.records += segment.count
-            if stop:  # --repair cut the log here: later segments are gone
-                for later in bases[number + 1:]:
-                    Segment(directory, later).delete()
-                    report.notes.append(f"removed segment {later:020d} after the repair")
-                break
-        store.segments[-1].open_for_append()
+        store._recover(repair, verify or repair, report)
         return store, report
 
-    def _recover(self, segment: Segment, expected_next: int | None, repair: bool,
-                 report: RecoveryReport) -> bool:
-        """Check one segment; True when a repair ended the log inside it."""
-        segment.size = segment.path.stat().st_size
-        last_segment = expected_next is None
-        indexed = not last_segment and segment.read_index()
-        # An older segment with a sound index is read only where it matters: its first
-        # header and the tail after its last index entry. The rest is checked on reading.
-        start = segment.index_offsets[-1] if indexed else 0
-        with segment.path.open("rb") as file:
-            head = file.read(HEADER.size) if indexed else b""
-            file.seek(start)
-            found = scan(file.read(), 0,
-                         segment.index_seqs[-1] if indexed else segment.base_seq,
-                         base_offset=start)
-        if found.count and not indexed:
-            segment.index_from(found)
-            segment.write_index()
-        if found.count:
-            segment.first_stamp_us = (HEADER.unpack(head)[3] if len(head) == HEADER.size
-                                      else found.stamps[0])
-            segment.last_stamp_us = found.stamps[-1]
-            segment.next_seq = found.seqs[-1] + 1
-        elif indexed:
-            segment.next_seq = segment.index_seqs[-1]
-        problem = found.corrupt or (found.torn if not last_segment else None)
-        if problem is None and expected_next is not None and segment.next_seq != expected_next:
-            problem = (f"segment ends at seq {segment.next_seq - 1:,} but the next one starts "
-                       f"at {expected_next:,}")
-        if problem is None and found.torn is not None:  # the last segment: a crash mid-write
-            report.torn_bytes += segment.size - found.end
-            report.notes.append(f"{segment.path.name}: cut a torn tail: {found.torn}")
-            _truncate(segment.path, found.end)
-            segment.size = found.end
-            return False
+    def _recover(self, repair: bool, verify: bool, report: RecoveryReport) -> None:
+        files, directory = self.files, self.directory
+        names = files.listdir(directory)
+        for leftover in (n for n in names if n.endswith(".tmp")):
+            files.unlink(directory / leftover)  # a replace_file a crash interrupted
+        bases = sorted(int(n[:-len(SEGMENT_SUFFIX)]) for n in names
+                       if n.endswith(SEGMENT_SUFFIX) and n[:-len(SEGMENT_SUFFIX)].isdigit())
+        for n in names:  # an index whose segment retention deleted
+            segment_name = n.removesuffix(INDEX_SUFFIX) + SEGMENT_SUFFIX
+            if n.endswith(INDEX_SUFFIX) and segment_name not in names:
+                files.unlink(directory / n)
+        start = read_start(files, directory)
+        if not bases:
+            if not repair:
+                raise StorageError(f"{directory}: topic {self.name!r} has no segment files; "
+                                   "start with --repair to begin it again at its START")
+            bases = [start or 1]
+            files.open_append(Segment(directory, bases[0]).path).close()
+            report.notes.append(f"no segment files: began again at seq {bases[0]:,}")
+        bases = self._drop_empty_tail(self._finish_retention(bases, start, report), report)
+        self.start_seq = start if start is not None else bases[0]
+        if self.start_seq < bases[0]:
+            self._note_hole(self.start_seq, bases[0], "its segment files are missing", report)
+        pending = list(bases)
+        while pending:
+            segment = Segment(directory, pending.pop(0))
+            if self.segments and self.segments[-1].next_seq != segment.base_seq:
+                self._join(segment, report)
+            resumed = self._recover_segment(segment, not pending, repair, verify, report)
+            if resumed is not None:
+                pending.insert(0, resumed)
+            self.segments.append(segment)
+            report.segments += 1
+            report.records += segment.count
+        active = self.segments[-1]
+        active.file = files.open_append(active.path)
+
+    def _finish_retention(self, bases: list[int], start: int | None,
+                          report: RecoveryReport) -> list[int]:
+        """Delete segments wholly below START: a retention a crash interrupted."""
+        while start is not None and len(bases) > 1 and bases[1] <= start:
+            for path in (Segment(self.directory, bases[0]).path,
+                         Segment(self.directory, bases[0]).index_path):
+                if self.files.exists(path):
+                    self.files.unlink(path)
+            report.notes.append(f"finished deleting segment {bases[0]:020d} (below START)")
+            bases = bases[1:]
+        return bases
+
+    def _join(self, segment: Segment, report: RecoveryReport) -> None:
+        previous = self.segments[-1]
+        if segment.base_seq < previous.next_seq:
+            raise StorageError(f"{segment.path}: starts at seq {segment.base_seq:,} inside the "
+                               f"segment before it (which ends at {previous.next_seq - 1:,})")
+        self._note_hole(previous.next_seq, segment.base_seq,
+                        "missing between two segments (deleted, or removed by --repair "
+                        "as damaged)", report)
+
+    def _note_hole(self, first: int, end: int, reason: str, report: RecoveryReport) -> None:
+        self.holes.append(Hole(first, end, reason))
+        report.notes.append(f"seqs {first:,} to {end - 1:,} are {reason}: readers get a GAP")
+
+    def _recover_segment(self, segment: Segment, last: bool, repair: bool, verify: bool,
+                         report: RecoveryReport) -> int | None:
+        """Check one segment; with --repair, the base seq of a segment made of the intact
+        records found after damage (checked next), else None."""
+        files = self.files
+        segment.size = files.size(segment.path)
+        indexed = not last and segment.read_index(files)
+        if indexed and not verify:
+            # A sealed segment with a sound index is read only where it matters: its first
+            # header and the tail after its last index entry. The rest is checked on reading.
+            tail_from = segment.index_offsets[-1]
+            head = files.read(segment.path, 0, HEADER.size)
+            found = scan(files.read(segment.path, tail_from), 0, segment.index_seqs[-1],
+                         base_offset=tail_from)
+            if found.torn is None and found.corrupt is None and found.count:
+                segment.next_seq = found.seqs[-1] + 1
+                segment.first_stamp_us = HEADER.unpack(head)[3]
+                segment.last_stamp_us = found.stamps[-1]
+                return None
+        data = files.read(segment.path)
+        found = scan(data, 0, segment.base_seq)
+        segment.take_scan(found)
+        if not (last or indexed or found.corrupt):
+            segment.write_index(files)
+        problem = found.corrupt or (found.torn if not last else None)
         if problem is None:
-            return False
+            if found.torn is not None:  # the last segment: a crash mid-write
+                report.torn_bytes += len(data) - found.end
+                report.notes.append(f"{segment.path.name}: cut a torn tail: {found.torn}")
+                self._cut(segment.path, found.end)
+            return None
         where = f"{segment.path}: {problem}"
         if not repair:
-            raise StorageError(f"{where}; start with --repair to keep the records before it")
-        report.repaired_bytes += segment.size - found.end
-        report.notes.append(f"repaired {where}: kept {found.end:,} bytes")
-        _truncate(segment.path, found.end)
-        segment.size = found.end
-        kept = scan(segment.path.read_bytes(), 0, segment.base_seq)
-        segment.next_seq = kept.seqs[-1] + 1 if kept.count else segment.base_seq
-        segment.index_from(kept)
-        segment.write_index()
-        return True
+            raise StorageError(f"{where}; start with --repair to keep every intact record "
+                               "(readers get a GAP for the damaged ones)")
+        report.repaired_bytes += len(data) - found.end
+        resumed = None
+        if found.resumes_at is not None:  # the intact records after the damage: their own file
+            rest = data[found.resumes_at:]
+            resumed = HEADER.unpack_from(rest, 0)[2]
+            files.write_file(Segment(self.directory, resumed).path, rest, fsync=self.durable)
+            report.repaired_bytes -= len(rest)
+            report.notes.append(f"repaired {where}: kept {found.end:,} bytes before the "
+                                f"damage and the records from seq {resumed:,} after it")
+        else:
+            report.notes.append(f"repaired {where}: kept {found.end:,} bytes")
+        self._cut(segment.path, found.end)
+        return resumed
+
+    def _drop_empty_tail(self, bases: list[int], report: RecoveryReport) -> list[int]:
+        """An empty last segment behind another adds nothing (a crash right after a roll):
+        without it, the segment before is the last one, and may have a torn tail."""
+        while len(bases) > 1 and not self.files.size(Segment(self.directory, bases[-1]).path):
+            empty = Segment(self.directory, bases.pop())
+            self.files.unlink(empty.path)
+            report.notes.append(f"removed {empty.path.name}: empty, behind a full segment")
+        return bases
+
+    def _reindex(self, segment: Segment) -> None:
+        """Rebuild a segment's index from a scan of every record (across damage)."""
+        data = self.files.read(segment.path)
+        segment.index_seqs, segment.index_offsets = array("Q"), array("Q")
+        position, expect = 0, segment.base_seq
+        while position < len(data):
+            found = scan(data, position, expect)
+            segment.index_records(found.seqs, found.offsets)
+            if found.corrupt is None or found.resumes_at is None:
+                break
+            position = found.resumes_at
+            expect = HEADER.unpack_from(data, position)[2]
+
+    def _cut(self, path: Path, size: int) -> None:
+        self.files.truncate(path, size)
+        if self.durable:
+            self.files.fsync(path)
 
     # --- the log -------------------------------------------------------------------
 
     @property
     def first_seq(self) -> int:
-        return self.segments[0].base_seq
+        return min(self.start_seq, self.segments[0].base_seq)
 
     @property
     def next_seq(self) -> int:
@@ -374,67 +403,155 @@ class TopicStore:
         return sum(segment.size for segment in self.segments)
 
     def append(self, payloads: list[bytes], stamp_us: int) -> int:
-        """Write `payloads` (one write), rolling to a new segment first if this one is full;
-        the first new seq. OSError (disk full, read-only) leaves the log as it was."""
+        """Write `payloads` (one write), sealing the active segment first if it is full;
+        returns the first new seq. WriteRefusedError leaves the log as it was: nothing of
+        a refused append is ever read back, now or after a restart."""
+        if self.stopped is not None:
+            raise WriteRefusedError(self.stopped, stopped=True)
         active = self.segments[-1]
         if active.size >= self.segment_bytes and active.count:
-            active.close()
-            self._new_segment(active.next_seq)
-            active = self.segments[-1]
+            active = self._roll()
         first = active.next_seq
-        offsets, position = [], 0
+        data = encode_records(first, stamp_us, payloads)
+        assert active.file is not None
+        try:
+            written = active.file.write(data)
+            if written != len(data):
+                raise OSError(28, f"No space left on device (wrote {written:,} of "
+                                  f"{len(data):,} bytes)")
+        except OSError as exc:
+            self._undo_write(active, exc)
+            raise WriteRefusedError(exc.strerror or str(exc), stopped=False) from None
+        if self.sync_each_append:
+            try:
+                self._fsync_active()
+            except OSError as exc:
+                self._undo_write(active, exc)
+                raise self._stop(f"fsync failed: {exc.strerror or exc}") from None
+        offsets, position = [], active.size
         for payload in payloads:
             offsets.append(position)
             position += HEADER.size + len(payload)
-        active.append(encode_records(first, stamp_us, payloads), first, len(payloads),
-                      offsets, stamp_us)
+        active.index_records(range(first, first + len(payloads)), offsets)
+        if not active.count:
+            active.first_stamp_us = stamp_us
+        active.last_stamp_us = stamp_us
+        active.size = position
+        active.next_seq = first + len(payloads)
         return first
+
+    def _undo_write(self, active: Segment, exc: OSError) -> None:
+        """Cut the segment back to its last good size; if even that fails, stop writing
+        (a later append would land after bytes recovery may read as records)."""
+        assert active.file is not None
+        try:
+            active.file.truncate(active.size)
+        except OSError as again:
+            raise self._stop(f"{exc.strerror or exc}, and cutting back the partial write "
+                             f"failed: {again.strerror or again}") from None
+
+    def _stop(self, reason: str) -> WriteRefusedError:
+        self.stopped = (f"writes to topic {self.name!r} stopped: {reason}; restart the "
+                        "broker once the disk is sound")
+        return WriteRefusedError(self.stopped, stopped=True)
+
+    def _roll(self) -> Segment:
+        """Seal the active segment (on the disk itself, with its index) and begin a new one.
+        A failure leaves the active segment as it was."""
+        with self._sync_lock:
+            return self._seal_and_begin()
+
+    def _seal_and_begin(self) -> Segment:
+        old = self.segments[-1]
+        assert old.file is not None
+        if self.durable:
+            try:
+                old.file.fsync()  # a sealed segment is whole before anything follows it
+            except OSError as exc:
+                raise self._stop(f"fsync failed sealing {old.path.name}: "
+                                 f"{exc.strerror or exc}") from None
+        new = Segment(self.directory, old.next_seq)
+        try:
+            new.file = self.files.open_append(new.path)
+        except OSError as exc:
+            raise WriteRefusedError(exc.strerror or str(exc), stopped=False) from None
+        old.write_index(self.files)
+        old.close()
+        self.segments.append(new)
+        self._unsynced_dirs.add(self.directory)
+        return new
 
     def read(self, from_seq: int, max_count: int,
              max_bytes: int) -> tuple[list[int], list[bytes]]:
         """Up to `max_count` records from `from_seq` (>= first_seq), about `max_bytes` of
-        payload (at least one record), reading only the segment that holds them."""
+        payload (at least one record), reading only the segment that holds them.
+        UnreadableRangeError when `from_seq` itself cannot be served."""
+        for hole in self.holes:
+            if hole.first <= from_seq < hole.end:
+                raise UnreadableRangeError(self.name, from_seq, hole.end, hole.reason)
         position = bisect_right([s.base_seq for s in self.segments], from_seq) - 1
         segment = self.segments[max(position, 0)]
         if from_seq >= segment.next_seq:
             return [], []
-        offset = segment.locate(from_seq)
+        try:
+            return self._read_segment(segment, from_seq, max_count, max_bytes)
+        except _BadRecordError as bad:
+            if bad.at_index_mark:  # the index may be what is wrong: it is only a hint
+                self._reindex(segment)
+                try:
+                    return self._read_segment(segment, from_seq, max_count, max_bytes)
+                except _BadRecordError as again:
+                    bad = again
+            return self._damage_found(segment, bad)
+
+    def _read_segment(self, segment: Segment, from_seq: int, max_count: int,
+                      max_bytes: int) -> tuple[list[int], list[bytes]]:
+        """Read from the index mark at or before `from_seq`, a window at a time; every
+        record is checked (length, CRC, seq) before it is served."""
+        mark = segment.locate(from_seq)
+        window = max(max_bytes, INDEX_EVERY_BYTES) + 2 * INDEX_EVERY_BYTES
+        base, chunk = mark, self.files.read(segment.path, mark, window)
         stamps: list[int] = []
         payloads: list[bytes] = []
-        taken = 0
-        with segment.path.open("rb") as file:
-            file.seek(offset)
-            chunk = file.read(max(max_bytes, INDEX_EVERY_BYTES) + 2 * INDEX_EVERY_BYTES)
-            cursor = 0
-            seq = from_seq
-            while len(payloads) < max_count and seq < segment.next_seq:
-                if len(chunk) - cursor < HEADER.size:
-                    chunk = chunk[cursor:] + file.read(max(max_bytes, INDEX_EVERY_BYTES))
-                    cursor = 0
-                length, crc, record_seq, stamp = HEADER.unpack_from(chunk, cursor)
-                end = cursor + HEADER.size + length
-                if end > len(chunk):
-                    chunk = chunk[cursor:] + file.read(end - len(chunk) + max_bytes)
-                    cursor, end = 0, HEADER.size + length
-                    if end > len(chunk):
-                        raise StorageError(f"{segment.path}: record of seq {record_seq:,} is "
-                                           "cut short while reading")
-                if record_seq < from_seq:
-                    cursor = end  # before the wanted seq: skip (we started at an index mark)
-                    continue
-                payload = chunk[cursor + HEADER.size:end]
-                if record_seq != seq or zlib.crc32(
-                        payload, zlib.crc32(CRC_PART.pack(record_seq, stamp))) != crc:
-                    raise StorageError(f"{segment.path}: record of seq {seq:,} is damaged "
-                                       f"(found seq {record_seq:,}); restart with --repair")
-                if payloads and taken + length > max_bytes:
-                    break
-                stamps.append(stamp)
-                payloads.append(payload)
-                taken += length
-                seq += 1
-                cursor = end
-        return stamps, payloads
+        cursor, taken, seq = 0, 0, from_seq
+        while len(payloads) < max_count and seq < segment.next_seq:
+            need = HEADER.size
+            if len(chunk) - cursor >= HEADER.size:
+                need += min(HEADER.unpack_from(chunk, cursor)[0], MAX_RECORD_BYTES)
+            if len(chunk) - cursor < need and base + len(chunk) < segment.size:
+                chunk, base, cursor = chunk[cursor:], base + cursor, 0
+                chunk += self.files.read(segment.path, base + len(chunk),
+                                         need - len(chunk) + window)
+            if not record_is_intact(chunk, cursor):
+                break
+            length, _, record_seq, stamp = HEADER.unpack_from(chunk, cursor)
+            end = cursor + HEADER.size + length
+            if record_seq < seq:
+                cursor = end  # before the wanted seq: skip (we started at an index mark)
+                continue
+            if record_seq != seq or (payloads and taken + length > max_bytes):
+                break
+            stamps.append(stamp)
+            payloads.append(chunk[cursor + HEADER.size:end])
+            taken += length
+            seq += 1
+            cursor = end
+        if payloads or seq >= segment.next_seq:
+            return stamps, payloads  # at damage, the next read (starting there) reports it
+        raise _BadRecordError(seq, base + cursor, base + cursor == mark)
+
+    def _damage_found(self, segment: Segment, bad: _BadRecordError) -> tuple[list[int],
+                                                                               list[bytes]]:
+        """Damage in the middle of a segment: the seqs up to the next intact record become a
+        hole, reported to every reader as a GAP (and found by --verify and --repair)."""
+        rest = self.files.read(segment.path, bad.offset)
+        resume = find_next_record(rest, 1, bad.seq + 1) if len(rest) > 1 else None
+        end = HEADER.unpack_from(rest, resume)[2] if resume is not None else segment.next_seq
+        end = min(end, segment.next_seq)
+        reason = (f"damaged: the record at offset {bad.offset:,} of {segment.path} fails its "
+                  "check (start with --repair to take it out)")
+        insort(self.holes, Hole(bad.seq, end, reason), key=lambda hole: hole.first)
+        raise UnreadableRangeError(self.name, bad.seq, end, reason)
 
     def enforce_retention(self, max_messages: int, max_bytes: int, max_age_s: float = 0.0,
                           now_us: int | None = None, keep_from_seq: int | None = None,
@@ -442,40 +559,125 @@ class TopicStore:
         """Delete whole segments, oldest first, while the rest still holds more than the
         limits allow, or the segment lies wholly below `below_seq`; never the active
         segment, nor one holding `keep_from_seq` or later (the block policy's
-        unacknowledged messages). Returns how many messages went."""
+        unacknowledged messages). Returns how many messages went. An I/O error stops it
+        early (the next call tries again): retention never fails an append."""
         now_us = now_us if now_us is not None else time.time_ns() // 1000
-        removed = 0
-        while len(self.segments) > 1:
-            oldest = self.segments[0]
+        doomed = 0
+        while len(self.segments) - doomed > 1:
+            oldest = self.segments[doomed]
+            rest = self.segments[doomed:]
             if keep_from_seq is not None and oldest.next_seq > keep_from_seq:
                 break
+            retained = self.next_seq - oldest.base_seq
             below = oldest.next_seq <= below_seq
-            over_count = below or self.retained - oldest.count >= max_messages
-            over_bytes = self.size_bytes - oldest.size >= max_bytes
+            over_count = below or retained - oldest.count >= max_messages
+            over_bytes = sum(s.size for s in rest) - oldest.size >= max_bytes
             too_old = max_age_s > 0 and now_us - oldest.last_stamp_us > max_age_s * 1e6
             if not (over_count or over_bytes or too_old):
                 break
+            doomed += 1
+        if not doomed:
+            return 0
+        return self._delete_oldest(doomed)
+
+    def _delete_oldest(self, count: int) -> int:
+        """Move START past the `count` oldest segments, then delete them."""
+        new_start = self.segments[count].base_seq
+        try:
+            replace_file(self.files, self.directory / START_FILE, b"%d\n" % new_start,
+                         durable=False)
+        except OSError:
+            return 0
+        self._unsynced_dirs.add(self.directory)
+        self.start_seq = new_start
+        self.holes = [h for h in self.holes if h.end > new_start]
+        removed = 0
+        for _ in range(count):
+            oldest = self.segments[0]
+            try:
+                oldest.close()
+                for path in (oldest.path, oldest.index_path):
+                    if self.files.exists(path):
+                        self.files.unlink(path)
+            except OSError:
+                break  # START is past it: the next open finishes the job
             removed += oldest.count
-            oldest.delete()
             self.segments.pop(0)
         self.evicted_total += removed
         return removed
 
-    def fsync(self) -> None:
-        self.segments[-1].fsync()
+    def sync(self) -> None:
+        """Make everything appended so far survive a power loss: the active segment, and the
+        directories that gained or lost a file. An error stops the topic's writes (PostgreSQL's
+        fsyncgate: after a failed fsync the kernel may have dropped the data)."""
+        if self.stopped is not None:
+            raise WriteRefusedError(self.stopped, stopped=True)
+        if not self.durable:
+            return
+        with self._sync_lock:
+            try:
+                self._fsync_active()
+            except OSError as exc:
+                raise self._stop(f"fsync failed: {exc.strerror or exc}") from None
+
+    def _fsync_active(self) -> None:
+        active = self.segments[-1]
+        assert active.file is not None
+        active.file.fsync()
+        while self._unsynced_dirs:
+            directory = min(self._unsynced_dirs)
+            self.files.fsync(directory)
+            self._unsynced_dirs.discard(directory)
 
     def close(self) -> None:
-        for segment in self.segments:
-            segment.close()
-
-    def _new_segment(self, base_seq: int) -> None:
-        segment = Segment(self.directory, base_seq)
-        segment.open_for_append()
-        self.segments.append(segment)
+        with self._sync_lock:
+            for segment in self.segments:
+                segment.close()
 
 
-def _truncate(path: Path, size: int) -> None:
-    with path.open("r+b") as file:
-        file.truncate(size)
-        file.flush()
-        os.fsync(file.fileno())
+class _BadRecordError(Exception):
+    """Internal: the record of `seq` at `offset` is not intact."""
+
+    def __init__(self, seq: int, offset: int, at_index_mark: bool) -> None:
+        super().__init__(seq, offset)
+        self.seq, self.offset, self.at_index_mark = seq, offset, at_index_mark
+
+
+def read_topic_name(files: Files, directory: Path) -> str:
+    """The exact topic name in TOPIC, checked against the directory's name."""
+    try:
+        name = files.read(directory / NAME_FILE).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StorageError(f"{directory}: no readable {NAME_FILE} file ({exc})") from None
+    if not name or topic_directory_name(name) != directory.name:
+        raise StorageError(f"{directory}: its {NAME_FILE} file names {name!r}, which does not "
+                           "belong in this directory")
+    return name
+
+
+def read_start(files: Files, directory: Path) -> int | None:
+    """START's seq, or None where it is missing or not whole (then the first segment is)."""
+    try:
+        text = files.read(directory / START_FILE)
+    except OSError:
+        return None
+    if not (text.endswith(b"\n") and text[:-1].isdigit()):
+        return None
+    return int(text[:-1])
+
+
+def held_nothing(files: Files, directory: Path) -> bool:
+    """A topic directory a crash left before anything was stored in it (no TOPIC, or an
+    empty one, and not a byte in any segment): safe to remove."""
+    names = files.listdir(directory)
+    if NAME_FILE in names and files.size(directory / NAME_FILE) > 0:
+        return False
+    return all(files.size(directory / n) == 0 for n in names if n.endswith(SEGMENT_SUFFIX))
+
+
+def remove_directory(files: Files, directory: Path) -> None:
+    """Delete a topic directory and the files in it (it has no subdirectories)."""
+    for name in files.listdir(directory):
+        files.unlink(directory / name)
+    files.rmdir(directory)
+

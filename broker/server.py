@@ -34,16 +34,16 @@ from broker import protocol as p
 from broker import stats as broker_stats
 from broker.broker_connection import BrokerConnection
 from broker.datadir import DataDir, FsyncPolicy
-from broker.disk_topics import DiskTopicLog
 from broker.errors import ProtocolError, StorageError
 from broker.limits import LogThrottle, TokenBucket
 from broker.routing import Router, echo, validate_pattern, validate_topic
-from broker.segments import DEFAULT_SEGMENT_BYTES
+from broker.segments import DEFAULT_SEGMENT_BYTES, UnreadableRangeError, WriteRefusedError
 from broker.states import State
+from broker.storage import DiskStorage, MemoryStorage, TopicStorage, sync_topics
 from broker.tls import TlsFiles, server_context
-from broker.topics import ByteBudget, Retention, TopicLog
+from broker.topics import ByteBudget, Retention
 
-Topic = TopicLog | DiskTopicLog  # in memory, or on disk with --data-dir
+Topic = TopicStorage  # in memory, or on disk with --data-dir (broker/storage.py)
 
 log = logging.getLogger("slipstream.broker")
 
@@ -98,6 +98,7 @@ class BrokerConfig:
     data_dir: Path | None = None
     fsync: FsyncPolicy = "interval"
     repair: bool = False
+    verify: bool = False  # --verify: read every record of every segment at start
     retain_age_s: float = 0.0  # on disk: delete segments older than this (0: no limit)
     http: tuple[str, int] | None = None  # --http: the monitoring endpoints (broker/monitor.py)
     tls: TlsFiles | None = None  # --tls-cert/--tls-key (and --tls-ca for client certificates)
@@ -190,11 +191,15 @@ class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self.epoch = time.time_ns() // 1000  # tells clients a restarted broker from the same one
-        self.data = DataDir(config.data_dir, config.fsync) if config.data_dir else None
         self._durables_dirty = False
         self.storage_failing = False  # the last write to --data-dir failed
         self.started_monotonic = time.monotonic()
         self.budget = ByteBudget(config.max_memory_bytes)
+        self.storage: MemoryStorage | DiskStorage = MemoryStorage(config.retention, self.budget)
+        if config.data_dir is not None:
+            self.storage = DiskStorage(
+                DataDir(config.data_dir, config.fsync), config.retention, self.budget,
+                config.retain_age_s, config.segment_bytes, config.repair, config.verify)
         self.topics: dict[str, Topic] = {}
         self.router: Router[Cursors] = Router()
         self.durables: dict[str, Durable] = {}
@@ -207,7 +212,8 @@ class Broker:
         self.log_throttle = LogThrottle(log)
         # Since the start, for monitoring (broker/monitor.py): only ever grow.
         self.totals: dict[str, int] = dict.fromkeys(
-            ("published", "delivered", "gaps", "missed", "bytes_in", "bytes_out"), 0)
+            ("published", "delivered", "gaps", "missed", "unreadable", "bytes_in",
+             "bytes_out"), 0)
         self.state: Literal["starting", "accepting", "stopping"] = "starting"
         self._last_publish: dict[Topic, float] = {}
         # A topic created again after it expired starts above every seq it had.
@@ -222,14 +228,13 @@ class Broker:
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        if self.data is not None:
-            self._load()  # before listening: a damaged DIR stops the start, nothing half-up
+        self._load()  # before listening: a damaged DIR stops the start, nothing half-up
         tls = server_context(self.config.tls) if self.config.tls else None
         self._server = await asyncio.start_server(
             self._accept, self.config.host, self.config.port, limit=READ_CHUNK_BYTES,
             ssl=tls, ssl_handshake_timeout=self.config.handshake_timeout_s if tls else None)
         self._housekeeping = asyncio.create_task(self._housekeep(), name="broker-housekeeping")
-        if self.data is not None and self.config.fsync != "always":
+        if self.storage.syncs_periodically:
             self._syncer = asyncio.create_task(self._sync_periodically(), name="broker-sync")
         self.state = "accepting"
         secured = ""
@@ -266,62 +271,79 @@ class Broker:
             await asyncio.gather(*still_running, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
-        if self.data is not None:
-            self._sync_all()
-            for topic in self.topics.values():
-                topic.release()
-            self.data.close()
+        self._sync_all()
+        for topic in self.topics.values():
+            topic.release()
+        self.storage.close()
         log.info("stopped")
 
     # --- the data directory ------------------------------------------------------
 
     def _load(self) -> None:
         """Open DIR: its lock, its epoch, every topic (checked) and the durable positions."""
-        assert self.data is not None
-        config = self.config
-        self.data.open()
-        self.epoch = self.data.epoch
-        for store, report in self.data.open_topics(config.repair, config.segment_bytes):
-            topic = DiskTopicLog(store, config.retention, self.budget, config.retain_age_s)
-            self.topics[store.name] = topic
-            self.router.add_topic(store.name)
+        epoch, topics, durables, notes = self.storage.open()
+        if epoch is None:
+            return  # in memory: nothing to load
+        self.epoch = epoch
+        for note in notes:
+            log.warning("%s", note)
+        for topic in topics:
+            self.topics[topic.name] = topic
+            self.router.add_topic(topic.name)
             self._last_publish[topic] = time.monotonic()
-            for note in report.notes:
-                log.warning("topic %s: %s", echo(store.name), note)
-        for name, (pattern, acked) in self.data.load_durables().items():
+        for name, (pattern, acked) in durables.items():
             self.durables[name] = Durable(pattern, acked)
-        log.info("data directory %s: epoch %d, %d topics, %d durables", self.data.path,
+        log.info("data directory %s: epoch %d, %d topics, %d durables", self.config.data_dir,
                  self.epoch, len(self.topics), len(self.durables))
 
     async def _sync_periodically(self) -> None:
-        """--fsync interval: what was written reaches the disk within SYNC_INTERVAL_S."""
+        """--fsync interval: what was written reaches the disk within SYNC_INTERVAL_S; an
+        fsync error stops that topic's writes, loudly, and the syncer goes on."""
+        syncs_topics = isinstance(self.storage, DiskStorage) and self.storage.syncs_topics
         while True:
             await asyncio.sleep(SYNC_INTERVAL_S)
-            if self.config.fsync == "interval":
-                topics = [t for t in self.topics.values()
-                          if type(t) is DiskTopicLog and t.unsynced]
+            if syncs_topics:
+                topics = [t for t in self.topics.values() if t.unsynced]
                 if topics:
-                    await asyncio.to_thread(_sync_topics, topics)
+                    for error in await asyncio.to_thread(sync_topics, topics):
+                        log.error("%s (its PUBs are refused with 'storage')", error)
             if self._durables_dirty:
                 self._durables_dirty = False
                 snapshot = self._durable_positions()
-                assert self.data is not None
-                await asyncio.to_thread(self.data.save_durables, snapshot)
+                try:
+                    await asyncio.to_thread(self.storage.save_durables, snapshot)
+                except OSError as exc:
+                    self._durables_not_saved(exc)
 
     def _sync_all(self) -> None:
-        assert self.data is not None
-        if self.config.fsync != "never":
-            _sync_topics([t for t in self.topics.values() if type(t) is DiskTopicLog])
-        self.data.save_durables(self._durable_positions())
+        for error in sync_topics(self.topics.values()):
+            log.error("%s", error)
+        if self.storage.persistent:
+            self._save_durables()
+
+    def _save_durables(self) -> bool:
+        """Save every durable's positions now; False (and tried again later) if not."""
+        self._durables_dirty = False
+        try:
+            self.storage.save_durables(self._durable_positions())
+        except OSError as exc:
+            self._durables_not_saved(exc)
+            return False
+        return True
+
+    def _durables_not_saved(self, exc: OSError) -> None:
+        self._durables_dirty = True  # the next sync tries again
+        self.log_throttle.log(logging.ERROR, "durables", "cannot save durable positions in "
+                              "%s: %s; trying again", self.config.data_dir, exc.strerror or exc)
 
     def durables_moved(self) -> None:
         """A durable's positions changed: written with the next sync (or now, under always)."""
-        if self.data is None:
+        if not self.storage.persistent:
             return
-        if self.config.fsync == "always":
-            self.data.save_durables(self._durable_positions())
-        else:
+        if self.storage.syncs_periodically:
             self._durables_dirty = True
+        else:
+            self._save_durables()
 
     def _durable_positions(self) -> dict[str, tuple[str, dict[str, int]]]:
         positions = {}
@@ -376,10 +398,10 @@ class Broker:
                 self.durables_moved()
                 self.counters["expired_durables"] += 1
                 log.info("forgot durable %s: unused for %g s (--durable-ttl)", echo(name), ttl)
-        if self.data is not None:
-            for topic in self.topics.values():
-                if type(topic) is DiskTopicLog and topic.expire_by_age():
-                    self.notify(topic)
+        for topic in self.topics.values():
+            if topic.expire_by_age():
+                self.notify(topic)
+        if not self.storage.forgets_idle_topics:
             return  # on disk, topics are not forgotten: --retain-age bounds them
         ttl = self.config.topic_ttl_s
         for topic, last in list(self._last_publish.items()):
@@ -426,14 +448,10 @@ class Broker:
         return topic
 
     def _new_topic(self, name: str) -> Topic:
-        config = self.config
-        if self.data is None:
-            return TopicLog(name, config.retention, self.budget, self._expired_seq_floor)
         try:
-            store = self.data.create_topic(name, self._expired_seq_floor, config.segment_bytes)
+            return self.storage.create(name, self._expired_seq_floor)
         except StorageError as exc:
             raise ProtocolError(str(exc), code="storage") from None
-        return DiskTopicLog(store, config.retention, self.budget, config.retain_age_s)
 
     def subscribe(self, connection: Connection, frame: p.Subscribe) -> Cursors:
         validate_pattern(frame.pattern)
@@ -468,9 +486,21 @@ class Broker:
         if frame.durable:
             if durable is None:
                 durable = self.durables[frame.durable] = Durable(frame.pattern, {})
-                self.durables_moved()
+                durable.owner = sub
+                self._keep_new_durable(sub)
             durable.owner = sub
         return sub
+
+    def _keep_new_durable(self, sub: Cursors) -> None:
+        """A new durable's positions are on disk before its SUBACK: a crash right after it
+        must not forget it (it would resume at 'new' and skip what it never read)."""
+        if not self.storage.persistent or self._save_durables():
+            return
+        assert sub.durable is not None
+        self.router.remove_subscriber(sub)
+        del self.durables[sub.durable]
+        raise ProtocolError(f"durable {echo(sub.durable)} not created: its position could not "
+                            f"be saved in {self.config.data_dir}", code="storage")
 
     def _check_durable(self, durable: Durable, frame: p.Subscribe) -> None:
         if durable.owner is not None:
@@ -811,7 +841,7 @@ class Connection:
         topic = self._check_publish(frame)
         try:
             first_seq = topic.append(frame.payloads, now_us())
-        except OSError as exc:
+        except StorageError as exc:
             raise self._storage_error(topic, exc) from None
         if self.broker.budget.over:
             self.broker.make_room()
@@ -837,7 +867,7 @@ class Connection:
                 keep_from = self.broker.keep_from(topic, self)
                 try:
                     appended = topic.append_within(remaining, now_us(), keep_from)
-                except OSError as exc:
+                except StorageError as exc:
                     raise self._storage_error(topic, exc) from None
                 if appended == len(remaining):
                     break  # all stored (the common case): _published tells the subscribers
@@ -874,11 +904,16 @@ class Connection:
         finally:
             room.cancel()
 
-    def _storage_error(self, topic: Topic, exc: OSError) -> ProtocolError:
-        """Disk full, read-only: this PUB is refused (nothing of it stored), reads go on."""
+    def _storage_error(self, topic: Topic, exc: StorageError) -> ProtocolError:
+        """Disk full, read-only: this PUB is refused (nothing of it stored), reads go on.
+        After a failed fsync the topic takes no writes until a restart: said loudly, once."""
         self.broker.storage_failing = True
+        if isinstance(exc, WriteRefusedError) and exc.stopped:
+            self.broker.log_throttle.log(logging.ERROR, f"stopped:{topic.name}", "%s", exc)
+            return ProtocolError(f"PUB to {echo(topic.name)} not stored: {exc}",
+                                 code="storage")
         return ProtocolError(
-            f"PUB to {echo(topic.name)} not stored: {exc.strerror or exc} "
+            f"PUB to {echo(topic.name)} not stored: {exc} "
             f"({self.config.data_dir}); publishing works again once it can be written",
             code="storage")  # logged once per connection, as every refusal is
 
@@ -887,8 +922,6 @@ class Connection:
         if self.broker.storage_failing:
             self.broker.storage_failing = False
             log.warning("storage works again: %s can be written", self.config.data_dir)
-        if self.config.fsync == "always" and type(topic) is DiskTopicLog:
-            topic.sync()  # on the disk itself before the PUBACK says so
         self.published += len(frame.payloads)
         self.broker.totals["published"] += len(frame.payloads)
         self.broker.notify(topic)
@@ -978,7 +1011,11 @@ class Connection:
         if cached is not None and cached[0] == cursor and cached[1] <= limit:
             count, tail = cached[1], cached[2]
         else:
-            stamps, payloads = topic.read(cursor, limit, self.config.max_run_bytes)
+            try:
+                stamps, payloads = topic.read(cursor, limit, self.config.max_run_bytes)
+            except UnreadableRangeError as damage:
+                self._unreadable(sub, topic, damage)
+                return
             count = len(payloads)
             tail = p.encode_deliver_tail(topic.name, cursor, stamps, payloads)
             topic.encoded_run = (cursor, count, tail)
@@ -1021,16 +1058,27 @@ class Connection:
         else:
             self.core.send_encoded(p.encode_deliver_runs(sid, tails))
 
-    def _gap(self, sub: Cursors, topic: Topic, first_missed: int, count: int) -> None:
+    def _unreadable(self, sub: Cursors, topic: Topic, damage: UnreadableRangeError) -> None:
+        """Records on disk that cannot be served (damaged, files gone): a GAP that says so,
+        then on from the first readable one, as after an eviction."""
+        count = damage.end - damage.first
+        self.broker.totals["unreadable"] += count
+        self.broker.log_throttle.log(logging.ERROR, f"unreadable:{topic.name}", "%s", damage)
+        self._gap(sub, topic, damage.first, count, f"unreadable: {damage.reason}")
+        sub.cursors[topic] = damage.end  # its ack mark stays: a durable hears of it again
+        self._dirty[sub, topic] = None
+
+    def _gap(self, sub: Cursors, topic: Topic, first_missed: int, count: int,
+             reason: str | None = None) -> None:
         sub.gaps += 1
         sub.missed += count
         totals = self.broker.totals
         totals["gaps"] += 1
         totals["missed"] += count
-        reason = (f"evicted: fell behind retention of {echo(topic.name)} "
-                  f"({self.config.retention.max_messages:,} messages / "
-                  f"{self.config.retention.max_bytes:,} bytes per topic, "
-                  f"{self.config.max_memory_bytes:,} bytes in all)")
+        reason = reason or (f"evicted: fell behind retention of {echo(topic.name)} "
+                            f"({self.config.retention.max_messages:,} messages / "
+                            f"{self.config.retention.max_bytes:,} bytes per topic, "
+                            f"{self.config.max_memory_bytes:,} bytes in all)")
         self._log_once("gap", "connection %s sid %d missed %d messages of %s from seq %d: %s",
                        self.describe(), sub.sid, count, echo(topic.name), first_missed, reason)
         self.core.send(p.Gap(sub.sid, topic.name, first_missed, count, reason))
@@ -1065,9 +1113,3 @@ class Connection:
         subs = self.subscriptions.values()
         return (sum(s.delivered for s in subs), sum(s.gaps for s in subs),
                 sum(s.missed for s in subs))
-
-
-def _sync_topics(topics: list[DiskTopicLog]) -> None:
-    """fsync each topic written since its last sync (run in a thread: fsync can take ms)."""
-    for topic in topics:
-        topic.sync()

@@ -197,6 +197,15 @@ class TopicLog:
             self._head = 0
         return size
 
+    # In memory there is no disk to sync and no age limit (--retain-age is for --data-dir).
+    unsynced = False
+
+    def sync(self) -> None:
+        pass
+
+    def expire_by_age(self) -> int:
+        return 0
+
     def release(self) -> None:
         """Give this topic's bytes back to the budget (the topic is being forgotten)."""
         self.budget.used_bytes -= self.retained_bytes

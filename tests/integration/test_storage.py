@@ -14,6 +14,7 @@ import msgpack
 import pytest
 
 from broker import BrokerError, Client, ConnectionLostError
+from broker.protocol import Gap
 from tests.helpers import Processes, RunningBroker, remount, run_command, small_tmpfs, wait_for
 
 
@@ -28,12 +29,21 @@ async def on_disk(processes: Processes, data: Path, port: int, *flags: str) -> R
     return await processes.broker("--data-dir", str(data), *flags, port=port)
 
 
-async def everything(address: str, topic: str) -> list[tuple[int, bytes]]:
-    """(seq, payload) of every retained message of `topic`, read from the earliest."""
+async def everything(address: str, topic: str,
+                     gaps: list[Gap] | None = None) -> list[tuple[int, bytes]]:
+    """(seq, payload) of every retained message of `topic`, read from the earliest; the
+    gaps the broker reported on the way go into `gaps` (none are expected without it)."""
     async with Client(address, name="reader") as client:
-        count = (await client.stats())["topics"].get(topic, {}).get("retained", 0)
+        next_seq = (await client.stats())["topics"].get(topic, {}).get("next_seq", 1)
         sub = await client.subscribe(topic, start="earliest")
-        return [(m.seq, m.payload) for m in [await anext(sub) for _ in range(count)]]
+        got: list[tuple[int, bytes]] = []
+        while not got or got[-1][0] < next_seq - 1:
+            message = await anext(sub)
+            if message.gap is not None:
+                assert gaps is not None, f"unexpected gap {message.gap}"
+                gaps.append(message.gap)
+            got.append((message.seq, message.payload))
+        return got
 
 
 async def test_confirmed_messages_survive_twenty_kills_as_a_gap_free_log(
@@ -170,8 +180,12 @@ async def test_corruption_in_a_segment_stops_the_start_unless_repaired(
     reason = err.strip().splitlines()[-1]
     assert segment.name in reason and "offset 1,450" in reason and "--repair" in reason
     broker = await on_disk(processes, data, port, "--repair")
-    log = await everything(broker.address, "t")
-    assert [seq for seq, _ in log] == list(range(1, 51))  # the good prefix
+    gaps: list[Gap] = []
+    log = await everything(broker.address, "t", gaps)
+    # Every intact record is kept; the damaged one is a gap that says why.
+    assert [seq for seq, _ in log] == [*range(1, 51), *range(52, 102)]
+    assert [(g.first_seq, g.missed) for g in gaps] == [(51, 1)]
+    assert "unreadable" in gaps[0].reason
 
 
 async def test_a_second_broker_on_the_same_dir_refuses_to_start(

@@ -12,6 +12,7 @@ from broker.segments import (
     HEADER,
     INDEX_EVERY_BYTES,
     TopicStore,
+    UnreadableRangeError,
     encode_records,
     scan,
     topic_directory_name,
@@ -108,8 +109,13 @@ def test_corruption_in_the_middle_stops_the_open_unless_repaired(tmp_path: Path)
     message = str(refused.value)
     assert segment.name in message and "offset 12,400" in message and "--repair" in message
     repaired, report = TopicStore.open(store.directory, repair=True)
-    assert repaired.next_seq == 101 and report.repaired_bytes > 0
-    assert repaired.read(100, 5, 1 << 20)[1] == [payload(100)]
+    # Every intact record is kept: the damaged one becomes a hole that readers hear of.
+    assert repaired.next_seq == 301 and report.repaired_bytes == HEADER.size + 100
+    assert repaired.read(100, 1, 1 << 20)[1] == [payload(100)]
+    assert repaired.read(102, 199, 1 << 20)[1] == [payload(s) for s in range(102, 301)]
+    with pytest.raises(UnreadableRangeError) as hole:
+        repaired.read(101, 5, 1 << 20)
+    assert (hole.value.first, hole.value.end) == (101, 102)
 
 
 def test_damage_in_an_older_segment_tail_is_found_at_open(tmp_path: Path) -> None:
@@ -121,8 +127,13 @@ def test_damage_in_an_older_segment_tail_is_found_at_open(tmp_path: Path) -> Non
         TopicStore.open(store.directory, segment_bytes=64 * 1024)
     repaired, report = TopicStore.open(store.directory, repair=True,
                                        segment_bytes=64 * 1024)
-    assert len(repaired.segments) == 2 and repaired.next_seq == store.segments[1].next_seq - 1
-    assert any("removed segment" in note for note in report.notes)
+    lost = store.segments[1].next_seq - 1  # the record cut short
+    assert len(repaired.segments) == len(store.segments) and repaired.next_seq == 3001
+    assert repaired.read(lost - 1, 1, 1000)[1] == [payload(lost - 1)]
+    assert repaired.read(lost + 1, 1, 1000)[1] == [payload(lost + 1)]
+    with pytest.raises(UnreadableRangeError, match="missing between two segments"):
+        repaired.read(lost, 1, 1000)
+    assert any("repaired" in note for note in report.notes)
 
 
 def test_a_lost_index_is_rebuilt(tmp_path: Path) -> None:
