@@ -52,6 +52,14 @@ class DataDir:
 
     def open(self, repair: bool = False) -> None:
         """Create or open DIR, take its lock and read (or choose) the epoch."""
+        try:
+            self._open(repair)
+        except OSError as exc:
+            self.close()
+            raise StorageError(f"cannot open data directory {self.path}: "
+                               f"{exc.strerror or exc}") from None
+
+    def _open(self, repair: bool) -> None:
         files = self.files
         try:
             self._make_directories()
@@ -81,12 +89,15 @@ class DataDir:
         replace_file(files, epoch_file, f"{self.epoch}\n".encode(), durable=self.durable)
 
     def _make_directories(self) -> None:
+        """DIR and DIR/topics, made if missing. Their entries are synced at every start, not
+        only when made: a start that failed after the mkdir left them unsynced."""
         missing = [p for p in (self.topics_path, *self.topics_path.parents)
                    if not self.files.exists(p)]
         for directory in reversed(missing):
             self.files.mkdir(directory)
-            if self.durable:
-                self.files.fsync(directory.parent)
+        if self.durable:
+            for directory in (self.path.parent, self.path):
+                self.files.fsync(directory)
 
     def close(self) -> None:
         if self._lock is not None:
@@ -97,6 +108,14 @@ class DataDir:
                     verify: bool = False) -> list[tuple[TopicStore, RecoveryReport]]:
         """Every topic in DIR, checked (StorageError names the first that is damaged).
         A directory a crash left before it held anything is removed, with a note."""
+        try:
+            return self._open_topics(repair, segment_bytes, verify)
+        except OSError as exc:
+            raise StorageError(f"cannot recover the topics in {self.topics_path}: "
+                               f"{exc.strerror or exc}") from None
+
+    def _open_topics(self, repair: bool, segment_bytes: int,
+                     verify: bool) -> list[tuple[TopicStore, RecoveryReport]]:
         files = self.files
         opened = []
         for name in sorted(files.listdir(self.topics_path)):
@@ -118,6 +137,8 @@ class DataDir:
                 remove_directory(files, directory)
                 self.notes.append(f"removed {directory}: a topic directory a crash left "
                                   "before anything was stored in it")
+        if self.durable:  # the topics found, and what recovery removed, stay so
+            files.fsync(self.topics_path)
         return opened
 
     def create_topic(self, name: str, first_seq: int, segment_bytes: int) -> TopicStore:

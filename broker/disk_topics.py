@@ -37,7 +37,9 @@ class DiskTopicLog:
                                     max_bytes=min(cache_bytes, retention.max_bytes))
         self.cache = TopicLog(self.name, cache_retention, budget, first_seq=store.next_seq)
         self.encoded_run: tuple[int, int, bytes] | None = None
-        self.unsynced = False  # written since the last fsync
+        # Written since the last fsync. A topic just opened counts: what it recovered may be
+        # a crash's unsynced leftovers, so the first sync after the start covers it.
+        self.unsynced = True
 
     # --- what the server reads ---------------------------------------------------
 

@@ -244,6 +244,9 @@ class TopicStore:
         store = cls(files, directory, name, segment_bytes, fsync)
         report = RecoveryReport()
         store._recover(repair, verify or repair, report)
+        # Its entries may be a crash's (or a failed fsync's) unsynced leftovers: the first
+        # sync after the start covers them, as DiskTopicLog's covers the data.
+        store._unsynced_dirs.add(directory)
         return store, report
 
     def _recover(self, repair: bool, verify: bool, report: RecoveryReport) -> None:
@@ -388,7 +391,9 @@ class TopicStore:
 
     @property
     def first_seq(self) -> int:
-        return min(self.start_seq, self.segments[0].base_seq)
+        """START: below a hole when segment files went missing, above the first segment's
+        base when retention could not delete its file yet (the next pass does)."""
+        return self.start_seq
 
     @property
     def next_seq(self) -> int:
@@ -446,6 +451,8 @@ class TopicStore:
         assert active.file is not None
         try:
             active.file.truncate(active.size)
+            if self.durable:
+                active.file.fsync()  # a refused record must not come back after a power loss
         except OSError as again:
             raise self._stop(f"{exc.strerror or exc}, and cutting back the partial write "
                              f"failed: {again.strerror or again}") from None
@@ -621,13 +628,15 @@ class TopicStore:
                 raise self._stop(f"fsync failed: {exc.strerror or exc}") from None
 
     def _fsync_active(self) -> None:
-        active = self.segments[-1]
-        assert active.file is not None
-        active.file.fsync()
+        """The directories first: if one fails, no byte of the newest records is synced yet,
+        so cutting them back is enough to refuse them."""
         while self._unsynced_dirs:
             directory = min(self._unsynced_dirs)
             self.files.fsync(directory)
             self._unsynced_dirs.discard(directory)
+        active = self.segments[-1]
+        assert active.file is not None
+        active.file.fsync()
 
     def close(self) -> None:
         with self._sync_lock:
