@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SETUP := $(VENV)/.setup-done
 
-.PHONY: run test lint bench clean help
+.PHONY: run test lint bench soak clean help
 
 help:
 	@echo "make run    set up, then run the demo: the broker, a real F1 session replayed at 30x and"
@@ -15,6 +15,8 @@ help:
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make lint   ruff and mypy --strict"
 	@echo "make bench  throughput and latency benchmarks, and what hostile clients cost"
+	@echo "make soak   the crash simulator for as long as asked: SECONDS=600 or SEEDS=5000"
+	@echo "            (docs/storage.md, 'The crash model'); a failure prints its replay"
 
 $(SETUP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +40,10 @@ bench: $(SETUP)
 	$(PY) bench/storage.py
 	$(PY) bench/limits.py
 	$(PY) bench/jetstream.py
+
+# Crash and fault injection against the on-disk log, seeded: SECONDS= or SEEDS= (default 60 s).
+soak: $(SETUP)
+	$(PY) -m tests.sim.soak $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SECONDS),--seconds $(SECONDS))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -118,8 +118,13 @@ def add_storage_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fsync", choices=["always", "interval", "never"], default="interval",
                        help=FSYNC_HELP)
     group.add_argument("--repair", action="store_true",
-                       help="start even if a segment is damaged, keeping the records before "
-                            "the damage (without it, the broker names the file and stops)")
+                       help="start even if a segment is damaged: read every record, keep "
+                            "every intact one, and take out the damaged ones (readers get a "
+                            "GAP for them); without it, the broker names the file and stops")
+    group.add_argument("--verify", action="store_true",
+                       help="at start, read and check every record of every segment, not "
+                            "only each topic's newest (slow on a large log); damage stops "
+                            "the start with the file and offset")
     group.add_argument("--retain-age", type=cli.duration, default=0.0, metavar="DURATION",
                        help="with --data-dir, delete segments older than this, e.g. 7d "
                             "(default: no age limit)")
@@ -195,7 +200,7 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
         topic_ttl_s=args.topic_ttl, durable_ttl_s=args.durable_ttl,
         max_publish_rate_msgs=args.max_publish_rate,
         max_publish_rate_bytes=args.max_publish_bytes,
-        data_dir=args.data_dir, fsync=args.fsync, repair=args.repair,
+        data_dir=args.data_dir, fsync=args.fsync, repair=args.repair, verify=args.verify,
         retain_age_s=args.retain_age, http=args.http,
         tls=cli.tls_files(args) if (args.tls_cert or args.tls_key or args.tls_ca) else None)
 

@@ -58,6 +58,9 @@ class DataDir:
             self.close()
             raise StorageError(f"cannot open data directory {self.path}: "
                                f"{exc.strerror or exc}") from None
+        except StorageError:
+            self.close()
+            raise
 
     def _open(self, repair: bool) -> None:
         files = self.files

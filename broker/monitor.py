@@ -62,6 +62,8 @@ class BrokerCollector(Collector):
                            ("delivered", "messages sent to subscribers"),
                            ("gaps", "gap notices sent (losses reported to subscribers)"),
                            ("missed", "messages those gap notices count"),
+                           ("unreadable", "of those, messages on disk that could not be "
+                                          "read (damaged, or their files gone)"),
                            ("bytes_in", "bytes read from clients"),
                            ("bytes_out", "bytes written to clients")):
             yield CounterMetricFamily(f"slipstream_{name}", f"{text}, since the start",

@@ -500,16 +500,15 @@ class TopicStore:
         segment = self.segments[max(position, 0)]
         if from_seq >= segment.next_seq:
             return [], []
-        try:
-            return self._read_segment(segment, from_seq, max_count, max_bytes)
-        except _BadRecordError as bad:
-            if bad.at_index_mark:  # the index may be what is wrong: it is only a hint
-                self._reindex(segment)
-                try:
-                    return self._read_segment(segment, from_seq, max_count, max_bytes)
-                except _BadRecordError as again:
-                    bad = again
-            return self._damage_found(segment, bad)
+        for attempt in range(3):
+            try:
+                return self._read_segment(segment, from_seq, max_count, max_bytes)
+            except _BadRecordError as bad:
+                if bad.last_good is None and attempt == 0:
+                    self._reindex(segment)  # the index may be what is wrong: only a hint
+                    continue
+                self._damage_found(segment, bad, from_seq)  # raises, or read on past it
+        raise AssertionError("unreachable: a damaged range is noted once")
 
     def _read_segment(self, segment: Segment, from_seq: int, max_count: int,
                       max_bytes: int) -> tuple[list[int], list[bytes]]:
@@ -521,6 +520,7 @@ class TopicStore:
         stamps: list[int] = []
         payloads: list[bytes] = []
         cursor, taken, seq = 0, 0, from_seq
+        last_good: int | None = None
         while len(payloads) < max_count and seq < segment.next_seq:
             need = HEADER.size
             if len(chunk) - cursor >= HEADER.size:
@@ -533,7 +533,8 @@ class TopicStore:
                 break
             length, _, record_seq, stamp = HEADER.unpack_from(chunk, cursor)
             end = cursor + HEADER.size + length
-            if record_seq < seq:
+            if record_seq < seq and (last_good is None or record_seq == last_good + 1):
+                last_good = record_seq
                 cursor = end  # before the wanted seq: skip (we started at an index mark)
                 continue
             if record_seq != seq or (payloads and taken + length > max_bytes):
@@ -541,24 +542,32 @@ class TopicStore:
             stamps.append(stamp)
             payloads.append(chunk[cursor + HEADER.size:end])
             taken += length
+            last_good = seq
             seq += 1
             cursor = end
         if payloads or seq >= segment.next_seq:
             return stamps, payloads  # at damage, the next read (starting there) reports it
-        raise _BadRecordError(seq, base + cursor, base + cursor == mark)
+        raise _BadRecordError(base + cursor, last_good)
 
-    def _damage_found(self, segment: Segment, bad: _BadRecordError) -> tuple[list[int],
-                                                                               list[bytes]]:
-        """Damage in the middle of a segment: the seqs up to the next intact record become a
-        hole, reported to every reader as a GAP (and found by --verify and --repair)."""
+    def _damage_found(self, segment: Segment, bad: _BadRecordError, from_seq: int) -> None:
+        """Damage in the middle of a segment: the seqs from the last intact record to the
+        next become a hole, reported to every reader as a GAP (and found by --verify and
+        --repair); reading beyond it starts at that next intact record."""
+        first = (bad.last_good + 1 if bad.last_good is not None
+                 else segment.index_seqs[bisect_right(segment.index_offsets, bad.offset) - 1])
         rest = self.files.read(segment.path, bad.offset)
-        resume = find_next_record(rest, 1, bad.seq + 1) if len(rest) > 1 else None
-        end = HEADER.unpack_from(rest, resume)[2] if resume is not None else segment.next_seq
-        end = min(end, segment.next_seq)
+        resume = find_next_record(rest, 1, first + 1)
+        end = min(HEADER.unpack_from(rest, resume)[2] if resume is not None
+                  else segment.next_seq, segment.next_seq)
         reason = (f"damaged: the record at offset {bad.offset:,} of {segment.path} fails its "
                   "check (start with --repair to take it out)")
-        insort(self.holes, Hole(bad.seq, end, reason), key=lambda hole: hole.first)
-        raise UnreadableRangeError(self.name, bad.seq, end, reason)
+        insort(self.holes, Hole(first, end, reason), key=lambda hole: hole.first)
+        if resume is not None:  # an index mark past the damage, for reads beyond it
+            at = bisect_right(segment.index_seqs, end)
+            segment.index_seqs.insert(at, end)
+            segment.index_offsets.insert(at, bad.offset + resume)
+        if from_seq < end:
+            raise UnreadableRangeError(self.name, from_seq, end, reason)
 
     def enforce_retention(self, max_messages: int, max_bytes: int, max_age_s: float = 0.0,
                           now_us: int | None = None, keep_from_seq: int | None = None,
@@ -645,11 +654,12 @@ class TopicStore:
 
 
 class _BadRecordError(Exception):
-    """Internal: the record of `seq` at `offset` is not intact."""
+    """Internal: the record at `offset` is not the intact one expected after `last_good`
+    (None: the first record read, at an index mark, is already bad)."""
 
-    def __init__(self, seq: int, offset: int, at_index_mark: bool) -> None:
-        super().__init__(seq, offset)
-        self.seq, self.offset, self.at_index_mark = seq, offset, at_index_mark
+    def __init__(self, offset: int, last_good: int | None) -> None:
+        super().__init__(offset, last_good)
+        self.offset, self.last_good = offset, last_good
 
 
 def read_topic_name(files: Files, directory: Path) -> str:

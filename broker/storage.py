@@ -136,7 +136,7 @@ class DiskStorage:
                                                    self.verify):
             topics.append(self._topic(store))
             notes.extend(f"topic {store.name!r}: {note}" for note in report.notes)
-        return self.data.epoch, topics, self.data.load_durables(), notes
+        return self.data.epoch, topics, within_logs(self.data.load_durables(), topics), notes
 
     def create(self, name: str, first_seq: int) -> TopicStorage:
         """A new topic's directory, made whole before it is used (StorageError if not)."""
@@ -150,6 +150,16 @@ class DiskStorage:
 
     def close(self) -> None:
         self.data.close()
+
+
+def within_logs(durables: Positions, topics: list[TopicStorage]) -> Positions:
+    """Durable positions no further than each log's end. After a power loss a position
+    saved within 100 ms can be past a tail that was lost; resuming there would skip the
+    new messages that take those seqs."""
+    ends = {topic.name: topic.next_seq for topic in topics}
+    return {name: (pattern, {topic: min(seq, ends.get(topic, seq))
+                             for topic, seq in acked.items()})
+            for name, (pattern, acked) in durables.items()}
 
 
 def sync_topics(topics: Iterable[TopicStorage]) -> list[StorageError]:

@@ -10,6 +10,7 @@ A case is a line of `key=value` words (`Case.label`), e.g.
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -23,6 +24,7 @@ from tests.sim.crash import (
     count_steps,
     random_workload,
     run_crash,
+    run_every_crash,
     run_fault,
     run_flip,
     scripted_workloads,
@@ -68,34 +70,46 @@ def steps_of(name: str, policy: FsyncPolicy) -> int:
     return count_steps(workload(name), policy)
 
 
-def every_step(name: str, policy: FsyncPolicy, every_fault: bool) -> Iterator[Case]:
-    """A crash at every step (killed, and a power loss where the policy promises anything),
-    and a fault at every step: every kind of fault, or one, taken in turn."""
+def seed_for(name: str, step: int) -> int:
+    """The seed of the crash at `step` of workload `name`, the same in every mode."""
+    return zlib.crc32(f"{name}/{step}".encode())
+
+
+def crash_sweep(name: str, policy: FsyncPolicy) -> tuple[int, Case | None, list[str]]:
+    """A crash at every step of the workload: killed, and a power loss where the policy
+    promises anything. How many crash points held, and the case that failed, if one did."""
+    power_losses = (False, True) if policy != "never" else (False,)
+    tried, failure = run_every_crash(workload(name), policy, lambda s: seed_for(name, s),
+                                     power_losses)
+    if failure is None:
+        return tried, None, []
+    step, power_loss, problems = failure
+    return tried, Case(name, "crash", policy, step, int(power_loss), 0,
+                       seed_for(name, step)), problems
+
+
+def fault_cases(name: str, policy: FsyncPolicy, every_fault: bool) -> Iterator[Case]:
+    """A fault at every step: every kind of fault, or one, taken in turn."""
     for step in range(1, steps_of(name, policy) + 1):
-        yield Case(name, "crash", policy, step, 0, 0, step)
-        if policy != "never":
-            yield Case(name, "crash", policy, step, 1, 0, step)
         for fault in range(len(FAULTS)) if every_fault else [step % len(FAULTS)]:
-            yield Case(name, "fault", policy, step, 0, fault, step)
+            yield Case(name, "fault", policy, step, 0, fault, seed_for(name, step))
 
 
-def scripted_sweep(every_fault: bool) -> Iterator[Case]:
-    for name in scripted_workloads():
-        for policy in POLICIES:
-            yield from every_step(f"scripted:{name}", policy, every_fault)
+def scripted_names() -> list[str]:
+    return [f"scripted:{name}" for name in scripted_workloads()]
 
 
-def random_cases(seed: int, crash_points: int) -> Iterator[Case]:
-    """For one seed: its random workload under one policy, crashed at `crash_points` random
-    steps (power loss or not), failed at as many, and one flipped bit."""
+def random_faults(seed: int, count: int) -> Iterator[Case]:
+    """For one seed's workload: `count` faults at random steps, and one flipped bit."""
     rng = random.Random(seed)
     name = f"random:{seed}"
-    policy = POLICIES[seed % len(POLICIES)]
+    policy = random_policy(seed)
     steps = steps_of(name, policy)
-    for _ in range(crash_points):
-        power_loss = int(policy != "never" and rng.random() < 0.6)
-        yield Case(name, "crash", policy, rng.randint(1, steps), power_loss, 0,
-                   rng.randrange(1 << 30))
+    for _ in range(count):
         yield Case(name, "fault", policy, rng.randint(1, steps), 0, rng.randrange(len(FAULTS)),
                    rng.randrange(1 << 30))
     yield Case(name, "flip", policy, seed=rng.randrange(1 << 30))
+
+
+def random_policy(seed: int) -> FsyncPolicy:
+    return POLICIES[seed % len(POLICIES)]

@@ -21,9 +21,10 @@ Everything is seeded: the same arguments give the same run, every time.
 
 from __future__ import annotations
 
+import copy
 import errno
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -42,12 +43,12 @@ FAULTS = (Fault(errno.ENOSPC), Fault(errno.EIO), Fault(errno.EDQUOT), Fault(errn
 
 
 class Op(NamedTuple):
-    """One step of a workload: ("pub", topic, count, size), ("sync",), ("durable", name,
-    topic), ("ack", name, topic, count), ("restart",), ("repair",)."""
+    """One step of a workload: ("pub", topic, number, size), ("sync",), ("durable", topic,
+    name=), ("ack", topic, number, name=), ("restart",), ("repair",)."""
 
     kind: Literal["pub", "sync", "durable", "ack", "restart", "repair"]
     topic: str = ""
-    count: int = 0
+    number: int = 0  # of payloads, or of messages acknowledged
     size: int = 0
     name: str = ""
 
@@ -127,7 +128,7 @@ class Harness:
 
     def apply(self, op: Op) -> None:
         if op.kind == "pub":
-            self.publish(op.topic, [self._payload(op.topic, op.size) for _ in range(op.count)])
+            self.publish(op.topic, [self._payload(op.topic, op.size) for _ in range(op.number)])
         elif op.kind == "sync":
             for topic in self.topics.values():
                 if topic.unsynced:
@@ -137,7 +138,7 @@ class Harness:
         elif op.kind == "durable":
             self.new_durable(op.name, op.topic)
         elif op.kind == "ack":
-            self.ack(op.name, op.topic, op.count)
+            self.ack(op.name, op.topic, op.number)
         else:
             self.close()
             self.open_as_an_operator_would(repair=op.kind == "repair")
@@ -226,7 +227,7 @@ class Harness:
         seq = topic.first_seq
         while seq < topic.next_seq:
             try:
-                stamps, payloads = topic.read(seq, 1000, 1 << 20)
+                _, payloads = topic.read(seq, 1000, 1 << 20)
             except UnreadableRangeError as hole:
                 self.holes.append((topic.name, hole.first, hole.end))
                 seq = hole.end
@@ -274,6 +275,10 @@ class Harness:
                     problems.append(f"durable {name} was forgotten")
                 continue
             for topic, seq in self.positions[name][1].items():
+                log = self.topics.get(topic)
+                if log is not None and seq > log.next_seq:
+                    problems.append(f"durable {name} resumes {topic} at {seq}, past its end "
+                                    f"({log.next_seq}): it would skip new messages")
                 if seq > had.get(topic, 1):
                     problems.append(f"durable {name} resumes {topic} at {seq}, after what it "
                                     f"acknowledged ({had.get(topic)})")
@@ -350,6 +355,41 @@ def run_crash(workload: list[Op], policy: FsyncPolicy, step: int, power_loss: bo
     rng = random.Random(seed)
     image = files.crashed(rng, power_loss)
     return _restart_and_check(image, harness.model, policy, power_loss, rng)
+
+
+Failure = tuple[int, bool, list[str]]  # the step, whether a power loss, the problems
+
+
+def run_every_crash(workload: list[Op], policy: FsyncPolicy, seed_of: Callable[[int], int],
+                    power_losses: tuple[bool, ...]) -> tuple[int, Failure | None]:
+    """`run_crash` at every step in one pass: before each step, the crash images of the file
+    system as it is, each started and checked against a copy of the model then. The state
+    and the seed (`seed_of(step)`) are those `run_crash` has at that step, so a failure
+    replays as that one case. How many crash points held, and the first that did not."""
+    files = SimFiles()
+    harness = Harness(files, policy)
+    tried = 0
+    failure: Failure | None = None
+
+    def crash_here(step: int) -> None:
+        nonlocal tried, failure
+        if failure is not None:
+            return
+        files.before_step = None  # the recovery runs on images, but not re-entrantly
+        for power_loss in power_losses:
+            rng = random.Random(seed_of(step))
+            image = files.crashed(rng, power_loss)
+            problems = _restart_and_check(image, copy.deepcopy(harness.model), policy,
+                                          power_loss, rng)
+            tried += 1
+            if problems:
+                failure = (step, power_loss, problems)
+                break
+        files.before_step = crash_here
+
+    files.before_step = crash_here
+    _run_workload(harness, workload)
+    return tried, failure
 
 
 def run_fault(workload: list[Op], policy: FsyncPolicy, step: int, fault: Fault,

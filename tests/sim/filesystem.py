@@ -22,13 +22,14 @@ from __future__ import annotations
 import errno as errnos
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.files import AppendFile
 
 
-class SimulatedCrash(BaseException):  # noqa: N818 (not an error: the machine stops)
+class SimulatedCrash(BaseException):
     """The machine stopped at this step (a BaseException: no `except Exception` sees it)."""
 
 
@@ -60,6 +61,8 @@ class SimFiles:
         self.crash_step: int | None = None
         self.faults: dict[int, Fault] = {}
         self.faults_hit = 0
+        # Called with each step's number before the step: to take a crash image there.
+        self.before_step: Callable[[int], None] | None = None
 
     # --- faults ----------------------------------------------------------------------
 
@@ -71,6 +74,8 @@ class SimFiles:
 
     def _step(self, what: str, path: Path) -> Fault | None:
         self.steps += 1
+        if self.before_step is not None:
+            self.before_step(self.steps)
         if self.steps == self.crash_step:
             raise SimulatedCrash(f"step {self.steps}: {what} {path}")
         fault = self.faults.get(self.steps)
@@ -86,9 +91,9 @@ class SimFiles:
 
     # --- lookups -------------------------------------------------------------------------
 
-    def _node(self, path: Path) -> _File | _Dir:
+    def _node(self, path: Path, parts: tuple[str, ...] | None = None) -> _File | _Dir:
         node: _File | _Dir = self.root
-        for part in Path(path).parts[1:]:
+        for part in (path.parts if parts is None else parts)[1:]:
             if not isinstance(node, _Dir) or part not in node.entries:
                 raise FileNotFoundError(errnos.ENOENT, "No such file or directory", str(path))
             node = node.entries[part]
@@ -101,10 +106,11 @@ class SimFiles:
         return node
 
     def _parent(self, path: Path) -> tuple[_Dir, str]:
-        parent = self._node(Path(path).parent)
+        parts = path.parts
+        parent = self._node(path, parts[:-1])
         if not isinstance(parent, _Dir):
             raise NotADirectoryError(errnos.ENOTDIR, "Not a directory", str(path))
-        return parent, Path(path).name
+        return parent, parts[-1]
 
     def _link(self, path: Path, node: _File | _Dir) -> None:
         parent, name = self._parent(path)

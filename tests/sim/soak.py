@@ -4,9 +4,11 @@
     python -m tests.sim.soak --seeds 5000           # a number of random seeds instead
     python -m tests.sim.soak --replay 'workload=... kind=crash ...'   # one case again
 
-The scripted sweep runs first (every step of every scripted workload: crashed,
-with power loss, and failed with every kind of fault); then seeded random
-workloads. A failing case stops the run and prints the command that replays it.
+The scripted sweep runs first: every step of every scripted workload under
+every --fsync policy, crashed (killed, and with a power loss) and failed with
+every kind of fault. Then seeded random workloads, each crashed at every step
+and failed at random steps, with one flipped bit. A failing case stops the run
+and prints the command that replays it.
 """
 
 from __future__ import annotations
@@ -18,75 +20,100 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
-from tests.sim.cases import Case, random_cases, scripted_sweep
+from tests.sim.cases import (
+    Case,
+    crash_sweep,
+    fault_cases,
+    random_faults,
+    random_policy,
+    scripted_names,
+)
+from tests.sim.crash import POLICIES
 
 PROGRESS_EVERY_S = 10.0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="make soak", description="Crash and fault injection against the on-disk log "
-        "(docs/storage.md, 'How it is tested'). SEEDS= and SECONDS= are the make variables.")
+        prog="python -m tests.sim.soak",
+        description="Crash and fault injection against the on-disk log (docs/storage.md, "
+                    "'How it is tested'). `make soak SECONDS=... SEEDS=...` runs this.")
     parser.add_argument("--seconds", type=float, default=0.0,
-                        help="stop starting new random seeds after this long (default: 60 "
-                             "when --seeds is not given)")
+                        help="start no new random seed after this long (default: 60 when "
+                             "--seeds is not given)")
     parser.add_argument("--seeds", type=int, default=0, help="random seeds to run")
     parser.add_argument("--first-seed", type=int, default=1, help="where the seeds begin")
-    parser.add_argument("--crash-points", type=int, default=40,
-                        help="random crash points (and as many faults) per seed")
-    parser.add_argument("--replay", metavar="LABEL", help="run one case, by its label")
+    parser.add_argument("--faults-per-seed", type=int, default=40,
+                        help="faults injected at random steps of each random workload")
+    parser.add_argument("--replay", metavar="LABEL", help="run one case again, by its label")
     parser.add_argument("--no-sweep", action="store_true", help="skip the scripted sweep")
     args = parser.parse_args(argv)
     if args.replay:
         return _replay(args.replay)
     seconds = args.seconds or (0.0 if args.seeds else 60.0)
-    deadline = time.monotonic() + seconds if seconds else None
-    seeds: Iterator[int] = (range(args.first_seed, args.first_seed + args.seeds) if args.seeds
-                            else itertools.count(args.first_seed))
-    counts: Counter[str] = Counter()
-    started = time.monotonic()
-    last_report = started
+    soak = Soak(time.monotonic() + seconds if seconds else None)
+    seeds: Iterator[int] = (iter(range(args.first_seed, args.first_seed + args.seeds))
+                            if args.seeds else itertools.count(args.first_seed))
+    ok = True
+    if not args.no_sweep:
+        for name in scripted_names():
+            for policy in POLICIES:
+                ok = ok and soak.crashes(name, policy)
+                ok = ok and all(soak.case(c) for c in fault_cases(name, policy, True))
+    for seed in seeds:
+        if not ok or soak.out_of_time():
+            break
+        soak.counts["random seeds"] += 1
+        name = f"random:{seed}"
+        ok = soak.crashes(name, random_policy(seed))
+        ok = ok and all(soak.case(c) for c in random_faults(seed, args.faults_per_seed))
+    soak.report(final=True, failed=not ok)
+    return 0 if ok else 1
 
-    def cases() -> Iterator[Case]:
-        if not args.no_sweep:
-            yield from scripted_sweep(every_fault=True)
-        for seed in seeds:
-            if deadline is not None and time.monotonic() > deadline:
-                return
-            counts["seeds"] += 1
-            yield from random_cases(seed, args.crash_points)
 
-    for case in cases():
+class Soak:
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.counts: Counter[str] = Counter()
+        self.started = self.last_report = time.monotonic()
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def crashes(self, name: str, policy: str) -> bool:
+        tried, failed, problems = crash_sweep(name, policy)  # type: ignore[arg-type]
+        self.counts["crash points"] += tried
+        return self._outcome(failed, problems)
+
+    def case(self, case: Case) -> bool:
         problems = case.run()
         if problems is None:
-            continue
-        counts[_kind(case)] += 1
-        if problems:
-            print(f"FAILED: {case.label}", *(f"  {p}" for p in problems[:10]),
-                  f"replay: python -m tests.sim.soak --replay '{case.label}'", sep="\n",
-                  file=sys.stderr)
-            _report(counts, started)
-            return 1
-        if time.monotonic() - last_report > PROGRESS_EVERY_S:
-            last_report = time.monotonic()
-            _report(counts, started)
-    _report(counts, started)
-    return 0
+            return True
+        self.counts["injected faults" if case.kind == "fault" else "flipped bits"] += 1
+        return self._outcome(case if problems else None, problems)
 
+    def _outcome(self, failed: Case | None, problems: list[str]) -> bool:
+        if failed is not None:
+            print(f"FAILED: {failed.label}", *(f"  {p}" for p in problems[:10]),
+                  f"replay it: python -m tests.sim.soak --replay '{failed.label}'",
+                  sep="\n", file=sys.stderr)
+            return False
+        if time.monotonic() - self.last_report > PROGRESS_EVERY_S:
+            self.last_report = time.monotonic()
+            self.report()
+        return True
 
-def _kind(case: Case) -> str:
-    if case.kind == "crash":
-        return "crash points (power loss)" if case.power_loss else "crash points (killed)"
-    return "injected faults" if case.kind == "fault" else "flipped bits"
-
-
-def _report(counts: Counter[str], started: float) -> None:
-    crashes = counts["crash points (killed)"] + counts["crash points (power loss)"]
-    print(f"soak: {time.monotonic() - started:,.0f} s: {crashes:,} crash points "
-          f"({counts['crash points (power loss)']:,} with power loss), "
-          f"{counts['injected faults']:,} injected faults, {counts['flipped bits']:,} flipped "
-          f"bits, {counts['seeds']:,} random seeds: 0 confirmed messages lost, 0 refused "
-          "served, 0 recoveries needing a human", flush=True)
+    def report(self, final: bool = False, failed: bool = False) -> None:
+        counts = self.counts
+        line = (f"soak: {time.monotonic() - self.started:,.0f} s: "
+                f"{counts['crash points']:,} crash points, "
+                f"{counts['injected faults']:,} injected faults, "
+                f"{counts['flipped bits']:,} flipped bits, {counts['random seeds']:,} random "
+                "seeds")
+        if final:
+            line += (": FAILED (above)" if failed else ": 0 confirmed messages lost, 0 refused "
+                     "messages served, 0 recoveries needing a human")
+        print(line, flush=True)
 
 
 def _replay(label: str) -> int:

@@ -8,13 +8,11 @@ from pathlib import Path
 import pytest
 
 from broker.errors import StorageError
+from broker.records import HEADER, encode_records, scan
 from broker.segments import (
-    HEADER,
     INDEX_EVERY_BYTES,
     TopicStore,
     UnreadableRangeError,
-    encode_records,
-    scan,
     topic_directory_name,
 )
 
