@@ -28,15 +28,14 @@ _SEQ_AT = 8  # where the seq sits in the header
 
 
 def encode_records(first_seq: int, stamp_us: int, payloads: list[bytes]) -> bytes:
-    """The records for `payloads`, seqs from `first_seq`, ready to append to a segment."""
-    parts: list[bytes] = []
-    seq = first_seq
-    for payload in payloads:
-        covered = CRC_PART.pack(seq, stamp_us)
-        crc = zlib.crc32(payload, zlib.crc32(covered))
-        parts.append(HEADER.pack(len(payload), crc, seq, stamp_us))
-        parts.append(payload)
-        seq += 1
+    """The records for `payloads`, seqs from `first_seq`, ready to append to a segment.
+    The hot path of a broker on disk: one comprehension for the headers, then headers
+    and payloads interleaved by slice assignment, so the per-message work is C calls."""
+    pack, covered, crc32 = HEADER.pack, CRC_PART.pack, zlib.crc32
+    parts: list[bytes] = [b""] * (2 * len(payloads))
+    parts[::2] = [pack(len(payload), crc32(payload, crc32(covered(seq, stamp_us))), seq,
+                       stamp_us) for seq, payload in enumerate(payloads, first_seq)]
+    parts[1::2] = payloads
     return b"".join(parts)
 
 

@@ -214,3 +214,20 @@ def test_disk_topic_age_retention_deletes_old_segments(tmp_path: Path) -> None:
     evicted = topic.expire_by_age()
     assert evicted > 0 and topic.first_seq == 1 + evicted
     assert topic.read(topic.first_seq, 1, 1 << 20)[1] == [payload(topic.first_seq)]
+
+
+def test_the_index_kept_while_appending_is_the_one_a_scan_builds(tmp_path: Path) -> None:
+    import random
+
+    from broker.segments import Segment
+    rng = random.Random(5)
+    store = TopicStore.create(tmp_path, "t")
+    for _ in range(300):  # runs of every length, payloads of every size
+        store.append([b"p" * rng.choice((0, 7, 200, 5000, 70_000))
+                      for _ in range(rng.randint(1, 60))], 1)
+    active = store.segments[0]
+    rebuilt = Segment(store.directory, 1)
+    rebuilt.take_scan(scan(active.path.read_bytes(), 0, 1))
+    assert list(active.index_seqs) == list(rebuilt.index_seqs)
+    assert list(active.index_offsets) == list(rebuilt.index_offsets)
+    assert len(active.index_seqs) > 100
