@@ -19,13 +19,12 @@ import msgpack
 
 from broker.errors import StorageError
 from broker.files import AppendFile, Files, LockHeldError, replace_file
+from broker.recovery import RecoveryReport, held_nothing, open_topic
 from broker.segments import (
     NEW_TOPIC_PREFIX,
     REAL_FILES,
     FsyncPolicy,
-    RecoveryReport,
     TopicStore,
-    held_nothing,
     remove_directory,
 )
 
@@ -131,9 +130,9 @@ class DataDir:
                                   "(it held nothing)")
                 continue
             try:
-                opened.append(TopicStore.open(directory, repair=repair, verify=verify,
-                                              segment_bytes=segment_bytes, files=files,
-                                              fsync=self.fsync))
+                opened.append(open_topic(directory, repair=repair, verify=verify,
+                                         segment_bytes=segment_bytes, files=files,
+                                         fsync=self.fsync))
             except StorageError:
                 if not held_nothing(files, directory):
                     raise

@@ -10,7 +10,8 @@ checked against it, rebuilt whenever it does not fit, never trusted over it.
 
 Every file operation goes through a `Files` (broker/files.py), so the crash
 simulator (tests/sim/) runs this very code against every crash point and
-every I/O error. What each failure leaves is in docs/storage.md.
+every I/O error. Opening a directory after a crash is broker/recovery.py;
+what each failure leaves is in docs/storage.md.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right, insort
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 from typing import Literal
@@ -78,17 +79,6 @@ class Hole:
     first: int
     end: int
     reason: str
-
-
-@dataclass
-class RecoveryReport:
-    """What opening a topic's directory found and did."""
-
-    segments: int = 0
-    records: int = 0
-    torn_bytes: int = 0  # cut off the end of the last segment
-    repaired_bytes: int = 0  # damaged bytes --repair took out
-    notes: list[str] = field(default_factory=list)
 
 
 def topic_directory_name(topic: str) -> str:
@@ -239,155 +229,18 @@ class TopicStore:
             with contextlib.suppress(OSError):  # if not, recovery removes it
                 remove_directory(files, making)
             raise
-        store._unsynced_dirs.add(root)
+        store.unsynced(root)
         store.start_seq = first_seq
         segment = Segment(final, first_seq)
         segment.file = handle
         store.segments.append(segment)
         return store
 
-    @classmethod
-    def open(cls, directory: Path, repair: bool = False,
-             segment_bytes: int = DEFAULT_SEGMENT_BYTES, files: Files = REAL_FILES,
-             fsync: FsyncPolicy = "interval",
-             verify: bool = False) -> tuple[TopicStore, RecoveryReport]:
-        """Open an existing topic directory, checking what a crash can leave behind.
+    def unsynced(self, directory: Path) -> None:
+        """`directory` gained or lost an entry (or may have): the next sync fsyncs it."""
+        self._unsynced_dirs.add(directory)
 
-        The last segment is scanned whole; older ones through their index and
-        the tail after its last entry (all of them with `verify` or `repair`).
-        A torn end of the last segment is cut off. Damage stops the open with
-        StorageError, unless `repair` keeps every intact record around it.
-        """
-        name = read_topic_name(files, directory)
-        store = cls(files, directory, name, segment_bytes, fsync)
-        report = RecoveryReport()
-        store._recover(repair, verify or repair, report)
-        # Its entries may be a crash's (or a failed fsync's) unsynced leftovers: the first
-        # sync after the start covers them, as DiskTopicLog's covers the data.
-        store._unsynced_dirs.add(directory)
-        return store, report
-
-    def _recover(self, repair: bool, verify: bool, report: RecoveryReport) -> None:
-        files, directory = self.files, self.directory
-        names = files.listdir(directory)
-        for leftover in (n for n in names if n.endswith(".tmp")):
-            files.unlink(directory / leftover)  # a replace_file a crash interrupted
-        bases = sorted(int(n[:-len(SEGMENT_SUFFIX)]) for n in names
-                       if n.endswith(SEGMENT_SUFFIX) and n[:-len(SEGMENT_SUFFIX)].isdigit())
-        for n in names:  # an index whose segment retention deleted
-            segment_name = n.removesuffix(INDEX_SUFFIX) + SEGMENT_SUFFIX
-            if n.endswith(INDEX_SUFFIX) and segment_name not in names:
-                files.unlink(directory / n)
-        start = read_start(files, directory)
-        if not bases:
-            if not repair:
-                raise StorageError(f"{directory}: topic {self.name!r} has no segment files; "
-                                   "start with --repair to begin it again at its START")
-            bases = [start or 1]
-            files.open_append(Segment(directory, bases[0]).path).close()
-            report.notes.append(f"no segment files: began again at seq {bases[0]:,}")
-        bases = self._drop_empty_tail(self._finish_retention(bases, start, report), report)
-        self.start_seq = start if start is not None else bases[0]
-        if self.start_seq < bases[0]:
-            self._note_hole(self.start_seq, bases[0], "its segment files are missing", report)
-        pending = list(bases)
-        while pending:
-            segment = Segment(directory, pending.pop(0))
-            if self.segments and self.segments[-1].next_seq != segment.base_seq:
-                self._join(segment, report)
-            resumed = self._recover_segment(segment, not pending, repair, verify, report)
-            if resumed is not None:
-                pending.insert(0, resumed)
-            self.segments.append(segment)
-            report.segments += 1
-            report.records += segment.count
-        active = self.segments[-1]
-        active.file = files.open_append(active.path)
-
-    def _finish_retention(self, bases: list[int], start: int | None,
-                          report: RecoveryReport) -> list[int]:
-        """Delete segments wholly below START: a retention a crash interrupted."""
-        while start is not None and len(bases) > 1 and bases[1] <= start:
-            for path in (Segment(self.directory, bases[0]).path,
-                         Segment(self.directory, bases[0]).index_path):
-                if self.files.exists(path):
-                    self.files.unlink(path)
-            report.notes.append(f"finished deleting segment {bases[0]:020d} (below START)")
-            bases = bases[1:]
-        return bases
-
-    def _join(self, segment: Segment, report: RecoveryReport) -> None:
-        previous = self.segments[-1]
-        if segment.base_seq < previous.next_seq:
-            raise StorageError(f"{segment.path}: starts at seq {segment.base_seq:,} inside the "
-                               f"segment before it (which ends at {previous.next_seq - 1:,})")
-        self._note_hole(previous.next_seq, segment.base_seq,
-                        "missing between two segments (deleted, or removed by --repair "
-                        "as damaged)", report)
-
-    def _note_hole(self, first: int, end: int, reason: str, report: RecoveryReport) -> None:
-        self.holes.append(Hole(first, end, reason))
-        report.notes.append(f"seqs {first:,} to {end - 1:,} are {reason}: readers get a GAP")
-
-    def _recover_segment(self, segment: Segment, last: bool, repair: bool, verify: bool,
-                         report: RecoveryReport) -> int | None:
-        """Check one segment; with --repair, the base seq of a segment made of the intact
-        records found after damage (checked next), else None."""
-        files = self.files
-        segment.size = files.size(segment.path)
-        indexed = not last and segment.read_index(files)
-        if indexed and not verify:
-            # A sealed segment with a sound index is read only where it matters: its first
-            # header and the tail after its last index entry. The rest is checked on reading.
-            tail_from = segment.index_offsets[-1]
-            head = files.read(segment.path, 0, HEADER.size)
-            found = scan(files.read(segment.path, tail_from), 0, segment.index_seqs[-1],
-                         base_offset=tail_from)
-            if found.torn is None and found.corrupt is None and found.count:
-                segment.next_seq = found.seqs[-1] + 1
-                segment.first_stamp_us = HEADER.unpack(head)[3]
-                segment.last_stamp_us = found.stamps[-1]
-                return None
-        data = files.read(segment.path)
-        found = scan(data, 0, segment.base_seq)
-        segment.take_scan(found)
-        if not (last or indexed or found.corrupt):
-            segment.write_index(files)
-        problem = found.corrupt or (found.torn if not last else None)
-        if problem is None:
-            if found.torn is not None:  # the last segment: a crash mid-write
-                report.torn_bytes += len(data) - found.end
-                report.notes.append(f"{segment.path.name}: cut a torn tail: {found.torn}")
-                self._cut(segment.path, found.end)
-            return None
-        where = f"{segment.path}: {problem}"
-        if not repair:
-            raise StorageError(f"{where}; start with --repair to keep every intact record "
-                               "(readers get a GAP for the damaged ones)")
-        report.repaired_bytes += len(data) - found.end
-        resumed = None
-        if found.resumes_at is not None:  # the intact records after the damage: their own file
-            rest = data[found.resumes_at:]
-            resumed = HEADER.unpack_from(rest, 0)[2]
-            files.write_file(Segment(self.directory, resumed).path, rest, fsync=self.durable)
-            report.repaired_bytes -= len(rest)
-            report.notes.append(f"repaired {where}: kept {found.end:,} bytes before the "
-                                f"damage and the records from seq {resumed:,} after it")
-        else:
-            report.notes.append(f"repaired {where}: kept {found.end:,} bytes")
-        self._cut(segment.path, found.end)
-        return resumed
-
-    def _drop_empty_tail(self, bases: list[int], report: RecoveryReport) -> list[int]:
-        """An empty last segment behind another adds nothing (a crash right after a roll):
-        without it, the segment before is the last one, and may have a torn tail."""
-        while len(bases) > 1 and not self.files.size(Segment(self.directory, bases[-1]).path):
-            empty = Segment(self.directory, bases.pop())
-            self.files.unlink(empty.path)
-            report.notes.append(f"removed {empty.path.name}: empty, behind a full segment")
-        return bases
-
-    def _reindex(self, segment: Segment) -> None:
+    def reindex(self, segment: Segment) -> None:
         """Rebuild a segment's index from a scan of every record (across damage)."""
         data = self.files.read(segment.path)
         segment.index_seqs, segment.index_offsets = array("Q"), array("Q")
@@ -399,11 +252,6 @@ class TopicStore:
                 break
             position = found.resumes_at
             expect = HEADER.unpack_from(data, position)[2]
-
-    def _cut(self, path: Path, size: int) -> None:
-        self.files.truncate(path, size)
-        if self.durable:
-            self.files.fsync(path)
 
     # --- the log -------------------------------------------------------------------
 
@@ -519,7 +367,7 @@ class TopicStore:
                 return self._read_segment(segment, from_seq, max_count, max_bytes)
             except _BadRecordError as bad:
                 if bad.last_good is None and attempt == 0:
-                    self._reindex(segment)  # the index may be what is wrong: only a hint
+                    self.reindex(segment)  # the index may be what is wrong: only a hint
                     continue
                 self._damage_found(segment, bad, from_seq)  # raises, or read on past it
         raise AssertionError("unreachable: a damaged range is noted once")
@@ -674,38 +522,6 @@ class _BadRecordError(Exception):
     def __init__(self, offset: int, last_good: int | None) -> None:
         super().__init__(offset, last_good)
         self.offset, self.last_good = offset, last_good
-
-
-def read_topic_name(files: Files, directory: Path) -> str:
-    """The exact topic name in TOPIC, checked against the directory's name."""
-    try:
-        name = files.read(directory / NAME_FILE).decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StorageError(f"{directory}: no readable {NAME_FILE} file ({exc})") from None
-    if not name or topic_directory_name(name) != directory.name:
-        raise StorageError(f"{directory}: its {NAME_FILE} file names {name!r}, which does not "
-                           "belong in this directory")
-    return name
-
-
-def read_start(files: Files, directory: Path) -> int | None:
-    """START's seq, or None where it is missing or not whole (then the first segment is)."""
-    try:
-        text = files.read(directory / START_FILE)
-    except OSError:
-        return None
-    if not (text.endswith(b"\n") and text[:-1].isdigit()):
-        return None
-    return int(text[:-1])
-
-
-def held_nothing(files: Files, directory: Path) -> bool:
-    """A topic directory a crash left before anything was stored in it (no TOPIC, or an
-    empty one, and not a byte in any segment): safe to remove."""
-    names = files.listdir(directory)
-    if NAME_FILE in names and files.size(directory / NAME_FILE) > 0:
-        return False
-    return all(files.size(directory / n) == 0 for n in names if n.endswith(SEGMENT_SUFFIX))
 
 
 def remove_directory(files: Files, directory: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from broker.errors import StorageError
 from broker.records import HEADER, encode_records, scan
+from broker.recovery import open_topic
 from broker.segments import (
     INDEX_EVERY_BYTES,
     TopicStore,
@@ -77,7 +78,7 @@ def test_a_reopened_topic_continues_its_seqs(tmp_path: Path) -> None:
     store = filled(tmp_path, 1000, segment_bytes=64 * 1024)
     directory = store.directory
     store.close()
-    again, report = TopicStore.open(directory, segment_bytes=64 * 1024)
+    again, report = open_topic(directory, segment_bytes=64 * 1024)
     assert (again.first_seq, again.next_seq, report.records) == (1, 1001, 1000)
     assert again.append([b"next"], 9) == 1001
     assert again.read(1001, 1, 100)[1] == [b"next"]
@@ -89,7 +90,7 @@ def test_a_torn_tail_is_cut_and_counted(tmp_path: Path) -> None:
     store.close()
     last = store.segments[-1].path
     last.write_bytes(last.read_bytes()[:-37])  # as if the machine died mid-write
-    again, report = TopicStore.open(store.directory)
+    again, report = open_topic(store.directory)
     assert again.next_seq == 300 and report.torn_bytes == HEADER.size + 100 - 37
     assert "cut a torn tail" in report.notes[0]
     assert again.append([b"after"], 1) == 300  # the torn record's seq is written again
@@ -103,10 +104,10 @@ def test_corruption_in_the_middle_stops_the_open_unless_repaired(tmp_path: Path)
     data[(HEADER.size + 100) * 100 + HEADER.size + 5] ^= 0xFF  # inside record 101
     segment.write_bytes(bytes(data))
     with pytest.raises(StorageError) as refused:
-        TopicStore.open(store.directory)
+        open_topic(store.directory)
     message = str(refused.value)
     assert segment.name in message and "offset 12,400" in message and "--repair" in message
-    repaired, report = TopicStore.open(store.directory, repair=True)
+    repaired, report = open_topic(store.directory, repair=True)
     # Every intact record is kept: the damaged one becomes a hole that readers hear of.
     assert repaired.next_seq == 301 and report.repaired_bytes == HEADER.size + 100
     assert repaired.read(100, 1, 1 << 20)[1] == [payload(100)]
@@ -122,8 +123,8 @@ def test_damage_in_an_older_segment_tail_is_found_at_open(tmp_path: Path) -> Non
     older = store.segments[1].path
     older.write_bytes(older.read_bytes()[:-50])  # an older segment lost its end
     with pytest.raises(StorageError, match="--repair"):
-        TopicStore.open(store.directory, segment_bytes=64 * 1024)
-    repaired, report = TopicStore.open(store.directory, repair=True,
+        open_topic(store.directory, segment_bytes=64 * 1024)
+    repaired, report = open_topic(store.directory, repair=True,
                                        segment_bytes=64 * 1024)
     lost = store.segments[1].next_seq - 1  # the record cut short
     assert len(repaired.segments) == len(store.segments) and repaired.next_seq == 3001
@@ -138,7 +139,7 @@ def test_a_lost_index_is_rebuilt(tmp_path: Path) -> None:
     store = filled(tmp_path, 3000, segment_bytes=64 * 1024)
     store.close()
     store.segments[0].index_path.unlink()
-    again, _ = TopicStore.open(store.directory, segment_bytes=64 * 1024)
+    again, _ = open_topic(store.directory, segment_bytes=64 * 1024)
     assert again.segments[0].index_path.exists()
     assert again.read(77, 1, 1000)[1] == [payload(77)]
 
@@ -172,7 +173,7 @@ def test_any_topic_gets_a_safe_directory_and_keeps_its_exact_name(
     store = TopicStore.create(tmp_path, name)
     store.append([b"1"], 1)
     store.close()
-    assert TopicStore.open(store.directory)[0].name == name
+    assert open_topic(store.directory)[0].name == name
 
 
 def test_disk_topic_retention_by_count_is_exact_like_memory(tmp_path: Path) -> None:

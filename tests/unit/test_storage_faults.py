@@ -12,6 +12,7 @@ import pytest
 from broker.datadir import DataDir
 from broker.errors import StorageError
 from broker.records import HEADER
+from broker.recovery import open_topic
 from broker.segments import (
     NEW_TOPIC_PREFIX,
     TopicStore,
@@ -34,8 +35,18 @@ def sim_store(files: SimFiles, name: str = "t", **kwargs: object) -> TopicStore:
 
 
 def reopen(files: SimFiles, name: str = "t", **kwargs: object) -> TopicStore:
-    store, _ = TopicStore.open(ROOT / name, files=files, **kwargs)  # type: ignore[arg-type]
+    store, _ = open_topic(ROOT / name, files=files, **kwargs)  # type: ignore[arg-type]
     return store
+
+
+def closed_store(directory: Path, count: int) -> tuple[TopicStore, Path, bytearray]:
+    """A topic of `count` 100-byte records in one segment, closed: the store, its segment
+    file and that file's bytes, to damage."""
+    store = TopicStore.create(directory, "t")
+    store.append([payload(n) for n in range(1, count + 1)], 1)
+    store.close()
+    segment = store.segments[0].path
+    return store, segment, bytearray(segment.read_bytes())
 
 
 def everything(store: TopicStore) -> list[bytes]:
@@ -55,43 +66,33 @@ def test_a_refused_write_to_a_new_topic_leaves_nothing_and_seqs_go_on() -> None:
 
 
 def test_a_flipped_length_bit_mid_segment_is_damage_not_a_torn_tail(tmp_path: Path) -> None:
-    store = TopicStore.create(tmp_path, "t")
-    store.append([payload(n) for n in range(1, 501)], 1)
-    store.close()
-    segment = store.segments[0].path
-    data = bytearray(segment.read_bytes())
+    store, segment, data = closed_store(tmp_path, 500)
     data[(HEADER.size + 100) * 40] ^= 0x80  # the top bit of record 41's length
     segment.write_bytes(bytes(data))
     with pytest.raises(StorageError, match=r"impossible.*intact records after it"):
-        TopicStore.open(store.directory)
+        open_topic(store.directory)
     assert segment.stat().st_size == len(data)  # nothing was cut
-    repaired, _ = TopicStore.open(store.directory, repair=True)
+    repaired, _ = open_topic(store.directory, repair=True)
     assert everything(repaired)[:40] == [payload(n) for n in range(1, 41)]
     assert repaired.read(42, 1000, 1 << 30)[1] == [payload(n) for n in range(42, 501)]
     assert repaired.holes[0].first == 41 and repaired.holes[0].end == 42
 
 
 def test_a_zero_filled_tail_is_cut_without_asking(tmp_path: Path) -> None:
-    store = TopicStore.create(tmp_path, "t")
-    store.append([payload(n) for n in range(1, 11)], 1)
-    store.close()
-    with store.segments[0].path.open("ab") as file:
+    store, segment, _ = closed_store(tmp_path, 10)
+    with segment.open("ab") as file:
         file.write(bytes(4096))  # the size reached the disk, the page did not
-    again, report = TopicStore.open(store.directory)
+    again, report = open_topic(store.directory)
     assert again.next_seq == 11 and report.torn_bytes == 4096
     assert "zero bytes" in report.notes[0]
 
 
 def test_non_zero_bytes_after_a_short_record_are_damage(tmp_path: Path) -> None:
-    store = TopicStore.create(tmp_path, "t")
-    store.append([payload(n) for n in range(1, 11)], 1)
-    store.close()
-    segment = store.segments[0].path
-    data = bytearray(segment.read_bytes())
+    store, segment, data = closed_store(tmp_path, 10)
     data[(HEADER.size + 100) * 9 + 3] = 50  # the last record claims 50 bytes, not 100
     segment.write_bytes(bytes(data))
     with pytest.raises(StorageError, match="non-zero bytes after it"):
-        TopicStore.open(store.directory)
+        open_topic(store.directory)
 
 
 def test_half_made_topic_directories_are_removed_at_start(tmp_path: Path) -> None:
@@ -131,13 +132,13 @@ def test_damage_found_while_reading_is_a_range_and_repair_keeps_what_follows(
     assert (unreadable.value.first, unreadable.value.end) == (201, 202)
     assert opened.read(202, 1, 1 << 30)[1] == [payload(202)]
     with pytest.raises(StorageError, match="offset 24,800"):
-        TopicStore.open(store.directory, verify=True, segment_bytes=64 * 1024)
-    repaired, _ = TopicStore.open(store.directory, repair=True, segment_bytes=64 * 1024)
+        open_topic(store.directory, verify=True, segment_bytes=64 * 1024)
+    repaired, _ = open_topic(store.directory, repair=True, segment_bytes=64 * 1024)
     assert repaired.next_seq == 3001 and len(everything_around(repaired)) == 2999
 
 
 def reopen_real(directory: Path) -> TopicStore:
-    return TopicStore.open(directory, segment_bytes=64 * 1024)[0]
+    return open_topic(directory, segment_bytes=64 * 1024)[0]
 
 
 def everything_around(store: TopicStore) -> list[bytes]:
@@ -159,7 +160,7 @@ def test_a_missing_first_segment_is_a_hole_not_retention(tmp_path: Path) -> None
         store.append([payload(n)], 1)
     store.close()
     store.segments[0].path.unlink()
-    again, report = TopicStore.open(store.directory, segment_bytes=4096)
+    again, report = open_topic(store.directory, segment_bytes=4096)
     assert again.first_seq == 1 and any("missing" in note for note in report.notes)
     with pytest.raises(UnreadableRangeError, match="missing") as hole:
         again.read(1, 10, 1 << 30)
