@@ -299,10 +299,9 @@ class Broker:
     async def _sync_periodically(self) -> None:
         """--fsync interval: what was written reaches the disk within SYNC_INTERVAL_S; an
         fsync error stops that topic's writes, loudly, and the syncer goes on."""
-        syncs_topics = isinstance(self.storage, DiskStorage) and self.storage.syncs_topics
         while True:
             await asyncio.sleep(SYNC_INTERVAL_S)
-            if syncs_topics:
+            if self.storage.syncs_topics:
                 topics = [t for t in self.topics.values() if t.unsynced]
                 if topics:
                     for error in await asyncio.to_thread(sync_topics, topics):
@@ -484,11 +483,12 @@ class Broker:
                 # skipped); one below the oldest is reported as a GAP of what was evicted.
                 sub.start_at(topic, min(int(start), topic.next_seq))
         if frame.durable:
+            created = durable is None
             if durable is None:
                 durable = self.durables[frame.durable] = Durable(frame.pattern, {})
-                durable.owner = sub
-                self._keep_new_durable(sub)
             durable.owner = sub
+            if created:
+                self._keep_new_durable(sub)
         return sub
 
     def _keep_new_durable(self, sub: Cursors) -> None:

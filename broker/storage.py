@@ -81,7 +81,7 @@ class MemoryStorage:
 
     forgets_idle_topics = True  # --topic-ttl applies
     persistent = False  # durable positions live as long as the broker
-    syncs_periodically = False
+    syncs_periodically = syncs_topics = False
 
     def __init__(self, retention: Retention, budget: ByteBudget) -> None:
         self.retention = retention
