@@ -22,9 +22,8 @@ import threading
 import time
 import zlib
 from array import array
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_right, insort
 from dataclasses import dataclass
-from itertools import accumulate
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -34,10 +33,12 @@ from broker.files import AppendFile, Files, RealFiles, replace_file
 from broker.records import (
     HEADER,
     MAX_RECORD_BYTES,
+    RUN_FLAG,
     Scan,
-    encode_records,
+    encode_run,
     find_next_record,
-    record_is_intact,
+    payloads_of,
+    record_at,
     scan,
 )
 
@@ -126,22 +127,11 @@ class Segment:
                 self.index_offsets.append(offset)
                 last = offset
 
-    def index_run(self, first_seq: int, payloads: list[bytes]) -> None:
-        """Index a run just appended at `self.size`: its records' offsets are summed in C
-        and the few that start a new stretch found by bisection, not a loop per record."""
-        ends = list(accumulate(map(len, payloads)))  # payload bytes up to each record's end
-
-        def start(number: int) -> int:  # where record `number` of the run begins
-            return self.size + number * HEADER.size + (ends[number - 1] if number else 0)
-
-        next_mark = (self.index_offsets[-1] + INDEX_EVERY_BYTES if self.index_offsets
-                     else 0)
-        number = bisect_left(range(len(payloads)), next_mark, key=start)
-        while number < len(payloads):
-            offset = start(number)
-            self.index_seqs.append(first_seq + number)
-            self.index_offsets.append(offset)
-            number = bisect_left(range(len(payloads)), offset + INDEX_EVERY_BYTES, key=start)
+    def index_appended(self, first_seq: int) -> None:
+        """Index the record just appended at `self.size` if it starts a new stretch."""
+        if not self.index_offsets or self.size - self.index_offsets[-1] >= INDEX_EVERY_BYTES:
+            self.index_seqs.append(first_seq)
+            self.index_offsets.append(self.size)
 
     def write_index(self, files: Files) -> None:
         """Save the index of a sealed segment. It is derived: a failure only costs a scan
@@ -243,7 +233,10 @@ class TopicStore:
     def reindex(self, segment: Segment) -> None:
         """Rebuild a segment's index from a scan of every record (across damage)."""
         data = self.files.read(segment.path)
-        segment.index_seqs, segment.index_offsets = array("Q"), array("Q")
+        # It always begins at the segment's start, even when the first record is damaged:
+        # a read from there must find that damage, not jump to the next intact record.
+        segment.index_seqs, segment.index_offsets = array("Q", [segment.base_seq]), array(
+            "Q", [0])
         position, expect = 0, segment.base_seq
         while position < len(data):
             found = scan(data, position, expect)
@@ -283,7 +276,7 @@ class TopicStore:
         if active.size >= self.segment_bytes and active.count:
             active = self._roll()
         first = active.next_seq
-        data = encode_records(first, stamp_us, payloads)
+        data = encode_run(first, stamp_us, payloads)
         assert active.file is not None
         try:
             written = active.file.write(data)
@@ -299,7 +292,7 @@ class TopicStore:
             except OSError as exc:
                 self._undo_write(active, exc)
                 raise self._stop(f"fsync failed: {exc.strerror or exc}") from None
-        active.index_run(first, payloads)
+        active.index_appended(first)
         if not active.count:
             active.first_stamp_us = stamp_us
         active.last_stamp_us = stamp_us
@@ -375,7 +368,7 @@ class TopicStore:
     def _read_segment(self, segment: Segment, from_seq: int, max_count: int,
                       max_bytes: int) -> tuple[list[int], list[bytes]]:
         """Read from the index mark at or before `from_seq`, a window at a time; every
-        record is checked (length, CRC, seq) before it is served."""
+        record is checked (length, CRC, seqs) before any of it is served."""
         mark = segment.locate(from_seq)
         window = max(max_bytes, INDEX_EVERY_BYTES) + 2 * INDEX_EVERY_BYTES
         base, chunk = mark, self.files.read(segment.path, mark, window)
@@ -386,27 +379,28 @@ class TopicStore:
         while len(payloads) < max_count and seq < segment.next_seq:
             need = HEADER.size
             if len(chunk) - cursor >= HEADER.size:
-                need += min(HEADER.unpack_from(chunk, cursor)[0], MAX_RECORD_BYTES)
+                need += min(HEADER.unpack_from(chunk, cursor)[0] & ~RUN_FLAG, MAX_RECORD_BYTES)
             if len(chunk) - cursor < need and base + len(chunk) < segment.size:
                 chunk, base, cursor = chunk[cursor:], base + cursor, 0
                 chunk += self.files.read(segment.path, base + len(chunk),
                                          need - len(chunk) + window)
-            if not record_is_intact(chunk, cursor):
+            record = record_at(chunk, cursor)
+            if record is None or (last_good is not None and record.first_seq != last_good + 1):
                 break
-            length, _, record_seq, stamp = HEADER.unpack_from(chunk, cursor)
-            end = cursor + HEADER.size + length
-            if record_seq < seq and (last_good is None or record_seq == last_good + 1):
-                last_good = record_seq
-                cursor = end  # before the wanted seq: skip (we started at an index mark)
+            after = record.first_seq + record.messages
+            if after <= seq:  # wholly before the wanted seq (we started at an index mark)
+                last_good, cursor = after - 1, record.end
                 continue
-            if record_seq != seq or (payloads and taken + length > max_bytes):
+            if record.first_seq > seq:
                 break
-            stamps.append(stamp)
-            payloads.append(chunk[cursor + HEADER.size:end])
-            taken += length
-            last_good = seq
-            seq += 1
-            cursor = end
+            for payload in payloads_of(chunk, cursor, record)[seq - record.first_seq:]:
+                if len(payloads) == max_count or (payloads and taken + len(payload) > max_bytes):
+                    return stamps, payloads
+                payloads.append(payload)
+                stamps.append(record.stamp_us)
+                taken += len(payload)
+                seq += 1
+            last_good, cursor = after - 1, record.end
         if payloads or seq >= segment.next_seq:
             return stamps, payloads  # at damage, the next read (starting there) reports it
         raise _BadRecordError(base + cursor, last_good)

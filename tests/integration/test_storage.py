@@ -15,6 +15,7 @@ import pytest
 
 from broker import BrokerError, Client, ConnectionLostError
 from broker.protocol import Gap
+from broker.records import HEADER, scan
 from tests.helpers import Processes, RunningBroker, remount, run_command, small_tmpfs, wait_for
 
 
@@ -34,10 +35,11 @@ async def everything(address: str, topic: str,
     """(seq, payload) of every retained message of `topic`, read from the earliest; the
     gaps the broker reported on the way go into `gaps` (none are expected without it)."""
     async with Client(address, name="reader") as client:
-        next_seq = (await client.stats())["topics"].get(topic, {}).get("next_seq", 1)
+        stats = (await client.stats())["topics"].get(topic, {})
+        first_seq, next_seq = stats.get("first_seq", 1), stats.get("next_seq", 1)
         sub = await client.subscribe(topic, start="earliest")
         got: list[tuple[int, bytes]] = []
-        while not got or got[-1][0] < next_seq - 1:
+        while (got[-1][0] if got else first_seq - 1) < next_seq - 1:
             message = await anext(sub)
             if message.gap is not None:
                 assert gaps is not None, f"unexpected gap {message.gap}"
@@ -151,8 +153,8 @@ async def test_a_torn_tail_is_cut_and_the_broker_starts(processes: Processes,
     broker = await on_disk(processes, data, port)
     async with Client(broker.address) as client:
         for n in range(100):
-            await client.publish("t", n)
-        await client.publish("t", "last", confirm=True)
+            await client.publish("t", n, confirm=n == 99)
+        await client.publish("t", "last", confirm=True)  # a PUB, so a record, of its own
     await broker.kill()
     (segment,) = (data / "topics" / "t").glob("*.seg")
     segment.write_bytes(segment.read_bytes()[:-3])  # a crash in the middle of a write
@@ -167,18 +169,19 @@ async def test_corruption_in_a_segment_stops_the_start_unless_repaired(
     data, port = tmp_path / "data", free_port()
     broker = await on_disk(processes, data, port)
     async with Client(broker.address) as client:
-        for n in range(100):
-            await client.publish_bytes("t", b"%05d" % n)
+        for n in range(100):  # confirmed one by one: a PUB, so a record, each
+            await client.publish_bytes("t", b"%05d" % n, confirm=True)
         await client.publish_bytes("t", b"last", confirm=True)
     await broker.stop()
     (segment,) = (data / "topics" / "t").glob("*.seg")
     damaged = bytearray(segment.read_bytes())
-    damaged[29 * 50 + 26] ^= 0xFF  # in record 51 (24-byte header + 5 bytes each)
+    record_51 = scan(bytes(damaged), 0, 1).offsets[50]
+    damaged[record_51 + HEADER.size + 10] ^= 0xFF
     segment.write_bytes(bytes(damaged))
     code, _, err = await run_command("-m", "broker", "--port", "0", "--data-dir", str(data))
     assert code == 2, err
     reason = err.strip().splitlines()[-1]
-    assert segment.name in reason and "offset 1,450" in reason and "--repair" in reason
+    assert segment.name in reason and f"offset {record_51:,}" in reason and "--repair" in reason
     broker = await on_disk(processes, data, port, "--repair")
     gaps: list[Gap] = []
     log = await everything(broker.address, "t", gaps)

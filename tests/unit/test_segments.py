@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from broker.errors import StorageError
-from broker.records import HEADER, encode_records, scan
+from broker.records import HEADER, encode_records, encode_run, payloads_of, record_at, scan
 from broker.recovery import open_topic
 from broker.segments import (
     INDEX_EVERY_BYTES,
@@ -22,21 +22,38 @@ def payload(seq: int, size: int = 100) -> bytes:
     return (seq.to_bytes(8, "big") * (size // 8 + 1))[:size]
 
 
+# One 100-byte payload as a record on disk: header, count, one size, the payload.
+RECORD = len(encode_run(1, 0, [payload(1)]))
+
+
 def filled(tmp_path: Path, count: int, segment_bytes: int = 1 << 20, size: int = 100,
-           name: str = "live.TimingData") -> TopicStore:
+           name: str = "live.TimingData", per_append: int = 50) -> TopicStore:
+    """`count` payloads appended `per_append` at a time: a run record each."""
     store = TopicStore.create(tmp_path, name, segment_bytes=segment_bytes)
-    for first in range(1, count + 1, 50):
-        batch = [payload(seq, size) for seq in range(first, min(first + 50, count + 1))]
+    for first in range(1, count + 1, per_append):
+        batch = [payload(seq, size) for seq in range(first, min(first + per_append, count + 1))]
         assert store.append(batch, 1_000_000 + first) == first
     return store
 
 
-def test_records_round_trip_through_scan() -> None:
-    data = encode_records(7, 123, [b"a", b"", b"ccc"])
+def test_a_run_record_and_the_older_single_records_round_trip_through_scan() -> None:
+    run = encode_run(7, 123, [b"a", b"", b"ccc"])
+    data = run + encode_records(10, 5, [b"zz", b"y"])  # a log written before run records
     found = scan(data, expect_seq=7)
-    assert list(found.seqs) == [7, 8, 9] and list(found.stamps) == [123] * 3
-    assert list(found.lengths) == [1, 0, 3] and found.end == len(data)
-    assert found.torn is None and found.corrupt is None
+    assert list(found.seqs) == [7, 8, 9, 10, 11]
+    assert list(found.stamps) == [123, 123, 123, 5, 5]
+    assert list(found.offsets) == [0, 0, 0, len(run), len(run) + HEADER.size + 2]
+    assert found.end == len(data) and found.torn is None and found.corrupt is None
+    record = record_at(data, 0)
+    assert record is not None and payloads_of(data, 0, record) == [b"a", b"", b"ccc"]
+
+
+def test_no_flipped_bit_turns_a_run_into_a_single_record_or_back() -> None:
+    for data in (encode_run(1, 0, [b"abc", b"de"]), encode_records(1, 0, [b"abcdefghij"])):
+        for bit in range(32):  # every bit of the length word, the run flag among them
+            flipped = bytearray(data)
+            flipped[bit // 8] ^= 0x80 >> (bit % 8)
+            assert record_at(bytes(flipped), 0) is None
 
 
 def test_scan_tells_a_torn_tail_from_corruption_in_the_middle() -> None:
@@ -86,30 +103,30 @@ def test_a_reopened_topic_continues_its_seqs(tmp_path: Path) -> None:
 
 
 def test_a_torn_tail_is_cut_and_counted(tmp_path: Path) -> None:
-    store = filled(tmp_path, 300)
+    store = filled(tmp_path, 300, per_append=1)
     store.close()
     last = store.segments[-1].path
     last.write_bytes(last.read_bytes()[:-37])  # as if the machine died mid-write
     again, report = open_topic(store.directory)
-    assert again.next_seq == 300 and report.torn_bytes == HEADER.size + 100 - 37
+    assert again.next_seq == 300 and report.torn_bytes == RECORD - 37
     assert "cut a torn tail" in report.notes[0]
     assert again.append([b"after"], 1) == 300  # the torn record's seq is written again
 
 
 def test_corruption_in_the_middle_stops_the_open_unless_repaired(tmp_path: Path) -> None:
-    store = filled(tmp_path, 300)
+    store = filled(tmp_path, 300, per_append=1)
     store.close()
     segment = store.segments[-1].path
     data = bytearray(segment.read_bytes())
-    data[(HEADER.size + 100) * 100 + HEADER.size + 5] ^= 0xFF  # inside record 101
+    data[RECORD * 100 + HEADER.size + 5] ^= 0xFF  # inside record 101
     segment.write_bytes(bytes(data))
     with pytest.raises(StorageError) as refused:
         open_topic(store.directory)
     message = str(refused.value)
-    assert segment.name in message and "offset 12,400" in message and "--repair" in message
+    assert segment.name in message and "offset 13,200" in message and "--repair" in message
     repaired, report = open_topic(store.directory, repair=True)
     # Every intact record is kept: the damaged one becomes a hole that readers hear of.
-    assert repaired.next_seq == 301 and report.repaired_bytes == HEADER.size + 100
+    assert repaired.next_seq == 301 and report.repaired_bytes == RECORD
     assert repaired.read(100, 1, 1 << 20)[1] == [payload(100)]
     assert repaired.read(102, 199, 1 << 20)[1] == [payload(s) for s in range(102, 301)]
     with pytest.raises(UnreadableRangeError) as hole:
@@ -118,7 +135,7 @@ def test_corruption_in_the_middle_stops_the_open_unless_repaired(tmp_path: Path)
 
 
 def test_damage_in_an_older_segment_tail_is_found_at_open(tmp_path: Path) -> None:
-    store = filled(tmp_path, 3000, segment_bytes=64 * 1024)
+    store = filled(tmp_path, 3000, segment_bytes=64 * 1024, per_append=1)
     store.close()
     older = store.segments[1].path
     older.write_bytes(older.read_bytes()[:-50])  # an older segment lost its end
@@ -232,3 +249,21 @@ def test_the_index_kept_while_appending_is_the_one_a_scan_builds(tmp_path: Path)
     assert list(active.index_seqs) == list(rebuilt.index_seqs)
     assert list(active.index_offsets) == list(rebuilt.index_offsets)
     assert len(active.index_seqs) > 100
+
+
+def test_a_log_written_before_run_records_opens_reads_and_grows(tmp_path: Path) -> None:
+    """What an older broker left: single-payload records, an index beside the active
+    segment, no START. It is read as it is; new appends are run records after it."""
+    directory = tmp_path / "t"
+    directory.mkdir()
+    (directory / "TOPIC").write_text("t")
+    old = encode_records(1, 5, [payload(n) for n in range(1, 1001)])
+    (directory / f"{1:020d}.seg").write_bytes(old)
+    (directory / f"{1:020d}.idx").write_bytes(bytes(16))  # stale: ignored for the last
+    store, report = open_topic(directory)
+    assert (store.first_seq, store.next_seq, report.notes) == (1, 1001, [])
+    assert store.append([payload(n) for n in range(1001, 1101)], 6) == 1001
+    store.close()
+    again, _ = open_topic(directory)
+    assert again.read(1, 2000, 1 << 30)[1] == [payload(n) for n in range(1, 1101)]
+    assert again.read(999, 3, 1 << 30)[1] == [payload(n) for n in (999, 1000, 1001)]

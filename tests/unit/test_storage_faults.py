@@ -11,7 +11,7 @@ import pytest
 
 from broker.datadir import DataDir
 from broker.errors import StorageError
-from broker.records import HEADER
+from broker.records import encode_run
 from broker.recovery import open_topic
 from broker.segments import (
     NEW_TOPIC_PREFIX,
@@ -22,6 +22,7 @@ from broker.segments import (
 from tests.sim.filesystem import Fault, SimFiles
 
 ROOT = Path("/data/topics")
+RECORD = len(encode_run(1, 0, [bytes(100)]))  # one 100-byte payload as a run record
 
 
 def payload(seq: int, size: int = 100) -> bytes:
@@ -43,7 +44,8 @@ def closed_store(directory: Path, count: int) -> tuple[TopicStore, Path, bytearr
     """A topic of `count` 100-byte records in one segment, closed: the store, its segment
     file and that file's bytes, to damage."""
     store = TopicStore.create(directory, "t")
-    store.append([payload(n) for n in range(1, count + 1)], 1)
+    for n in range(1, count + 1):  # one run record each: damage takes one message
+        store.append([payload(n)], 1)
     store.close()
     segment = store.segments[0].path
     return store, segment, bytearray(segment.read_bytes())
@@ -67,7 +69,7 @@ def test_a_refused_write_to_a_new_topic_leaves_nothing_and_seqs_go_on() -> None:
 
 def test_a_flipped_length_bit_mid_segment_is_damage_not_a_torn_tail(tmp_path: Path) -> None:
     store, segment, data = closed_store(tmp_path, 500)
-    data[(HEADER.size + 100) * 40] ^= 0x80  # the top bit of record 41's length
+    data[RECORD * 40] ^= 0x40  # bit 30 of record 41's length: an impossible length
     segment.write_bytes(bytes(data))
     with pytest.raises(StorageError, match=r"impossible.*intact records after it"):
         open_topic(store.directory)
@@ -89,7 +91,7 @@ def test_a_zero_filled_tail_is_cut_without_asking(tmp_path: Path) -> None:
 
 def test_non_zero_bytes_after_a_short_record_are_damage(tmp_path: Path) -> None:
     store, segment, data = closed_store(tmp_path, 10)
-    data[(HEADER.size + 100) * 9 + 3] = 50  # the last record claims 50 bytes, not 100
+    data[RECORD * 9 + 3] = 50  # the last record claims a 50-byte body
     segment.write_bytes(bytes(data))
     with pytest.raises(StorageError, match="non-zero bytes after it"):
         open_topic(store.directory)
@@ -117,13 +119,14 @@ def test_half_made_topic_directories_are_removed_at_start(tmp_path: Path) -> Non
 
 def test_damage_found_while_reading_is_a_range_and_repair_keeps_what_follows(
         tmp_path: Path) -> None:
-    store = TopicStore.create(tmp_path, "t", segment_bytes=64 * 1024)
-    for first in range(1, 3001, 100):
-        store.append([payload(n) for n in range(first, first + 100)], 1)
+    store = TopicStore.create(tmp_path, "t", segment_bytes=1 << 20)
+    for n in range(1, 10_001):
+        store.append([payload(n)], 1)
     store.close()
     older = store.segments[0]
+    assert len(store.segments) == 2 and len(older.index_seqs) > 10
     data = bytearray(older.path.read_bytes())
-    data[(HEADER.size + 100) * 200 + 60] ^= 0x01  # inside record 201, mid-segment
+    data[RECORD * 200 + 60] ^= 0x01  # inside record 201, between two index marks
     older.path.write_bytes(bytes(data))
     opened = reopen_real(store.directory)  # start-up reads only the index and the tail
     assert opened.read(1, 200, 1 << 30)[1] == [payload(n) for n in range(1, 201)]
@@ -131,14 +134,15 @@ def test_damage_found_while_reading_is_a_range_and_repair_keeps_what_follows(
         opened.read(201, 10, 1 << 30)
     assert (unreadable.value.first, unreadable.value.end) == (201, 202)
     assert opened.read(202, 1, 1 << 30)[1] == [payload(202)]
-    with pytest.raises(StorageError, match="offset 24,800"):
-        open_topic(store.directory, verify=True, segment_bytes=64 * 1024)
-    repaired, _ = open_topic(store.directory, repair=True, segment_bytes=64 * 1024)
-    assert repaired.next_seq == 3001 and len(everything_around(repaired)) == 2999
+    assert opened.read(150, 100, 1 << 30)[1] == [payload(n) for n in range(150, 201)]
+    with pytest.raises(StorageError, match="offset 26,400"):
+        open_topic(store.directory, verify=True)
+    repaired, _ = open_topic(store.directory, repair=True)
+    assert repaired.next_seq == 10_001 and len(everything_around(repaired)) == 9_999
 
 
 def reopen_real(directory: Path) -> TopicStore:
-    return open_topic(directory, segment_bytes=64 * 1024)[0]
+    return open_topic(directory, segment_bytes=1 << 20)[0]
 
 
 def everything_around(store: TopicStore) -> list[bytes]:
