@@ -15,7 +15,8 @@ help:
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make lint   ruff and mypy --strict"
 	@echo "make bench  throughput and latency benchmarks, and what hostile clients cost"
-	@echo "make soak   the crash simulator for as long as asked: SECONDS=600 or SEEDS=5000"
+	@echo "make soak   the crash simulator for as long as asked: SECONDS=600 or SEEDS=5000,"
+	@echo "            JOBS=n processes (default: one per core)"
 	@echo "            (docs/storage.md, 'The crash model'); a failure prints its replay"
 
 $(SETUP): pyproject.toml
@@ -41,9 +42,11 @@ bench: $(SETUP)
 	$(PY) bench/limits.py
 	$(PY) bench/jetstream.py
 
-# Crash and fault injection against the on-disk log, seeded: SECONDS= or SEEDS= (default 60 s).
+# Crash and fault injection against the on-disk log, seeded: SECONDS= or SEEDS= (default 60 s),
+# JOBS= processes (default: one per core).
 soak: $(SETUP)
-	$(PY) -m tests.sim.soak $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SECONDS),--seconds $(SECONDS))
+	$(PY) -m tests.sim.soak $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SECONDS),--seconds $(SECONDS)) \
+	    $(if $(JOBS),--jobs $(JOBS))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

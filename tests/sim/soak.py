@@ -2,6 +2,7 @@
 
     python -m tests.sim.soak --seconds 120          # the scripted sweep, then random seeds
     python -m tests.sim.soak --seeds 5000           # a number of random seeds instead
+    python -m tests.sim.soak --jobs 2 --seconds 600 # one process per core
     python -m tests.sim.soak --replay 'workload=... kind=crash ...'   # one case again
 
 The scripted sweep runs first: every step of every scripted workload under
@@ -15,10 +16,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 from tests.sim.cases import (
     Case,
@@ -47,38 +52,88 @@ def main(argv: list[str] | None = None) -> int:
                         help="faults injected at random steps of each random workload")
     parser.add_argument("--replay", metavar="LABEL", help="run one case again, by its label")
     parser.add_argument("--no-sweep", action="store_true", help="skip the scripted sweep")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="processes, each taking every JOBS-th seed (default: one per "
+                             "core); the first also runs the scripted sweep")
     args = parser.parse_args(argv)
     if args.replay:
         return _replay(args.replay)
     seconds = args.seconds or (0.0 if args.seeds else 60.0)
-    soak = Soak(time.monotonic() + seconds if seconds else None)
-    seeds: Iterator[int] = (iter(range(args.first_seed, args.first_seed + args.seeds))
-                            if args.seeds else itertools.count(args.first_seed))
+    deadline = time.time() + seconds if seconds else None
+    jobs = max(1, args.jobs)
+    plans = [Plan(job, jobs, args.first_seed, args.seeds, args.faults_per_seed,
+                  sweep=job == 0 and not args.no_sweep, deadline=deadline)
+             for job in range(jobs)]
+    started = time.monotonic()
+    if jobs == 1:
+        results = [run_plan(plans[0])]
+    else:
+        # Ctrl-C reaches every process: each job stops at once and returns what it counted
+        # (run_plan); this one waits for them and reports the totals.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with ProcessPoolExecutor(jobs) as pool:
+            results = list(pool.map(run_plan, plans))
+    totals: Counter[str] = sum((counts for counts, _ in results), Counter())
+    failed = any(not ok for _, ok in results)
+    Soak(None, "", totals, started).report(final=True, failed=failed)
+    return 1 if failed else 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one soak process runs: seeds first+job, first+job+jobs, ... (and the sweep)."""
+
+    job: int
+    jobs: int
+    first_seed: int
+    seeds: int  # in all, over every job (0: until the deadline)
+    faults_per_seed: int
+    sweep: bool
+    deadline: float | None  # time.time(), shared by the processes
+
+
+def run_plan(plan: Plan) -> tuple[Counter[str], bool]:
+    name = f"job {plan.job + 1}/{plan.jobs}: " if plan.jobs > 1 else ""
+    soak = Soak(plan.deadline, name)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return soak.counts, _run(plan, soak)
+    except KeyboardInterrupt:
+        soak.counts["interrupted"] = 1
+        return soak.counts, True
+    finally:
+        if plan.jobs > 1:  # a pool process waits for more work: Ctrl-C is not for it now
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run(plan: Plan, soak: Soak) -> bool:
     ok = True
-    if not args.no_sweep:
-        for name in scripted_names():
+    if plan.sweep:
+        for workload_name in scripted_names():
             for policy in POLICIES:
-                ok = ok and soak.crashes(name, policy)
-                ok = ok and all(soak.case(c) for c in fault_cases(name, policy, True))
+                ok = ok and soak.crashes(workload_name, policy)
+                ok = ok and all(soak.case(c) for c in fault_cases(workload_name, policy, True))
+    last = plan.first_seed + plan.seeds if plan.seeds else None
+    seeds: Iterator[int] = itertools.count(plan.first_seed + plan.job, plan.jobs)
     for seed in seeds:
-        if not ok or soak.out_of_time():
+        if not ok or soak.out_of_time() or (last is not None and seed >= last):
             break
         soak.counts["random seeds"] += 1
-        name = f"random:{seed}"
-        ok = soak.crashes(name, random_policy(seed))
-        ok = ok and all(soak.case(c) for c in random_faults(seed, args.faults_per_seed))
-    soak.report(final=True, failed=not ok)
-    return 0 if ok else 1
+        ok = soak.crashes(f"random:{seed}", random_policy(seed))
+        ok = ok and all(soak.case(c) for c in random_faults(seed, plan.faults_per_seed))
+    return ok
 
 
 class Soak:
-    def __init__(self, deadline: float | None) -> None:
+    def __init__(self, deadline: float | None, name: str,
+                 counts: Counter[str] | None = None, started: float | None = None) -> None:
         self.deadline = deadline
-        self.counts: Counter[str] = Counter()
-        self.started = self.last_report = time.monotonic()
+        self.name = name
+        self.counts: Counter[str] = counts if counts is not None else Counter()
+        self.started = self.last_report = started if started is not None else time.monotonic()
 
     def out_of_time(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
+        return self.deadline is not None and time.time() > self.deadline
 
     def crashes(self, name: str, policy: str) -> bool:
         tried, failed, problems = crash_sweep(name, policy)  # type: ignore[arg-type]
@@ -105,12 +160,13 @@ class Soak:
 
     def report(self, final: bool = False, failed: bool = False) -> None:
         counts = self.counts
-        line = (f"soak: {time.monotonic() - self.started:,.0f} s: "
+        line = (f"soak: {self.name}{time.monotonic() - self.started:,.0f} s: "
                 f"{counts['crash points']:,} crash points, "
                 f"{counts['injected faults']:,} injected faults, "
                 f"{counts['flipped bits']:,} flipped bits, {counts['random seeds']:,} random "
                 "seeds")
         if final:
+            line += " (interrupted)" if counts["interrupted"] else ""
             line += (": FAILED (above)" if failed else ": 0 confirmed messages lost, 0 refused "
                      "messages served, 0 recoveries needing a human")
         print(line, flush=True)
