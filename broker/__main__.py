@@ -16,6 +16,7 @@ from broker import protocol as p
 from broker.client import DEFAULT_STREAM, STREAM_ENV, is_nats, parse_address
 from broker.datadir import DATA_DIR_ENV
 from broker.errors import ConfigError, StorageError
+from broker.records import MAX_RECORD_BYTES
 from broker.server import Broker, BrokerConfig
 from broker.topics import Retention
 
@@ -174,6 +175,11 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
     if not 0 <= args.port <= 65535:
         raise SystemExit(cli.fail("python -m broker", f"--port {args.port} is outside 0..65535",
                                   cli.EXIT_USAGE))
+    if args.data_dir is not None and args.max_frame > MAX_RECORD_BYTES:
+        raise SystemExit(cli.fail("python -m broker",
+                                  f"--max-frame {args.max_frame:,} is over "
+                                  f"{MAX_RECORD_BYTES:,}, the largest record --data-dir keeps "
+                                  "(a longer one reads as damage)", cli.EXIT_USAGE))
     if args.max_frame < 4 * p.FRAME_ROOM_BYTES:
         raise SystemExit(cli.fail("python -m broker", f"--max-frame {args.max_frame} is below "
                                   f"{4 * p.FRAME_ROOM_BYTES}", cli.EXIT_USAGE))

@@ -53,7 +53,8 @@ class Record(NamedTuple):
 def encode_run(first_seq: int, stamp_us: int, payloads: list[bytes]) -> bytes:
     """One run record for `payloads` (seqs from `first_seq`), ready to append; at most
     MAX_RECORD_BYTES of body each: a longer run is several records."""
-    if sum(map(len, payloads)) + 4 * len(payloads) + COUNT.size > MAX_RECORD_BYTES:
+    if (len(payloads) > 1  # one payload is at most --max-frame, which --data-dir bounds
+            and sum(map(len, payloads)) + 4 * len(payloads) + COUNT.size > MAX_RECORD_BYTES):
         half = len(payloads) // 2
         return (encode_run(first_seq, stamp_us, payloads[:half])
                 + encode_run(first_seq + half, stamp_us, payloads[half:]))

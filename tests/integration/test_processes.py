@@ -167,6 +167,8 @@ async def test_broker_stats_command_prints_topics(processes: Processes) -> None:
     (["-m", "broker", "--on-full", "panic"], "invalid choice: 'panic'"),
     (["-m", "broker", "--max-publish-rate", "-5"], "--max-publish-rate -5.0 must be 0 or more"),
     (["-m", "broker", "--max-memory", "1MiB"], "--max-memory 1,048,576 is smaller than"),
+    (["-m", "broker", "--data-dir", "/nonexistent/d", "--max-frame", "100MiB",
+      "--retain-bytes", "1GiB"], "the largest record --data-dir keeps"),
     (["-m", "broker", "--topic-ttl", "soon"], "is not a duration like 30s"),
     (["-m", "consumer", "printer", "--from", "yesterday"], "'yesterday' is not 'new'"),
     (["-m", "consumer", "printer", "--broker", "localhost:http"], "is not HOST:PORT"),

@@ -267,3 +267,17 @@ def test_a_log_written_before_run_records_opens_reads_and_grows(tmp_path: Path) 
     again, _ = open_topic(directory)
     assert again.read(1, 2000, 1 << 30)[1] == [payload(n) for n in range(1, 1101)]
     assert again.read(999, 3, 1 << 30)[1] == [payload(n) for n in (999, 1000, 1001)]
+
+
+def test_a_run_over_the_largest_record_is_split_into_records_that_read_back() -> None:
+    payloads = [bytes([n]) * (20 << 20) for n in range(5)]  # 100 MiB in one PUB run
+    data = encode_run(1, 7, payloads)
+    found = scan(data, 0, 1)
+    assert list(found.seqs) == [1, 2, 3, 4, 5] and found.end == len(data)
+    assert len(set(found.offsets)) == 2  # two records of 2 and 3 payloads
+    read: list[bytes] = []
+    for offset in sorted(set(found.offsets)):
+        record = record_at(data, offset)
+        assert record is not None
+        read += payloads_of(data, offset, record)
+    assert read == payloads
