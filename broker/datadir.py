@@ -157,7 +157,11 @@ class DataDir:
         if not self.files.exists(path):
             return {}
         try:
-            data: dict[str, Any] = msgpack.unpackb(self.files.read(path))
+            raw = self.files.read(path)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        try:
+            data: dict[str, Any] = msgpack.unpackb(raw)
             return {name: (entry["pattern"], dict(entry["acked"]))
                     for name, entry in data.items()}
         except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:

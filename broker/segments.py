@@ -160,6 +160,12 @@ class Segment:
         self.index_seqs, self.index_offsets = seqs, offsets
         return True
 
+    def next_mark_after(self, seq: int) -> int:
+        """The seq of the first index mark after `seq` (or the segment's end): how far a
+        read that failed is reported unreadable."""
+        position = bisect_right(self.index_seqs, seq)
+        return self.index_seqs[position] if position < len(self.index_seqs) else self.next_seq
+
     def locate(self, seq: int) -> int:
         """The offset of the indexed record at or before `seq`."""
         position = bisect_right(self.index_seqs, seq) - 1
@@ -355,6 +361,16 @@ class TopicStore:
         segment = self.segments[max(position, 0)]
         if from_seq >= segment.next_seq:
             return [], []
+        try:
+            return self._read_checked(segment, from_seq, max_count, max_bytes)
+        except OSError as exc:  # a bad sector, a failing disk: maybe for now only
+            raise UnreadableRangeError(
+                self.name, from_seq, segment.next_mark_after(from_seq),
+                f"read error: {exc.strerror or exc} in {segment.path} (the records may still "
+                "be whole: a later reader, or a durable after a restart, tries again)") from None
+
+    def _read_checked(self, segment: Segment, from_seq: int, max_count: int,
+                      max_bytes: int) -> tuple[list[int], list[bytes]]:
         for attempt in range(3):
             try:
                 return self._read_segment(segment, from_seq, max_count, max_bytes)

@@ -66,8 +66,18 @@ def workload(name: str) -> list[Op]:
 
 
 @lru_cache(maxsize=4096)
-def steps_of(name: str, policy: FsyncPolicy) -> int:
+def _counts(name: str, policy: FsyncPolicy) -> tuple[int, int]:
     return count_steps(workload(name), policy)
+
+
+def steps_of(name: str, policy: FsyncPolicy) -> int:
+    """The calls the workload makes: a fault can hit each."""
+    return _counts(name, policy)[0]
+
+
+def changes_of(name: str, policy: FsyncPolicy) -> int:
+    """The calls that change something: a crash point before each."""
+    return _counts(name, policy)[1]
 
 
 def seed_for(name: str, step: int) -> int:

@@ -44,9 +44,10 @@ FAULTS = (Fault(errno.ENOSPC), Fault(errno.EIO), Fault(errno.EDQUOT), Fault(errn
 
 class Op(NamedTuple):
     """One step of a workload: ("pub", topic, number, size), ("sync",), ("durable", topic,
-    name=), ("ack", topic, number, name=), ("restart",), ("repair",)."""
+    name=), ("ack", topic, number, name=), ("read",) (every topic from earliest, as a
+    subscriber catching up), ("restart",), ("repair",)."""
 
-    kind: Literal["pub", "sync", "durable", "ack", "restart", "repair"]
+    kind: Literal["pub", "sync", "durable", "ack", "read", "restart", "repair"]
     topic: str = ""
     number: int = 0  # of payloads, or of messages acknowledged
     size: int = 0
@@ -84,6 +85,7 @@ class Harness:
         self.durables_dirty = False
         self.notes: list[str] = []
         self.holes: list[tuple[str, int, int]] = []
+        self.problems: list[str] = []  # found while the workload ran (its "read" steps)
 
     # --- the broker's life -----------------------------------------------------------
 
@@ -139,6 +141,8 @@ class Harness:
             self.new_durable(op.name, op.topic)
         elif op.kind == "ack":
             self.ack(op.name, op.topic, op.number)
+        elif op.kind == "read":
+            self.read_as_a_subscriber()
         else:
             self.close()
             self.open_as_an_operator_would(repair=op.kind == "repair")
@@ -218,6 +222,26 @@ class Harness:
             return False
         self.durables_dirty = False
         return True
+
+    def read_as_a_subscriber(self) -> None:
+        """Every topic from its first seq: what is served must be what was published at
+        that seq; what is not must be announced (an UnreadableRangeError: a GAP), and only
+        when a fault made a read fail."""
+        for name, topic in self.topics.items():
+            before = len(self.holes)
+            got = self.read_all(topic)
+            announced = {seq for _, first, end in self.holes[before:] for seq in range(first, end)}
+            del self.holes[before:]
+            confirmed = self.model.confirmed.get(name, {})
+            for seq, payload in got.items():
+                if confirmed.get(seq) != payload:
+                    self.problems.append(f"{name} seq {seq}: a reader was served {payload[:24]!r}")
+            missing = [s for s in confirmed if s >= topic.first_seq and s not in got]
+            if [s for s in missing if s not in announced]:
+                self.problems.append(f"{name}: a reader missed seqs {missing[:5]} unannounced")
+            if announced and not self.files.faults_hit:
+                self.problems.append(f"{name}: a GAP for seqs {sorted(announced)[:5]} with no "
+                                     "fault to cause it")
 
     # --- checks ----------------------------------------------------------------------
 
@@ -308,11 +332,13 @@ class Harness:
 Problems = list[str] | None
 
 
-def _run_workload(harness: Harness, workload: Iterable[Op]) -> None:
+def _run_workload(harness: Harness, workload: Iterable[Op]) -> list[str]:
+    """Run it from the start to a clean shutdown; what its read steps found wrong."""
     harness.open_as_an_operator_would()
     for op in workload:
         harness.apply(op)
     harness.close()
+    return harness.problems
 
 
 def _restart_and_check(files: SimFiles, model: Model, policy: FsyncPolicy, power_loss: bool,
@@ -389,7 +415,9 @@ def run_every_crash(workload: list[Op], policy: FsyncPolicy, seed_of: Callable[[
         files.before_step = crash_here
 
     files.before_step = crash_here
-    _run_workload(harness, workload)
+    problems = _run_workload(harness, workload)
+    if failure is None and problems:
+        failure = (files.steps, False, problems)
     return tried, failure
 
 
@@ -400,11 +428,14 @@ def run_fault(workload: list[Op], policy: FsyncPolicy, step: int, fault: Fault,
     files.fail_at(step, fault)
     harness = Harness(files, policy)
     try:
-        _run_workload(harness, workload)
+        problems = _run_workload(harness, workload)
     except StorageError as exc:
         return [f"the broker gave up: {exc}"]
     if not files.faults_hit:
         return None
+    if problems:
+        return problems
+    files.faults.clear()  # one fault a run: the checks below read a sound disk
     harness.open()
     problems = harness.check(power_loss=False)
     harness.close()
@@ -421,7 +452,9 @@ def run_flip(workload: list[Op], policy: FsyncPolicy, seed: int) -> Problems:
     it (then --repair starts), or serves around it; never a flipped record as data."""
     files = SimFiles()
     harness = Harness(files, policy)
-    _run_workload(harness, workload)
+    problems = _run_workload(harness, workload)
+    if problems:
+        return problems
     rng = random.Random(seed)
     where = files.flip_bit(rng, (".seg", ".idx"))
     if where is None:
@@ -454,11 +487,19 @@ def run_flip(workload: list[Op], policy: FsyncPolicy, seed: int) -> Problems:
     return [f"{where}: {p}" for p in problems]
 
 
-def count_steps(workload: list[Op], policy: FsyncPolicy) -> int:
-    """How many steps the workload takes without a crash: the crash points to try."""
+def count_steps(workload: list[Op], policy: FsyncPolicy) -> tuple[int, int]:
+    """How many calls the workload makes without a crash (each a fault to try), and how
+    many of them change something (each a crash point)."""
     files = SimFiles()
+    changes = 0
+
+    def count(step: int) -> None:
+        nonlocal changes
+        changes += 1
+
+    files.before_step = count
     _run_workload(Harness(files, policy), workload)
-    return files.steps
+    return files.steps, changes
 
 
 # --- workloads -------------------------------------------------------------------------
@@ -472,7 +513,7 @@ def scripted_workloads() -> dict[str, list[Op]]:
             Op("pub", "a", 1, 20), Op("pub", "b", 5, 30), Op("pub", "a", 3, 200),
             Op("sync"), Op("pub", "c", 1, 0), Op("pub", "a", 10, 50), Op("pub", "a", 30, 40),
             Op("durable", name="d1", topic="a"), Op("ack", "a", 5, name="d1"), Op("sync"),
-            Op("pub", "b", 2, 700), Op("restart"), Op("pub", "a", 1, 1),
+            Op("pub", "b", 2, 700), Op("read"), Op("restart"), Op("read"), Op("pub", "a", 1, 1),
             Op("ack", "a", 3, name="d1"), Op("sync"), Op("pub", "e", 4, 10), Op("repair"),
             Op("pub", "e", 1, 1),
         ],
@@ -485,7 +526,7 @@ def scripted_workloads() -> dict[str, list[Op]]:
             Op("pub", "t", 4, 30), Op("durable", name="x", topic="t"), Op("pub", "t", 6, 30),
             Op("ack", "t", 4, name="x"), Op("durable", name="y", topic="t"), Op("sync"),
             Op("ack", "t", 2, name="x"), Op("ack", "t", 5, name="y"), Op("pub", "t", 20, 40),
-            Op("restart"), Op("ack", "t", 10, name="y"), Op("sync"),
+            Op("restart"), Op("read"), Op("ack", "t", 10, name="y"), Op("sync"),
         ],
     }
 
@@ -505,8 +546,10 @@ def random_workload(seed: int) -> list[Op]:
             ops.append(Op("sync"))
         elif roll < 0.82:
             ops.append(Op("durable", topic, name=f"d{rng.randint(1, 2)}"))
-        elif roll < 0.92:
+        elif roll < 0.88:
             ops.append(Op("ack", topic, rng.randint(1, 10), name=f"d{rng.randint(1, 2)}"))
+        elif roll < 0.94:
+            ops.append(Op("read"))
         else:
             ops.append(Op(rng.choice(("restart", "restart", "repair"))))
     return ops

@@ -12,9 +12,12 @@ finds:
   up to the size it had (the size reached the disk, the data did not); each
   directory's synced entries and a prefix of the changes since.
 
-Every call that changes something is a step. `crash_at(k)` raises
+Every call is a step, a read as much as a write. `crash_at(k)` raises
 SimulatedCrash at step k before it does anything; `fail_at(k, errno)` makes
-step k fail (a write may instead be short: part of it written).
+step k fail (a write may instead be short: part of it written; a read or a
+listing fails with the error, as a bad sector would). `before_step` is
+called before each step that changes something: a crash image taken before a
+read would be the one taken before the change that preceded it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.files import AppendFile
+
+_READS = ("read", "listdir")
 
 
 class SimulatedCrash(BaseException):
@@ -74,7 +79,7 @@ class SimFiles:
 
     def _step(self, what: str, path: Path) -> Fault | None:
         self.steps += 1
-        if self.before_step is not None:
+        if self.before_step is not None and what not in _READS:
             self.before_step(self.steps)
         if self.steps == self.crash_step:
             raise SimulatedCrash(f"step {self.steps}: {what} {path}")
@@ -127,6 +132,7 @@ class SimFiles:
         self._link(path, _Dir())
 
     def listdir(self, path: Path) -> list[str]:
+        self._maybe_fail("listdir", path)
         node = self._node(path)
         if not isinstance(node, _Dir):
             raise NotADirectoryError(errnos.ENOTDIR, "Not a directory", str(path))
@@ -149,6 +155,7 @@ class SimFiles:
         return len(self._file(path).data)
 
     def read(self, path: Path, offset: int = 0, length: int = -1) -> bytes:
+        self._maybe_fail("read", path)
         data = self._file(path).data
         return bytes(data[offset:] if length < 0 else data[offset:offset + length])
 

@@ -201,3 +201,17 @@ def test_an_fsync_error_stops_the_topics_writes_until_a_restart(policy: str) -> 
     again = reopen(files, fsync=policy)  # a restart: writes work again
     assert everything(again)[0] == b"one" and b"three" not in everything(again)
     assert again.append([b"four"], 4) == again.next_seq - 1
+
+
+def test_a_read_error_while_serving_is_reported_as_a_range_and_not_kept() -> None:
+    files = SimFiles()
+    store = sim_store(files)
+    for n in range(1, 2001):  # one record each: an index mark every 64 KiB
+        store.append([payload(n)], 1)
+    marks = list(store.segments[0].index_seqs)
+    files.fail_at(files.steps + 1, Fault(errno.EIO))  # the next read meets a bad sector
+    with pytest.raises(UnreadableRangeError, match="read error: Input/output error") as err:
+        store.read(10, 100, 1 << 20)
+    assert (err.value.first, err.value.end) == (10, marks[1])  # up to the next index mark
+    assert store.read(10, 1, 1 << 20)[1] == [payload(10)]  # it may pass: no hole is kept
+    assert not store.holes
