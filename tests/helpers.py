@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import shutil
 import signal
@@ -12,11 +13,14 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar, overload
 
 import pytest
 
 from broker import protocol as p
 from broker.subscription import Message, Subscription
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSION = ROOT / "samples" / "livetiming" / "2020-08-07_70th-anniversary-fp2"  # real, bundled
@@ -402,12 +406,28 @@ async def assert_nothing_more(sub: Subscription, wait_s: float = 0.3) -> None:
             raise AssertionError(f"unexpected extra message {extra}")
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], what: str,
-                   timeout_s: float = 10.0, interval_s: float = 0.05) -> None:
-    """Poll `predicate` until it holds; fail with `what` if it does not within the time."""
+@overload
+async def wait_for(condition: Callable[[], Awaitable[T]], what: str,
+                   timeout_s: float = ..., interval_s: float = ...) -> T: ...
+
+
+@overload
+async def wait_for(condition: Callable[[], T], what: str,
+                   timeout_s: float = ..., interval_s: float = ...) -> T: ...
+
+
+async def wait_for(condition: Callable[[], Any], what: str,
+                   timeout_s: float = 10.0, interval_s: float = 0.05) -> Any:
+    """Poll `condition` (a function, or an async one) until it returns something true, and
+    return that; fail with `what` if it does not within the time. The one wait-until loop
+    of the tests: they wait on state (a stat, a row, a line), never on a sleep alone."""
     try:
         async with asyncio.timeout(timeout_s):
-            while not await predicate():
+            while True:
+                result = condition()
+                met = await result if inspect.isawaitable(result) else result
+                if met:
+                    return met
                 await asyncio.sleep(interval_s)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}") from None

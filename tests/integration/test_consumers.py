@@ -31,10 +31,11 @@ async def replayed_session(processes: Processes) -> RunningBroker | RunningNats:
 
 async def wait_for_output(process: RunningProcess, text: str, timeout_s: float = 15) -> str:
     out: Path = process.out_path  # type: ignore[attr-defined]
-    async with asyncio.timeout(timeout_s):
-        while text not in out.read_text():
-            assert process.process.returncode is None, process.log()
-            await asyncio.sleep(0.05)
+
+    def printed() -> bool:
+        assert process.process.returncode is None, process.log()
+        return text in out.read_text()
+    await wait_for(printed, f"{text!r} in the output", timeout_s)
     return out.read_text()
 
 

@@ -22,6 +22,7 @@ from tests.helpers import (
     RunningDashboard,
     replay_session,
     run_command,
+    wait_for,
 )
 from tests.unit.test_dashboard_model import race_control_lines
 
@@ -31,12 +32,7 @@ Frame = dict[str, Any]
 async def until(condition: Callable[[], bool | Awaitable[bool]],
                 timeout_s: float = 20.0) -> None:
     """Wait for `condition` (a function, or an async one) to hold."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            met = condition()
-            if met if isinstance(met, bool) else await met:
-                return
-            await asyncio.sleep(0.05)
+    await wait_for(condition, "the dashboard", timeout_s)
 
 
 class Viewer:

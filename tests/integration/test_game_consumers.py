@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import sqlite3
@@ -13,7 +12,7 @@ import msgpack
 import pytest
 
 from broker import Client
-from tests.helpers import ROOT, Processes, run_command, take, wait_drained
+from tests.helpers import ROOT, Processes, run_command, take, wait_drained, wait_for
 
 CAPTURE = ROOT / "samples" / "game" / "session-2026.cap"
 CAR_SLOTS, FRAMES = 24, 241  # format 2026 has 24 car slots; the capture has 241 frames
@@ -54,17 +53,16 @@ async def test_game_tables_hold_every_car_of_every_frame(processes: Processes,
 
 async def wait_for_stored(db: Path, count: int) -> None:
     """Until `count` messages are in the database, as JSON or compressed."""
-    async with asyncio.timeout(20):
-        while True:
-            await asyncio.sleep(0.2)
-            try:
-                with sqlite3.connect(db) as connection:
-                    if connection.execute(
-                            "SELECT (SELECT count(*) FROM messages) + "
-                            "(SELECT count(*) FROM game_packets)").fetchone()[0] >= count:
-                        return
-            except sqlite3.OperationalError:
-                pass  # not made yet
+    def enough() -> bool:
+        try:
+            with sqlite3.connect(db) as connection:
+                stored: int = connection.execute(
+                    "SELECT (SELECT count(*) FROM messages) + "
+                    "(SELECT count(*) FROM game_packets)").fetchone()[0]
+        except sqlite3.OperationalError:
+            return False  # not made yet
+        return stored >= count
+    await wait_for(enough, f"{count:,} messages stored in {db.name}", 20, interval_s=0.2)
 
 
 @pytest.mark.parametrize("game_json", [False, True])

@@ -16,21 +16,19 @@ from tests.helpers import Processes, RunningProcess, run_command, wait_for
 
 
 async def wait_for_lines(path: Path, count: int, timeout_s: float = 15.0) -> list[str]:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            lines = path.read_text().splitlines() if path.exists() else []
-            if len(lines) >= count:
-                return lines
-            await asyncio.sleep(0.05)
+    def lines() -> list[str]:
+        found = path.read_text().splitlines() if path.exists() else []
+        return found if len(found) >= count else []
+    return await wait_for(lines, f"{count:,} lines in {path.name}", timeout_s)
 
 
 async def wait_for_subscribers(address: str, topic_count: int, timeout_s: float = 10.0) -> None:
     """Wait until the broker reports `topic_count` subscriptions (so publishing is safe)."""
     async with Client(address, name="probe") as probe:
-        async with asyncio.timeout(timeout_s):
-            while sum(len(c["subscriptions"]) for c in (await probe.stats())["connections"]) \
-                    < topic_count:
-                await asyncio.sleep(0.05)
+        async def subscribed() -> bool:
+            connections = (await probe.stats())["connections"]
+            return sum(len(c["subscriptions"]) for c in connections) >= topic_count
+        await wait_for(subscribed, f"{topic_count} subscriptions", timeout_s)
 
 
 async def test_pub_to_printer_json_end_to_end(processes: Processes, tmp_path: Path) -> None:

@@ -30,15 +30,12 @@ def query(db: Path, sql: str, *parameters: Any) -> list[tuple[Any, ...]]:
 
 
 async def wait_for_rows(db: Path, count: int, timeout_s: float = 20) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if db.exists():
-                try:
-                    if query(db, "SELECT count(*) FROM messages")[0][0] >= count:
-                        return
-                except sqlite3.OperationalError:
-                    pass  # the writer is still creating the schema
-            await asyncio.sleep(0.1)
+    def enough() -> bool:
+        try:
+            return db.exists() and query(db, "SELECT count(*) FROM messages")[0][0] >= count
+        except sqlite3.OperationalError:
+            return False  # the writer is still creating the schema
+    await wait_for(enough, f"{count:,} rows in {db.name}", timeout_s, interval_s=0.1)
 
 
 async def writer(processes: Processes, db: Path, broker: str, *args: str) -> RunningProcess:

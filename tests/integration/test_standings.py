@@ -3,7 +3,6 @@ admin API over HTTP, and a plain subscriber counting the standings.* messages.""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -27,6 +26,7 @@ from tests.helpers import (
     run_command,
     take,
     wait_drained,
+    wait_for,
 )
 
 CAPTURE = ROOT / "samples" / "game" / "session-2026.cap"
@@ -35,12 +35,7 @@ CARS = 20
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str,
                 timeout_s: float = 30.0) -> None:
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not await condition():
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+    await wait_for(condition, what, timeout_s, interval_s=0.1)
 
 
 async def view(standings: RunningDashboard) -> dict[str, Any]:

@@ -67,13 +67,14 @@ async def drain_all(queue: ClientQueue, count: int) -> list[dict[str, Any]]:
 async def test_next_waits_for_an_offer_and_returns_none_once_closed() -> None:
     queue = ClientQueue("websocket", "test", [">"], max_events=5)
     waiting = asyncio.create_task(queue.next())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one turn of the loop, not a time: the task is now waiting
     assert not waiting.done()
     queue.offer(event(1))
     update = await asyncio.wait_for(waiting, 1)
     assert update is not None and update.kind == "event"
     closing = asyncio.create_task(queue.next())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # it waits for an offer when the queue closes
+    assert not closing.done()
     queue.close()
     assert await asyncio.wait_for(closing, 1) is None
 
