@@ -40,6 +40,7 @@ from broker.outbox import Outbox
 from broker.routing import validate_pattern, validate_topic
 from broker.states import State
 from broker.subscription import Start
+from broker.tasks import stop_task
 from broker.tls import TlsFiles, client_context
 
 log = logging.getLogger("slipstream.client")
@@ -584,7 +585,7 @@ class EmbeddedClient(Client):
                 async with asyncio.timeout(1):
                     await self._task
             except TimeoutError:
-                self._task.cancel()
+                await stop_task(self._task)  # cancelled, and waited for: never left running
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():

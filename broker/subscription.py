@@ -165,10 +165,16 @@ class Subscription:
         await self._ready.wait()
 
     def end(self, reason: BaseException) -> None:
-        """No more deliveries: StopAsyncIteration for a clean end, else the failure."""
+        """No more deliveries: StopAsyncIteration for a clean end, else the failure. The
+        gap-log timer ends with it: the losses it was holding back are logged now."""
         if self._closed is None:
             self._closed = reason
             self._ready.set()
+            if self._gap_log_timer is not None:
+                self._gap_log_timer.cancel()
+                self._gap_log_timer = None
+                self._gap_log_next = 0.0
+                self._log_gaps()
 
     # --- finishing and acknowledging ------------------------------------------------
 

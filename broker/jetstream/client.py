@@ -28,7 +28,7 @@ from broker.errors import (
     SlipstreamError,
 )
 from broker.jetstream.address import display, parse_servers
-from broker.jetstream.connection import Connection
+from broker.jetstream.connection import Connection, Sends
 from broker.jetstream.publisher import Publisher
 from broker.jetstream.stream import StreamSpec, covered, ensure_stream, epoch_of
 from broker.jetstream.subscription import JetStreamSubscription
@@ -62,6 +62,7 @@ class JetStreamClient(Client):
         self._nc: Connection | None = None
         self._js: JetStreamContext | None = None
         self._publisher: Publisher | None = None
+        self.sends = Sends()  # writes and acks nobody waits for: close() waits for them
         self._subs: list[JetStreamSubscription] = []
         self._covered: set[str] = set()  # topic families known to be in the stream
         self._closing = False
@@ -109,7 +110,7 @@ class JetStreamClient(Client):
         self.epoch = epoch_of(info)
         self._covered.update(info.config.subjects or [])
         self.max_payload_bytes = min(self.nc.max_payload, self.max_payload_bytes)
-        self._publisher = Publisher(self.nc, self.errors, self.max_in_flight)
+        self._publisher = Publisher(self.nc, self.errors, self.sends, self.max_in_flight)
         await self._publisher.start()
         self._ever_connected = True
 
@@ -273,6 +274,7 @@ class JetStreamClient(Client):
             sub.end(StopAsyncIteration())
         if publisher is not None:
             await publisher.stop()
+        await self.sends.finish(CLOSE_FLUSH_S)
         with contextlib.suppress(Exception):  # closing anyway
             await self.nc.flush(timeout=1)
         await self.nc.close()

@@ -53,16 +53,35 @@ class Connection(Nats):
         handler(subject, reply, data, headers)
 
 
-def send_soon(send: Coroutine[Any, Any, None], what: str) -> None:
-    """Run a send to NATS without waiting for it. A failure (the connection went) is only
-    logged: what was lost is sent again (publishes on reconnect, acks with the next ack)."""
-    task = asyncio.ensure_future(send)
+class Sends:
+    """Sends to NATS that nobody waits for, owned all the same: each task is held until it
+    ends, and the client's close waits for those still running. A failure (the connection
+    went) is only logged: what was lost is sent again (publishes on reconnect, acks with
+    the next ack)."""
 
-    def done(task: asyncio.Future[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("%s failed (%s): it is sent again", what, task.exception())
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    task.add_done_callback(done)
+    def start(self, send: Coroutine[Any, Any, None], what: str) -> None:
+        task = asyncio.ensure_future(send)
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("%s failed (%s): it is sent again", what, task.exception())
+
+        task.add_done_callback(done)
+
+    async def finish(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for the sends under way; cancel what is left, and wait
+        for that too."""
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
 
 
 MSG_ID_HEADER_START = b"NATS/1.0\r\nNats-Msg-Id: "

@@ -25,7 +25,7 @@ from typing import Any
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from broker.errors import BrokerError, ConnectionLostError
-from broker.jetstream.connection import Connection, send_soon, status_of
+from broker.jetstream.connection import Connection, Sends, status_of
 from broker.tasks import stop_task
 
 log = logging.getLogger("slipstream.client")
@@ -56,9 +56,10 @@ def hpub(subject: str, reply: str, msg_id: str, payload: bytes) -> bytes:
 class Publisher:
     """Sends publishes with ids and matches JetStream's acknowledgements to them."""
 
-    def __init__(self, nc: Connection, errors: list[BrokerError],
+    def __init__(self, nc: Connection, errors: list[BrokerError], sends: Sends,
                  max_in_flight: int = 8192) -> None:
         self.nc = nc
+        self.sends = sends  # the client's: its close waits for them
         self.errors = errors  # the client's: refused publishes nobody waits for go here
         self.producer_id = secrets.token_hex(5)
         self.max_in_flight = max_in_flight
@@ -132,7 +133,7 @@ class Publisher:
     def _write_soon(self) -> None:
         self._flush_scheduled = False
         if self._outbox:
-            send_soon(self._write(), "a write to NATS")
+            self.sends.start(self._write(), "a write to NATS")
 
     async def _write(self) -> None:
         """Hand the queued commands to nats-py in one piece.

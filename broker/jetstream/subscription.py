@@ -34,7 +34,7 @@ from nats.js import errors as js_errors
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, SequenceInfo
 
 from broker.errors import ConfigError, SlipstreamError
-from broker.jetstream.connection import header_value, msg_id_of, send_soon
+from broker.jetstream.connection import header_value, msg_id_of
 from broker.jetstream.stream import epoch_of
 from broker.protocol import Gap
 from broker.subscription import UNKNOWN_COUNT, Batch, Message, Start, Subscription
@@ -390,7 +390,8 @@ class JetStreamSubscription(Subscription):
 
     def _publish_ack(self, reply: str) -> None:
         if self.client.nc.is_connected:
-            send_soon(self.client.nc.publish(reply, b"+ACK"), "an acknowledgement")
+            self.client.sends.start(self.client.nc.publish(reply, b"+ACK"),
+                                    "an acknowledgement")
 
     # --- stopping ----------------------------------------------------------------------
 
