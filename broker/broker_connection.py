@@ -7,12 +7,18 @@ broker/server.py moves the bytes and does what only the broker can (store a
 PUB, find the topics of a SUB); tests/unit/test_broker_connection.py drives
 this with bytes alone.
 
-    state      what happened                                  next
-    HANDSHAKE  a valid HELLO                                  OPEN     (WELCOME queued)
-    HANDSHAKE  no HELLO first, too big, wrong version/token   CLOSING  (fatal ERROR queued)
-    OPEN       a frame that cannot be parsed                  CLOSING  (fatal ERROR queued)
-    any        fail(): handshake timeout, slow consumer, ...  CLOSING  (fatal ERROR queued)
-    any        the byte stream ended                          CLOSED
+    state      what happened                   next
+    HANDSHAKE  a valid HELLO (WELCOME queued)  OPEN
+    HANDSHAKE  fail(): a fatal ERROR queued    CLOSING
+    OPEN       fail(): a fatal ERROR queued    CLOSING
+    CLOSING    fail(): a fatal ERROR queued    CLOSING
+    CLOSED     fail(): a fatal ERROR queued    CLOSED
+    any        the byte stream ended           CLOSED
+
+fail() is what every fatal reason goes through: no HELLO first, a HELLO too
+big or of the wrong version or token, a frame that cannot be parsed, the
+handshake timeout, a slow consumer, shutdown. In CLOSING the first reason is
+the one sent; in CLOSED nothing is sent any more.
 
 The rules it keeps (docs/protocol.md): before HELLO, frames may be at most
 MAX_HELLO_BYTES; frames pipelined behind HELLO are acted on in order; PING is
@@ -26,19 +32,29 @@ a SUB, UNSUB or ACK, or the STATS request id.
 from __future__ import annotations
 
 import hmac
+from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
 from broker import protocol as p
 from broker.errors import ProtocolError
 from broker.states import State, Transitions, advance, every_state
 
-TRANSITIONS: Transitions = {
-    (State.HANDSHAKE, "hello"): State.OPEN,
-    (State.HANDSHAKE, "fail"): State.CLOSING,
-    (State.OPEN, "fail"): State.CLOSING,
-    (State.CLOSING, "fail"): State.CLOSING,  # the first reason is the one sent
-    (State.CLOSED, "fail"): State.CLOSED,  # too late to say why: nothing is sent
-    **every_state("end of stream", State.CLOSED),
+
+class Happening(Enum):
+    """What can happen to the broker's side of a connection (see the docstring's table)."""
+
+    HELLO = "a valid HELLO (WELCOME queued)"
+    FAIL = "fail(): a fatal ERROR queued"
+    END_OF_STREAM = "the byte stream ended"
+
+
+TRANSITIONS: Transitions[Happening] = {
+    (State.HANDSHAKE, Happening.HELLO): State.OPEN,
+    (State.HANDSHAKE, Happening.FAIL): State.CLOSING,
+    (State.OPEN, Happening.FAIL): State.CLOSING,
+    (State.CLOSING, Happening.FAIL): State.CLOSING,  # the first reason is the one sent
+    (State.CLOSED, Happening.FAIL): State.CLOSED,  # too late to say why: nothing is sent
+    **every_state(Happening.END_OF_STREAM, State.CLOSED),
 }
 
 # A HELLO is a version, a name and a token: frames before it may be no larger.
@@ -137,7 +153,7 @@ class BrokerConnection(Generic[S]):
         self.version = hello.version
         # Cut, so a client cannot fill the broker's log with its name.
         self.client_name = hello.client_name[:MAX_CLIENT_NAME_CHARS]
-        self.state = advance(TRANSITIONS, self.state, "hello")
+        self.state = advance(TRANSITIONS, self.state, Happening.HELLO)
         self._out.append(p.encode(p.Welcome(hello.version, self.server_name, self.epoch,
                                             self.max_frame_bytes)))
         self._decoder.max_frame_bytes = self.max_frame_bytes
@@ -149,7 +165,7 @@ class BrokerConnection(Generic[S]):
 
     def receive_eof(self) -> None:
         """The client closed its side, or the connection failed."""
-        self.state = advance(TRANSITIONS, self.state, "end of stream")
+        self.state = advance(TRANSITIONS, self.state, Happening.END_OF_STREAM)
 
     # --- the rules, frame by frame -------------------------------------------------
 
@@ -230,7 +246,7 @@ class BrokerConnection(Generic[S]):
         """This side ends the connection: a fatal ERROR says why (only the first reason
         is sent), and nothing is read or acted on after it."""
         was_closed = self.state is State.CLOSED
-        self.state = advance(TRANSITIONS, self.state, "fail")
+        self.state = advance(TRANSITIONS, self.state, Happening.FAIL)
         if self.fatal is None and not was_closed:
             self.fatal = p.Error(code, message, None, True)
             self._out.append(p.encode(self.fatal))

@@ -8,13 +8,21 @@ is one TCP connection; what outlives a reconnect (unsent publishes, each
 subscription's position) lives in broker/outbox.py and
 broker/embedded_subscription.py.
 
-    state      what happened                        next
-    HANDSHAKE  WELCOME received                     OPEN
-    HANDSHAKE  ERROR received: refused, or busy     CLOSED
-    OPEN       fatal ERROR received                 CLOSING  (the broker closes next)
-    OPEN       close(): this side is done           CLOSING  (queued bytes still go)
-    any        the byte stream ended                CLOSED
-    any        a frame that breaks the protocol     CLOSED
+    state      what happened                     next
+    HANDSHAKE  WELCOME received                  OPEN
+    HANDSHAKE  ERROR received in the handshake   CLOSED
+    HANDSHAKE  close(): this side is done        CLOSED
+    OPEN       fatal ERROR received              CLOSING
+    OPEN       close(): this side is done        CLOSING
+    CLOSING    fatal ERROR received              CLOSING
+    CLOSING    close(): this side is done        CLOSING
+    CLOSED     close(): this side is done        CLOSED
+    any        the byte stream ended             CLOSED
+    any        a frame that breaks the protocol  CLOSED
+
+In CLOSING the broker closes next (after a fatal ERROR), or the bytes this side
+queued still go out (after close()). A refusal of `busy` or
+`too_many_connections` is worth trying again later (RETRYABLE_REFUSALS).
 
 The rules it keeps (docs/protocol.md): HELLO goes first, and frames may follow
 it before WELCOME (they are acted on in order); PING is answered with PONG;
@@ -25,23 +33,36 @@ ACK of more than was delivered on this connection is this side's bug.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import NamedTuple
 
 from broker import protocol as p
 from broker.errors import ConnectionStateError, ProtocolError
 from broker.states import State, Transitions, advance, every_state
 
-TRANSITIONS: Transitions = {
-    (State.HANDSHAKE, "welcome"): State.OPEN,
-    (State.HANDSHAKE, "refused"): State.CLOSED,
-    (State.HANDSHAKE, "close"): State.CLOSED,
-    (State.OPEN, "fatal error"): State.CLOSING,
-    (State.OPEN, "close"): State.CLOSING,
-    (State.CLOSING, "fatal error"): State.CLOSING,
-    (State.CLOSING, "close"): State.CLOSING,
-    (State.CLOSED, "close"): State.CLOSED,
-    **every_state("end of stream", State.CLOSED),
-    **every_state("bad frame", State.CLOSED),
+
+class Happening(Enum):
+    """What can happen to a client connection (its docstring's table says when)."""
+
+    WELCOME = "WELCOME received"
+    REFUSED = "ERROR received in the handshake"
+    FATAL_ERROR = "fatal ERROR received"
+    CLOSE = "close(): this side is done"
+    END_OF_STREAM = "the byte stream ended"
+    BAD_FRAME = "a frame that breaks the protocol"
+
+
+TRANSITIONS: Transitions[Happening] = {
+    (State.HANDSHAKE, Happening.WELCOME): State.OPEN,
+    (State.HANDSHAKE, Happening.REFUSED): State.CLOSED,
+    (State.HANDSHAKE, Happening.CLOSE): State.CLOSED,
+    (State.OPEN, Happening.FATAL_ERROR): State.CLOSING,
+    (State.OPEN, Happening.CLOSE): State.CLOSING,
+    (State.CLOSING, Happening.FATAL_ERROR): State.CLOSING,
+    (State.CLOSING, Happening.CLOSE): State.CLOSING,
+    (State.CLOSED, Happening.CLOSE): State.CLOSED,
+    **every_state(Happening.END_OF_STREAM, State.CLOSED),
+    **every_state(Happening.BAD_FRAME, State.CLOSED),
 }
 
 # A full broker is worth trying again later, like one that is not up yet.
@@ -79,7 +100,7 @@ class ClientConnection:
         self._windows: dict[int, int] = {}  # per live sid: its window
         self._unacked: dict[int, int] = {}  # per live sid: delivered, not yet acknowledged
 
-    def _move(self, happened: str) -> None:
+    def _move(self, happened: Happening) -> None:
         self.state = advance(TRANSITIONS, self.state, happened)
 
     # --- what the handshake settled ----------------------------------------------
@@ -136,7 +157,7 @@ class ClientConnection:
                 self._out.append(p.encode(p.Pong(frame.nonce)))  # type: ignore[union-attr]
             elif kind is p.Error and frame.fatal:  # type: ignore[union-attr]
                 self.fatal = frame  # type: ignore[assignment]
-                self._move("fatal error")
+                self._move(Happening.FATAL_ERROR)
         if self._decoder.error is not None:
             self._broken(self._decoder.error)
         return frames
@@ -146,10 +167,10 @@ class ClientConnection:
             self.welcome = first
             # Deliveries may carry a full-size payload plus their header.
             self._decoder.max_frame_bytes = first.max_frame_bytes + p.FRAME_ROOM_BYTES
-            self._move("welcome")
+            self._move(Happening.WELCOME)
             return Opened(first)
         if type(first) is p.Error:
-            self._move("refused")
+            self._move(Happening.REFUSED)
             return Refused(first.code, first.message, first.code in RETRYABLE_REFUSALS)
         self._broken(ProtocolError(f"broker answered HELLO with {type(first).__name__}",
                                    code="handshake"))
@@ -157,11 +178,11 @@ class ClientConnection:
 
     def _broken(self, error: ProtocolError) -> None:
         self.error = error
-        self._move("bad frame")
+        self._move(Happening.BAD_FRAME)
 
     def receive_eof(self) -> None:
         """The broker closed its side (or the connection failed): nothing more comes."""
-        self._move("end of stream")
+        self._move(Happening.END_OF_STREAM)
 
     # --- frames out --------------------------------------------------------------
 
@@ -204,7 +225,7 @@ class ClientConnection:
 
     def close(self) -> None:
         """This side is done: what is queued still goes out, then the socket closes."""
-        self._move("close")
+        self._move(Happening.CLOSE)
 
     def data_to_send(self) -> list[bytes]:
         """The bytes queued since the last call, as buffers for writelines."""
