@@ -165,7 +165,7 @@ def _doc_examples() -> list[tuple[str, bytes]]:
 def test_every_hex_example_in_the_protocol_doc_decodes_and_encodes_back() -> None:
     examples = _doc_examples()
     assert [label.split()[0] for label, _ in examples] == [
-        "HELLO", "PUB", "MSG", "ACK", "PUBM", "MSGM"]
+        "HELLO", "HELLO", "PUB", "MSG", "ACK", "PUBM", "MSGM"]
     for label, data in examples:
         decoder = p.FrameDecoder()
         frames = decoder.feed(data)
