@@ -1,6 +1,6 @@
 """slipstream's broker, and the protocol and client that every part shares."""
 
-from broker.client import Client, Message, Subscription
+from broker.client import Batch, Client, Message, Subscription
 from broker.errors import (
     BrokerError,
     ConfigError,
@@ -13,6 +13,6 @@ from broker.errors import (
 from broker.protocol import Gap
 
 __all__ = [
-    "BrokerError", "Client", "ConfigError", "ConnectError", "ConnectionLostError", "Gap",
+    "Batch", "BrokerError", "Client", "ConfigError", "ConnectError", "ConnectionLostError", "Gap",
     "HandshakeRefusedError", "Message", "ProtocolError", "SlipstreamError", "Subscription",
 ]

@@ -171,7 +171,10 @@ class Client:
             await self.publish_bytes(topic, payload)
 
     async def flush(self) -> None:
-        """Send everything queued (embedded: to the socket; NATS: until stored)."""
+        """Wait until the broker has stored everything published so far, on either engine
+        (embedded: a PING behind the PUBs, answered once they are stored; NATS: until
+        JetStream confirmed each). Publishing does not wait for this; call it before
+        stopping, or before telling someone else the messages are there."""
         raise NotImplementedError
 
     async def subscribe(self, pattern: str, *, start: Start = "new", durable: str | None = None,

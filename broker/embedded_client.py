@@ -452,7 +452,9 @@ class EmbeddedClient(Client):
         self._write()
 
     async def flush(self) -> None:
-        """Write everything queued and wait until the socket has taken it."""
+        """Until the broker has stored everything published so far: write what is queued,
+        then a PING, whose PONG proves the PUBs before it are in their topics (on disk,
+        with --data-dir). ConnectionLostError if the connection goes first."""
         self._flush()
         if self._outbox:
             await self._wait_connected()
@@ -460,6 +462,7 @@ class EmbeddedClient(Client):
         if self._writer is not None and self._open_conn is not None:
             with contextlib.suppress(OSError):
                 await self._writer.drain()
+            await self.ping()
 
     # --- subscribing and requests --------------------------------------------------
 

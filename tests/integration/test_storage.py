@@ -243,3 +243,18 @@ async def test_a_full_disk_refuses_publishes_keeps_serving_reads_and_recovers(
         assert await client.publish_bytes("t", b"again", confirm=True) == confirmed + 1
     assert broker.log().count("not stored: No space left") == 1  # logged once
     assert "storage works again" in broker.log()
+
+
+async def test_flush_returns_once_the_broker_has_stored_what_was_published(
+        processes: Processes, tmp_path: Path) -> None:
+    """flush() means the same on both engines: stored, not only written to the socket."""
+    data, port = tmp_path / "data", free_port()
+    broker = await on_disk(processes, data, port)
+    async with Client(broker.address) as client:
+        for n in range(20_000):
+            await client.publish_bytes("t", n.to_bytes(4, "big"))  # none confirmed
+        await client.flush()
+        await broker.kill()  # at once: the kernel has what the broker wrote
+    broker = await on_disk(processes, data, port)
+    log = await everything(broker.address, "t")
+    assert [payload for _, payload in log] == [n.to_bytes(4, "big") for n in range(20_000)]
