@@ -451,19 +451,20 @@ class TopicStore:
         early (the next call tries again): retention never fails an append."""
         now_us = now_us if now_us is not None else time.time_ns() // 1000
         doomed = 0
+        kept_bytes = self.size_bytes  # of the segments from `doomed` on, summed once
         while len(self.segments) - doomed > 1:
             oldest = self.segments[doomed]
-            rest = self.segments[doomed:]
             if keep_from_seq is not None and oldest.next_seq > keep_from_seq:
                 break
             retained = self.next_seq - oldest.base_seq
             below = oldest.next_seq <= below_seq
             over_count = below or retained - oldest.count >= max_messages
-            over_bytes = sum(s.size for s in rest) - oldest.size >= max_bytes
+            over_bytes = kept_bytes - oldest.size >= max_bytes
             too_old = max_age_s > 0 and now_us - oldest.last_stamp_us > max_age_s * 1e6
             if not (over_count or over_bytes or too_old):
                 break
             doomed += 1
+            kept_bytes -= oldest.size
         if not doomed:
             return 0
         return self._delete_oldest(doomed)
