@@ -48,6 +48,7 @@ class Record(NamedTuple):
     messages: int
     stamp_us: int
     end: int  # the offset just past it, in the same buffer
+    sizes: array[int] | None = None  # a run's payload sizes (checked once, read back here)
 
 
 def encode_run(first_seq: int, stamp_us: int, payloads: list[bytes]) -> bytes:
@@ -96,19 +97,21 @@ def record_at(data: bytes | memoryview, position: int) -> Record | None:
         return Record(first_seq, 1, stamp, end)
     count = COUNT.unpack_from(data, start)[0] if body_length >= COUNT.size else 0
     table = COUNT.size + 4 * count
-    if not count or table > body_length or sum(_sizes(data, start, count)) != \
-            body_length - table:
+    if not count or table > body_length:
+        return None
+    sizes = _sizes(data, start, count)
+    if sum(sizes) != body_length - table:
         return None  # a CRC-correct record that does not add up: never written by a broker
-    return Record(first_seq, count, stamp, end)
+    return Record(first_seq, count, stamp, end, sizes)
 
 
 def payloads_of(data: bytes | memoryview, position: int, record: Record) -> list[bytes]:
     """The payloads of the intact `record` that starts at `position`."""
     start = position + HEADER.size
-    if not HEADER.unpack_from(data, position)[0] & RUN_FLAG:
+    if record.sizes is None:  # a single-payload record: its body is the payload
         return [bytes(data[start:record.end])]
     body = bytes(data[start + COUNT.size + 4 * record.messages:record.end])
-    ends = list(accumulate(_sizes(data, start, record.messages)))
+    ends = list(accumulate(record.sizes))
     return [body[begin:end] for begin, end in zip([0, *ends], ends, strict=False)]
 
 
