@@ -77,6 +77,11 @@ async def test_the_page_shows_the_session_live_and_survives_a_dashboard_restart(
             await page.wait_for_function(
                 "document.querySelectorAll('#leaderboard tbody tr').length === 20",
                 timeout=TIMEOUT_MS)
+            # game.session is another topic than the lap data: no order between them is
+            # promised, so wait for it as for the rows, then check it.
+            await page.wait_for_function(
+                "(document.querySelector('#game-session').textContent || '')"
+                ".startsWith('Silverstone, Race, 10 laps')", timeout=TIMEOUT_MS)
             assert (await page.locator("#game-session").text_content() or "").startswith(
                 "Silverstone, Race, 10 laps")
             title = await page.locator("#game h2").text_content() or ""
