@@ -233,7 +233,7 @@ async def serve(config: BrokerConfig) -> int:
     if config.http is not None:
         from broker.monitor import Monitor
 
-        monitor = Monitor(broker, *config.http)
+        monitor = Monitor(broker.core, *config.http)
         try:
             port = await monitor.start()  # first: /healthz says "starting" while we load
         except OSError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 
 class TokenBucket:
@@ -18,16 +19,18 @@ class TokenBucket:
     publisher over its rate is slowed (by not reading its socket), never refused.
     """
 
-    __slots__ = ("_level", "_stamp", "burst", "rate_per_s")
+    __slots__ = ("_clock", "_level", "_stamp", "burst", "rate_per_s")
 
-    def __init__(self, rate_per_s: float, burst: float | None = None) -> None:
+    def __init__(self, rate_per_s: float, burst: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rate_per_s = rate_per_s
         self.burst = burst if burst is not None else rate_per_s  # one second's worth
+        self._clock = clock
         self._level = self.burst
-        self._stamp = time.monotonic()
+        self._stamp = clock()
 
     def take(self, amount: float) -> float:
-        now = time.monotonic()
+        now = self._clock()
         self._level = min(self.burst, self._level + (now - self._stamp) * self.rate_per_s)
         self._stamp = now
         self._level -= amount

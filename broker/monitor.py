@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from broker import stats as broker_stats
 
 if TYPE_CHECKING:
-    from broker.server import Broker
+    from broker.core import BrokerCore
 
 log = logging.getLogger("slipstream.broker")
 
@@ -38,7 +38,7 @@ TOPICS_LABELLED = 100  # per-topic series for this many (the most published) top
 class BrokerCollector(Collector):
     """The broker's figures as Prometheus metric families, read at scrape time."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerCore) -> None:
         self.broker = broker
 
     def collect(self) -> Iterator[Metric]:
@@ -47,9 +47,9 @@ class BrokerCollector(Collector):
         yield GaugeMetricFamily("slipstream_up", "1 while the broker accepts connections",
                                 value=1.0 if broker.state == "accepting" else 0.0)
         for name, text, value in (
-            ("connections", "open client connections", len(broker.connections)),
+            ("connections", "open client connections", len(broker.sessions)),
             ("subscriptions", "subscriptions over every connection",
-             sum(len(c.subscriptions) for c in broker.connections)),
+             sum(len(c.subscriptions) for c in broker.sessions)),
             ("topics", "topics held", len(broker.topics)),
             ("durables", "durable subscriptions remembered", len(broker.durables)),
             ("retained_messages", "messages retained across every topic",
@@ -98,7 +98,7 @@ class Monitor:
     """The HTTP server behind --http, started before the broker listens (so that
     /healthz can say "starting") and stopped after it has closed."""
 
-    def __init__(self, broker: Broker, host: str, port: int) -> None:
+    def __init__(self, broker: BrokerCore, host: str, port: int) -> None:
         self.broker = broker
         self.host, self.port = host, port
         self.registry = CollectorRegistry(auto_describe=True)

@@ -9,7 +9,6 @@ limit) and the reply holds as many entries as fit in half a frame, with a
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -19,7 +18,8 @@ from broker.errors import ProtocolError
 from broker.routing import pattern_matches, validate_pattern
 
 if TYPE_CHECKING:
-    from broker.server import Broker, Connection
+    from broker.core import BrokerCore
+    from broker.session import Session
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
@@ -53,7 +53,7 @@ class StatsQuery:
                                     code="bad_stats")
 
 
-def build(broker: Broker, query: StatsQuery) -> dict[str, Any]:
+def build(broker: BrokerCore, query: StatsQuery) -> dict[str, Any]:
     """The reply map; its encoding stays under half of max-frame, whatever the broker holds."""
     room = broker.config.max_frame_bytes // 2
     reply: dict[str, Any] = {"server": server_totals(broker), "topics": {}, "connections": [],
@@ -72,7 +72,7 @@ def build(broker: Broker, query: StatsQuery) -> dict[str, Any]:
             break
         reply["topics"][name] = entry
     if query.connection_limit:
-        for connection in sorted(broker.connections, key=lambda c: c.id):
+        for connection in sorted(broker.sessions, key=lambda c: c.id):
             if connection.id <= query.after_connection:
                 continue
             entry = connection_entry(connection)
@@ -86,16 +86,16 @@ def build(broker: Broker, query: StatsQuery) -> dict[str, Any]:
     return reply
 
 
-def server_totals(broker: Broker) -> dict[str, Any]:
+def server_totals(broker: BrokerCore) -> dict[str, Any]:
     config = broker.config
     return {
         "name": config.server_name, "protocol": p.PROTOCOL_VERSION,
         "epoch": broker.epoch, "pid": os.getpid(),
-        "uptime_s": round(time.monotonic() - broker.started_monotonic, 3),
+        "uptime_s": round(broker.clock.monotonic() - broker.started_s, 3),
         "on_full": config.on_full,
         "retain_messages": config.retention.max_messages,
         "retain_bytes": config.retention.max_bytes,
-        "connections": len(broker.connections), "durables": len(broker.durables),
+        "connections": len(broker.sessions), "durables": len(broker.durables),
         "topics": len(broker.topics), "retained_bytes": broker.budget.used_bytes,
         "max_memory_bytes": broker.budget.limit_bytes,
         "limits": config.limits_summary(),
@@ -103,7 +103,7 @@ def server_totals(broker: Broker) -> dict[str, Any]:
     }
 
 
-def _subscribers_per_topic(broker: Broker) -> dict[str, int]:
+def _subscribers_per_topic(broker: BrokerCore) -> dict[str, int]:
     counts: dict[str, int] = {}
     for name in broker.topics:
         count = len(broker.router.subscribers(name))  # type: ignore[arg-type]
@@ -112,22 +112,22 @@ def _subscribers_per_topic(broker: Broker) -> dict[str, int]:
     return counts
 
 
-def topic_entry(broker: Broker, name: str, subscribers: int) -> dict[str, Any]:
+def topic_entry(broker: BrokerCore, name: str, subscribers: int) -> dict[str, Any]:
     t = broker.topics[name]
     return {"published": t.published_total, "retained": t.retained,
             "retained_bytes": t.retained_bytes, "first_seq": t.first_seq,
             "next_seq": t.next_seq, "evicted": t.evicted_total, "subscribers": subscribers}
 
 
-def connection_entry(connection: Connection) -> dict[str, Any]:
+def connection_entry(connection: Session) -> dict[str, Any]:
     subs = list(connection.subscriptions.values())
-    delivered, gaps, missed = connection.delivery_totals()
+    delivered, gaps, missed = connection.delivery.totals_of_subscriptions()
     return {
         "id": connection.id, "name": connection.client_name, "peer": connection.peer,
         "published": connection.published, "delivered": delivered, "gaps": gaps,
         "missed": missed, "pending": sum(s.pending() for s in subs),
         "unacked": sum(s.inflight for s in subs),
-        "write_buffer_bytes": connection.write_buffer_bytes(),
+        "write_buffer_bytes": connection.buffered_bytes(),
         "throttled_s": round(connection.throttled_s, 3),
         "subscriptions_total": len(subs),
         "subscriptions": [

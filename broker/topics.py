@@ -34,11 +34,14 @@ class ByteBudget:
     this after each publish and evicts from the largest topics while over.
     """
 
-    __slots__ = ("limit_bytes", "used_bytes")
+    __slots__ = ("limit_bytes", "reserved_bytes", "used_bytes")
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
         self.used_bytes = 0
+        # Block policy: room promised to PUB runs stored a part at a time, so that other
+        # publishers cannot take it while they wait (broker/session.py).
+        self.reserved_bytes = 0
 
     @property
     def over(self) -> bool:

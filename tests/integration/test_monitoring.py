@@ -72,7 +72,7 @@ async def test_per_topic_series_are_bounded_whatever_the_broker_holds(
 
 async def test_healthz_says_starting_then_accepting_then_stopping() -> None:
     broker = Broker(BrokerConfig(port=0))
-    monitor = Monitor(broker, "127.0.0.1", 0)
+    monitor = Monitor(broker.core, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{await monitor.start()}/healthz"
     try:
         assert await get(url) == (503, '{"status": "starting"}')

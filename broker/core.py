@@ -1,0 +1,331 @@
+"""The broker's state and its rules, sans-I/O: topics, subscriptions, durables, budgets.
+
+Everything the broker knows lives here, and nothing here waits: no socket, no
+task, no sleep, and the time comes from a `Clock`. Each connection is a
+`Session` (broker/session.py) that calls in here to publish, subscribe and
+acknowledge; fan-out to the connections goes through their `Delivery`
+(broker/delivery.py). broker/server.py runs this under asyncio;
+tests/sim/broker.py runs the same objects under a deterministic simulation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from broker import protocol as p
+from broker import stats as broker_stats
+from broker.clock import SYSTEM_CLOCK, Clock
+from broker.config import MAX_WINDOW, BrokerConfig
+from broker.datadir import DataDir
+from broker.delivery import Cursors, Delivery
+from broker.durables import Durables
+from broker.errors import ProtocolError, StorageError
+from broker.files import Files
+from broker.limits import LogThrottle
+from broker.routing import Router, echo, validate_pattern, validate_topic
+from broker.segments import REAL_FILES
+from broker.storage import DiskStorage, MemoryStorage, sync_topics
+from broker.storage import TopicStorage as Topic
+from broker.topics import ByteBudget
+
+if TYPE_CHECKING:
+    from broker.session import Session
+
+log = logging.getLogger("slipstream.broker")
+
+
+class BrokerCore:
+    """One broker's topics, subscriptions and durables, and the caps on them.
+
+    Its concerns, each a section below: the data directory (load, save
+    durables), admission (how many connections and handshakes), housekeeping
+    (TTLs, age), topics, subscriptions and durables, and the byte budget with
+    the block policy's "what may be evicted?". `on_room_freed(topic)` is how a
+    publisher blocked on `topic` hears that it may try again.
+    """
+
+    def __init__(self, config: BrokerConfig, clock: Clock = SYSTEM_CLOCK,
+                 files: Files | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.epoch = clock.wall_us()  # tells clients a restarted broker from the same one
+        self.started_s = clock.monotonic()
+        self.budget = ByteBudget(config.max_memory_bytes)
+        self.storage: MemoryStorage | DiskStorage = MemoryStorage(config.retention, self.budget)
+        if config.data_dir is not None:  # `files`: the OS's, or a simulator's
+            self.storage = DiskStorage(
+                DataDir(config.data_dir, config.fsync, files or REAL_FILES), config.retention,
+                self.budget, config.retain_age_s, config.segment_bytes, config.repair,
+                config.verify)
+        self.storage_failing = False  # the last write to --data-dir failed
+        self.topics: dict[str, Topic] = {}
+        self.router: Router[Cursors] = Router()
+        self.durables = Durables(config.max_durables)
+        self.sessions: set[Session] = set()
+        self.handshaking = 0
+        # Totals of what the limits refused or removed, shown in STATS.
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("refused_connections", "budget_evictions", "expired_topics", "expired_durables",
+             "slow_consumers"), 0)
+        self.log_throttle = LogThrottle(log)
+        # Since the start, for monitoring (broker/monitor.py): only ever grow.
+        self.totals: dict[str, int] = dict.fromkeys(
+            ("published", "delivered", "gaps", "missed", "unreadable", "bytes_in",
+             "bytes_out"), 0)
+        self.state: Literal["starting", "accepting", "stopping"] = "starting"
+        self.on_room_freed: Callable[[Topic], None] = lambda topic: None
+        self._last_publish_s: dict[Topic, float] = {}
+        # A topic created again after it expired starts above every seq it had.
+        self._expired_seq_floor = 1
+        # Block policy: a publisher whose run waits for room holds its topic, so the
+        # run's seqs stay consecutive; others publishing there wait their turn.
+        self._held: dict[Topic, Session] = {}
+
+    # --- the data directory ------------------------------------------------------
+
+    def load(self) -> None:
+        """Open DIR: its lock, its epoch, every topic (checked) and the durable positions."""
+        epoch, topics, durables, notes = self.storage.open()
+        if epoch is None:
+            return  # in memory: nothing to load
+        self.epoch = epoch
+        for note in notes:
+            log.warning("%s", note)
+        now = self.clock.monotonic()
+        for topic in topics:
+            self.topics[topic.name] = topic
+            self.router.add_topic(topic.name)
+            self._last_publish_s[topic] = now
+        self.durables.load(durables, now)
+        log.info("data directory %s: epoch %d, %d topics, %d durables", self.config.data_dir,
+                 self.epoch, len(self.topics), len(self.durables))
+
+    def topics_to_sync(self) -> list[Topic]:
+        return [t for t in self.topics.values() if t.unsynced] if self.storage.syncs_topics \
+            else []
+
+    def sync_all(self) -> None:
+        for error in sync_topics(self.topics.values()):
+            log.error("%s", error)
+        if self.storage.persistent:
+            self.save_durables()
+
+    def save_durables(self) -> bool:
+        """Save every durable's positions now; False (and tried again later) if not."""
+        self.durables.changed = False
+        try:
+            self.storage.save_durables(self.durables.positions())
+        except OSError as exc:
+            self.durables_not_saved(exc)
+            return False
+        return True
+
+    def durables_not_saved(self, exc: OSError) -> None:
+        self.durables.changed = True  # the next sync tries again
+        self.log_throttle.log(logging.ERROR, "durables", "cannot save durable positions in "
+                              "%s: %s; trying again", self.config.data_dir, exc.strerror or exc)
+
+    def durables_moved(self) -> None:
+        """A durable's positions changed: written with the next sync (or now, under always)."""
+        if not self.storage.persistent:
+            return
+        if self.storage.syncs_periodically:
+            self.durables.changed = True
+        else:
+            self.save_durables()
+
+    def close(self) -> None:
+        self.sync_all()
+        for topic in self.topics.values():
+            topic.release()
+        self.storage.close()
+
+    # --- admission ---------------------------------------------------------------
+
+    def refusal(self) -> p.Error | None:
+        """A fatal ERROR for a new connection over a cap, or None to let it in."""
+        config = self.config
+        if len(self.sessions) >= config.max_connections:
+            return p.Error("too_many_connections", f"the broker holds its maximum of "
+                           f"{config.max_connections:,} connections (--max-connections)",
+                           None, True)
+        if self.handshaking >= config.max_handshakes:
+            return p.Error("busy", f"{config.max_handshakes:,} connections are already in "
+                           "their handshake (--max-handshakes); try again shortly", None, True)
+        return None
+
+    # --- housekeeping ------------------------------------------------------------
+
+    def expire(self, now_s: float | None = None) -> None:
+        """Forget idle topics nobody reads and durables nobody has used; age out segments."""
+        now = self.clock.monotonic() if now_s is None else now_s
+        ttl = self.config.durable_ttl_s
+        for name in self.durables.expired(now, ttl):
+            self.durables_moved()
+            self.counters["expired_durables"] += 1
+            log.info("forgot durable %s: unused for %g s (--durable-ttl)", echo(name), ttl)
+        for topic in self.topics.values():
+            if topic.expire_by_age():
+                self.notify(topic)
+        if not self.storage.forgets_idle_topics:
+            return  # on disk, topics are not forgotten: --retain-age bounds them
+        ttl = self.config.topic_ttl_s
+        for topic, last in list(self._last_publish_s.items()):
+            if now - last > ttl and self._expirable(topic):
+                self._forget_topic(topic)
+                log.info("forgot topic %s: no publish for %g s and no subscriber (--topic-ttl)",
+                         echo(topic.name), ttl)
+
+    def _expirable(self, topic: Topic) -> bool:
+        if any(True for _ in self.router.subscribers(topic.name)):
+            return False
+        return not self.durables.owe(topic.name, topic.next_seq)
+
+    def _forget_topic(self, topic: Topic) -> None:
+        self._expired_seq_floor = max(self._expired_seq_floor, topic.next_seq)
+        self.durables.topic_forgotten(topic.name)
+        del self.topics[topic.name]
+        self.router.remove_topic(topic.name)
+        self._last_publish_s.pop(topic, None)
+        self._held.pop(topic, None)
+        topic.release()
+        self.counters["expired_topics"] += 1
+
+    # --- topics and subscriptions -------------------------------------------
+
+    def topic(self, name: str) -> Topic:
+        """The log of topic `name`, created (and routed) on first use."""
+        topic = self.topics.get(name)
+        if topic is None:
+            validate_topic(name)
+            if len(self.topics) >= self.config.max_topics:
+                raise ProtocolError(
+                    f"cannot create topic {echo(name)}: the broker holds its maximum of "
+                    f"{self.config.max_topics:,} topics (--max-topics)", code="too_many_topics")
+            try:
+                topic = self.storage.create(name, self._expired_seq_floor)
+            except StorageError as exc:
+                raise ProtocolError(str(exc), code="storage") from None
+            self.topics[name] = topic
+            for sub in self.router.add_topic(name):
+                sub.start_at(topic, topic.created_seq)  # born after the subscription: all new
+        self._last_publish_s[topic] = self.clock.monotonic()
+        return topic
+
+    def subscribe(self, delivery: Delivery, frame: p.Subscribe) -> Cursors:
+        """The subscription a SUB asks for, at its start; ProtocolError if refused."""
+        validate_pattern(frame.pattern)
+        if not 1 <= frame.window <= MAX_WINDOW:
+            raise ProtocolError(f"window {frame.window} is outside 1..{MAX_WINDOW:,}",
+                                code="bad_subscribe")
+        start = frame.start
+        if not (start in ("new", "earliest") or (type(start) is int and start >= 1)):
+            raise ProtocolError(f"start {start!r} is not 'new', 'earliest' or a seq >= 1",
+                                code="bad_subscribe")
+        durable = self.durables.check(frame) if frame.durable else None
+        sub = delivery.new_subscription(frame.sid, frame.pattern, frame.window, frame.durable)
+        for name in self.router.add_subscriber(sub, frame.pattern):
+            topic = self.topics[name]
+            if durable is not None:
+                sub.start_at(topic, durable.acked.get(name, topic.created_seq))
+            elif start == "new":
+                sub.start_at(topic, topic.next_seq)
+            elif start == "earliest":
+                sub.start_at(topic, topic.first_seq)
+            else:
+                # A seq beyond the newest means "from the next message on" (nothing is
+                # skipped); one below the oldest is reported as a GAP of what was evicted.
+                sub.start_at(topic, min(int(start), topic.next_seq))
+        if frame.durable and self.durables.take(sub):
+            self._keep_new_durable(sub)
+        return sub
+
+    def _keep_new_durable(self, sub: Cursors) -> None:
+        """A new durable's positions are on disk before its SUBACK: a crash right after it
+        must not forget it (it would resume at 'new' and skip what it never read)."""
+        if not self.storage.persistent or self.save_durables():
+            return
+        assert sub.durable is not None
+        self.router.remove_subscriber(sub)
+        self.durables.forget(sub.durable)
+        raise ProtocolError(f"durable {echo(sub.durable)} not created: its position could not "
+                            f"be saved in {self.config.data_dir}", code="storage")
+
+    def unsubscribe(self, sub: Cursors) -> None:
+        """Forget a subscription; a durable one keeps its ack marks for the next owner."""
+        self.router.remove_subscriber(sub)
+        if sub.durable:
+            self.durables.release(sub, self.clock.monotonic())
+            self.durables_moved()
+        for topic in sub.cursors:
+            self.room_freed(topic)
+
+    def detach(self, session: Session) -> None:
+        """A connection ended: its subscriptions go, and so do the topics it held."""
+        for sub in session.subscriptions.values():
+            self.unsubscribe(sub)
+        session.subscriptions.clear()
+        for topic in [t for t, holder in self._held.items() if holder is session]:
+            self.release(topic)
+        self.sessions.discard(session)
+
+    # --- publishing and the budget -----------------------------------------------
+
+    def notify(self, topic: Topic) -> None:
+        """Tell every subscription of `topic` that it has something new to read."""
+        for sub in self.router.subscribers(topic.name):
+            sub.owner.mark(sub, topic)
+
+    def keep_from(self, topic: Topic, publisher: Delivery | None) -> int:
+        """Block policy: the oldest seq some other connection's subscription still needs."""
+        oldest = topic.next_seq
+        for sub in self.router.subscribers(topic.name):  # once per PUB run: a plain loop
+            if sub.owner is not publisher and sub.acked[topic] < oldest:
+                oldest = sub.acked[topic]
+        return max(oldest, topic.first_seq)  # a mark behind a GAP protects nothing gone
+
+    def make_room(self, wanted_bytes: int = 0) -> bool:
+        """Keep retained bytes across all topics within --max-memory.
+
+        Evicts the oldest messages of the largest topics (under `block`, only
+        messages every subscriber has acknowledged) until `wanted_bytes` more
+        fit, and a little further, so that one scan serves many publishes.
+        Returns whether they fit. Subscribers behind get a GAP, as with
+        per-topic retention.
+        """
+        budget = self.budget
+        wanted_bytes += budget.reserved_bytes  # promised to runs already under way
+        if budget.used_bytes + wanted_bytes <= budget.limit_bytes:
+            return True
+        target = budget.limit_bytes - wanted_bytes - budget.limit_bytes // 64
+        block = self.config.on_full == "block"
+        for topic in sorted(self.topics.values(), key=lambda t: t.retained_bytes, reverse=True):
+            keep_from = self.keep_from(topic, None) if block else topic.next_seq
+            evicted_before = topic.evicted_total
+            topic.evict_for_budget(budget.used_bytes - target, keep_from)
+            if topic.evicted_total != evicted_before:
+                self.counters["budget_evictions"] += topic.evicted_total - evicted_before
+                self.notify(topic)  # so that a subscriber behind hears of its GAP now
+            if budget.used_bytes <= target:
+                break
+        return budget.used_bytes + wanted_bytes <= budget.limit_bytes
+
+    def holder(self, topic: Topic) -> Session | None:
+        return self._held.get(topic)
+
+    def hold(self, topic: Topic, session: Session) -> None:
+        self._held[topic] = session
+
+    def release(self, topic: Topic) -> None:
+        if self._held.pop(topic, None) is not None:
+            self.room_freed(topic)  # the next publisher's turn
+
+    def room_freed(self, topic: Topic) -> None:
+        self.on_room_freed(topic)
+
+    # --- stats -------------------------------------------------------------------
+
+    def stats(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        return broker_stats.build(self, broker_stats.StatsQuery(options))
