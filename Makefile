@@ -15,9 +15,10 @@ help:
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make lint   ruff and mypy --strict"
 	@echo "make bench  throughput and latency benchmarks, and what hostile clients cost"
-	@echo "make soak   the crash simulator for as long as asked: SECONDS=600 or SEEDS=5000,"
-	@echo "            JOBS=n processes (default: one per core)"
-	@echo "            (docs/storage.md, 'The crash model'); a failure prints its replay"
+	@echo "make soak   both simulators for as long as asked: SECONDS=600 or SEEDS=5000,"
+	@echo "            JOBS=n processes (default: one per core): the disk log crashed at"
+	@echo "            every step (docs/storage.md) and the whole broker with simulated"
+	@echo "            clients (docs/architecture.md); a failure prints its replay"
 
 $(SETUP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
