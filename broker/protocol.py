@@ -434,26 +434,46 @@ def split_runs(fields: list[Any]) -> list[Frame]:
     runs = fields[-1]
     frames: list[Frame] = []
     sid = fields[1]
-    for run in runs:
+    for number, run in enumerate(runs, 1):
         if type(run) is not list:
-            raise ProtocolError(f"{name} run must be an array, got {_describe(run)}",
-                                code="bad_frame")
+            raise ProtocolError(f"{name} run {number} of {len(runs)} must be an array, got "
+                                f"{_describe(run)}", code="bad_frame")
         # The hot path (with many topics a run may hold a few messages): the checks of
         # the schema inline; anything off goes through parse_fields, which says what.
         if type_code == FrameType.PUBM:
             if len(run) == 2 and type(run[0]) is str and _bytes_list(run[1]):
                 frames.append(Publish(run[0], run[1], None))
                 continue
-            frame = parse_fields([int(FrameType.PUB), *run, None])
+            frame = _parse_run(name, number, len(runs), "topic str, payloads array of bin",
+                               run, [int(FrameType.PUB), *run, None], 2)
         else:
             if (len(run) == 4 and type(run[0]) is str and type(run[1]) is int
                     and type(sid) is int and _int_list(run[2]) and _bytes_list(run[3])
                     and len(run[2]) == len(run[3])):
                 frames.append(Deliver(sid, run[0], run[1], run[2], run[3]))
                 continue
-            frame = parse_fields([int(FrameType.MSG), sid, *run])
+            frame = _parse_run(name, number, len(runs), "topic str, first_seq int, "
+                               "timestamps_us array of int, payloads array of bin",
+                               run, [int(FrameType.MSG), sid, *run], 4)
         frames.append(frame)  # type: ignore[arg-type]  # known types: never UnknownFrame
     return frames
+
+
+def _parse_run(name: str, number: int, runs: int, shape: str, run: list[Any],
+               fields: list[Any], wanted: int) -> Frame | UnknownFrame:
+    """A run off the fast path: checked by the schema of the frame it stands for, and
+    any error said in the run's own terms."""
+    if len(run) != wanted:
+        raise ProtocolError(f"{name} run {number} of {runs} needs {wanted} fields ({shape}), "
+                            f"got {len(run)}", code="bad_frame")
+    try:
+        return parse_fields(fields)
+    except ProtocolError as exc:
+        message = str(exc)
+        detail = ("field " + message.split(" field ", 1)[1] if " field " in message
+                  else message.replace("MSG frame has", "it has"))
+        raise ProtocolError(f"{name} run {number} of {runs}: {detail}",
+                            code="bad_frame") from None
 
 
 def _describe(value: Any) -> str:

@@ -201,9 +201,11 @@ def test_a_pubm_is_the_pubs_of_its_runs_and_a_msgm_the_msgs() -> None:
 
 @pytest.mark.parametrize(("body", "expected"), [
     ([16, []], "non-empty array of runs"),
-    ([16, [["t", [b"x"]], "run"]], "run must be an array"),
-    ([16, [["t", ["not bin"]]]], "'payloads' has a bad value"),
-    ([17, 1, [["t", 1, [1, 2], [b"x"]]]], "different number of timestamps"),
+    ([16, [["t", [b"x"]], "run"]], "PUBM run 2 of 2 must be an array, got str 'run'"),
+    ([16, [["t", ["not bin"]]]], "PUBM run 1 of 1: field 'payloads' has a bad value"),
+    ([16, [["t"]]], "PUBM run 1 of 1 needs 2 fields (topic str, payloads array of bin), got 1"),
+    ([17, 1, [["t", 1, [1, 2], [b"x"]]]],
+     "MSGM run 1 of 1: it has a different number of timestamps and payloads"),
     ([17, [["t", 1, [1], [b"x"]]]], "MSGM frame needs 2 fields")])
 def test_a_bad_run_is_a_protocol_error(body: list[object], expected: str) -> None:
     import msgpack
