@@ -10,7 +10,7 @@ from broker.errors import (
     ProtocolError,
     SlipstreamError,
 )
-from broker.protocol import Gap
+from broker.wire.protocol import Gap
 
 __all__ = [
     "Batch", "BrokerError", "Client", "ConfigError", "ConnectError", "ConnectionLostError", "Gap",

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from broker import cli
-from broker import protocol as p
 from broker.client import DEFAULT_STREAM, STREAM_ENV, is_nats, parse_address
-from broker.datadir import DATA_DIR_ENV
 from broker.errors import ConfigError, StorageError
-from broker.records import MAX_RECORD_BYTES
-from broker.server import Broker, BrokerConfig
-from broker.topics import Retention
+from broker.server.server import Broker, BrokerConfig
+from broker.storage.datadir import DATA_DIR_ENV
+from broker.storage.records import MAX_RECORD_BYTES
+from broker.storage.topics import Retention
+from broker.wire import protocol as p
 
 log = logging.getLogger("slipstream.broker")
 
@@ -231,7 +231,7 @@ async def serve(config: BrokerConfig) -> int:
     broker = Broker(config)
     monitor = None
     if config.http is not None:
-        from broker.monitor import Monitor
+        from broker.server.monitor import Monitor
 
         monitor = Monitor(broker.core, *config.http)
         try:

@@ -32,7 +32,7 @@ from broker.client import (
     parse_address,
 )
 from broker.errors import ConfigError, ConnectError, HandshakeRefusedError, SlipstreamError
-from broker.routing import validate_pattern, validate_topic
+from broker.server.routing import validate_pattern, validate_topic
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 

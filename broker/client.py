@@ -6,7 +6,7 @@
             print(message.topic, message.seq, message.data)
 
 The address picks the engine: `HOST:PORT` or `slipstream://HOST:PORT` is
-slipstream's own broker (broker/embedded_client.py), `tls://HOST:PORT` the
+slipstream's own broker (broker/embedded/client.py), `tls://HOST:PORT` the
 same over TLS (broker/tls.py); `nats://HOST:PORT`, or
 several of them comma-separated, is a NATS JetStream cluster
 (broker/jetstream/). `Client(address)` returns the right one; both keep this
@@ -21,10 +21,10 @@ from typing import Any
 
 import msgpack
 
-from broker import protocol as p
 from broker.errors import BrokerError, ConfigError
 from broker.subscription import Batch, Message, Start, Subscription
 from broker.tls import TlsFiles
+from broker.wire import protocol as p
 
 __all__ = ["BROKER_ENV", "DEFAULT_BROKER", "DEFAULT_STREAM", "STREAM_ENV", "TOKEN_ENV", "Batch",
            "Client", "Message", "Subscription", "check_address", "is_nats", "parse_address"]
@@ -103,7 +103,7 @@ class Client:
                                       f"({exc}): pip install 'slipstream[nats]'") from None
                 cls = JetStreamClient
             else:
-                from broker.embedded_client import EmbeddedClient
+                from broker.embedded.client import EmbeddedClient
 
                 cls = EmbeddedClient
         return super().__new__(cls)

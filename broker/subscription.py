@@ -4,7 +4,7 @@ A subscription is an async iterator of messages. Asking for the next message
 finishes the previous one; finished messages are acknowledged in batches
 (that is what returns flow-control credit), and losses reach the reader as a
 `Gap` on the next message of their topic. The embedded broker's subscription
-(broker/embedded_subscription.py) and the NATS JetStream one
+(broker/embedded/subscription.py) and the NATS JetStream one
 (broker/jetstream/subscription.py) share the bookkeeping here: counting and
 logging losses, and batching acknowledgements.
 """
@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import msgpack
 
-from broker.protocol import Gap
+from broker.wire.protocol import Gap
 
 log = logging.getLogger("slipstream.client")
 

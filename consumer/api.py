@@ -37,7 +37,7 @@ from broker import cli
 from broker.client import Batch, Client, Message, Subscription
 from broker.errors import ConfigError, ProtocolError
 from broker.limits import LogThrottle
-from broker.routing import pattern_matches, validate_pattern
+from broker.server.routing import pattern_matches, validate_pattern
 
 log = logging.getLogger("slipstream.consumer")
 

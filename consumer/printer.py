@@ -13,8 +13,8 @@ from typing import Any
 
 from broker import cli
 from broker.client import Message
-from broker.protocol import Gap
 from broker.subscription import UNKNOWN_COUNT
+from broker.wire.protocol import Gap
 from consumer.api import Consumer, json_text
 from consumer.summaries import summarise
 

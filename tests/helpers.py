@@ -17,8 +17,8 @@ from typing import Any, TypeVar, overload
 
 import pytest
 
-from broker import protocol as p
 from broker.subscription import Message, Subscription
+from broker.wire import protocol as p
 
 T = TypeVar("T")
 

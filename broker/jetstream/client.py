@@ -32,7 +32,7 @@ from broker.jetstream.connection import Connection, Sends
 from broker.jetstream.publisher import Publisher
 from broker.jetstream.stream import StreamSpec, covered, ensure_stream, epoch_of
 from broker.jetstream.subscription import JetStreamSubscription
-from broker.routing import validate_pattern, validate_topic
+from broker.server.routing import validate_pattern, validate_topic
 from broker.subscription import Start
 from broker.tls import TlsFiles, client_context
 

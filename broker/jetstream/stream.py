@@ -28,7 +28,7 @@ from nats.js.api import (
 
 from broker.client import DEFAULT_STREAM
 from broker.errors import ConfigError, SlipstreamError
-from broker.topics import Retention
+from broker.storage.topics import Retention
 
 log = logging.getLogger("slipstream.client")
 

@@ -36,9 +36,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, 
 from broker.errors import ConfigError, SlipstreamError
 from broker.jetstream.connection import header_value, msg_id_of
 from broker.jetstream.stream import epoch_of
-from broker.protocol import Gap
 from broker.subscription import UNKNOWN_COUNT, Batch, Message, Start, Subscription
 from broker.tasks import stop_task
+from broker.wire.protocol import Gap
 
 if TYPE_CHECKING:
     from broker.jetstream.client import JetStreamClient

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import ConfigError, ProtocolError
-from broker.routing import validate_pattern
+from broker.server.routing import validate_pattern
 from f1vocab.game.names import (
     penalty_name,
     safety_car_event_name,

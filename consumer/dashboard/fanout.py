@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from broker.errors import ProtocolError
-from broker.routing import pattern_matches, validate_pattern
+from broker.server.routing import pattern_matches, validate_pattern
 from consumer.api import json_text
 
 Kind = Literal["state", "event", "notice"]

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from broker import Client
-from broker import protocol as p
+from broker.wire import protocol as p
 from tests.helpers import Processes, RawPeer, RunningBroker, wait_for
 
 

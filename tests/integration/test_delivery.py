@@ -9,7 +9,7 @@ import pytest
 
 from broker import Client, Message
 from broker.errors import BrokerError, HandshakeRefusedError, ProtocolError
-from broker.records import encode_run
+from broker.storage.records import encode_run
 from tests.helpers import Processes, assert_nothing_more, take, wait_for
 
 

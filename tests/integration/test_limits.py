@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from broker import BrokerError, Client
-from broker import protocol as p
+from broker.wire import protocol as p
 from tests.helpers import Processes, RawPeer, rss_mib, wait_for
 
 

@@ -9,8 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker import Client
-from broker.monitor import TOPICS_LABELLED, Monitor
-from broker.server import Broker, BrokerConfig
+from broker.server.monitor import TOPICS_LABELLED, Monitor
+from broker.server.server import Broker, BrokerConfig
 from tests.helpers import Processes, run_command, take
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker import Client, Message
-from broker.embedded_client import EmbeddedClient
+from broker.embedded.client import EmbeddedClient
 from tests.helpers import Processes, RunningProcess, run_command, wait_for
 
 

@@ -6,7 +6,7 @@ import asyncio
 import signal
 import socket
 
-from broker import protocol as p
+from broker.wire import protocol as p
 from tests.helpers import Processes, RunningProcess, run_command, wait_for
 
 

@@ -14,8 +14,8 @@ import msgpack
 import pytest
 
 from broker import BrokerError, Client, ConnectionLostError
-from broker.protocol import Gap
-from broker.records import HEADER, scan
+from broker.storage.records import HEADER, scan
+from broker.wire.protocol import Gap
 from tests.helpers import Processes, RunningBroker, remount, run_command, small_tmpfs, wait_for
 
 

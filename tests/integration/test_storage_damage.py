@@ -9,8 +9,8 @@ import aiohttp
 import msgpack
 
 from broker import Client
-from broker.protocol import Gap
-from broker.records import HEADER, scan
+from broker.storage.records import HEADER, scan
+from broker.wire.protocol import Gap
 from tests.helpers import Processes, run_command
 from tests.integration.test_storage import everything, free_port, on_disk
 

@@ -156,7 +156,7 @@ async def test_unusable_tls_files_are_exit_2_with_the_file_named(pki: Pki,
 
 async def test_listening_beyond_loopback_without_tls_warns(pki: Pki) -> None:
     from broker.__main__ import exposure_warning
-    from broker.server import BrokerConfig
+    from broker.server.server import BrokerConfig
 
     assert "without TLS" in (exposure_warning(BrokerConfig(host="0.0.0.0", token="t")) or "")
     assert "without --token or TLS" in (exposure_warning(BrokerConfig(host="0.0.0.0")) or "")

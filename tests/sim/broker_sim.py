@@ -1,7 +1,7 @@
 """The whole broker under a deterministic simulation: its real core, simulated clients.
 
 The broker's sans-I/O parts (`BrokerCore`, one `Session` per connection, their
-`Delivery`) run as broker/server.py runs them, but the sockets are in-memory
+`Delivery`) run as broker/server/server.py runs them, but the sockets are in-memory
 byte pipes (`Link`), the clock is virtual, and the disk, with --data-dir, is
 `SimFiles` (tests/sim/filesystem.py). One seeded random generator decides
 everything: which actor moves next, how many bytes a read takes, how long a
@@ -40,18 +40,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from broker import protocol as p
-from broker.config import BrokerConfig, OnFull
-from broker.core import BrokerCore
-from broker.session import FRAMES_PER_PASS, Session, Wait
-from broker.states import State
-from broker.storage import TopicStorage, sync_topics
-from broker.topics import Retention
+from broker.server.config import BrokerConfig, OnFull
+from broker.server.core import BrokerCore
+from broker.server.session import FRAMES_PER_PASS, Session, Wait
+from broker.storage.storage import TopicStorage, sync_topics
+from broker.storage.topics import Retention
+from broker.wire import protocol as p
+from broker.wire.states import State
 from tests.sim.clock import VirtualClock
 from tests.sim.filesystem import SimFiles
 
 READ_CHUNK_BYTES = 64 * 1024  # what the broker takes from a link at once (server.py's)
-SYNC_INTERVAL_S = 0.1  # --fsync interval, as broker/server.py runs it
+SYNC_INTERVAL_S = 0.1  # --fsync interval, as broker/server/server.py runs it
 STEP_MAX_S = 0.002  # virtual time one round of turns may take
 FAIR_BOUND_S = 10 * STEP_MAX_S  # a fast subscriber has a message within 10 rounds
 TOPICS = 6
@@ -133,7 +133,7 @@ class Link:
 
 
 class BrokerSide:
-    """broker/server.py's `Connection`, one step at a time: the same calls, in its order."""
+    """broker/server/server.py's `Connection`, one step at a time: the same calls, in its order."""
 
     def __init__(self, sim: Simulation, link: Link, number: int) -> None:
         self.sim = sim
@@ -698,7 +698,7 @@ class Simulation:
         self.check_step()
 
     def _timers(self) -> None:
-        """What broker/server.py's timer tasks do: fsync now and then, housekeeping."""
+        """What broker/server/server.py's timer tasks do: fsync now and then, housekeeping."""
         if self.clock.now_s - self._synced_s < SYNC_INTERVAL_S:
             return
         self._synced_s = self.clock.now_s

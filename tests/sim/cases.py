@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from functools import lru_cache
 
-from broker.segments import FsyncPolicy
+from broker.storage.segments import FsyncPolicy
 from tests.sim.crash import (
     FAULTS,
     POLICIES,

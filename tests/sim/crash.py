@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from broker.datadir import DataDir, Positions
 from broker.errors import StorageError
-from broker.segments import FsyncPolicy, UnreadableRangeError
-from broker.storage import DiskStorage, TopicStorage
-from broker.topics import ByteBudget, Retention
+from broker.storage.datadir import DataDir, Positions
+from broker.storage.segments import FsyncPolicy, UnreadableRangeError
+from broker.storage.storage import DiskStorage, TopicStorage
+from broker.storage.topics import ByteBudget, Retention
 from tests.sim.filesystem import Fault, SimFiles, SimulatedCrash
 
 DATA = Path("/data")

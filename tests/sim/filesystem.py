@@ -1,6 +1,6 @@
 """An in-memory file system that keeps what a crash keeps, and fails what it is told to.
 
-A `Files` (broker/files.py) for the crash simulator. Each file holds the bytes
+A `Files` (broker/storage/files.py) for the crash simulator. Each file holds the bytes
 written to it and the bytes that were on the disk at its last fsync; each
 directory holds its entries, those at its last fsync, and the changes since
 (create, rename, unlink), in order. `crashed()` is the file system a restart
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.files import AppendFile
+from broker.storage.files import AppendFile
 
 _READS = ("read", "listdir")
 

@@ -3,8 +3,8 @@ runs come out whole, mixed with per-message reading, with gaps, skips and acks r
 
 from __future__ import annotations
 
-from broker import protocol as p
-from broker.embedded_subscription import EmbeddedSubscription
+from broker.embedded.subscription import EmbeddedSubscription
+from broker.wire import protocol as p
 
 
 def subscription(window: int = 8, auto_ack: bool = True
@@ -92,7 +92,7 @@ async def test_batches_ends_when_the_subscription_ends() -> None:
 
 
 def test_the_outbox_takes_a_list_whole_when_it_fits_one_run_and_keeps_order() -> None:
-    from broker.outbox import Outbox
+    from broker.embedded.outbox import Outbox
 
     outbox: Outbox[None] = Outbox()
     outbox.add("t.a", b"0", 100, None)

@@ -36,8 +36,8 @@ def test_a_subscription_does_not_import_its_client() -> None:
     """The client hands its subscriptions two callables (send a frame, forget me); neither
     module needs the other. (The package imports broker.client, the engine-neutral
     interface; the embedded client's implementation stays unloaded.)"""
-    loaded = loaded_after_importing("broker.embedded_subscription", "broker.subscription")
-    assert "broker.embedded_client" not in loaded
+    loaded = loaded_after_importing("broker.embedded.subscription", "broker.subscription")
+    assert "broker.embedded.client" not in loaded
     assert not [m for m in loaded if m.startswith(("broker.jetstream", "nats"))]
 
 
@@ -45,9 +45,9 @@ def test_client_and_subscription_call_no_underscore_names_of_each_other() -> Non
     """Reading the source: no `client._x` in the subscriptions, no `sub._x` in the clients."""
     import re
 
-    for path, other in (("broker/embedded_subscription.py", r"client"),
+    for path, other in (("broker/embedded/subscription.py", r"client"),
                         ("broker/subscription.py", r"client"),
-                        ("broker/embedded_client.py", r"sub(?:scription)?"),
+                        ("broker/embedded/client.py", r"sub(?:scription)?"),
                         ("broker/jetstream/client.py", r"sub(?:scription)?"),
                         ("broker/jetstream/subscription.py", r"client")):
         text = (ROOT / path).read_text()

@@ -1,4 +1,4 @@
-"""The broker's connection core (broker/broker_connection.py), driven by bytes alone, and
+"""The broker's connection core (broker/wire/broker_connection.py), driven by bytes alone, and
 the two cores talking to each other with no socket between them."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from broker import protocol as p
-from broker.broker_connection import MAX_HELLO_BYTES, BrokerConnection
-from broker.client_connection import ClientConnection, Opened
 from broker.errors import ProtocolError
-from broker.states import State
+from broker.wire import protocol as p
+from broker.wire.broker_connection import MAX_HELLO_BYTES, BrokerConnection
+from broker.wire.client_connection import ClientConnection, Opened
+from broker.wire.states import State
 
 EPOCH = 1_764_000_000_000_000
 

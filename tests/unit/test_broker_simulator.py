@@ -14,9 +14,9 @@ from collections import Counter
 
 import pytest
 
-from broker.core import BrokerCore
-from broker.delivery import Cursors, Delivery
-from broker.durables import Durables
+from broker.server.core import BrokerCore
+from broker.server.delivery import Cursors, Delivery
+from broker.server.durables import Durables
 from tests.sim.broker_sim import Scenario, Simulation, Violation, run_scenario, scenarios
 
 SEEDS_IN_MAKE_TEST = 160

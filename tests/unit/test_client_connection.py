@@ -1,13 +1,13 @@
-"""The client's connection core (broker/client_connection.py), driven by bytes alone."""
+"""The client's connection core (broker/wire/client_connection.py), driven by bytes alone."""
 
 from __future__ import annotations
 
 import pytest
 
-from broker import protocol as p
-from broker.client_connection import ClientConnection, Opened, Refused
 from broker.errors import ConnectionStateError
-from broker.states import State
+from broker.wire import protocol as p
+from broker.wire.client_connection import ClientConnection, Opened, Refused
+from broker.wire.states import State
 
 WELCOME = p.Welcome(2, "slipstream", 1_764_000_000_000_000, 1 << 20)
 

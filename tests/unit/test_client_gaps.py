@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from broker import protocol as p
-from broker.embedded_client import EmbeddedClient as Client
-from broker.embedded_subscription import EmbeddedSubscription as Subscription
+from broker.embedded.client import EmbeddedClient as Client
+from broker.embedded.subscription import EmbeddedSubscription as Subscription
+from broker.wire import protocol as p
 
 _sent: list[p.Frame] = []  # what the subscriptions asked to send (acknowledgements)
 

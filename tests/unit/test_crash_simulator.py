@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.segments import FsyncPolicy, TopicStore
+from broker.storage.segments import FsyncPolicy, TopicStore
 from tests.sim.cases import (
     Case,
     changes_of,

@@ -1,6 +1,6 @@
 """Fan-out, credit, GAPs, acks and the block policy, driven by frames alone: the broker's
-sans-I/O core (broker/core.py, broker/session.py, broker/delivery.py) with no socket,
-no event loop and a clock that moves only when told."""
+sans-I/O core (core.py, session.py, delivery.py in broker/server/) with no socket, no
+event loop and a clock that moves only when told."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from dataclasses import replace
 import msgpack
 import pytest
 
-from broker import protocol as p
-from broker.config import BrokerConfig
-from broker.core import BrokerCore
-from broker.session import Session, Wait
-from broker.topics import Retention
+from broker.server.config import BrokerConfig
+from broker.server.core import BrokerCore
+from broker.server.session import Session, Wait
+from broker.storage.topics import Retention
+from broker.wire import protocol as p
 from tests.sim.clock import VirtualClock
 
 
@@ -236,7 +236,7 @@ def test_the_memory_budget_evicts_under_drop_and_the_subscriber_hears_the_exact_
 
 
 def test_a_pass_ends_after_frames_per_pass_and_a_stats_request_ends_it_at_once() -> None:
-    from broker.session import FRAMES_PER_PASS
+    from broker.server.session import FRAMES_PER_PASS
     core = broker()
     peer = Peer(core)
     assert peer.send(*[p.Ping(i) for i in range(FRAMES_PER_PASS + 1)]) is Wait.TURN

@@ -7,12 +7,12 @@ import logging
 import msgpack
 import pytest
 
-from broker import protocol as p
 from broker.__main__ import exposure_warning
 from broker.errors import ProtocolError
 from broker.limits import LogThrottle, TokenBucket
-from broker.routing import echo, validate_pattern, validate_topic
-from broker.server import BrokerConfig
+from broker.server.routing import echo, validate_pattern, validate_topic
+from broker.server.server import BrokerConfig
+from broker.wire import protocol as p
 
 
 @pytest.mark.parametrize("name", ["live.\x00x", "a.\x1b[31mred", "a.\x7f", "a.\x85",

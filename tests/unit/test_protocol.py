@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import protocol as p
 from broker.errors import ProtocolError
+from broker.wire import protocol as p
 
 EVERY_FRAME: list[p.Frame] = [
     p.Hello(1, "printer", None),

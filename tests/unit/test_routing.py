@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.errors import ProtocolError
-from broker.routing import Router, pattern_matches, validate_pattern, validate_topic
+from broker.server.routing import Router, pattern_matches, validate_pattern, validate_topic
 
 
 @pytest.mark.parametrize(("pattern", "topic", "expected"), [

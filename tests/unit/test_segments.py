@@ -1,4 +1,4 @@
-"""The on-disk topic log (broker/segments.py): records, reads from any seq, rolling,
+"""The on-disk topic log (broker/storage/segments.py): records, reads from any seq, rolling,
 retention by whole segments, and recovery from what a crash or a bad disk leaves."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from broker.errors import StorageError
-from broker.records import HEADER, encode_records, encode_run, payloads_of, record_at, scan
-from broker.recovery import open_topic
-from broker.segments import (
+from broker.storage.records import HEADER, encode_records, encode_run, payloads_of, record_at, scan
+from broker.storage.recovery import open_topic
+from broker.storage.segments import (
     INDEX_EVERY_BYTES,
     TopicStore,
     UnreadableRangeError,
@@ -194,8 +194,8 @@ def test_any_topic_gets_a_safe_directory_and_keeps_its_exact_name(
 
 
 def test_disk_topic_retention_by_count_is_exact_like_memory(tmp_path: Path) -> None:
-    from broker.disk_topics import DiskTopicLog
-    from broker.topics import ByteBudget, Retention
+    from broker.storage.disk_topics import DiskTopicLog
+    from broker.storage.topics import ByteBudget, Retention
     store = TopicStore.create(tmp_path, "t", segment_bytes=4096)
     topic = DiskTopicLog(store, Retention(max_messages=10, max_bytes=1 << 30), ByteBudget(1 << 30))
     for n in range(25):
@@ -207,8 +207,8 @@ def test_disk_topic_retention_by_count_is_exact_like_memory(tmp_path: Path) -> N
 
 
 def test_disk_topic_block_policy_appends_only_what_fits(tmp_path: Path) -> None:
-    from broker.disk_topics import DiskTopicLog
-    from broker.topics import ByteBudget, Retention
+    from broker.storage.disk_topics import DiskTopicLog
+    from broker.storage.topics import ByteBudget, Retention
     store = TopicStore.create(tmp_path, "t")
     topic = DiskTopicLog(store, Retention(max_messages=5, max_bytes=1 << 30), ByteBudget(1 << 30))
     assert topic.append_within([payload(n) for n in range(1, 4)], 0, keep_from_seq=1) == 3
@@ -219,8 +219,8 @@ def test_disk_topic_block_policy_appends_only_what_fits(tmp_path: Path) -> None:
 
 
 def test_disk_topic_age_retention_deletes_old_segments(tmp_path: Path) -> None:
-    from broker.disk_topics import DiskTopicLog
-    from broker.topics import ByteBudget, Retention
+    from broker.storage.disk_topics import DiskTopicLog
+    from broker.storage.topics import ByteBudget, Retention
     store = TopicStore.create(tmp_path, "t", segment_bytes=4096)
     topic = DiskTopicLog(store, Retention(), ByteBudget(1 << 30))  # no age limit yet
     old_us = 1_000_000  # 1970: far older than a minute
@@ -237,7 +237,7 @@ def test_disk_topic_age_retention_deletes_old_segments(tmp_path: Path) -> None:
 def test_the_index_kept_while_appending_is_the_one_a_scan_builds(tmp_path: Path) -> None:
     import random
 
-    from broker.segments import Segment
+    from broker.storage.segments import Segment
     rng = random.Random(5)
     store = TopicStore.create(tmp_path, "t")
     for _ in range(300):  # runs of every length, payloads of every size

@@ -7,9 +7,9 @@ from types import ModuleType
 
 import pytest
 
-from broker import broker_connection, client_connection
 from broker.errors import ConnectionStateError
-from broker.states import State, advance, table_markdown, table_text
+from broker.wire import broker_connection, client_connection
+from broker.wire.states import State, advance, table_markdown, table_text
 from tests.helpers import ROOT
 
 CORES = {"client": client_connection, "broker": broker_connection}

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from broker.datadir import DataDir
 from broker.errors import StorageError
-from broker.records import encode_run
-from broker.recovery import open_topic
-from broker.segments import (
+from broker.storage.datadir import DataDir
+from broker.storage.records import encode_run
+from broker.storage.recovery import open_topic
+from broker.storage.segments import (
     NEW_TOPIC_PREFIX,
     TopicStore,
     UnreadableRangeError,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.topics import Retention, TopicLog
+from broker.storage.topics import Retention, TopicLog
 
 
 def payloads(count: int, size: int = 10) -> list[bytes]:
@@ -69,7 +69,7 @@ def test_append_within_takes_a_whole_batch_at_once_when_evictions_are_allowed() 
 
 
 def test_a_big_append_evicts_its_excess_at_once_and_the_books_stay_exact() -> None:
-    from broker.topics import ByteBudget
+    from broker.storage.topics import ByteBudget
 
     budget = ByteBudget(1 << 30)
     log = TopicLog("t", Retention(max_messages=100, max_bytes=1 << 30), budget)

@@ -1,6 +1,6 @@
 """The four states of a slipstream connection, and the one way to move between them.
 
-Both sans-I/O cores (broker/client_connection.py, broker/broker_connection.py)
+Both sans-I/O cores (broker/wire/client_connection.py, broker/wire/broker_connection.py)
 open with a table of (state, what happened) -> next state; `advance` is the only
 code that changes a state, so a move the table does not list is an error
 rather than a silent surprise (h11's `_state.py` works this way). What happens

@@ -5,7 +5,7 @@ dirty pair's log from its cursor, as far as the subscription's credit and the
 run caps allow, and queues MSG / MSGM frames (or a GAP, when the log evicted
 past the cursor) on the connection's sans-I/O core. An ACK (`acked`) moves the
 ack marks, returns credit and wakes what waited for it. No socket, no clock, no
-task: broker/session.py calls it, broker/server.py moves its bytes, and
+task: broker/server/session.py calls it, broker/server/server.py moves its bytes, and
 tests/unit/test_delivery.py drives it with frames alone.
 
 What it promises (docs/protocol.md, "Delivery"): per topic, messages go out in
@@ -22,15 +22,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from broker import protocol as p
-from broker.broker_connection import BrokerConnection
-from broker.config import BrokerConfig
 from broker.limits import LogThrottle
-from broker.routing import echo
-from broker.segments import UnreadableRangeError
-from broker.storage import TopicStorage as Topic
+from broker.server.config import BrokerConfig
+from broker.server.routing import echo
+from broker.storage.segments import UnreadableRangeError
+from broker.storage.storage import TopicStorage as Topic
+from broker.wire import protocol as p
+from broker.wire.broker_connection import BrokerConnection
 
-# log_once(key, message, *args): a line per key per connection (broker/session.py).
+# log_once(key, message, *args): a line per key per connection (broker/server/session.py).
 LogOnce = Callable[..., None]
 
 
@@ -88,7 +88,7 @@ class Delivery:
     """One connection's subscriptions: which owe what, and the frames that pay it.
 
     `describe` names the connection in messages; `wake` tells the I/O loop that
-    something became dirty (an asyncio Event's `set` in broker/server.py).
+    something became dirty (an asyncio Event's `set` in broker/server/server.py).
     """
 
     def __init__(self, out: BrokerConnection[Cursors], config: BrokerConfig,

@@ -1,8 +1,8 @@
 """The broker's settings, one frozen object from the command line (broker/__main__.py).
 
 Every part of the broker reads its limits from here: the sans-I/O core
-(broker/core.py, broker/session.py, broker/delivery.py) and the asyncio
-loop around it (broker/server.py). docs/protocol.md, "Limits", says what
+(broker/server/core.py, broker/server/session.py, broker/server/delivery.py) and the asyncio
+loop around it (broker/server/server.py). docs/protocol.md, "Limits", says what
 each cap protects against.
 """
 
@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from broker import protocol as p
-from broker.datadir import FsyncPolicy
-from broker.segments import DEFAULT_SEGMENT_BYTES
+from broker.storage.datadir import FsyncPolicy
+from broker.storage.segments import DEFAULT_SEGMENT_BYTES
+from broker.storage.topics import Retention
 from broker.tls import TlsFiles
-from broker.topics import Retention
+from broker.wire import protocol as p
 
 OnFull = Literal["drop", "block"]
 MAX_WINDOW = 1_000_000  # a subscription's credit, at most
@@ -56,7 +56,7 @@ class BrokerConfig:
     repair: bool = False
     verify: bool = False  # --verify: read every record of every segment at start
     retain_age_s: float = 0.0  # on disk: delete segments older than this (0: no limit)
-    http: tuple[str, int] | None = None  # --http: the monitoring endpoints (broker/monitor.py)
+    http: tuple[str, int] | None = None  # --http: the monitoring endpoints (monitor.py)
     tls: TlsFiles | None = None  # --tls-cert/--tls-key (and --tls-ca for client certificates)
 
     @property

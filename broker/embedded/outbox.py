@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from broker import protocol as p
+from broker.wire import protocol as p
 
 W = TypeVar("W")
 

@@ -25,10 +25,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from broker import stats as broker_stats
+from broker.server import stats as broker_stats
 
 if TYPE_CHECKING:
-    from broker.core import BrokerCore
+    from broker.server.core import BrokerCore
 
 log = logging.getLogger("slipstream.broker")
 

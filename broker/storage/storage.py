@@ -1,7 +1,7 @@
 """Where topics live: in memory, or on disk with --data-dir, behind one interface.
 
 `TopicStorage` is everything the server uses of a topic's log; `TopicLog`
-(broker/topics.py) keeps it in memory, `DiskTopicLog` (broker/disk_topics.py)
+(broker/storage/topics.py) keeps it in memory, `DiskTopicLog` (broker/storage/disk_topics.py)
 on disk. `MemoryStorage` and `DiskStorage` are the choice, made once at start:
 they make every topic, load what a data directory holds, and save durable
 positions, so the server never asks which kind a topic is.
@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from broker.datadir import DataDir, Positions
-from broker.disk_topics import DiskTopicLog
 from broker.errors import StorageError
-from broker.segments import TopicStore
-from broker.topics import ByteBudget, Retention, TopicLog
+from broker.storage.datadir import DataDir, Positions
+from broker.storage.disk_topics import DiskTopicLog
+from broker.storage.segments import TopicStore
+from broker.storage.topics import ByteBudget, Retention, TopicLog
 
 
 class TopicStorage(Protocol):

@@ -1,6 +1,6 @@
 """The time the broker's sans-I/O parts are given, so a simulator can give another.
 
-broker/core.py and broker/session.py never read the time themselves: the
+broker/server/core.py and broker/server/session.py never read the time themselves: the
 asyncio broker gives them `SYSTEM_CLOCK`, tests/sim/broker.py a virtual one
 that moves only when the simulation says so.
 """

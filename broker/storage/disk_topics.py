@@ -1,6 +1,6 @@
 """A topic log kept on disk (--data-dir), with the recent part also in memory.
 
-`DiskTopicLog` is a `TopicStorage` (broker/storage.py), as the in-memory
+`DiskTopicLog` is a `TopicStorage` (broker/storage/storage.py), as the in-memory
 `TopicLog` is, so the server does not care where a topic lives. Every record
 is written to the topic's segment files before `append` returns (so before
 any PUBACK; under --fsync always, on the disk itself); the newest records also
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 
-from broker.segments import TopicStore
-from broker.topics import ByteBudget, Retention, TopicLog
+from broker.storage.segments import TopicStore
+from broker.storage.topics import ByteBudget, Retention, TopicLog
 
 DEFAULT_CACHE_BYTES = 4 * 1024 * 1024
 

@@ -1,6 +1,6 @@
 """Records of a segment file as bytes: encoding, checking, and telling a torn tail from damage.
 
-The sans-I/O half of the on-disk log (broker/segments.py does the file work).
+The sans-I/O half of the on-disk log (broker/storage/segments.py does the file work).
 A record is a fixed header and a body, big-endian:
 
     +------------+-----------+-----------------+-----------+------------------+

@@ -2,11 +2,11 @@
 
 Bytes go in through `receive_data`, events come out; methods queue frames and
 `data_to_send()` hands back the bytes to write. Nothing here touches a socket:
-broker/embedded_client.py is the asyncio loop that moves the bytes, and
+broker/embedded/client.py is the asyncio loop that moves the bytes, and
 tests/unit/test_client_connection.py drives this with bytes alone. One object
 is one TCP connection; what outlives a reconnect (unsent publishes, each
-subscription's position) lives in broker/outbox.py and
-broker/embedded_subscription.py.
+subscription's position) lives in broker/embedded/outbox.py and
+broker/embedded/subscription.py.
 
     state      what happened                     next
     HANDSHAKE  WELCOME received                  OPEN
@@ -36,9 +36,9 @@ from __future__ import annotations
 from enum import Enum
 from typing import NamedTuple
 
-from broker import protocol as p
 from broker.errors import ConnectionStateError, ProtocolError
-from broker.states import State, Transitions, advance, every_state
+from broker.wire import protocol as p
+from broker.wire.states import State, Transitions, advance, every_state
 
 
 class Happening(Enum):

@@ -1,16 +1,16 @@
 """Topic logs on disk: append-only segment files with a sparse index (storage core of --data-dir).
 
 One topic is one directory of segments. A segment holds consecutive records
-(broker/records.py) from its base seq on; it is sealed at a size limit and a
+(broker/storage/records.py) from its base seq on; it is sealed at a size limit and a
 new one begins; retention deletes whole segments, oldest first, after moving
 the topic's START (its first seq) past them, so a segment that goes missing
 any other way is noticed. Beside each sealed segment an index file holds
 (seq, offset) pairs, one every INDEX_EVERY_BYTES: derived from the segment,
 checked against it, rebuilt whenever it does not fit, never trusted over it.
 
-Every file operation goes through a `Files` (broker/files.py), so the crash
+Every file operation goes through a `Files` (broker/storage/files.py), so the crash
 simulator (tests/sim/) runs this very code against every crash point and
-every I/O error. Opening a directory after a crash is broker/recovery.py;
+every I/O error. Opening a directory after a crash is broker/storage/recovery.py;
 what each failure leaves is in docs/storage.md.
 """
 
@@ -29,8 +29,8 @@ from typing import Literal
 from urllib.parse import quote
 
 from broker.errors import StorageError
-from broker.files import AppendFile, Files, RealFiles, replace_file
-from broker.records import (
+from broker.storage.files import AppendFile, Files, RealFiles, replace_file
+from broker.storage.records import (
     HEADER,
     MAX_RECORD_BYTES,
     RUN_FLAG,

@@ -3,7 +3,7 @@
     DIR/LOCK            held (flock) by the one broker using DIR; says its pid
     DIR/EPOCH           the epoch, chosen when DIR was created and kept after
     DIR/durables.bin    durable positions (msgpack), replaced atomically when they move
-    DIR/topics/NAME/    one topic's segments (broker/segments.py)
+    DIR/topics/NAME/    one topic's segments (broker/storage/segments.py)
 
 See docs/storage.md. File work only, through a `Files`; the broker decides when.
 """
@@ -18,9 +18,9 @@ from typing import Any
 import msgpack
 
 from broker.errors import StorageError
-from broker.files import AppendFile, Files, LockHeldError, replace_file
-from broker.recovery import RecoveryReport, held_nothing, open_topic
-from broker.segments import (
+from broker.storage.files import AppendFile, Files, LockHeldError, replace_file
+from broker.storage.recovery import RecoveryReport, held_nothing, open_topic
+from broker.storage.segments import (
     NEW_TOPIC_PREFIX,
     REAL_FILES,
     FsyncPolicy,

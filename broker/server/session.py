@@ -1,11 +1,11 @@
 """One client connection's whole life in the broker, sans-I/O: frames in, acts, frames out.
 
-A `Session` joins the connection's protocol rules (broker/broker_connection.py),
-its fan-out (broker/delivery.py) and the broker's state (broker/core.py).
+A `Session` joins the connection's protocol rules (broker/wire/broker_connection.py),
+its fan-out (broker/server/delivery.py) and the broker's state (broker/server/core.py).
 `receive_data` takes bytes; `act()` acts on the frames they completed, in
 order, until each is done or the I/O loop has to wait, and says for what
 (`Wait`); `send_pass()` queues deliveries; `data_to_send()` hands back the
-bytes. The asyncio `Connection` (broker/server.py) and the simulator
+bytes. The asyncio `Connection` (broker/server/server.py) and the simulator
 (tests/sim/broker.py) are two loops around the same object.
 
     wait     when act() returns it                             then the loop
@@ -26,16 +26,16 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from broker import protocol as p
-from broker.broker_connection import BrokerConnection
-from broker.core import BrokerCore
-from broker.delivery import Cursors, Delivery
 from broker.errors import ProtocolError, StorageError
 from broker.limits import TokenBucket
-from broker.routing import echo
-from broker.segments import WriteRefusedError
-from broker.states import State
-from broker.storage import TopicStorage as Topic
+from broker.server.core import BrokerCore
+from broker.server.delivery import Cursors, Delivery
+from broker.server.routing import echo
+from broker.storage.segments import WriteRefusedError
+from broker.storage.storage import TopicStorage as Topic
+from broker.wire import protocol as p
+from broker.wire.broker_connection import BrokerConnection
+from broker.wire.states import State
 
 log = logging.getLogger("slipstream.broker")
 

@@ -40,7 +40,7 @@ class ByteBudget:
         self.limit_bytes = limit_bytes
         self.used_bytes = 0
         # Block policy: room promised to PUB runs stored a part at a time, so that other
-        # publishers cannot take it while they wait (broker/session.py).
+        # publishers cannot take it while they wait (broker/server/session.py).
         self.reserved_bytes = 0
 
     @property

@@ -6,7 +6,7 @@ zero-filled tail of the last segment is cut; an empty last segment behind a
 full one, segments below START, an index without its segment and leftover
 temporary files are deleted; segment files missing between others or before
 START become holes that readers hear of as a GAP; anything else is damage.
-The store it returns (broker/segments.py) appends and reads from there.
+The store it returns (broker/storage/segments.py) appends and reads from there.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.errors import StorageError
-from broker.files import Files
-from broker.records import HEADER, scan
-from broker.segments import (
+from broker.storage.files import Files
+from broker.storage.records import HEADER, scan
+from broker.storage.segments import (
     DEFAULT_SEGMENT_BYTES,
     INDEX_SUFFIX,
     NAME_FILE,

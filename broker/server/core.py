@@ -2,9 +2,9 @@
 
 Everything the broker knows lives here, and nothing here waits: no socket, no
 task, no sleep, and the time comes from a `Clock`. Each connection is a
-`Session` (broker/session.py) that calls in here to publish, subscribe and
+`Session` (broker/server/session.py) that calls in here to publish, subscribe and
 acknowledge; fan-out to the connections goes through their `Delivery`
-(broker/delivery.py). broker/server.py runs this under asyncio;
+(broker/server/delivery.py). broker/server/server.py runs this under asyncio;
 tests/sim/broker.py runs the same objects under a deterministic simulation.
 """
 
@@ -14,24 +14,24 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from broker import protocol as p
-from broker import stats as broker_stats
-from broker.clock import SYSTEM_CLOCK, Clock
-from broker.config import MAX_WINDOW, BrokerConfig
-from broker.datadir import DataDir
-from broker.delivery import Cursors, Delivery
-from broker.durables import Durables
 from broker.errors import ProtocolError, StorageError
-from broker.files import Files
 from broker.limits import LogThrottle
-from broker.routing import Router, echo, validate_pattern, validate_topic
-from broker.segments import REAL_FILES
-from broker.storage import DiskStorage, MemoryStorage, sync_topics
-from broker.storage import TopicStorage as Topic
-from broker.topics import ByteBudget
+from broker.server import stats as broker_stats
+from broker.server.clock import SYSTEM_CLOCK, Clock
+from broker.server.config import MAX_WINDOW, BrokerConfig
+from broker.server.delivery import Cursors, Delivery
+from broker.server.durables import Durables
+from broker.server.routing import Router, echo, validate_pattern, validate_topic
+from broker.storage.datadir import DataDir
+from broker.storage.files import Files
+from broker.storage.segments import REAL_FILES
+from broker.storage.storage import DiskStorage, MemoryStorage, sync_topics
+from broker.storage.storage import TopicStorage as Topic
+from broker.storage.topics import ByteBudget
+from broker.wire import protocol as p
 
 if TYPE_CHECKING:
-    from broker.session import Session
+    from broker.server.session import Session
 
 log = logging.getLogger("slipstream.broker")
 
@@ -70,7 +70,7 @@ class BrokerCore:
             ("refused_connections", "budget_evictions", "expired_topics", "expired_durables",
              "slow_consumers"), 0)
         self.log_throttle = LogThrottle(log)
-        # Since the start, for monitoring (broker/monitor.py): only ever grow.
+        # Since the start, for monitoring (broker/server/monitor.py): only ever grow.
         self.totals: dict[str, int] = dict.fromkeys(
             ("published", "delivered", "gaps", "missed", "unreadable", "bytes_in",
              "bytes_out"), 0)

@@ -3,7 +3,7 @@
 A durable has a name, the pattern it was made for and, per topic, the first
 seq not yet acknowledged. While a connection owns it, the owner's cursors are
 the truth; when it lets go, their ack marks are kept here, and saved to
---data-dir by broker/core.py (broker/datadir.py writes them). Sans-I/O: the
+--data-dir by broker/server/core.py (broker/storage/datadir.py writes them). Sans-I/O: the
 time of release is given, not read.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.delivery import Cursors
 from broker.errors import ProtocolError
-from broker.protocol import Subscribe
-from broker.routing import echo
+from broker.server.delivery import Cursors
+from broker.server.routing import echo
+from broker.wire.protocol import Subscribe
 
 Positions = dict[str, tuple[str, dict[str, int]]]  # name -> (pattern, {topic: first unacked})
 

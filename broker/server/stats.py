@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from broker import protocol as p
 from broker.errors import ProtocolError
-from broker.routing import pattern_matches, validate_pattern
+from broker.server.routing import pattern_matches, validate_pattern
+from broker.wire import protocol as p
 
 if TYPE_CHECKING:
-    from broker.core import BrokerCore
-    from broker.session import Session
+    from broker.server.core import BrokerCore
+    from broker.server.session import Session
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000

@@ -1,8 +1,8 @@
 """The client for slipstream's own (embedded) broker: `Client("HOST:PORT")` makes one.
 
 The asyncio layer: it opens sockets, moves bytes and wakes whoever waits. The
-conversation's rules are in the sans-I/O core, broker/client_connection.py
-(one per TCP connection), and the grouping of publishes in broker/outbox.py.
+conversation's rules are in the sans-I/O core, broker/wire/client_connection.py
+(one per TCP connection), and the grouping of publishes in broker/embedded/outbox.py.
 Publishes are coalesced: what is published before the loop comes round (or,
 in a burst, up to 4 MiB) is grouped per topic and goes out in one write, the
 runs of several topics sharing PUBM frames (protocol version 2).
@@ -23,10 +23,9 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
-from broker import protocol as p
 from broker.client import Client, parse_address, uses_tls
-from broker.client_connection import ClientConnection, Event, Opened, Refused
-from broker.embedded_subscription import EmbeddedSubscription
+from broker.embedded.outbox import Outbox
+from broker.embedded.subscription import EmbeddedSubscription
 from broker.errors import (
     BrokerError,
     ConfigError,
@@ -36,12 +35,13 @@ from broker.errors import (
     ProtocolError,
     SlipstreamError,
 )
-from broker.outbox import Outbox
-from broker.routing import validate_pattern, validate_topic
-from broker.states import State
+from broker.server.routing import validate_pattern, validate_topic
 from broker.subscription import Start
 from broker.tasks import stop_task
 from broker.tls import TlsFiles, client_context
+from broker.wire import protocol as p
+from broker.wire.client_connection import ClientConnection, Event, Opened, Refused
+from broker.wire.states import State
 
 log = logging.getLogger("slipstream.client")
 
@@ -439,7 +439,7 @@ class EmbeddedClient(Client):
                     await self._changed.wait()
 
     def _flush(self) -> None:
-        """Write every queued run, all in one writelines (broker/outbox.py says how the
+        """Write every queued run, all in one writelines (broker/embedded/outbox.py says how the
         runs become frames)."""
         self._flush_scheduled = False
         conn = self._open_conn

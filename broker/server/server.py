@@ -1,10 +1,10 @@
 """The broker's asyncio loop: sockets in, the sans-I/O core in the middle, bytes out.
 
 Everything the broker decides is in sans-I/O objects: the broker's state in
-`BrokerCore` (broker/core.py), each connection's rules, publishing and acks in
-a `Session` (broker/session.py), fan-out in its `Delivery`
-(broker/delivery.py). This module only moves bytes and time between them and
-the operating system, as the client's broker/embedded_client.py does:
+`BrokerCore` (broker/server/core.py), each connection's rules, publishing and acks in
+a `Session` (broker/server/session.py), fan-out in its `Delivery`
+(broker/server/delivery.py). This module only moves bytes and time between them and
+the operating system, as the client's broker/embedded/client.py does:
 
 - `Broker` listens, admits, runs the fsync and housekeeping timers, and shuts
   everything down;
@@ -27,15 +27,15 @@ import asyncio
 import contextlib
 import logging
 
-from broker import protocol as p
-from broker.config import BrokerConfig, OnFull
-from broker.core import BrokerCore
-from broker.routing import echo
-from broker.session import Session, Wait
-from broker.states import State
-from broker.storage import TopicStorage as Topic
-from broker.storage import sync_topics
+from broker.server.config import BrokerConfig, OnFull
+from broker.server.core import BrokerCore
+from broker.server.routing import echo
+from broker.server.session import Session, Wait
+from broker.storage.storage import TopicStorage as Topic
+from broker.storage.storage import sync_topics
 from broker.tls import server_context
+from broker.wire import protocol as p
+from broker.wire.states import State
 
 __all__ = ["Broker", "BrokerConfig", "Connection", "OnFull"]
 
@@ -277,7 +277,7 @@ class Connection:
         session for the reader.
 
         Until the client is authenticated the core accepts frames of at most
-        MAX_HELLO_BYTES (broker/broker_connection.py) and asyncio buffers at most
+        MAX_HELLO_BYTES (broker/wire/broker_connection.py) and asyncio buffers at most
         2 x READ_CHUNK_BYTES, so a connection that never finishes its HELLO holds little.
         """
         session = self.session

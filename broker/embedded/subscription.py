@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from broker import protocol as p
-from broker.protocol import Gap
 from broker.subscription import UNKNOWN_COUNT, Batch, Message, Start, Subscription
+from broker.wire import protocol as p
+from broker.wire.protocol import Gap
 
 
 class EmbeddedSubscription(Subscription):

@@ -1,6 +1,6 @@
 """Every file operation the on-disk store does, behind one small interface (`Files`).
 
-The store (broker/segments.py, broker/datadir.py) never calls `os` itself: it
+The store (broker/storage/segments.py, broker/storage/datadir.py) never calls `os` itself: it
 asks a `Files`. `RealFiles` is the operating system; the crash simulator
 (tests/sim/filesystem.py) is another `Files` that keeps what a crash would keep
 and can fail any call, so the store's recovery is tested against every crash

@@ -3,7 +3,7 @@
 Bytes go in through `receive_data`, frames come out to be acted on; the rules
 of the conversation are applied by `handle(frame)`, which queues the answers;
 `data_to_send()` hands back the bytes to write. The asyncio `Connection` in
-broker/server.py moves the bytes and does what only the broker can (store a
+broker/server/server.py moves the bytes and does what only the broker can (store a
 PUB, find the topics of a SUB); tests/unit/test_broker_connection.py drives
 this with bytes alone.
 
@@ -35,9 +35,9 @@ import hmac
 from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
-from broker import protocol as p
 from broker.errors import ProtocolError
-from broker.states import State, Transitions, advance, every_state
+from broker.wire import protocol as p
+from broker.wire.states import State, Transitions, advance, every_state
 
 
 class Happening(Enum):
