@@ -24,7 +24,7 @@ import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import memory_mib
+from harness import memory_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import memory_mib, peak_rss_mib, run_workload, spread, start_broker, worker
+from harness import memory_mib, peak_rss_mib, run_workload, spread, start_broker, worker
 
 BIG = ["--retain-messages", "100000000", "--retain-bytes", "4GiB", "--max-memory", "4GiB"]
 

@@ -9,8 +9,9 @@ The address picks the engine: `HOST:PORT` or `slipstream://HOST:PORT` is
 slipstream's own broker (broker/embedded/client.py), `tls://HOST:PORT` the
 same over TLS (broker/tls.py); `nats://HOST:PORT`, or
 several of them comma-separated, is a NATS JetStream cluster
-(broker/jetstream/). `Client(address)` returns the right one; both keep this
-interface, so producers and consumers never ask which it is.
+(broker/jetstream/). `Client(address)` returns the right one (the factory is
+broker/engines.py: this module imports no engine); both keep this interface,
+so producers and consumers never ask which it is.
 """
 
 from __future__ import annotations
@@ -93,19 +94,10 @@ class Client:
     """
 
     def __new__(cls, broker: str | None = None, **options: Any) -> Client:
-        if cls is Client:
-            address = broker or os.environ.get(BROKER_ENV) or DEFAULT_BROKER
-            if is_nats(address):
-                try:
-                    from broker.jetstream.client import JetStreamClient
-                except ImportError as exc:
-                    raise ConfigError(f"{address!r} needs NATS support, which is not installed "
-                                      f"({exc}): pip install 'slipstream[nats]'") from None
-                cls = JetStreamClient
-            else:
-                from broker.embedded.client import EmbeddedClient
+        if cls is Client:  # the factory picks the engine (and imports only that one)
+            from broker.engines import engine_for
 
-                cls = EmbeddedClient
+            cls = engine_for(broker or os.environ.get(BROKER_ENV) or DEFAULT_BROKER, options)
         return super().__new__(cls)
 
     def __init__(self, broker: str | None = None, *, name: str = "slipstream-client",

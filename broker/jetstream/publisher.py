@@ -20,11 +20,11 @@ import itertools
 import json
 import logging
 import secrets
-from typing import Any
 
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from broker.errors import BrokerError, ConnectionLostError
+from broker.jetstream.answers import Kind, Outage, classify
 from broker.jetstream.connection import Connection, Sends, status_of
 from broker.tasks import stop_task
 
@@ -32,7 +32,6 @@ log = logging.getLogger("slipstream.client")
 
 MSG_ID = "Nats-Msg-Id"
 ACK_TIMEOUT_S = 5.0  # an unconfirmed publish is sent again (same id) after this
-RETRYABLE_CODES = {408, 503}  # timeout, no responders / no stream leader (a failover)
 WRITE_EVERY = 256  # a publishing loop hands nats-py this many messages at a time
 
 
@@ -77,6 +76,7 @@ class Publisher:
         self._flush_scheduled = False
         self._inbox_sub: NatsSubscription | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self.outage = Outage()  # said once when JetStream stops confirming, once when back
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
@@ -166,9 +166,18 @@ class Publisher:
             overdue = [pending for pending in self._inflight.values()
                        if now - pending.sent_at > ACK_TIMEOUT_S]
             if overdue:
-                log.info("%d publishes unconfirmed for %g s: sending them again (same ids)",
-                         len(overdue), ACK_TIMEOUT_S)
+                self._trouble(f"{len(overdue):,} publishes got no answer within "
+                              f"{ACK_TIMEOUT_S:g} s (a stream whose nodes lost their quorum "
+                              "answers nothing)")
+                self.outage.retried += len(overdue)
+                log.debug("%d publishes unconfirmed for %g s: sending them again (same ids)",
+                          len(overdue), ACK_TIMEOUT_S)
             await self._resend(overdue)
+
+    def _trouble(self, cause: str) -> None:
+        if self.outage.started(asyncio.get_running_loop().time()):
+            log.warning("JetStream is not confirming publishes: %s. Holding them and sending "
+                        "them again quietly (same ids: nothing is stored twice)", cause)
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         token = int(subject.rpartition(b".")[2])
@@ -176,25 +185,27 @@ class Publisher:
         if pending is None:
             return  # the answer to a publish sent twice: the first answer settled it
         status = status_of(headers)
-        if status is not None:  # 503 no responders: the stream has no leader right now
-            if status in RETRYABLE_CODES:
-                pending.sent_at = 0.0  # the watchdog sends it again
-            else:
-                self._settle(token, pending, error=f"status {status}")
+        if status is None and b'"error"' not in data:  # stored: the hot path
+            seq = json.loads(data)["seq"] if pending.future is not None else 0
+            self._settle(token, pending, seq=seq)
             return
-        if b'"error"' in data:
-            error: dict[str, Any] = json.loads(data).get("error", {})
-            if error.get("code") in RETRYABLE_CODES:
-                pending.sent_at = 0.0
-                return
-            self._settle(token, pending, error=str(error.get("description", error)))
-            return
-        seq = json.loads(data)["seq"] if pending.future is not None else 0
-        self._settle(token, pending, seq=seq)
+        answer = classify(status, data)
+        if answer.kind is Kind.NOT_YET:  # no leader, a timeout, an earlier copy in process
+            pending.sent_at = 0.0  # the watchdog sends it again, with its id
+            self._trouble(answer.why)
+        elif answer.kind is Kind.REFUSED:
+            self._settle(token, pending, error=answer.why)
+        else:
+            self._settle(token, pending, seq=answer.seq)
 
     def _settle(self, token: int, pending: _Pending, seq: int = 0,
                 error: str | None = None) -> None:
         del self._inflight[token]
+        if error is None and self.outage.since_s is not None:
+            lasted = self.outage.ended(asyncio.get_running_loop().time())
+            log.warning("JetStream confirms publishes again after %.1f s (%s sent again "
+                        "meanwhile)", lasted, f"{self.outage.retried:,}")
+            self.outage.retried = 0
         if len(self._inflight) < self.max_in_flight // 2:
             self._room.set()
         if not self._inflight:

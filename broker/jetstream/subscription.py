@@ -34,6 +34,7 @@ from nats.js import errors as js_errors
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, SequenceInfo
 
 from broker.errors import ConfigError, SlipstreamError
+from broker.jetstream.answers import Outage
 from broker.jetstream.connection import header_value, msg_id_of
 from broker.jetstream.stream import epoch_of
 from broker.subscription import UNKNOWN_COUNT, Batch, Message, Start, Subscription
@@ -103,6 +104,7 @@ class JetStreamSubscription(Subscription):
         self._last_heard = 0.0
         self._nats_sub: NatsSubscription | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._outage = Outage()  # repositioning that keeps failing: said once, and its end
         self._repositioning = False
         self._ephemeral = ""  # the server's name for a non-durable consumer
 
@@ -209,8 +211,15 @@ class JetStreamSubscription(Subscription):
                 try:
                     await self._reposition(reason)
                 except (SlipstreamError, js_errors.Error, TimeoutError) as exc:
-                    log.warning("subscription %r: repositioning failed (%s); trying again",
-                                self.pattern, exc)
+                    if self._outage.started(loop.time()):  # once: the retries are quiet
+                        log.warning("subscription %r cannot read JetStream (%s: the stream "
+                                    "may have no leader); trying again quietly", self.pattern,
+                                    exc or type(exc).__name__)
+                else:
+                    lasted = self._outage.ended(loop.time())
+                    if lasted is not None:
+                        log.warning("subscription %r reads JetStream again after %.1f s",
+                                    self.pattern, lasted)
 
     async def _reposition(self, reason: str) -> None:
         """Make the consumer again from the first message we do not have."""

@@ -240,6 +240,51 @@ async def test_a_subscriber_rides_out_a_server_restart(
     assert sum("reconnected to NATS" in r.getMessage() for r in caplog.records) == 2
 
 
+async def test_a_cluster_without_quorum_is_said_once_and_its_recovery_too(
+        processes: Processes, caplog: pytest.LogCaptureFixture) -> None:
+    """Two of three nodes down: the stream has no leader. The publisher says so once,
+    retries quietly (JetStream's "duplicate message id is in process" is not an error),
+    says when publishes are confirmed again, and every message is stored once."""
+    caplog.set_level(logging.DEBUG, logger="slipstream.client")
+    nodes = await processes.nats_cluster(3)
+    async with Client(nodes[0].address, name="pub") as producer, \
+               Client(nodes[0].address, name="sub") as consumer:
+        sub = await consumer.subscribe("t.quorum", start="earliest")
+        for n in range(100):
+            await producer.publish("t.quorum", n)
+        await producer.flush()
+        await nodes[1].stop(signal.SIGKILL)
+        await nodes[2].stop(signal.SIGKILL)
+        for n in range(100, 600):
+            await producer.publish("t.quorum", n)
+
+        def said(words: str) -> int:
+            return sum(words in r.getMessage() for r in caplog.records)
+
+        async def outage_said() -> bool:
+            return said("JetStream is not confirming publishes") > 0
+
+        await wait_for(outage_said, "the publisher to say JetStream is not confirming", 30)
+        await asyncio.sleep(6)  # the watchdog resends at least once meanwhile, quietly
+        for node in nodes[1:]:
+            await processes.restart_nats(node)
+
+        async def recovery_said() -> bool:
+            return said("JetStream confirms publishes again") > 0
+
+        await wait_for(recovery_said, "the publisher to say publishes are confirmed again", 90)
+        await producer.flush()
+        got = await take(sub, 600, timeout_s=60)
+        await assert_nothing_more(sub, 1.0)
+    assert sorted(m.data for m in got) == list(range(600))  # every one, none twice
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+                and "JetStream" in r.getMessage()]
+    assert said("JetStream is not confirming publishes") == 1, warnings
+    assert said("JetStream confirms publishes again") == 1, warnings
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], warnings
+    assert producer.errors == []
+
+
 async def test_replay_and_consumers_work_unchanged_on_nats(processes: Processes) -> None:
     """The bundled session, replayed into NATS: the SQLite writer stores every message once
     and the printer prints each once."""

@@ -1,0 +1,126 @@
+"""What every benchmark shares: a broker and worker processes started fresh, one run of a
+workload through them, and the figures read from /proc (bench/run.py, bench/jetstream.py,
+bench/storage.py and bench/limits.py use it; none of them imports another)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = str(ROOT / "bench" / "worker.py")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    rate: float = 0.0
+    lost: int = 0
+    p50_us: float = 0.0
+    p99_us: float = 0.0
+    p999_us: float = 0.0
+    max_us: float = 0.0
+    broker_rss_mib: float = 0.0
+    broker_cpu: float = 0.0  # cores busy over the run
+
+
+def memory_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (VmRSS) or its peak so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_rss_mib(pid: int) -> float:
+    return memory_mib(pid, "VmHWM")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+async def start_broker(flags: list[str]) -> tuple[asyncio.subprocess.Process, str]:
+    broker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker", "--port", "0", "-q", *flags, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert broker.stdout is not None
+    line = (await asyncio.wait_for(broker.stdout.readline(), 15)).decode()
+    return broker, "127.0.0.1:" + line.rsplit(":", 1)[1].strip()
+
+
+async def worker(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, WORKER, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+
+
+async def run_workload(consumers: int, count: int, rate: float, latency: bool,
+                       broker_flags: list[str], nats_nodes: int = 0, topics: int = 1,
+                       consumer_flags: list[str] | None = None,
+                       producer_flags: list[str] | None = None) -> Result:
+    """One run; `nats_nodes` > 0 runs it through that many JetStream servers instead
+    (bench/jetstream.py), the figures for the one every client connects to."""
+    if nats_nodes:
+        from nats_servers import start_nats
+
+        servers, address = await start_nats(nats_nodes)
+        broker = servers[0]
+    else:
+        servers = []
+        broker, address = await start_broker(broker_flags)
+    subs: list[asyncio.subprocess.Process] = []
+    try:
+        cpu_before = cpu_seconds(broker.pid)
+        subs += [await worker("consume", "--broker", address, "--count", str(count),
+                             *(["--latency"] if latency else []), *(consumer_flags or []))
+                 for _ in range(consumers)]
+        for sub in subs:
+            assert sub.stdout is not None
+            assert (await asyncio.wait_for(sub.stdout.readline(), 15)).strip() == b"ready"
+        producer = await worker("produce", "--broker", address, "--count", str(count),
+                                "--rate", str(rate), "--topics", str(topics),
+                                *(producer_flags or []))
+        out, _ = await asyncio.wait_for(producer.communicate(), 300)
+        produced = json.loads(out)
+        results = []
+        for sub in subs:
+            out, _ = await asyncio.wait_for(sub.communicate(), 300)
+            results.append(json.loads(out))
+        elapsed_s = (max(r["last_ns"] for r in results) - produced["started_ns"]) / 1e9
+        result = Result(
+            rate=sum(r["received"] for r in results) / elapsed_s,
+            lost=sum(r["lost"] for r in results),
+            broker_rss_mib=peak_rss_mib(broker.pid),
+            broker_cpu=(cpu_seconds(broker.pid) - cpu_before) / elapsed_s)
+        if latency:
+            set_latencies(result, [x for r in results for x in r["latencies_us"]])
+        return result
+    finally:
+        for process in [*subs, *(servers or [broker])]:  # a failed run leaves no process
+            if process.returncode is None:
+                process.terminate()
+                await process.wait()
+
+
+def spread(values: list[float]) -> str:
+    """The median, with the whole min-max range of the runs: the machine's noise, unhidden."""
+    median = statistics.median(values)
+    if len(values) < 2:
+        return f"{median:,.0f}"
+    return f"{median:,.0f} [{min(values):,.0f}..{max(values):,.0f}]"
+
+
+def set_latencies(result: Result, latencies_us: list[int]) -> None:
+    samples = sorted(latencies_us)
+    if samples:
+        result.p50_us = samples[len(samples) // 2]
+        result.p99_us = samples[int(len(samples) * 0.99)]
+        result.p999_us = samples[int(len(samples) * 0.999)]
+        result.max_us = samples[-1]
