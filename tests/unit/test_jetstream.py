@@ -3,10 +3,12 @@ raw headers, message ids, consumer names."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from nats.js.api import DiscardPolicy, RetentionPolicy, StreamConfig
 
-from broker.client import is_nats, parse_address, uses_tls
+from broker.client import Client, is_nats, parse_address, uses_tls
 from broker.errors import ConfigError
 from broker.jetstream.address import display, parse_servers
 from broker.jetstream.connection import header_value, msg_id_of, status_of
@@ -23,6 +25,22 @@ def test_the_scheme_picks_the_engine() -> None:
     assert parse_address("tls://h:8") == ("h", 8) and uses_tls(" TLS://h:8")
     with pytest.raises(ConfigError, match="NATS address"):
         parse_address("nats://h:1")
+
+
+def test_the_factory_gives_each_address_its_engine_and_names_whose_option_is_whose() -> None:
+    from broker.embedded.client import EmbeddedClient
+    from broker.engines import engine_for
+    from broker.jetstream.client import JetStreamClient
+
+    assert engine_for("127.0.0.1:1", {}) is EmbeddedClient
+    assert engine_for("nats://a:1", {"stream": "S", "max_in_flight": 4}) is JetStreamClient
+    # Typed callers are stopped by mypy already; an untyped one gets a clear ConfigError.
+    nats_only: dict[str, Any] = {"stream": "S"}
+    embedded_only: dict[str, Any] = {"max_buffered_bytes": 1}
+    with pytest.raises(ConfigError, match=r"'stream' is not one of '127\.0\.0\.1:1'.*NATS's"):
+        Client("127.0.0.1:1", **nats_only)
+    with pytest.raises(ConfigError, match=r"'max_buffered_bytes'.*embedded broker's"):
+        Client("nats://a:1", **embedded_only)
 
 
 def test_seeds_inherit_the_scheme_and_get_the_default_port() -> None:
