@@ -94,23 +94,6 @@ async def test_patterns_route_and_fan_out_to_every_subscriber(processes: Process
             await assert_nothing_more(sub)
 
 
-async def test_a_durable_resumes_after_what_it_finished(processes: Processes) -> None:
-    node = await processes.nats()
-    async with Client(node.address) as producer:
-        async with Client(node.address, name="reader") as reader:
-            sub = await reader.subscribe("t.d", durable="audit", start="earliest")
-            for n in range(100):
-                await producer.publish("t.d", n)
-            assert [m.data for m in await take(sub, 100)] == list(range(100))
-        for n in range(100, 150):
-            await producer.publish("t.d", n)
-        await producer.flush()
-        async with Client(node.address, name="reader") as reader:
-            sub = await reader.subscribe("t.d", durable="audit")
-            assert [m.data for m in await take(sub, 50)] == list(range(100, 150))
-            await assert_nothing_more(sub)
-
-
 async def test_a_durable_with_another_pattern_is_a_clear_error(processes: Processes) -> None:
     node = await processes.nats()
     async with Client(node.address) as client:
