@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import difflib
 import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,6 +47,7 @@ HINT_TOPICS = 10_000  # topics looked at for that hint (one STATS page)
 HandlerFn = Callable[[Message], Awaitable[None]]
 BatchHandlerFn = Callable[[Batch], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
+Lifespan = Callable[[], AsyncIterator[None]]
 OnError = Literal["skip", "stop"]
 
 
@@ -90,6 +92,11 @@ class Consumer:
         self.client: Client | None = None
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
+        self._lifespans: list[Lifespan] = []
+        # Background work (a web server's refresher, a periodic publish): run in the
+        # consumer's TaskGroup beside the handlers, so a failure stops the consumer.
+        self._background: list[tuple[Coroutine[Any, Any, None], str]] = []
+        self._tasks: asyncio.TaskGroup | None = None
         self._argument_hooks: list[Callable[[argparse.ArgumentParser], None]] = []
         self._stopping: asyncio.Event | None = None
         self._subscribed: asyncio.Event | None = None
@@ -143,6 +150,38 @@ class Consumer:
         self._shutdown.append(hook)
         return hook
 
+    def lifespan(self, function: Lifespan) -> Lifespan:
+        """Decorator: an async generator that sets up (before connecting), yields while the
+        consumer runs and cleans up after it (even after Ctrl-C or an error), keeping its
+        state in its own locals instead of module globals:
+
+            @app.lifespan
+            async def serve() -> AsyncIterator[None]:
+                site = await start_site(...)
+                app.background(refresh(), "refresh")
+                try:
+                    yield
+                finally:
+                    await site.cleanup()
+        """
+        self._lifespans.append(function)
+        return function
+
+    def background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `work` beside the handlers, in the consumer's TaskGroup: cancelled when the
+        consumer stops, and if it raises, the consumer stops with exit 1 saying so."""
+        if self._tasks is not None:
+            self._tasks.create_task(self._guard(work, name), name=name)
+        else:
+            self._background.append((work, name))  # started with the handlers
+
+    async def _guard(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        try:
+            await work
+        except Exception as exc:
+            log.error("%s failed: %s", name, exc, exc_info=True)
+            self.fail(f"{name} failed: {exc}")
+
     def arguments(self, hook: Callable[[argparse.ArgumentParser],
                                        None]) -> Callable[[argparse.ArgumentParser], None]:
         """Decorator: add command-line flags; read them from `app.args` once running."""
@@ -189,9 +228,12 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._subscribed = asyncio.Event()
         shut_down = False
+        lifespans = contextlib.AsyncExitStack()
         try:
             for hook in self._startup:
                 await hook()
+            for lifespan in self._lifespans:
+                await lifespans.enter_async_context(contextlib.asynccontextmanager(lifespan)())
             if not self.handlers:
                 raise ConfigError(f"consumer {self.name!r} has no handlers")
             async with cli.client_for(self.args, self.name) as client:
@@ -200,10 +242,13 @@ class Consumer:
                     await self._consume(client)
                 finally:
                     shut_down = True  # while connected: a last flush can still acknowledge
-                    await self._run_shutdown_hooks()
+                    await self._run_shutdown_hooks(lifespans)
         finally:
             if not shut_down:  # startup or connecting failed: close what startup opened
-                await self._run_shutdown_hooks()
+                await self._run_shutdown_hooks(lifespans)
+            for work, _ in self._background:  # never started: say nothing of it
+                work.close()
+            self._background.clear()
             if self._stdout_gone:
                 _silence_stdout()
             self._error_log.flush()
@@ -212,9 +257,12 @@ class Consumer:
             return cli.fail(self.name, str(self._failure))
         return cli.EXIT_OK
 
-    async def _run_shutdown_hooks(self) -> None:
-        for hook in self._shutdown:
-            await hook()
+    async def _run_shutdown_hooks(self, lifespans: contextlib.AsyncExitStack) -> None:
+        try:
+            await lifespans.aclose()  # the lifespans' clean-up, last set up first
+        finally:
+            for hook in self._shutdown:
+                await hook()
 
     async def _consume(self, client: Client) -> None:
         for handler in self.handlers:
@@ -225,14 +273,20 @@ class Consumer:
         self._subscribed.set()
         try:
             async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
                 for handler in self.handlers:
                     tasks.create_task(self._pump(handler), name=handler.pattern)
                 tasks.create_task(self._wait_for_stop())
                 tasks.create_task(self._hint_unmatched(client))
+                for work, name in self._background:
+                    tasks.create_task(self._guard(work, name), name=name)
+                self._background.clear()
         except* _Stop:
             pass
         except* HandlerFailed as group:
             self._failure = self._failure or group.exceptions[0]  # type: ignore[assignment]
+        finally:
+            self._tasks = None
 
     async def subscribed(self) -> Client:
         """Wait until every handler's subscription is made (for a startup hook's task that

@@ -8,6 +8,7 @@ a loss is seen where it happened.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,7 +46,6 @@ def format_gap(gap: Gap) -> str:
 
 app = Consumer("printer", description="Print the messages of the topics matching PATTERN "
                                        "('>' for all), readable or as JSON lines.")
-_printed = 0
 
 
 @app.arguments
@@ -61,17 +61,26 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 @app.startup
 async def _subscribe() -> None:
+    printer = Printer(app.args.json, app.args.count, app.stop)
     for pattern in app.args.patterns:
-        app.add_handler(pattern, print_message)
+        app.add_handler(pattern, printer.print_message)
 
 
-async def print_message(message: Message) -> None:
-    global _printed
-    if app.args.count and _printed >= app.args.count:
-        return  # with several patterns, another subscription may be one message ahead
-    if message.gap is not None and not app.args.json:
-        print(format_gap(message.gap), flush=True)
-    print(format_json(message) if app.args.json else format_line(message), flush=True)
-    _printed += 1
-    if app.args.count and _printed >= app.args.count:
-        app.stop()
+class Printer:
+    """Prints each message (and each gap before it); stops after `count`, if given."""
+
+    def __init__(self, as_json: bool, count: int | None, stop: Callable[[], None]) -> None:
+        self.as_json = as_json
+        self.count = count
+        self.stop = stop
+        self.printed = 0
+
+    async def print_message(self, message: Message) -> None:
+        if self.count and self.printed >= self.count:
+            return  # with several patterns, another subscription may be one message ahead
+        if message.gap is not None and not self.as_json:
+            print(format_gap(message.gap), flush=True)
+        print(format_json(message) if self.as_json else format_line(message), flush=True)
+        self.printed += 1
+        if self.count and self.printed >= self.count:
+            self.stop()

@@ -23,6 +23,7 @@ import logging
 import sqlite3
 import sys
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,6 @@ from broker import cli
 from broker.client import Batch
 from broker.errors import ConfigError, SlipstreamError
 from broker.progress import Progress
-from broker.tasks import stop_task
 from consumer.api import Consumer, Fatal
 from consumer.sqlite_schema import SCHEMA_VERSION, LiveTables, Rows, SchemaError, prepare
 
@@ -265,21 +265,23 @@ class Batcher:
                 return
 
 
-_state: dict[str, Any] = {}
-
-
-@app.startup
-async def _open() -> None:
+@app.lifespan
+async def _writing() -> AsyncIterator[None]:
+    """Open the database; flush batches on a timer (and report a catch-up) in the
+    background; on the way out, still connected, commit the last batch and close."""
     writer = Writer(app.args.db)
     await writer.open()
     batcher = Batcher(writer, app.args.batch, app.args.flush_ms / 1000, app.args.retry_for,
                       game_json=app.args.game_json)
-    _state.update(writer=writer, batcher=batcher,
-                  timer=asyncio.create_task(batcher.flush_periodically()))
+    app.background(batcher.flush_periodically(), "the SQLite flush timer")
     if app.args.start == "earliest":
-        _state["catch_up"] = asyncio.create_task(_measure_backlog(batcher))
+        app.background(_measure_backlog(batcher), "the catch-up report")
     for pattern in app.args.patterns:
         app.add_handler(pattern, batcher.add, auto_ack=False, batches=True)
+    try:
+        yield
+    finally:
+        await _close(writer, batcher)
 
 
 async def _measure_backlog(batcher: Batcher) -> None:
@@ -315,19 +317,12 @@ async def _report_catch_up(batcher: Batcher) -> None:
             batcher.end_catch_up()
 
 
-@app.shutdown
-async def _close() -> None:
-    if "writer" not in _state:
-        return
-    await stop_task(_state["timer"])
-    if "catch_up" in _state:
-        await stop_task(_state["catch_up"])
-    if _state["batcher"].catch_up is not None:
-        _state["batcher"].catch_up.close()
-    writer: Writer = _state["writer"]
+async def _close(writer: Writer, batcher: Batcher) -> None:
+    if batcher.catch_up is not None:
+        batcher.catch_up.close()
     try:
-        if not _state["batcher"].failed:
-            await _state["batcher"].flush()
+        if not batcher.failed:
+            await batcher.flush()
     except WriteFailed as exc:
         app.fail(str(exc))
     finally:

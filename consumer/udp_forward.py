@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+from collections.abc import AsyncIterator
 
 from broker import cli
 from broker.client import Message
@@ -18,8 +18,6 @@ from consumer.api import Consumer
 
 app = Consumer("udp-forward", description="Re-send the game's raw datagrams (game.raw) to "
                                           "one or more UDP targets, byte for byte.")
-_targets: list[Any] = []
-_sent = [0]
 
 
 @app.arguments
@@ -28,27 +26,26 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="a UDP target (repeat for several)")
 
 
-@app.startup
-async def _open() -> None:
+@app.lifespan
+async def _forwarding() -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
-    for text in app.args.to:
-        address = cli.flag_address(text, "--to")
-        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
-                                                           remote_addr=address)
-        _targets.append(transport)
-    app.add_handler("game.raw", forward)
+    targets: list[asyncio.DatagramTransport] = []
+    try:
+        for text in app.args.to:
+            address = cli.flag_address(text, "--to")
+            transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                               remote_addr=address)
+            targets.append(transport)
 
+        async def forward(message: Message) -> None:
+            datagram = message.data
+            if not isinstance(datagram, bytes):
+                raise TypeError(f"game.raw payload is {type(datagram).__name__}, not bytes")
+            for target in targets:
+                target.sendto(datagram)
 
-async def forward(message: Message) -> None:
-    datagram = message.data
-    if not isinstance(datagram, bytes):
-        raise TypeError(f"game.raw payload is {type(datagram).__name__}, not bytes")
-    for transport in _targets:
-        transport.sendto(datagram)
-    _sent[0] += 1
-
-
-@app.shutdown
-async def _close() -> None:
-    for transport in _targets:
-        transport.close()
+        app.add_handler("game.raw", forward)
+        yield
+    finally:
+        for target in targets:
+            target.close()

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,7 +28,6 @@ RESET = "\033[0m"
 app = Consumer("alerter", description="Watch topics against alert rules (TOML) and report "
                                       "each alert on the console, in a JSON-lines file and "
                                       "on alerts.<severity>.")
-_state: dict[str, Any] = {"alerts": 0}
 
 
 @app.arguments
@@ -41,25 +41,47 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-color", action="store_true", help="plain console output")
 
 
-@app.startup
-async def _load() -> None:
+@app.lifespan
+async def _watching() -> AsyncIterator[None]:
     rules = load_rules(app.args.rules)  # a bad file stops us here: exit 2, with the line
     colour = not app.args.no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    _state.update(rules=rules, colour=colour,
-                  log=app.args.log.open("a", encoding="utf-8") if app.args.log else None)
-    for pattern in sorted({rule.topic for rule in rules}):
-        app.add_handler(pattern, _handler([rule for rule in rules if rule.topic == pattern]))
+    alerts = Alerts(colour, app.args.log.open("a", encoding="utf-8") if app.args.log else None)
+    try:
+        for pattern in sorted({rule.topic for rule in rules}):
+            app.add_handler(pattern, alerts.checker([r for r in rules if r.topic == pattern]))
+        yield
+    finally:
+        if alerts.log is not None:
+            alerts.log.close()
+        print(f"alerter: {alerts.count} alerts", file=sys.stderr)
 
 
-def _handler(rules: list[Rule]) -> Any:
-    async def check(message: Message) -> None:
-        when_us = source_time_us(message.data) or message.timestamp_us
-        for rule in rules:
-            for alert in rule.evaluate(message.topic, message.seq, when_us, message.data,
-                                       message.timestamp_us):
-                await _emit(alert)
-    check.__name__ = f"rules for {rules[0].topic}"
-    return check
+class Alerts:
+    """Where alerts go: the console, the --log file, and alerts.<severity>."""
+
+    def __init__(self, colour: bool, log: TextIO | None) -> None:
+        self.colour = colour
+        self.log = log
+        self.count = 0
+
+    def checker(self, rules: list[Rule]) -> Any:
+        async def check(message: Message) -> None:
+            when_us = source_time_us(message.data) or message.timestamp_us
+            for rule in rules:
+                for alert in rule.evaluate(message.topic, message.seq, when_us, message.data,
+                                           message.timestamp_us):
+                    await self.emit(alert)
+        check.__name__ = f"rules for {rules[0].topic}"
+        return check
+
+    async def emit(self, alert: Alert) -> None:
+        self.count += 1
+        print(format_alert(alert, self.colour), flush=True)
+        if self.log is not None:
+            self.log.write(json.dumps(alert.as_dict(), default=str) + "\n")
+            self.log.flush()
+        if not app.args.no_publish and app.client is not None:
+            await app.client.publish(f"alerts.{alert.severity}", alert.as_dict())
 
 
 def source_time_us(data: Any) -> int | None:
@@ -76,26 +98,8 @@ def source_time_us(data: Any) -> int | None:
     return None
 
 
-async def _emit(alert: Alert) -> None:
-    _state["alerts"] += 1
-    print(format_alert(alert, _state["colour"]), flush=True)
-    log: TextIO | None = _state["log"]
-    if log is not None:
-        log.write(json.dumps(alert.as_dict(), default=str) + "\n")
-        log.flush()
-    if not app.args.no_publish and app.client is not None:
-        await app.client.publish(f"alerts.{alert.severity}", alert.as_dict())
-
-
 def format_alert(alert: Alert, colour: bool) -> str:
     stamp = datetime.now(UTC).strftime("%H:%M:%S")
     text = f"{stamp} {alert.severity.upper():<8} {alert.message}  [{alert.rule}, {alert.topic} " \
            f"#{alert.seq}]"
     return f"{COLOURS[alert.severity]}{text}{RESET}" if colour else text
-
-
-@app.shutdown
-async def _close() -> None:
-    if _state.get("log") is not None:
-        _state["log"].close()
-    print(f"alerter: {_state['alerts']} alerts", file=sys.stderr)

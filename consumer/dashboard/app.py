@@ -13,14 +13,11 @@ import argparse
 import asyncio
 import logging
 import sys
-from dataclasses import dataclass
-
-from aiohttp import web
+from collections.abc import AsyncIterator
 
 from broker import cli
 from broker.client import Message
 from broker.errors import ConfigError
-from broker.tasks import stop_task
 from consumer.api import Consumer
 from consumer.dashboard.hub import Hub
 from consumer.dashboard.model import Dashboard
@@ -38,18 +35,6 @@ app = Consumer("dashboard", description="Serve a live web dashboard (timing towe
                                         "HTTP, WebSocket and Server-Sent Events.",
                # A dashboard opened mid-session needs the state F1 sent at the start.
                start="earliest")
-
-
-@dataclass
-class Running:
-    """What startup made and shutdown must stop."""
-
-    hub: Hub | None = None
-    runner: web.AppRunner | None = None
-    refresher: asyncio.Task[None] | None = None
-
-
-_running = Running()
 
 
 @app.arguments
@@ -72,8 +57,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="disconnect a client that takes nothing for this long (default 30)")
 
 
-@app.startup
-async def _serve() -> None:
+@app.lifespan
+async def _serve() -> AsyncIterator[None]:
+    """Check the flags, serve the site, refresh the views in the background; on the way
+    out close every browser's connection and say how many there were."""
     args = app.args
     host, port = http_address(args.http)
     for flag in ("refresh", "send_timeout"):
@@ -94,8 +81,7 @@ async def _serve() -> None:
     server.serving_at(host, bound)
     url = f"http://{host}:{bound}/" + ("?token=..." if args.token else "")
     print(f"dashboard: {url}", flush=True)
-    _running.hub, _running.runner = hub, runner
-    _running.refresher = asyncio.create_task(hub.run(args.refresh), name="refresh")
+    app.background(hub.run(args.refresh), "the dashboard's refresher")
 
     async def take(message: Message) -> None:
         if hub.on_message(message.topic, message.data, message.timestamp_us):
@@ -103,15 +89,10 @@ async def _serve() -> None:
 
     for pattern in PATTERNS:
         app.add_handler(pattern, take)
-
-
-@app.shutdown
-async def _stop() -> None:
-    await stop_task(_running.refresher)
-    hub = _running.hub
-    connected = len(hub.fanout.clients) if hub is not None else 0
-    if _running.runner is not None:
-        await _running.runner.cleanup()  # closes every client's connection
-    if hub is not None:
+    try:
+        yield
+    finally:
+        connected = len(hub.fanout.clients)
+        await runner.cleanup()  # closes every client's connection
         print(f"dashboard: {sum(hub.model.handled.values()):,} messages shown, "
               f"{connected} clients still connected were closed", file=sys.stderr)

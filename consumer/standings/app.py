@@ -14,17 +14,13 @@ standings are rebuilt from the broker when this consumer restarts.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-
-from aiohttp import web
 
 from broker import cli
 from broker.errors import ConfigError, SlipstreamError
-from broker.tasks import stop_task
 from consumer.api import Consumer
 from consumer.standings.keeper import StandingsKeeper
 from consumer.standings.sources import GameLaps, LiveLaps
@@ -52,17 +48,6 @@ app = Consumer("standings", description="Keep the standings of a sim-racing even
                start="earliest")
 
 
-@dataclass
-class Running:
-    keeper: StandingsKeeper | None = None
-    runner: web.AppRunner | None = None
-    tables: asyncio.Task[None] | None = None
-    read_back: asyncio.Task[None] | None = None
-
-
-_running = Running()
-
-
 @app.arguments
 def _arguments(parser: argparse.ArgumentParser) -> None:
     add_site_arguments(parser, 8081)
@@ -80,8 +65,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                              "%(default)s)")
 
 
-@app.startup
-async def _serve() -> None:
+@app.lifespan
+async def _serve() -> AsyncIterator[None]:
+    """Serve the pages, publish the table and read back the facts in the background; on
+    the way out (still connected) publish the last table and say what was kept."""
     args = app.args
     if args.durable:
         raise ConfigError("--durable does not suit the standings: they are rebuilt from every "
@@ -106,14 +93,23 @@ async def _serve() -> None:
     keeper.page = f"http://{host}:{bound}/"
     print(f"standings: http://{host}:{bound}/ (admin: http://{host}:{bound}/admin"
           + ("?token=...)" if args.token else ")"), flush=True)
-    _running.keeper, _running.runner = keeper, runner
-    _running.tables = asyncio.create_task(keeper.publish_tables(), name="standings.table")
-    _running.read_back = asyncio.create_task(_read_back(keeper), name="read back")
+    app.background(keeper.publish_tables(), "publishing standings.table")
+    app.background(_read_back(keeper), "reading back the standings")
     app.add_handler("standings.>", keeper.on_standings)
     for topic in GAME_TOPICS if game is not None else ():
         app.add_handler(topic, keeper.on_game)
     for topic in LIVE_TOPICS if live is not None else ():
         app.add_handler(topic, keeper.on_live)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+        await keeper.flush_table()
+        standings = keeper.standings
+        timed = sum(1 for row in standings.rows() if row["position"] is not None)
+        print(f"standings: {len(standings.drivers)} drivers, {timed} with a time on "
+              f"{standings.track or 'no track'}; {keeper.published_laps} laps published "
+              "from the sources", file=sys.stderr)
 
 
 async def _read_back(keeper: StandingsKeeper) -> None:
@@ -132,19 +128,3 @@ async def _read_back(keeper: StandingsKeeper) -> None:
                     "published before may be published again", exc)
         retained = 0
     keeper.read_back(retained)
-
-
-@app.shutdown
-async def _stop() -> None:
-    await stop_task(_running.read_back)
-    await stop_task(_running.tables)
-    if _running.runner is not None:
-        await _running.runner.cleanup()
-    keeper = _running.keeper
-    if keeper is not None:
-        await keeper.flush_table()
-        standings = keeper.standings
-        timed = sum(1 for row in standings.rows() if row["position"] is not None)
-        print(f"standings: {len(standings.drivers)} drivers, {timed} with a time on "
-              f"{standings.track or 'no track'}; {keeper.published_laps} laps published "
-              "from the sources", file=sys.stderr)

@@ -113,6 +113,55 @@ async def test_a_failing_handler_is_logged_with_topic_and_seq(
     assert "ValueError: three is not allowed" in consumer.log()
 
 
+LIFESPAN_PLUGIN = '''
+import asyncio
+from consumer.api import Consumer
+
+app = Consumer("counting")
+seen = []
+
+
+@app.lifespan
+async def counting():
+    print("set up", flush=True)
+
+    async def watch():
+        while len(seen) < 3:
+            await asyncio.sleep(0.01)
+        raise RuntimeError(f"saw {len(seen)}")
+
+    app.background(watch(), "the watcher")
+
+    async def handle(message):
+        seen.append(message.data)
+
+    app.add_handler("t", handle)
+    try:
+        yield
+    finally:
+        print(f"cleaned up after {len(seen)}", flush=True)
+'''
+
+
+async def test_a_lifespan_cleans_up_and_a_failing_background_task_stops_with_exit_1(
+        processes: Processes, tmp_path: Path) -> None:
+    """A plugin's lifespan and background work run inside the consumer's TaskGroup: the
+    background task's failure stops the consumer (exit 1, saying which task and why), and
+    the lifespan's clean-up runs on the way out."""
+    broker = await processes.broker()
+    plugin = tmp_path / "counting.py"
+    plugin.write_text(LIFESPAN_PLUGIN)
+    async with Client(broker.address) as client:
+        for n in range(5):
+            await client.publish("t", n)
+    consumer = await processes.command("-m", "consumer", "run", str(plugin), "--from",
+                                       "earliest", "--broker", broker.address)
+    assert await asyncio.wait_for(consumer.process.wait(), 15) == 1
+    out = consumer.out_path.read_text().splitlines()  # type: ignore[attr-defined]
+    assert out[0] == "set up" and out[-1].startswith("cleaned up after ")
+    assert "counting: error: the watcher failed: saw " in consumer.log()
+
+
 async def test_a_slow_handler_holds_back_its_subscription_not_memory(
         processes: Processes, tmp_path: Path) -> None:
     broker = await processes.broker()
