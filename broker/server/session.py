@@ -34,7 +34,7 @@ from broker.server.routing import echo
 from broker.storage.segments import WriteRefusedError
 from broker.storage.storage import TopicStorage as Topic
 from broker.wire import protocol as p
-from broker.wire.broker_connection import BrokerConnection
+from broker.wire.broker_connection import BrokerConnection, Received
 from broker.wire.states import State
 
 log = logging.getLogger("slipstream.broker")
@@ -101,7 +101,7 @@ class Session:
         self.subscriptions = self.conn.subscriptions  # by sid
         self.delivery = Delivery(self.conn, config, core.totals, core.log_throttle,
                                  self.log_once, self.describe, wake)
-        self.frames: deque[p.Frame | p.UnknownFrame] = deque()  # read, not yet acted on
+        self.frames: deque[Received] = deque()  # read, not yet acted on
         self.published = 0
         self.throttled_s = 0.0
         self.delay_s = 0.0  # Wait.RATE: how long
@@ -192,7 +192,7 @@ class Session:
             budget -= 1
             if budget <= 0 and frames:
                 return Wait.TURN
-        if self.conn.broken() or self.closing:  # a fatal ERROR is queued
+        if self.closing:  # a fatal ERROR is queued (Broken, or the broker's own reason)
             return Wait.CLOSE
         return Wait.READ
 
@@ -313,14 +313,15 @@ class Session:
         core.notify(topic)
         self.conn.published(frame, first_seq)
 
-    def _reject(self, exc: ProtocolError, frame: p.Frame | p.UnknownFrame) -> None:
+    def _reject(self, exc: ProtocolError, frame: Received) -> None:
         """A request we refuse but can survive: answer with a non-fatal ERROR."""
         self.log_once(exc.code, "connection %s: %s", self.describe(), exc)
         self.conn.reject(exc, frame)
 
-    def _control(self, frame: p.Frame | p.UnknownFrame) -> None:
-        """Every frame but PUB: the core applies the connection's rules (and raises
-        ProtocolError when one is broken); what is left is the broker's to do."""
+    def _control(self, frame: Received) -> None:
+        """Everything but PUB: the core applies the connection's rules (and raises
+        ProtocolError when one is broken, or fails the connection on `Broken`); what
+        is left is the broker's to do."""
         match self.conn.handle(frame):
             case p.Ack(sid, count):
                 self._ack(self.conn.subscription(sid), count)

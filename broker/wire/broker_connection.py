@@ -1,7 +1,9 @@
 """The broker's side of one client connection, sans-I/O.
 
-Bytes go in through `receive_data`, frames come out to be acted on; the rules
-of the conversation are applied by `handle(frame)`, which queues the answers;
+Bytes go in through `receive_data`, which returns what happened: the frames
+to act on, in order, and `Broken` where the byte stream broke the protocol
+(acting on it fails the connection, after the frames before it). The rules
+of the conversation are applied by `handle(...)`, which queues the answers;
 `data_to_send()` hands back the bytes to write. The asyncio `Connection` in
 broker/server/server.py moves the bytes and does what only the broker can (store a
 PUB, find the topics of a SUB); tests/unit/test_broker_connection.py drives
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import hmac
 from enum import Enum
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from broker.errors import ProtocolError
 from broker.wire import protocol as p
@@ -63,6 +65,16 @@ MAX_CLIENT_NAME_CHARS = 128
 # A TLS ClientHello starts with a handshake record (0x16) of version 3.x; a HELLO frame's
 # length prefix cannot (it would be a frame of over 369 MB).
 TLS_RECORD_START = b"\x16\x03"
+
+
+class Broken(NamedTuple):
+    """The byte stream broke the protocol here (a frame that cannot be parsed, one too
+    big): what came before it is acted on first; `handle` of this fails the connection."""
+
+    error: ProtocolError
+
+
+Received = p.Frame | p.UnknownFrame | Broken  # what receive_data returns, in order
 
 
 class Credited(Protocol):
@@ -104,9 +116,9 @@ class BrokerConnection(Generic[S]):
 
     # --- bytes in ----------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[p.Frame | p.UnknownFrame]:
-        """The frames `data` completes, to be acted on in order. A byte stream that
-        breaks the protocol fails the connection (state CLOSING) after them."""
+    def receive_data(self, data: bytes) -> list[Received]:
+        """What `data` completes, to be acted on in order: frames, then `Broken` if the
+        stream broke the protocol (refusals in the handshake fail at once instead)."""
         if self.state is State.HANDSHAKE:
             if not self._decoder.buffered_bytes and data.startswith(TLS_RECORD_START):
                 self.fail("handshake", "this looks like a TLS handshake, and this broker "
@@ -120,16 +132,10 @@ class BrokerConnection(Generic[S]):
             data = b""  # the rest of this read is in the decoder
         elif self.state is not State.OPEN:
             return []
-        frames = self._decoder.feed(data)
-        return frames
-
-    def broken(self) -> bool:
-        """After acting on `receive_data`'s frames: did the stream break the protocol?
-        If so the connection is failed now (its fatal ERROR queued)."""
-        error = self._decoder.error
-        if error is not None and self.state is State.OPEN:
-            self.fail(error.code, str(error))
-        return error is not None
+        received: list[Received] = list(self._decoder.feed(data))
+        if self._decoder.error is not None:
+            received.append(Broken(self._decoder.error))
+        return received
 
     def _accept(self, frames: list[p.Frame | p.UnknownFrame]) -> bool:
         error = self._decoder.error
@@ -169,12 +175,17 @@ class BrokerConnection(Generic[S]):
 
     # --- the rules, frame by frame -------------------------------------------------
 
-    def handle(self, frame: p.Frame | p.UnknownFrame) -> p.Frame | None:
-        """Apply the connection's rules to a frame that is not a PUB; queue what they
+    def handle(self, frame: Received) -> p.Frame | None:
+        """Apply the connection's rules to what was received, but a PUB; queue what they
         answer. Returns the frame when the broker has to act on it (SUB, UNSUB, a valid
         ACK, STATS, a client's ERROR to log), else None. A broken rule raises
-        ProtocolError: refuse the frame with `reject`, the connection goes on."""
+        ProtocolError: refuse the frame with `reject`, the connection goes on. `Broken`
+        fails the connection (its fatal ERROR queued)."""
         match frame:
+            case Broken(error):
+                if self.state is State.OPEN:
+                    self.fail(error.code, str(error))
+                return None
             case p.Ack(sid, count):
                 sub = self.subscription(sid)
                 if not 0 < count <= sub.inflight:
@@ -227,7 +238,7 @@ class BrokerConnection(Generic[S]):
                                                    len(frame.payloads))))
 
     @staticmethod
-    def ref_of(frame: p.Frame | p.UnknownFrame) -> int | None:
+    def ref_of(frame: Received) -> int | None:
         """Which request an ERROR about `frame` names: a PUB's confirm_id, the sid of a
         SUB, UNSUB or ACK, a STATS request id; nothing for the others."""
         if type(frame) is p.Publish:
@@ -238,7 +249,7 @@ class BrokerConnection(Generic[S]):
             return frame.request_id
         return None
 
-    def reject(self, error: ProtocolError, frame: p.Frame | p.UnknownFrame) -> None:
+    def reject(self, error: ProtocolError, frame: Received) -> None:
         """A request refused, the connection going on: a non-fatal ERROR naming it."""
         self._out.append(p.encode(p.Error(error.code, str(error), self.ref_of(frame), False)))
 
