@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, Literal, Protocol
 
 import msgpack
 
@@ -91,11 +91,38 @@ class Batch:
         return f"Batch({self.topic!r}, seq={self.seqs[0]}.., {len(self.payloads)} messages)"
 
 
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """Where a subscription's delays come from: the running asyncio loop (LoopTimers), or
+    a test's clock that moves only when told."""
+
+    def time(self) -> float: ...
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer: ...
+
+
+class LoopTimers:
+    """The running asyncio loop's clock and timers."""
+
+    def time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
+        return asyncio.get_running_loop().call_later(delay_s, callback)
+
+
+LOOP_TIMERS = LoopTimers()
+
+
 class Subscription:
     """An async iterator of the messages matching one pattern (the engines subclass it)."""
 
     def __init__(self, pattern: str, start: Start, durable: str | None, window: int,
-                 auto_ack: bool) -> None:
+                 auto_ack: bool, timers: Timers = LOOP_TIMERS) -> None:
+        self.timers = timers
         self.auto_ack = auto_ack  # False: the application calls ack() when it is safe
         self.pattern = pattern
         self.start = start
@@ -111,10 +138,10 @@ class Subscription:
         self._done = 0  # finished, not yet acknowledged (current connection only)
         self._handed = 0  # manual ack: handed out on this connection, not yet ack()ed
         self._pending_gaps: dict[str, Gap] = {}
-        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_timer: Timer | None = None
         self._gap_log_next = 0.0
         self._gaps_logged = (0, 0)  # gap_count, missed when last logged
-        self._gap_log_timer: asyncio.TimerHandle | None = None
+        self._gap_log_timer: Timer | None = None
         self._ready = asyncio.Event()  # set when something arrives, or at the end
         self._closed: BaseException | None = None  # why deliveries ended, once they have
 
@@ -226,7 +253,7 @@ class Subscription:
         nothing and keeps durable positions fresh.
         """
         if self._done and self._ack_timer is None:
-            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._flush_acks)
+            self._ack_timer = self.timers.call_later(ACK_DELAY_S, self._flush_acks)
 
     def _flush_acks(self) -> None:
         if self._ack_timer is not None:
@@ -264,10 +291,11 @@ class Subscription:
 
     def _log_gaps(self) -> None:
         """Log the first loss at once, then at most one summary line a second."""
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._gap_log_next:
+        now = self.timers.time()
+        if now < self._gap_log_next:
             if self._gap_log_timer is None:  # make sure the last losses are logged too
-                self._gap_log_timer = loop.call_at(self._gap_log_next, self._log_gaps)
+                self._gap_log_timer = self.timers.call_later(self._gap_log_next - now,
+                                                             self._log_gaps)
             return
         self._gap_log_timer = None
         unlogged_gaps = self.gap_count - self._gaps_logged[0]
@@ -275,7 +303,7 @@ class Subscription:
             return
         unlogged_missed = self.missed - self._gaps_logged[1]
         self._gaps_logged = (self.gap_count, self.missed)
-        self._gap_log_next = loop.time() + GAP_LOG_INTERVAL_S
+        self._gap_log_next = now + GAP_LOG_INTERVAL_S
         gap = self.recent_gaps[-1]
         if gap.missed == UNKNOWN_COUNT and unlogged_gaps == 1:
             log.warning("subscription %r may have lost messages of %r after seq %d: %s",

@@ -16,7 +16,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from broker.subscription import UNKNOWN_COUNT, Batch, Message, Start, Subscription
+from broker.subscription import (
+    LOOP_TIMERS,
+    UNKNOWN_COUNT,
+    Batch,
+    Message,
+    Start,
+    Subscription,
+    Timers,
+)
 from broker.wire import protocol as p
 from broker.wire.protocol import Gap
 
@@ -26,8 +34,9 @@ class EmbeddedSubscription(Subscription):
 
     def __init__(self, sid: int, pattern: str, start: Start, durable: str | None, window: int,
                  auto_ack: bool = True, *, send: Callable[[p.Frame], None],
-                 forget: Callable[[], None], generation: int = 0, epoch: int = 0) -> None:
-        super().__init__(pattern, start, durable, window, auto_ack)
+                 forget: Callable[[], None], generation: int = 0, epoch: int = 0,
+                 timers: Timers = LOOP_TIMERS) -> None:
+        super().__init__(pattern, start, durable, window, auto_ack, timers)
         self.sid = sid
         self._send = send  # a frame on the current connection (dropped while there is none)
         self._forget = forget  # the client stops routing deliveries to us

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import pytest
 
 from broker.embedded.client import EmbeddedClient as Client
 from broker.embedded.subscription import EmbeddedSubscription as Subscription
+from broker.subscription import Timer
 from broker.wire import protocol as p
 
 _sent: list[p.Frame] = []  # what the subscriptions asked to send (acknowledgements)
@@ -18,10 +20,44 @@ def _nothing() -> None:
     pass
 
 
+class ManualTimers:
+    """A clock that moves only when told, and the timers due by it (broker/subscription.py's
+    Timers): a test of what happens after a delay does not wait for it."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+        self.due: list[tuple[float, Callable[[], None], list[bool]]] = []
+
+    def time(self) -> float:
+        return self.now_s
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
+        cancelled = [False]
+        self.due.append((self.now_s + delay_s, callback, cancelled))
+        return _Handle(cancelled)
+
+    def advance(self, seconds: float) -> None:
+        self.now_s += seconds
+        ready = [entry for entry in self.due if entry[0] <= self.now_s]
+        self.due = [entry for entry in self.due if entry[0] > self.now_s]
+        for _, callback, cancelled in ready:
+            if not cancelled[0]:
+                callback()
+
+
+class _Handle:
+    def __init__(self, cancelled: list[bool]) -> None:
+        self._cancelled = cancelled
+
+    def cancel(self) -> None:
+        self._cancelled[0] = True
+
+
 async def test_many_gaps_are_counted_exactly_and_logged_as_a_summary(
         caplog: pytest.LogCaptureFixture) -> None:
+    timers = ManualTimers()
     sub = Subscription(1, "t", "new", None, window=1000, send=_sent.append, forget=_nothing,
-                       generation=1, epoch=1)
+                       generation=1, epoch=1, timers=timers)
     seq = 1
     for _ in range(500):  # message, then a gap of 3, over and over
         sub.deliver(p.Deliver(1, "t", seq, [0], [b"x"]))
@@ -30,13 +66,13 @@ async def test_many_gaps_are_counted_exactly_and_logged_as_a_summary(
     sub.deliver(p.Deliver(1, "t", seq, [0], [b"x"]))
     with caplog.at_level(logging.WARNING, logger="slipstream.client"):
         messages = [await anext(sub) for _ in range(501)]
-    assert [m.seq for m in messages] == list(range(1, seq + 1, 4))
-    assert all(m.gap is not None and m.gap.missed == 3 for m in messages[1:])
-    assert (sub.gap_count, sub.missed, len(sub.recent_gaps)) == (500, 1500, 100)
-    assert len(caplog.records) == 1  # the first loss, at once; the rest wait for a summary
-    sub._gap_log_next = 0.0  # as if the second were up
-    assert sub._gap_log_timer is not None
-    sub._gap_log_timer._run()  # the deferred summary
+        assert [m.seq for m in messages] == list(range(1, seq + 1, 4))
+        assert all(m.gap is not None and m.gap.missed == 3 for m in messages[1:])
+        assert (sub.gap_count, sub.missed, len(sub.recent_gaps)) == (500, 1500, 100)
+        assert len(caplog.records) == 1  # the first loss, at once; the rest wait for a summary
+        timers.advance(0.999)
+        assert len(caplog.records) == 1
+        timers.advance(0.001)  # the second is up: the deferred summary
     assert len(caplog.records) == 2
     assert "lost 1497 messages in 499 gaps" in caplog.records[1].getMessage()
     assert "1500 lost in all" in caplog.records[1].getMessage()
@@ -90,3 +126,22 @@ async def test_requests_after_the_client_gave_up_raise_its_error_at_once() -> No
         with pytest.raises(ConnectionLostError, match="closed the connection"):
             async with asyncio.timeout(1):
                 await request
+
+
+async def test_an_idle_subscription_acknowledges_within_the_ack_delay_by_its_clock() -> None:
+    from broker.subscription import ACK_DELAY_S
+
+    timers, sent = ManualTimers(), list[p.Frame]()
+    sub = Subscription(1, "t", "new", None, window=1000, send=sent.append, forget=_nothing,
+                       generation=1, epoch=1, timers=timers)
+    sub.deliver(p.Deliver(1, "t", 1, [0, 0, 0], [b"a", b"b", b"c"]))
+    for _ in range(3):
+        await anext(sub)
+    waiting = asyncio.ensure_future(anext(sub))  # finishes the 3rd, then waits: idle
+    await asyncio.sleep(0)
+    assert sent == []  # three done, far from a quarter of the window: no ACK yet
+    timers.advance(ACK_DELAY_S - 0.001)
+    assert sent == []
+    timers.advance(0.001)
+    assert sent == [p.Ack(1, 3)]
+    waiting.cancel()
