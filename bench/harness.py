@@ -124,3 +124,18 @@ def set_latencies(result: Result, latencies_us: list[int]) -> None:
         result.p99_us = samples[int(len(samples) * 0.99)]
         result.p999_us = samples[int(len(samples) * 0.999)]
         result.max_us = samples[-1]
+
+
+async def peer_result(producer: asyncio.subprocess.Process,
+                       *consumers: asyncio.subprocess.Process) -> Result:
+    """Deliveries per second summed over the consumers, from the first publish to the last
+    delivery, as run_workload counts them."""
+    out, _ = await asyncio.wait_for(producer.communicate(), 300)
+    produced = json.loads(out)
+    results = [json.loads((await asyncio.wait_for(c.communicate(), 300))[0])
+               for c in consumers]
+    elapsed_s = (max(r["last_ns"] for r in results) - produced["started_ns"]) / 1e9
+    outcome = Result(rate=sum(r["received"] for r in results) / elapsed_s,
+                     lost=sum(r["lost"] for r in results))
+    set_latencies(outcome, [x for r in results for x in r["latencies_us"]])
+    return outcome

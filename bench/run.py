@@ -27,8 +27,8 @@ from harness import (
     ROOT,
     Result,
     cpu_seconds,
+    peer_result,
     run_workload,
-    set_latencies,
     spread,
     start_broker,
     worker,
@@ -146,7 +146,7 @@ async def nats_core_run(topics: int = 1, count: int = INTERLEAVED_MESSAGES, rate
         producer = await asyncio.create_subprocess_exec(
             sys.executable, peer, "produce", "--server", address, *options,
             "--topics", str(topics), stdout=asyncio.subprocess.PIPE)
-        return await _peer_result(producer, *readers)
+        return await peer_result(producer, *readers)
     finally:
         for process in (*readers, server):
             if process.returncode is None:
@@ -166,26 +166,11 @@ async def raw_floor_run(count: int, rate: float = 0.0, latency: bool = False) ->
         producer = await asyncio.create_subprocess_exec(
             sys.executable, floor, "produce", "--port", ready[1].decode(), *options,
             stdout=asyncio.subprocess.PIPE)
-        return await _peer_result(producer, consumer)
+        return await peer_result(producer, consumer)
     finally:
         if consumer.returncode is None:
             consumer.terminate()
             await consumer.wait()
-
-
-async def _peer_result(producer: asyncio.subprocess.Process,
-                       *consumers: asyncio.subprocess.Process) -> Result:
-    """Deliveries per second summed over the consumers, from the first publish to the last
-    delivery, as run_workload counts them."""
-    out, _ = await asyncio.wait_for(producer.communicate(), 300)
-    produced = json.loads(out)
-    results = [json.loads((await asyncio.wait_for(c.communicate(), 300))[0])
-               for c in consumers]
-    elapsed_s = (max(r["last_ns"] for r in results) - produced["started_ns"]) / 1e9
-    outcome = Result(rate=sum(r["received"] for r in results) / elapsed_s,
-                     lost=sum(r["lost"] for r in results))
-    set_latencies(outcome, [x for r in results for x in r["latencies_us"]])
-    return outcome
 
 
 async def beside_the_peers(runs: int, on_full: str) -> None:

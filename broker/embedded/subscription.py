@@ -58,8 +58,16 @@ class EmbeddedSubscription(Subscription):
         # The hot path of every consumer: one run (a MSG) serves thousands of calls, so
         # the common case is a few attribute reads and one Message; acknowledgement is
         # counted inline and sent in batches (see _finish_previous).
-        if self._outstanding:
-            self._finish_previous()
+        outstanding = self._outstanding
+        if outstanding:  # _finish_previous, inline for auto_ack: it runs once per message
+            self._outstanding = 0
+            if self.auto_ack:
+                done = self._done + outstanding
+                self._done = done
+                if done >= self._ack_every:
+                    self._flush_acks()
+            else:
+                self._handed += outstanding
         batch = self._batch
         index = self._index
         if batch is None or index >= len(batch.payloads):
