@@ -110,8 +110,10 @@ class Delivery:
 
     def mark(self, sub: Cursors, topic: Topic) -> None:
         """`topic` has something for `sub` (a publish, an ack, an eviction to report)."""
-        self.dirty[sub, topic] = None
-        self.wake()
+        dirty = self.dirty
+        if not dirty:
+            self.wake()  # once per batch of marks: the sender takes them all in one pass
+        dirty[sub, topic] = None
 
     def subscribed(self, sub: Cursors) -> None:
         for topic in sub.cursors:

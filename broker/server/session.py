@@ -108,6 +108,7 @@ class Session:
         self.blocked_on: Topic | None = None  # Wait.ROOM: where
         self._run: _Run | None = None  # block policy: the PUB stored a part at a time
         self._paid: p.Publish | None = None  # the PUB the rate limit already delayed
+        self._block = config.on_full == "block"
         self._errors_logged: set[str] = set()
         now = core.clock.monotonic
         self._message_rate = (TokenBucket(config.max_publish_rate_msgs, clock=now)
@@ -170,10 +171,9 @@ class Session:
         """Act on the frames read so far, in order, until done or a wait (see Wait)."""
         budget = FRAMES_PER_PASS
         frames = self.frames
+        if self.closing:  # failed from outside (shutdown, a slow reader) since the last act
+            frames.clear()
         while frames:
-            if self.closing:
-                frames.clear()
-                break
             frame = frames[0]
             try:
                 if type(frame) is p.Publish:
@@ -182,6 +182,9 @@ class Session:
                         return wait
                 else:
                     self._control(frame)
+                    if self.closing:  # Broken: nothing after it is acted on
+                        frames.clear()
+                        break
                     # SUB and STATS cost up to O(topics): each ends the pass, so a storm of
                     # them cannot hold the loop; so does output over the high-water mark.
                     if type(frame) in _COSTLY_FRAMES or self.output_full():
@@ -203,7 +206,7 @@ class Session:
             if self.delay_s > 0:
                 self.throttled_s += self.delay_s
                 return Wait.RATE
-        if self.config.on_full == "block":
+        if self._block:
             return self._publish_blocking(frame)
         topic = self._check_publish(frame)
         try:
@@ -245,8 +248,21 @@ class Session:
                     f"PUB to {echo(topic.name)} refused: the broker's retained bytes are at "
                     f"--max-memory {self.config.max_memory_bytes:,} and every message is "
                     "still unacknowledged by some subscriber", code="memory_full")
-            core.budget.reserved_bytes += size
-            run = _Run(frame, topic, size)
+            first_seq = topic.next_seq
+            try:
+                appended = topic.append_within(frame.payloads, core.clock.wall_us(),
+                                               core.keep_from(topic, self.delivery))
+            except StorageError as exc:
+                raise self._storage_error(topic, exc) from None
+            if appended == len(frame.payloads):  # all stored at once: the common case
+                self._published(topic, frame, first_seq)
+                return None
+            # The rest waits for room: its room in the budget is kept for it meanwhile.
+            rest = frame.payloads[appended:]
+            run = _Run(frame, topic, sum(map(len, rest)))
+            run.first_seq, run.remaining = first_seq, rest
+            core.budget.reserved_bytes += run.reserved_bytes
+            return self._wait_for_room(run, notify=bool(appended))
         topic = run.topic
         keep_from = core.keep_from(topic, self.delivery)
         try:
@@ -263,10 +279,15 @@ class Session:
             run.reserved_bytes -= stored
             core.budget.reserved_bytes -= stored
             run.remaining = run.remaining[appended:]
-            core.notify(topic)  # their acks are what frees the room
+        return self._wait_for_room(run, notify=bool(appended))
+
+    def _wait_for_room(self, run: _Run, notify: bool) -> Wait:
+        """Part of `run` is stored (or none): hold its topic and wait for room."""
+        if notify:
+            self.core.notify(run.topic)  # their acks are what frees the room
         self._run = run
-        core.hold(topic, self)
-        self.blocked_on = topic
+        self.core.hold(run.topic, self)
+        self.blocked_on = run.topic
         return Wait.ROOM
 
     def _end_run(self) -> None:
@@ -278,11 +299,15 @@ class Session:
             self.core.release(run.topic)
 
     def _check_publish(self, frame: p.Publish) -> Topic:
-        if not frame.payloads:
+        payloads = frame.payloads
+        if not payloads:
             raise ProtocolError(f"PUB to {echo(frame.topic)} carries no payloads",
                                 code="bad_publish")
-        biggest = max(map(len, frame.payloads))
-        if biggest > self.config.max_payload_bytes:
+        # One payload over the limit needs the run over it too: the max only then.
+        limit = self.config.max_payload_bytes
+        biggest = len(payloads[0]) if len(payloads) == 1 else (
+            max(map(len, payloads)) if sum(map(len, payloads)) > limit else 0)
+        if biggest > limit:
             raise ProtocolError(
                 f"payload of {biggest:,} bytes to {echo(frame.topic)} exceeds max payload "
                 f"{self.config.max_payload_bytes:,} (max-frame minus {p.FRAME_ROOM_BYTES})",

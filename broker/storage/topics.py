@@ -112,10 +112,10 @@ class TopicLog:
         appended (0 when the log is full of unacknowledged messages).
         """
         limits = self.retention
-        batch_bytes = sum(map(len, payloads))
-        must_evict = self.retained + len(payloads) - limits.max_messages
-        if (self.retained_bytes + batch_bytes <= limits.max_bytes
-                and must_evict <= keep_from_seq - self.first_seq):
+        retained = len(self._payloads) - self._head  # the properties, inline: once per run
+        must_evict = retained + len(payloads) - limits.max_messages
+        if (must_evict <= keep_from_seq - (self.next_seq - retained)
+                and self.retained_bytes + sum(map(len, payloads)) <= limits.max_bytes):
             self.append(payloads, stamp_us)  # the common case: room for all, in one go
             return len(payloads)
         appended = 0
@@ -145,8 +145,9 @@ class TopicLog:
         Always returns at least one message when one is available, however
         big, so a large message cannot wedge a subscriber.
         """
-        start = self._head + (from_seq - self.first_seq)
-        end = min(start + max_count, len(self._payloads))
+        stored = len(self._payloads)
+        start = from_seq - self.next_seq + stored  # _head + (from_seq - first_seq), inline
+        end = min(start + max_count, stored)
         payloads = self._payloads[start:end]
         sizes = list(accumulate(map(len, payloads)))
         if sizes and sizes[-1] > max_bytes:
