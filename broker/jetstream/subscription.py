@@ -93,15 +93,17 @@ class JetStreamSubscription(Subscription):
         self.consumer = durable_name(durable) if durable else ""
         self.repositioned = 0  # times the consumer was made again (see the module doc)
         self._queue: deque[_Delivery] = deque()
-        self._replies: dict[int, str] = {}  # stream seq -> reply subject, until acknowledged
+        self._replies: dict[int, bytes] = {}  # stream seq -> reply subject, until acknowledged
+        self._subjects: dict[bytes, str] = {}  # topic names decoded once, not per message
         self._awaiting: deque[int] = deque()  # stream seqs handed out, not yet acknowledged
         self._received_seq = 0  # highest stream seq received (queued or handed out)
         self._acked_seq = 0  # highest stream seq acknowledged
         self._next_delivery = 1  # the consumer's next delivery count
         self._first_received = 0  # the first stream seq this subscription received
-        self._marks: dict[tuple[str, str], tuple[int, int]] = {}  # (producer, index) -> n, seq
+        self._marks: dict[str, tuple[int, int]] = {}  # "producer.index" -> n, seq
         self._topics_seen: set[str] = set()
         self._last_heard = 0.0
+        self._heard = False  # something arrived since the watchdog last looked
         self._nats_sub: NatsSubscription | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._outage = Outage()  # repositioning that keeps failing: said once, and its end
@@ -204,6 +206,9 @@ class JetStreamSubscription(Subscription):
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(HEARTBEAT_S / 2)
+            if self._heard:  # noted here, not per delivery: reading the clock costs
+                self._heard = False
+                self._last_heard = loop.time()
             quiet = loop.time() - self._last_heard > QUIET_LIMIT_S
             if (quiet or self._repositioning) and self.client.nc.is_connected:
                 reason = ("no heartbeat for "
@@ -262,14 +267,15 @@ class JetStreamSubscription(Subscription):
 
     # --- receiving ---------------------------------------------------------------------
 
-    def _on_delivery(self, subject: bytes, reply_bytes: bytes, data: bytes,
+    def _on_delivery(self, subject: bytes, reply: bytes, data: bytes,
                      headers: bytes | None) -> None:
-        self._last_heard = asyncio.get_running_loop().time()
-        reply = reply_bytes.decode()
-        if not reply.startswith("$JS.ACK."):
+        # The hot path of a JetStream reader: bytes are parsed as bytes, the reply
+        # subject is decoded only for the one delivery an ACK names, the topic once.
+        self._heard = True
+        if not reply.startswith(b"$JS.ACK."):
             self._on_status(headers)
             return
-        tokens = reply.split(".")
+        tokens = reply.split(b".")
         base = 4 if len(tokens) == 9 else 6  # the newer form adds domain and account hash
         seq, delivery = int(tokens[base + 1]), int(tokens[base + 2])
         if self._repositioning:
@@ -290,7 +296,12 @@ class JetStreamSubscription(Subscription):
         self._replies[seq] = reply
         if len(self._queue) >= QUEUE_LIMIT_WINDOWS * self.window:
             self._drop_oldest()
-        self._queue.append(_Delivery(subject.decode(), seq, int(tokens[base + 3]) // 1000, data,
+        topic = self._subjects.get(subject)
+        if topic is None:
+            if len(self._subjects) >= MAX_PRODUCER_MARKS:
+                self._subjects.clear()
+            topic = self._subjects[subject] = subject.decode()
+        self._queue.append(_Delivery(topic, seq, int(tokens[base + 3]) // 1000, data,
                                      msg_id_of(headers), self.client.epoch))
         self._ready.set()
 
@@ -330,11 +341,11 @@ class JetStreamSubscription(Subscription):
         while queue and queue[0].topic == topic and queue[0].seq:
             item = queue[0]
             if item.msg_id is not None:
-                self._check_count(topic, item.msg_id, item.seq)  # again when taken: no harm
+                self._check_count(topic, item.msg_id, item.seq)
                 if topic in self._pending_gaps:
-                    break
+                    break  # a loss before it: it starts the next batch (counted already)
             queue.popleft()
-            self._take(item)
+            self._take(item, counted=True)
             items.append(item)
         self._outstanding = len(items)
         return Batch(topic, [item.seq for item in items],
@@ -353,24 +364,23 @@ class JetStreamSubscription(Subscription):
                 continue
             await self._wait_for_more()
 
-    def _take(self, item: _Delivery) -> Gap | None:
-        """Hand `item` out: await its acknowledgement, check its count; the gap before it."""
+    def _take(self, item: _Delivery, counted: bool = False) -> Gap | None:
+        """Hand `item` out: await its acknowledgement, check its count (unless `counted`
+        already); the gap before it."""
         self._awaiting.append(item.seq)
         self.received += 1
         topic = item.topic
-        if item.msg_id is not None:
+        if item.msg_id is not None and not counted:
             self._check_count(topic, item.msg_id, item.seq)
         self._topics_seen.add(topic)
         return self._pending_gaps.pop(topic, None) if self._pending_gaps else None
 
     def _check_count(self, topic: str, msg_id: str, seq: int) -> None:
         """A producer's per-topic count that jumps: messages lost before we read them."""
-        producer, _, rest = msg_id.partition(".")
-        index, _, count_text = rest.partition(".")
-        if not count_text.isdigit():
+        key, _, count_text = msg_id.rpartition(".")  # PRODUCER.INDEX, N
+        if not count_text.isdigit() or not key:
             return  # not published by slipstream
         count = int(count_text)
-        key = (producer, index)
         mark = self._marks.get(key)
         if mark is not None and count > mark[0] + 1:
             self._record_gap(Gap(0, topic, mark[1] + 1, count - mark[0] - 1,
@@ -397,9 +407,9 @@ class JetStreamSubscription(Subscription):
             self._acked_seq = max(self._acked_seq, seq)
             self._publish_ack(reply)
 
-    def _publish_ack(self, reply: str) -> None:
+    def _publish_ack(self, reply: bytes) -> None:
         if self.client.nc.is_connected:
-            self.client.sends.start(self.client.nc.publish(reply, b"+ACK"),
+            self.client.sends.start(self.client.nc.publish(reply.decode(), b"+ACK"),
                                     "an acknowledgement")
 
     # --- stopping ----------------------------------------------------------------------
