@@ -93,6 +93,7 @@ class JetStreamSubscription(Subscription):
         self.consumer = durable_name(durable) if durable else ""
         self.repositioned = 0  # times the consumer was made again (see the module doc)
         self._queue: deque[_Delivery] = deque()
+        self._queue_limit = QUEUE_LIMIT_WINDOWS * window  # then the oldest unread is dropped
         self._replies: dict[int, bytes] = {}  # stream seq -> reply subject, until acknowledged
         self._subjects: dict[bytes, str] = {}  # topic names decoded once, not per message
         self._awaiting: deque[int] = deque()  # stream seqs handed out, not yet acknowledged
@@ -294,16 +295,18 @@ class JetStreamSubscription(Subscription):
         if not self._first_received:
             self._first_received = seq
         self._replies[seq] = reply
-        if len(self._queue) >= QUEUE_LIMIT_WINDOWS * self.window:
+        queue = self._queue
+        if len(queue) >= self._queue_limit:
             self._drop_oldest()
         topic = self._subjects.get(subject)
         if topic is None:
             if len(self._subjects) >= MAX_PRODUCER_MARKS:
                 self._subjects.clear()
             topic = self._subjects[subject] = subject.decode()
-        self._queue.append(_Delivery(topic, seq, int(tokens[base + 3]) // 1000, data,
-                                     msg_id_of(headers), self.client.epoch))
-        self._ready.set()
+        if not queue:  # a reader waits only on an empty queue: wake it once, not per message
+            self._ready.set()
+        queue.append(_Delivery(topic, seq, int(tokens[base + 3]) // 1000, data,
+                               msg_id_of(headers), self.client.epoch))
 
     def _drop_oldest(self) -> None:
         """Keep the queue bounded. Retention discarding what a consumer has not acknowledged
