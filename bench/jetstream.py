@@ -67,10 +67,10 @@ async def main() -> int:
 
 
 async def nats_js_run(consumers: int, count: int) -> Result:
-    """One run of nats-py's JetStream client (bench/nats_js_peer.py) on a fresh node."""
+    """One run of nats-py's JetStream client (bench/nats_peer.py --jetstream), fresh node."""
     servers, address = await start_nats(1)
-    peer = str(ROOT / "bench" / "nats_js_peer.py")
-    options = ["--server", address, "--count", str(count)]
+    peer = str(ROOT / "bench" / "nats_peer.py")
+    options = ["--server", address, "--count", str(count), "--jetstream"]
     readers: list[asyncio.subprocess.Process] = []
     try:
         for _ in range(consumers):

@@ -1,5 +1,7 @@
-"""The peer for W1, W2 and the interleaved-topics workload: nats-server core pub/sub
-through nats-py, run as PEERS.md runs it (a producer and a consumer process, uvloop).
+"""The nats-py peers, run as PEERS.md runs them (a producer and consumer processes, uvloop):
+nats-server core pub/sub for W1, W2 and the interleaved-topics workload, and with
+--jetstream nats-py's own JetStream client used the fast way (`js.publish_async`
+pipelined, an ordered push consumer per reader, file storage) for bench/jetstream.py.
 Prints the same JSON lines as bench/worker.py."""
 
 from __future__ import annotations
@@ -15,7 +17,21 @@ import time
 import msgpack
 import nats
 import uvloop
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError
+
+STREAM = "PEER"  # --jetstream: the peer's own stream, file storage
+
+
+async def jetstream(nc: NATS) -> JetStreamContext:
+    js = nc.jetstream(publish_async_max_pending=8192)
+    with contextlib.suppress(BadRequestError):  # made by the first process to ask
+        await js.add_stream(StreamConfig(name=STREAM, subjects=["t.>"],
+                                         storage=StorageType.FILE))
+    return js
 
 
 async def produce(args: argparse.Namespace) -> None:
@@ -36,6 +52,11 @@ async def produce(args: argparse.Namespace) -> None:
             await nc.flush()
             await asyncio.sleep(max(0.0, (started + sent * interval_ns - time.monotonic_ns())
                                     / 1e9))
+    elif args.jetstream:
+        js = await jetstream(nc)
+        for index in range(args.count):
+            await js.publish_async(subjects[index % args.topics], payload)
+        await js.publish_async_completed()
     else:
         for index in range(args.count):
             await nc.publish(subjects[index % args.topics], payload)
@@ -63,8 +84,13 @@ async def consume(args: argparse.Namespace) -> None:
         if received >= args.count:
             done.set()
 
-    await nc.subscribe("t.>", cb=on_message, pending_msgs_limit=args.count + 1,
-                       pending_bytes_limit=0)
+    if args.jetstream:
+        await (await jetstream(nc)).subscribe(
+            "t.>", cb=on_message, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
+            pending_msgs_limit=args.count + 1, pending_bytes_limit=0)
+    else:
+        await nc.subscribe("t.>", cb=on_message, pending_msgs_limit=args.count + 1,
+                           pending_bytes_limit=0)
     await nc.flush()
     print("ready", flush=True)
     with contextlib.suppress(TimeoutError):  # counted as lost below
@@ -84,6 +110,8 @@ def main() -> int:
     parser.add_argument("--topics", type=int, default=1)
     parser.add_argument("--rate", type=float, default=0.0, help="msgs/s; 0: as fast as it can")
     parser.add_argument("--latency", action="store_true")
+    parser.add_argument("--jetstream", action="store_true",
+                        help="through JetStream: publish_async, an ordered push consumer")
     args = parser.parse_args()
     uvloop.run(produce(args) if args.role == "produce" else consume(args))
     return 0
