@@ -143,8 +143,12 @@ def add_limit_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-connections", type=cli.positive_int, default=d.max_connections,
                        metavar="N", help="connections at once (default %(default)s)")
     group.add_argument("--max-handshakes", type=cli.positive_int, default=d.max_handshakes,
-                       metavar="N", help="connections still in their handshake at once "
-                       "(default %(default)s)")
+                       metavar="N", help="connections still in their handshake (TLS, HELLO) "
+                       "at once; a new one drops the oldest (default %(default)s)")
+    group.add_argument("--max-handshakes-per-address", type=cli.positive_int,
+                       default=d.max_handshakes_per_address, metavar="N",
+                       help="of those, from one source address; a new one drops that "
+                       "address's oldest (default %(default)s)")
     group.add_argument("--max-subscriptions", type=cli.positive_int,
                        default=d.max_subscriptions, metavar="N",
                        help="subscriptions per connection (default %(default)s)")
@@ -201,7 +205,9 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
         write_stall_timeout_s=args.write_timeout,
         handshake_timeout_s=args.handshake_timeout,
         max_memory_bytes=args.max_memory, max_connections=args.max_connections,
-        max_handshakes=args.max_handshakes, max_subscriptions=args.max_subscriptions,
+        max_handshakes=args.max_handshakes,
+        max_handshakes_per_address=args.max_handshakes_per_address,
+        max_subscriptions=args.max_subscriptions,
         max_topics=args.max_topics, max_durables=args.max_durables,
         topic_ttl_s=args.topic_ttl, durable_ttl_s=args.durable_ttl,
         max_publish_rate_msgs=args.max_publish_rate,

@@ -162,8 +162,11 @@ class EmbeddedClient(Client):
                         raise self._cut_in_handshake(where, "closed the connection")
                     events = conn.receive_data(data)
         except TimeoutError:
+            # A broker that serves TLS reads a plain HELLO as the start of a TLS record
+            # and waits for the rest: say so, as for a connection cut in the handshake.
+            hint = " (if it serves TLS: tls://HOST:PORT)" if self._ssl is None else ""
             raise ConnectError(f"{where} did not answer HELLO within "
-                               f"{self.connect_timeout_s:g} s") from None
+                               f"{self.connect_timeout_s:g} s{hint}") from None
         except ssl.SSLError as exc:  # TLS 1.3 reports a refused client certificate here
             raise HandshakeRefusedError(
                 f"{where} ended TLS: {exc.reason or exc} (a broker started with --tls-ca "

@@ -42,6 +42,7 @@ class BrokerConfig:
     # Caps on what clients can make the broker hold (0 = no limit for the rates).
     max_connections: int = 1000
     max_handshakes: int = 128  # connections that have not finished HELLO, at once
+    max_handshakes_per_address: int = 64  # of those, from one source address
     max_subscriptions: int = 1000  # per connection
     max_topics: int = 10_000
     max_durables: int = 10_000
@@ -70,6 +71,7 @@ class BrokerConfig:
 
     def limits_summary(self) -> dict[str, float]:
         return {"max_connections": self.max_connections, "max_handshakes": self.max_handshakes,
+                "max_handshakes_per_address": self.max_handshakes_per_address,
                 "max_subscriptions": self.max_subscriptions, "max_topics": self.max_topics,
                 "max_durables": self.max_durables, "max_memory_bytes": self.max_memory_bytes,
                 "topic_ttl_s": self.topic_ttl_s, "durable_ttl_s": self.durable_ttl_s,

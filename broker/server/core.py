@@ -64,11 +64,14 @@ class BrokerCore:
         self.router: Router[Cursors] = Router()
         self.durables = Durables(config.max_durables)
         self.sessions: set[Session] = set()
-        self.handshaking = 0
+        # Connections in their handshake, oldest first (TLS, then HELLO): when the slots
+        # are full, the oldest makes room, so idle sockets cannot lock anyone out.
+        self.handshaking: dict[Session, None] = {}
+        self._handshaking_from: dict[str, int] = {}  # per source address
         # Totals of what the limits refused or removed, shown in STATS.
         self.counters: dict[str, int] = dict.fromkeys(
-            ("refused_connections", "budget_evictions", "expired_topics", "expired_durables",
-             "slow_consumers"), 0)
+            ("refused_connections", "dropped_handshakes", "budget_evictions", "expired_topics",
+             "expired_durables", "slow_consumers"), 0)
         self.log_throttle = LogThrottle(log)
         # Since the start, for monitoring (broker/server/monitor.py): only ever grow.
         self.totals: dict[str, int] = dict.fromkeys(
@@ -151,10 +154,33 @@ class BrokerCore:
             return p.Error("too_many_connections", f"the broker holds its maximum of "
                            f"{config.max_connections:,} connections (--max-connections)",
                            None, True)
-        if self.handshaking >= config.max_handshakes:
-            return p.Error("busy", f"{config.max_handshakes:,} connections are already in "
-                           "their handshake (--max-handshakes); try again shortly", None, True)
         return None
+
+    def handshake_started(self, session: Session) -> Session | None:
+        """`session` starts its handshake; the one to drop to make room for it, if any: of
+        its own address when that address holds --max-handshakes-per-address, else of all
+        when --max-handshakes are taken, the oldest that has said nothing yet (or the
+        oldest, if all have). A client sends its HELLO at once: sockets that say nothing
+        make room for it, however fast they come back."""
+        config = self.config
+        address = session.address
+        self.handshaking[session] = None
+        held = self._handshaking_from.get(address, 0) + 1
+        self._handshaking_from[address] = held
+        if held > config.max_handshakes_per_address:
+            return _oldest_silent([s for s in self.handshaking if s.address == address])
+        if len(self.handshaking) > config.max_handshakes:
+            return _oldest_silent(list(self.handshaking))
+        return None
+
+    def handshake_ended(self, session: Session) -> None:
+        """Through (or dropped, or gone): its slot is free."""
+        if self.handshaking.pop(session, 0) is None:
+            held = self._handshaking_from[session.address] - 1
+            if held:
+                self._handshaking_from[session.address] = held
+            else:
+                del self._handshaking_from[session.address]
 
     # --- housekeeping ------------------------------------------------------------
 
@@ -264,6 +290,7 @@ class BrokerCore:
 
     def detach(self, session: Session) -> None:
         """A connection ended: its subscriptions go, and so do the topics it held."""
+        self.handshake_ended(session)
         for sub in session.subscriptions.values():
             self.unsubscribe(sub)
         session.subscriptions.clear()
@@ -329,3 +356,8 @@ class BrokerCore:
 
     def stats(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
         return broker_stats.build(self, broker_stats.StatsQuery(options))
+
+
+def _oldest_silent(candidates: list[Session]) -> Session:
+    """The first (oldest) of `candidates` that has sent nothing yet, else the first."""
+    return next((s for s in candidates if not s.said_something()), candidates[0])

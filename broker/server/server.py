@@ -25,7 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import ssl
+import struct
+import termios
+from typing import Any
 
 from broker.server.config import BrokerConfig, OnFull
 from broker.server.core import BrokerCore
@@ -62,7 +67,8 @@ class Broker:
         self.config = config
         self.core = BrokerCore(config)
         self.core.on_room_freed = self._room_freed
-        self.connections: set[Connection] = set()
+        self.connections: dict[Session, Connection] = {}
+        self._tls: ssl.SSLContext | None = None
         self._room_events: dict[Topic, asyncio.Event] = {}
         self._server: asyncio.Server | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -79,9 +85,15 @@ class Broker:
         self.core.load()  # before listening: a damaged DIR stops the start, nothing half-up
         config = self.config
         tls = server_context(config.tls) if config.tls else None
-        self._server = await asyncio.start_server(
-            self._accept, config.host, config.port, limit=READ_CHUNK_BYTES,
-            ssl=tls, ssl_handshake_timeout=config.handshake_timeout_s if tls else None)
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES, loop=loop)
+            return _Accepted(reader, self._accept, loop=loop)
+
+        self._server = await loop.create_server(
+            protocol, config.host, config.port, ssl=tls,
+            ssl_handshake_timeout=config.handshake_timeout_s if tls else None)
         self._housekeeping = asyncio.create_task(self._housekeep(), name="broker-housekeeping")
         if self.core.storage.syncs_periodically:
             self._syncer = asyncio.create_task(self._sync_periodically(), name="broker-sync")
@@ -109,9 +121,9 @@ class Broker:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        for connection in list(self.connections):
+        for connection in list(self.connections.values()):
             connection.close("shutdown", "broker is shutting down")
-        tasks = [c.task for c in self.connections if c.task is not None]
+        tasks = [c.task for c in self.connections.values() if c.task is not None]
         if tasks:
             _, still_running = await asyncio.wait(tasks, timeout=0.5)
             for task in still_running:
@@ -133,11 +145,26 @@ class Broker:
             return
         connection = Connection(self, self._next_connection_id, reader, writer)
         self._next_connection_id += 1
-        self.connections.add(connection)
+        self.connections[connection.session] = connection
         try:
             await connection.run()
         finally:
-            self.connections.discard(connection)
+            self.connections.pop(connection.session, None)
+
+    def drop_handshake(self, session: Session) -> None:
+        """Make room for a new connection: the oldest still in its handshake goes."""
+        connection = self.connections.get(session)
+        if connection is None:
+            return
+        config, core = self.config, self.core
+        core.counters["dropped_handshakes"] += 1
+        core.log_throttle.warning(
+            "dropped-handshake", "dropping %s, the oldest connection still in its handshake, "
+            "to make room (--max-handshakes %d, --max-handshakes-per-address %d)",
+            connection.describe(), config.max_handshakes, config.max_handshakes_per_address)
+        connection.drop(f"dropped to make room: the broker holds {config.max_handshakes:,} "
+                        f"connections in their handshake ({config.max_handshakes_per_address:,}"
+                        " per address), and the oldest goes first; try again")
 
     # --- timers ------------------------------------------------------------------
 
@@ -179,6 +206,31 @@ class Broker:
         return self._room_events.setdefault(topic, asyncio.Event())
 
 
+class _Accepted(asyncio.StreamReaderProtocol):
+    """asyncio.start_server's protocol, knowing whether the peer has said anything yet: a
+    full handshake table drops a silent connection before one whose HELLO has come."""
+
+    def __init__(self, reader: asyncio.StreamReader, accepted: Any,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(reader, accepted, loop=loop)
+        self.spoke = False
+
+    def data_received(self, data: bytes) -> None:
+        self.spoke = True
+        super().data_received(data)
+
+
+def _bytes_waiting(fd: int) -> bool:
+    """Has the peer sent bytes the loop has not read yet (FIONREAD)? Under a flood of new
+    connections the loop may not have polled a client's HELLO (or ClientHello) before a
+    hundred newer connections want its slot: the kernel knows it is there."""
+    try:
+        waiting: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+    except OSError:
+        return False
+    return waiting > 0
+
+
 class _Closed(Exception):
     """Internal: this connection is over; unwinds its tasks."""
 
@@ -186,18 +238,27 @@ class _Closed(Exception):
 class Connection:
     """One client's TCP connection: a `Session` and the two tasks that move its bytes."""
 
-    def __init__(self, broker: Broker, connection_id: int,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, broker: Broker, connection_id: int, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
         self.broker = broker
         self.config = broker.config
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername")  # None when reset before we got here
         self._wake = asyncio.Event()
+        protocol = writer.transport.get_protocol()
+        sock = writer.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+
+        def said_something() -> bool:
+            return bool(getattr(protocol, "spoke", True)) or _bytes_waiting(fd)
+
         self.session = Session(
             broker.core, connection_id, f"{peer[0]}:{peer[1]}" if peer else "(gone)",
+            address=str(peer[0]) if peer else "(gone)", said_something=said_something,
             output_full=self._out_over_high_water, buffered_bytes=self._buffered_bytes,
             wake=self._wake.set)
+        self._dropped = False
         self.task = asyncio.current_task()
         self._lookahead: list[bytes] = []  # read while a blocked PUB waited
         self._lookahead_bytes = 0
@@ -215,18 +276,26 @@ class Connection:
     async def run(self) -> None:
         core = self.broker.core
         try:
-            core.handshaking += 1
+            oldest = core.handshake_started(self.session)
+            if oldest is not None:
+                self.broker.drop_handshake(oldest)
             try:
                 await self._handshake()
+            except asyncio.CancelledError:
+                if not self._dropped:
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]  # ours: done
+                raise _Closed from None
             finally:
-                core.handshaking -= 1
+                core.handshake_ended(self.session)
             async with asyncio.TaskGroup() as tasks:
                 self._sender = tasks.create_task(self._send_loop())
                 tasks.create_task(self._read_loop())
         except* _Closed:
             pass
-        except* (ConnectionError, TimeoutError) as group:
-            log.info("connection %s ended: %s", self.describe(), group.exceptions[0])
+        except* (ConnectionError, TimeoutError, ssl.SSLError) as group:
+            if not self._dropped:
+                log.info("connection %s ended: %s", self.describe(), group.exceptions[0])
         finally:
             try:
                 if self._linger:
@@ -241,6 +310,19 @@ class Connection:
             return
         self.session.fail(code, message)
         self._after_fatal()
+
+    def drop(self, message: str) -> None:
+        """Dropped in its handshake to make room (Broker.drop_handshake): a fatal `busy`, if
+        it can be read, and close at once, without lingering: under a flood of idle
+        sockets a dropped one must give its file descriptor back now."""
+        if self.session.closing:
+            return
+        self._dropped = True
+        self.session.fail("busy", message)
+        self._flush()
+        self.writer.close()
+        if self.task is not None:
+            self.task.cancel()  # it waits for a HELLO: it unwinds now, its socket given back
 
     def _after_fatal(self) -> None:
         """The session has queued a fatal ERROR (ours, or the rules'): log it, send it, and
@@ -291,6 +373,8 @@ class Connection:
         except TimeoutError:
             session.fail("handshake_timeout",
                          f"no HELLO within {self.config.handshake_timeout_s:g} s")
+        if self._dropped:
+            raise _Closed
         if session.state is not State.OPEN:  # refused: the core queued the fatal ERROR
             self._after_fatal()
             raise _Closed

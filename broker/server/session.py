@@ -84,6 +84,7 @@ class Session:
     """
 
     def __init__(self, core: BrokerCore, session_id: int, peer: str, *,
+                 address: str = "", said_something: Callable[[], bool] = lambda: True,
                  output_full: Callable[[], bool] = lambda: False,
                  buffered_bytes: Callable[[], int] = _no_bytes,
                  wake: Callable[[], None] = _nothing) -> None:
@@ -92,6 +93,8 @@ class Session:
         self.config = config
         self.id = session_id
         self.peer = peer
+        self.address = address or peer  # the source address: handshake slots are per address
+        self.said_something = said_something  # has the peer sent a byte yet?
         self.output_full = output_full
         self.buffered_bytes = buffered_bytes
         self.conn: BrokerConnection[Cursors] = BrokerConnection(

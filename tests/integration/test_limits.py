@@ -4,12 +4,14 @@ clients (issue 12). Memory is read from /proc; counts are exact."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
+import sys
 
 import pytest
 
-from broker import BrokerError, Client
+from broker import BrokerError, Client, ConnectError, HandshakeRefusedError
 from broker.wire import protocol as p
 from tests.helpers import Processes, RawPeer, rss_mib, wait_for
 
@@ -69,24 +71,17 @@ async def test_connection_before_hello_may_send_only_a_small_frame(
     assert "before HELLO, frames may be at most 4,096 bytes" in frames[0].message  # type: ignore[union-attr]
 
 
-async def test_connections_waiting_in_their_handshake_are_capped(processes: Processes) -> None:
+async def test_a_full_handshake_table_drops_its_oldest_so_a_client_that_says_hello_gets_in(
+        processes: Processes) -> None:
     broker = await processes.broker("--max-handshakes", "3", "--handshake-timeout", "30")
-    waiting = [await asyncio.open_connection("127.0.0.1", broker.port) for _ in range(3)]
-    await asyncio.sleep(0)
-    peer = await RawPeer.connect(broker.port, name=None)
-    async with asyncio.timeout(5):
-        while True:  # the three may not all be accepted yet when the fourth arrives
-            frames = await peer.read_until_closed()
-            if frames:
-                break
-            peer = await RawPeer.connect(broker.port, name=None)
-    assert [(f.code, f.fatal) for f in frames if type(f) is p.Error] == [("busy", True)]
-    for _, writer in waiting:
-        writer.close()
-    client = Client(broker.address, name="later")
-    await client.connect(wait=True)  # room again once they are gone
-    await client.ping()
-    await client.close()
+    idle = [await RawPeer.connect(broker.port, name=None) for _ in range(3)]
+    async with Client(broker.address, name="latecomer") as client:  # a fourth: it gets in
+        await client.ping()
+        dropped = await idle[0].read_until_closed()  # the oldest made room, and was told
+        assert [(f.code, f.fatal) for f in dropped if type(f) is p.Error] == [("busy", True)]
+        assert "the oldest goes first" in dropped[0].message  # type: ignore[union-attr]
+        counters = (await client.stats())["server"]["counters"]
+        assert counters["dropped_handshakes"] == 1 and counters["refused_connections"] == 0
 
 
 async def test_connections_are_capped(processes: Processes) -> None:
@@ -300,3 +295,58 @@ async def test_integer_start_beyond_the_newest_delivers_from_the_next_message(
         await client.publish("t", "fourth")
         message = await anext(sub)
         assert (message.seq, message.data, message.gap) == (4, "fourth", None)
+
+
+LURKERS = """
+import asyncio, contextlib, sys
+
+async def main(port, count, seconds):
+    stop = asyncio.get_running_loop().time() + seconds
+
+    async def lurk():
+        while asyncio.get_running_loop().time() < stop:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(max(0.0, stop - asyncio.get_running_loop().time())):
+                    await reader.read()  # until the broker drops it: then at once again
+            writer.close()
+
+    await asyncio.gather(*(lurk() for _ in range(count)))
+
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])))
+"""
+
+
+async def test_idle_sockets_that_reconnect_do_not_lock_clients_out(processes: Processes) -> None:
+    """Issue 24's lock-out: 130 sockets (another process, as an attacker would be) that say
+    nothing and come back as soon as they are dropped, against the default 128 handshake
+    slots; clients that say HELLO at once still get in, at least 90% of them."""
+    broker = await processes.broker("--token", "t", "--handshake-timeout", "30")
+    lurkers = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LURKERS, str(broker.port), "130", "10")
+    try:
+        async with asyncio.timeout(10):
+            while True:  # until every slot is taken and the churn has begun
+                async with Client(broker.address, name="probe", token="t") as probe:
+                    stats = await probe.stats()
+                if stats["server"]["counters"]["dropped_handshakes"] >= 10:
+                    break
+                await asyncio.sleep(0.05)
+        served = 0
+        for _ in range(60):
+            client = Client(broker.address, name="legit", token="t", reconnect=False)
+            with contextlib.suppress(BrokerError, ConnectError, HandshakeRefusedError):
+                await client.connect()
+                await client.ping()
+                served += 1
+            await client.close()
+            await asyncio.sleep(0.02)
+        assert served >= 54, f"only {served} of 60 got in"
+    finally:
+        if lurkers.returncode is None:
+            lurkers.kill()
+        await lurkers.wait()

@@ -163,3 +163,4 @@ async def test_listening_beyond_loopback_without_tls_warns(pki: Pki) -> None:
     secured = BrokerConfig(host="0.0.0.0", token="t",
                            tls=TlsFiles(cert=pki.server_cert, key=pki.server_key))
     assert exposure_warning(secured) is None
+

@@ -11,8 +11,9 @@ crashes. So a seed is a run, identical every time.
 Clients: publishers (with confirmations), subscribers that are fast, slow,
 stalled for a while (past --write-timeout, so they are cut off and come back),
 durable ones, ones that hop between connections and resume at a seq, ones that
-never read at all, and vandals (garbage, a HELLO and half a frame, nothing at
-all, a frame too big). The broker crashes and restarts (with --data-dir).
+never read at all, vandals (garbage, a HELLO and half a frame, nothing at
+all, a frame too big), and lurkers that hold handshake slots by saying
+nothing. The broker crashes and restarts (with --data-dir).
 
 After every step, `check_step` asserts what the docs promise at every moment;
 after the run, the publishers stop, every reader catches up, and `check_end`
@@ -26,7 +27,8 @@ asserts what must have arrived:
 - retained bytes stay within --max-memory; the bytes queued to a connection
   stay within the high-water mark plus one pass;
 - a connection that takes no bytes is cut off within --write-timeout, one that
-  never finishes its HELLO within --handshake-timeout;
+  never finishes its HELLO within --handshake-timeout; no more than
+  --max-handshakes are ever in their handshake;
 - a fast subscriber is never held back by another client: each message reaches
   it within FAIR_BOUND_S of its publish (virtual time);
 - at the end, every reader has every message up to each topic's end.
@@ -105,7 +107,8 @@ def config_for(scenario: Scenario) -> BrokerConfig:
         max_run_messages=16,
         max_run_bytes=2 * 1024,
         max_connections=64,
-        max_handshakes=8,
+        max_handshakes=4,
+        max_handshakes_per_address=3,
         data_dir=Path("/data") if scenario.disk else None,
         fsync="interval")
 
@@ -138,7 +141,7 @@ class BrokerSide:
     def __init__(self, sim: Simulation, link: Link, number: int) -> None:
         self.sim = sim
         self.link = link
-        self.session = Session(sim.core, number, f"sim:{number}",
+        self.session = Session(sim.core, number, f"sim:{number}", address="127.0.0.1",
                                output_full=self.over_high_water,
                                buffered_bytes=lambda: len(link.to_client))
         self.opened_s = sim.clock.now_s
@@ -147,6 +150,9 @@ class BrokerSide:
         self.room_freed = False  # Wait.ROOM: the topic it waits on had room freed
         self.over_since_s: float | None = None
         self.closed = False
+        oldest = sim.core.handshake_started(self.session)
+        if oldest is not None:  # the table was full: the oldest in it makes room
+            sim.drop(oldest)
 
     def over_high_water(self) -> bool:
         self.flush()
@@ -181,6 +187,7 @@ class BrokerSide:
                 return
             if session.state is State.HANDSHAKE:
                 return
+            self.sim.core.handshake_ended(session)
             if session.state is not State.OPEN:
                 self.close()
                 return
@@ -582,6 +589,19 @@ class Vandal(Client):
                 "too_many_connections", "slow_consumer", "version")
 
 
+class Lurker(Client):
+    """Connects and says nothing, and again as soon as it is dropped: the idle sockets that
+    once kept every handshake slot (issue 24); the broker must drop the oldest of them."""
+
+    def connect(self) -> None:
+        self.link, self.side = self.sim.connect()
+        self.decoder = p.FrameDecoder(1 << 24)
+        self.open = False
+
+    def expected_errors(self) -> tuple[str, ...]:
+        return ("busy", "handshake_timeout", "too_many_connections")
+
+
 # --- the simulation ----------------------------------------------------------------------
 
 
@@ -618,6 +638,14 @@ class Simulation:
         core.load()
         core.state = "accepting"
         return core
+
+    def drop(self, session: Session) -> None:
+        """As Broker.drop_handshake: a fatal busy, and closed at once."""
+        for side in self.sides:
+            if side.session is session and not side.closed:
+                self.core.counters["dropped_handshakes"] += 1
+                session.fail("busy", "dropped to make room")
+                side.close()
 
     def _room_freed(self, topic: TopicStorage) -> None:
         for side in self.sides:
@@ -672,6 +700,8 @@ class Simulation:
             self.clients.append(NeverReads(self, "never-reads"))
         for i in range(rng.randrange(0, 3)):
             self.clients.append(Vandal(self, f"vandal{i}"))
+        for i in range(rng.choice((0, 0, 3, 6))):
+            self.clients.append(Lurker(self, f"lurker{i}"))
         for client in self.clients:
             if not isinstance(client, Publisher):
                 client.connect()
@@ -732,7 +762,7 @@ class Simulation:
                 self.crash()
         self.quiet = True
         for client in self.clients:  # the end: stalls and vandals stop, everyone reads
-            if isinstance(client, (Vandal, NeverReads)):
+            if isinstance(client, (Vandal, NeverReads, Lurker)):
                 client.hang_up(after_s=1e9)
         for _ in range(5_000):
             self.step()
@@ -754,6 +784,9 @@ class Simulation:
         if not self.scenario.disk and core.budget.used_bytes > config.max_memory_bytes:
             fail(f"retained {core.budget.used_bytes:,} bytes over --max-memory "
                  f"{config.max_memory_bytes:,}")
+        if len(core.handshaking) > config.max_handshakes:
+            fail(f"{len(core.handshaking)} connections in their handshake, over "
+                 f"--max-handshakes {config.max_handshakes}")
         for side in self.sides:
             subs = side.session.subscriptions.values()
             # A pass of the reader (answers) and one of the sender (a run per dirty topic).

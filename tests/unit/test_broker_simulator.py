@@ -124,3 +124,14 @@ def test_a_replayed_failure_is_the_same_failure(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(Violation) as again:
         Simulation(Scenario.parse(label)).run()
     assert str(again.value) == first.splitlines()[0]
+
+
+def test_the_simulator_catches_a_handshake_table_that_never_makes_room(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    original = BrokerCore.handshake_started
+
+    def hoarding(self: BrokerCore, session: object) -> None:
+        original(self, session)  # type: ignore[arg-type]  # counted, but nobody is dropped
+
+    monkeypatch.setattr(BrokerCore, "handshake_started", hoarding)
+    assert "over --max-handshakes" in _first_violation()
