@@ -39,6 +39,7 @@ lint: $(SETUP)
 
 bench: $(SETUP)
 	$(PY) bench/run.py
+	$(PY) bench/core.py
 	$(PY) bench/storage.py
 	$(PY) bench/limits.py
 	$(PY) bench/jetstream.py

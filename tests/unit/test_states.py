@@ -31,3 +31,14 @@ def test_a_move_the_table_does_not_list_is_refused_with_what_and_when() -> None:
     with pytest.raises(ConnectionStateError,
                        match="'WELCOME received' cannot happen while the connection is open"):
         advance(client_connection.TRANSITIONS, State.OPEN, happening)
+
+
+def test_the_session_docstring_lists_every_wait_and_nothing_else() -> None:
+    """broker/server/session.py's table of what act() stops for: one row per Wait."""
+    from broker.server import session
+
+    assert session.__doc__ is not None
+    table = session.__doc__.split("    wait ", 1)[1]
+    rows = [line.split()[0] for line in table.splitlines()[1:]  # a row, not its wrapped text
+            if line.startswith("    ") and not line.startswith("     ")]
+    assert rows == [wait.name for wait in session.Wait]
