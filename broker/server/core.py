@@ -160,17 +160,20 @@ class BrokerCore:
         """`session` starts its handshake; the one to drop to make room for it, if any: of
         its own address when that address holds --max-handshakes-per-address, else of all
         when --max-handshakes are taken, the oldest that has said nothing yet (or the
-        oldest, if all have). A client sends its HELLO at once: sockets that say nothing
-        make room for it, however fast they come back."""
+        oldest, if all have: a byte and then silence earns no seat). A client sends its
+        HELLO at once: sockets that say nothing make room for it, however fast they
+        come back."""
         config = self.config
         address = session.address
         self.handshaking[session] = None
         held = self._handshaking_from.get(address, 0) + 1
         self._handshaking_from[address] = held
+        # The newcomer is never its own victim: it has had no time to say anything yet.
         if held > config.max_handshakes_per_address:
-            return _oldest_silent([s for s in self.handshaking if s.address == address])
+            return _oldest_silent([s for s in self.handshaking
+                                   if s.address == address and s is not session])
         if len(self.handshaking) > config.max_handshakes:
-            return _oldest_silent(list(self.handshaking))
+            return _oldest_silent([s for s in self.handshaking if s is not session])
         return None
 
     def handshake_ended(self, session: Session) -> None:
