@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -92,3 +93,47 @@ async def test_a_bad_http_address_is_exit_2_with_the_reason(value: str, reason: 
     code, _, err = await run_command("-m", "broker", "--http", value, "--port", "0")
     assert code == 2
     assert err.strip().splitlines()[-1] == f"python -m broker: error: argument --http: {reason}"
+
+
+async def test_the_monitoring_port_caps_connections_and_times_out_slow_and_idle_ones(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 24: slowloris and idle sockets on --http could take every file descriptor of
+    the broker. Now at most `max_connections` are held, a request's headers must arrive
+    within the header timeout, and a keep-alive connection idle past its timeout closes."""
+    broker = Broker(BrokerConfig(port=0))
+    monitor = Monitor(broker.core, "127.0.0.1", 0, max_connections=5, header_timeout_s=0.3,
+                      idle_timeout_s=0.6)
+    port = await monitor.start()
+    url = f"http://127.0.0.1:{port}/healthz"
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+    try:
+        extra_reader, _ = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(extra_reader.read(), 2) == b""  # over the cap: closed
+        assert "at most 5" in caplog.text
+        # The five send one header byte at a time, too slowly: closed at the header timeout.
+        for _, writer in held:
+            writer.write(b"G")
+        started = asyncio.get_running_loop().time()
+        for reader, writer in held:
+            await asyncio.sleep(0.05)
+            writer.write(b"E")  # still dribbling: bytes do not extend the header timeout
+            assert await asyncio.wait_for(reader.read(), 2) == b""
+        assert asyncio.get_running_loop().time() - started < 1.5
+        assert monitor.guard.open == 0
+        # A whole request is answered; the connection left idle is then closed.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert answer.startswith(b"HTTP/1.1 503")  # the broker was never started
+        length = int(answer.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        body = await asyncio.wait_for(reader.readexactly(length), 2)
+        assert json.loads(body) == {"status": "starting"}
+        idle_from = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed when idle
+        assert asyncio.get_running_loop().time() - idle_from >= 0.5
+        assert (await get(url))[0] == 503  # and the port still serves
+        assert monitor.guard.refused == 1 and monitor.guard.timed_out >= 6
+    finally:
+        for _, writer in held:
+            writer.close()
+        await monitor.close()
