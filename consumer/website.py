@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import ipaddress
+import socket
 
 from aiohttp import web
 
@@ -68,18 +70,23 @@ class Guard:
         self.token = token
         # Host names (HOST:PORT) this site answers to; filled by serving_at().
         self.extra_hosts = {host.lower() for host in allow_hosts}
-        self.hosts: set[str] | None = None  # None: any Host (bound to every interface)
+        self.hosts: set[str] | None = None  # None until serving_at: any Host
+        self.port = 0
+        self.every_interface = False  # bound to 0.0.0.0 or ::
 
     def serving_at(self, host: str, port: int) -> None:
         """Which Host headers to accept, now that the port is known.
 
-        Bound to loopback (the default), only loopback names are ours; bound to
-        every interface, any Host is, and the Origin must still match it.
+        Bound to loopback (the default), only loopback names are ours. Bound to
+        every interface, so is any IP address with our port (a browser that
+        reaches us by address cannot be a DNS-rebinding page), this machine's
+        names, and --allow-host; any other name is refused.
         """
-        if host in ("0.0.0.0", "::", ""):
-            self.hosts = None
-            return
+        self.port = port
         names = {host, "localhost", "127.0.0.1", "[::1]"} if cli.is_loopback(host) else {host}
+        if host in ("0.0.0.0", "::", ""):
+            self.every_interface = True
+            names = {"localhost", socket.gethostname(), socket.getfqdn()}
         self.hosts = {f"{name}:{port}".lower() for name in names} | self.extra_hosts
         if port == 80:
             self.hosts |= {name.lower() for name in names}
@@ -87,7 +94,8 @@ class Guard:
     def foreign(self, request: web.Request) -> str | None:
         """Why this request comes from outside the site's own pages, or None."""
         host = request.headers.get("Host", "").lower()
-        if self.hosts is not None and host not in self.hosts:
+        if self.hosts is not None and host not in self.hosts and not (
+                self.every_interface and self._an_address(host)):
             return (f"Host {host[:100]!r} is not this site's address (a DNS-rebinding "
                     "page?); to serve it under another name, start with --allow-host NAME:PORT")
         origin = request.headers.get("Origin")
@@ -97,6 +105,15 @@ class Guard:
                 return (f"Origin {origin[:100]!r} is another site: only this site's own "
                         "pages may use it (or start with --allow-host for that origin's host)")
         return None
+
+    def _an_address(self, host: str) -> bool:
+        """Is `host` (HOST:PORT) an IP address with our port?"""
+        name, _, port = host.rpartition(":")
+        try:
+            ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            return False
+        return port == str(self.port)
 
     def authorised(self, request: web.Request) -> bool:
         """True without a token, or when the request carries it (?token= or Bearer)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -82,7 +83,23 @@ def clean_name(value: Any, what: str = "name") -> str:
     if len(name) > MAX_NAME:
         raise StandingsError(f"a driver's {what} is at most {MAX_NAME} characters "
                              f"({len(name)} given)")
+    # Control and format characters (NUL, U+202E and the other bidi overrides, zero
+    # widths) would make a name look like another, or hide what it says.
+    hidden = [char for char in name if unicodedata.category(char) in ("Cc", "Cf")]
+    if hidden:
+        raise StandingsError(f"a driver's {what} may not hold control or direction "
+                             f"characters (U+{ord(hidden[0]):04X})")
     return name
+
+
+# A spreadsheet runs a cell that starts with one of these (OWASP, "CSV Injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(text: str) -> str:
+    """A cell a spreadsheet shows as text, never runs: a leading ' when it could be a
+    formula (OWASP's advice)."""
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 class Standings:
@@ -120,6 +137,12 @@ class Standings:
         name = clean_name(data.get("name"))
         if self.drivers.get(driver) == name:
             return False
+        # Names are unique where changes are applied, so two adds racing each other (or
+        # a second standings app) cannot make two drivers of one name: the first wins.
+        for known, known_name in self.drivers.items():
+            if known != driver and known_name.casefold() == name.casefold():
+                raise StandingsError(f"standings.driver: there is already a driver named "
+                                     f"{known_name!r}")
         self._room_for(driver)
         self.drivers[driver] = name
         return True
@@ -232,7 +255,8 @@ class Standings:
                          "source", "set_at"])
         for row in self.rows(track):
             if row["position"] is not None:
-                writer.writerow([row["position"], row["name"], row["lap"], row["lap_ms"],
+                writer.writerow([row["position"], spreadsheet_text(row["name"]), row["lap"],
+                                 row["lap_ms"],
                                  row["gap"], row["points"], row["source"], row["set_at"]])
         return out.getvalue()
 

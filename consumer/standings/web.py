@@ -55,6 +55,7 @@ class StandingsWeb:
         self.standings = keeper.standings
         self.export_dir = export_dir
         self.guard = Guard(token, allow_hosts)
+        self._claimed: set[str] = set()  # driver names (casefolded) published, not yet back
         self.actions: dict[str, Callable[[dict[str, Any]], Change]] = {
             "add-driver": self._add_driver, "rename": self._rename, "lap": self._lap,
             "remove-lap": self._remove_lap, "track": self._track, "driving": self._driving}
@@ -163,7 +164,15 @@ class StandingsWeb:
             if not isinstance(body, dict):
                 raise Refused(400, "send the request as a JSON object")
             topic, message = make(body)
-            shown = await self.keeper.record(topic, message)
+            # Claimed from the check to the echo: a second add of the name racing this
+            # one is refused here (and would be refused where changes are applied).
+            claim = str(message["name"]).casefold() if topic == "standings.driver" else ""
+            if claim:
+                self._claimed.add(claim)
+            try:
+                shown = await self.keeper.record(topic, message)
+            finally:
+                self._claimed.discard(claim)
         except Refused as exc:
             return error(exc.status, str(exc))
         except (StandingsError, LapTimeError) as exc:
@@ -184,6 +193,8 @@ class StandingsWeb:
         for known, known_name in self.standings.drivers.items():
             if known != driver and known_name.casefold() == name.casefold():
                 raise Refused(409, f"there is already a driver named {known_name!r}")
+        if name.casefold() in self._claimed:
+            raise Refused(409, f"a driver named {name!r} is being added right now")
         return name
 
     def _add_driver(self, body: dict[str, Any]) -> Change:

@@ -3,6 +3,7 @@ admin API over HTTP, and a plain subscriber counting the standings.* messages.""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -216,6 +217,45 @@ async def test_the_admin_side_needs_the_token_and_every_change_goes_through_the_
     async with aiohttp.ClientSession() as session, \
             session.get(standings.url + "healthz") as response:
         assert response.status == 503
+
+
+async def test_the_standings_refuse_formulas_hidden_characters_name_races_and_rebinding(
+        processes: Processes, tmp_path: Path) -> None:
+    """Issue 24, the standings: CSV cells a spreadsheet would run are neutralised, names
+    with control or bidi characters are refused, twenty adds of one name at once make one
+    driver, and on every interface a foreign Host is still refused."""
+    broker = await processes.broker()
+    standings = await processes.standings(broker.address, "--token", "s3cret", "--source",
+                                          "manual", "--export-dir", str(tmp_path),
+                                          http="0.0.0.0:0")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(standings.url + "api/standings",
+                               headers={"Host": "evil.example"}) as response:
+            assert response.status == 403  # a DNS-rebinding page's request
+            assert "DNS-rebinding" in (await response.json())["error"]
+        async with session.get(standings.url + "api/standings") as response:
+            assert response.status == 200  # by address: ours
+    for hidden in ("Ann\x00", "Ann\u202eevil", "Ann\u200b"):
+        status, answer = await admin(standings, "add-driver", {"name": hidden})
+        assert status == 400 and "control or direction" in answer["error"], answer
+    results = await asyncio.gather(*(admin(standings, "add-driver", {"name": "Racer"})
+                                     for _ in range(20)))
+    statuses = sorted(status for status, _ in results)
+    assert statuses[:1] in ([200], [202]) and statuses[1:] == [409] * 19, statuses
+    assert [d["name"] for d in (await view(standings))["drivers"]] == ["Racer"]
+    formulas = ['=HYPERLINK("http://evil","win")', "+1", "-2", "@SUM(A1)"]
+    assert (await admin(standings, "track", {"track": "Monza"}))[0] == 200
+    for index, name in enumerate(formulas):
+        status, answer = await admin(standings, "add-driver", {"name": name})
+        assert status == 200, answer
+        driver = next(d["id"] for d in answer["standings"]["drivers"] if d["name"] == name)
+        status, _ = await admin(standings, "lap", {"driver": driver,
+                                                    "time": f"1:2{index}.000"})
+        assert status == 200
+    async with aiohttp.ClientSession() as session, \
+            session.get(standings.url + "api/export?token=s3cret") as response:
+        rows = list(csv.reader(io.StringIO(await response.text())))
+    assert [row[1] for row in rows[1:]] == ["'" + name for name in formulas]
 
 
 async def _same(got: Awaitable[dict[str, Any]], wanted: dict[str, Any]) -> bool:

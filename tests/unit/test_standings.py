@@ -244,3 +244,25 @@ def test_live_timing_gives_each_drivers_new_best_lap_once_named() -> None:
     # A damaged value is passed over, not a crash and not a lap.
     assert source.apply("live.TimingData", live(
         {"Lines": {"44": {"BestLapTime": {"Value": "1:2x.000"}}}})) == []
+
+
+def test_a_name_is_unique_where_changes_are_applied_the_first_wins() -> None:
+    table = Standings()
+    assert table.apply("standings.driver", {"id": "d1", "name": "Racer"})
+    with pytest.raises(StandingsError, match="there is already a driver named 'Racer'"):
+        table.apply("standings.driver", {"id": "d2", "name": " racer "})  # a racing add
+    assert table.drivers == {"d1": "Racer"}
+    assert table.apply("standings.driver", {"id": "d1", "name": "RACER"})  # its own rename
+
+
+@pytest.mark.parametrize("name", ["Ann\x00", "Ann\u202eevil", "A\u200bnn", "Ann\x7f"])
+def test_names_with_control_or_bidi_characters_are_refused(name: str) -> None:
+    with pytest.raises(StandingsError, match="control or direction characters"):
+        Standings().apply("standings.driver", {"id": "d1", "name": name})
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised() -> None:
+    from consumer.standings.table import spreadsheet_text
+
+    assert [spreadsheet_text(text) for text in ("=1+1", "+1", "-1", "@A1", "\tx", "Ann")] == [
+        "'=1+1", "'+1", "'-1", "'@A1", "'\tx", "Ann"]
