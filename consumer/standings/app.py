@@ -95,6 +95,7 @@ async def _serve() -> AsyncIterator[None]:
           + ("?token=...)" if args.token else ")"), flush=True)
     app.background(keeper.publish_tables(), "publishing standings.table")
     app.background(_read_back(keeper), "reading back the standings")
+    app.background(_warn_if_anonymous(), "checking who may publish the standings")
     app.add_handler("standings.>", keeper.on_standings)
     for topic in GAME_TOPICS if game is not None else ():
         app.add_handler(topic, keeper.on_game)
@@ -110,6 +111,23 @@ async def _serve() -> AsyncIterator[None]:
         print(f"standings: {len(standings.drivers)} drivers, {timed} with a time on "
               f"{standings.track or 'no track'}; {keeper.published_laps} laps published "
               "from the sources", file=sys.stderr)
+
+
+async def _warn_if_anonymous() -> None:
+    """The standings are what standings.* messages say, and the broker is the write path:
+    if it lets anyone in without a token, anyone can write them. Say so at start."""
+    await app.subscribed()
+    probe = cli.client_for(app.args, "standings-probe", reconnect=False)
+    probe.token = ""  # as a stranger would come: no token
+    try:
+        await probe.connect()
+    except SlipstreamError:
+        return  # refused without a token: only who has it may publish
+    finally:
+        await probe.close()
+    log.warning("the broker at %s lets clients in without a token: anyone who reaches it "
+                "can publish standings.* and change the standings (start it with --token, "
+                "and give the standings the same)", app.args.broker)
 
 
 async def _read_back(keeper: StandingsKeeper) -> None:

@@ -181,6 +181,7 @@ async def test_the_admin_side_needs_the_token_and_every_change_goes_through_the_
     assert answer["standings"]["rows"][-1]["position"] is None
     status, answer = await admin(standings, "driving", {"driver": ids["Cat"]})
     assert status == 200 and answer["standings"]["driving_name"] == "Cat"
+    assert "without a token" not in standings.log()  # this broker wants one: no warning
     before = await view(standings)
 
     # The export: sorted by fastest lap, with points, written under a timestamped name.
@@ -256,6 +257,13 @@ async def test_the_standings_refuse_formulas_hidden_characters_name_races_and_re
             session.get(standings.url + "api/export?token=s3cret") as response:
         rows = list(csv.reader(io.StringIO(await response.text())))
     assert [row[1] for row in rows[1:]] == ["'" + name for name in formulas]
+    # This broker takes anyone: the standings said so at start.
+    await until(lambda: _logged(standings, "lets clients in without a token"),
+                "the standings' warning about an open broker")
+
+
+async def _logged(process: RunningDashboard, words: str) -> bool:
+    return words in process.log()
 
 
 async def _same(got: Awaitable[dict[str, Any]], wanted: dict[str, Any]) -> bool:
