@@ -152,6 +152,13 @@ def add_limit_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-subscriptions", type=cli.positive_int,
                        default=d.max_subscriptions, metavar="N",
                        help="subscriptions per connection (default %(default)s)")
+    group.add_argument("--max-followed-topics", type=cli.positive_int,
+                       default=d.max_followed_topics, metavar="N",
+                       help="topics one connection's subscriptions may follow, summed: a "
+                       "wildcard costs one per topic it matches (default %(default)s)")
+    group.add_argument("--max-followed-topics-total", type=cli.positive_int,
+                       default=d.max_followed_topics_total, metavar="N",
+                       help="the same over the whole broker (default %(default)s)")
     group.add_argument("--max-topics", type=cli.positive_int, default=d.max_topics,
                        metavar="N", help="topics in the broker (default %(default)s)")
     group.add_argument("--max-durables", type=cli.positive_int, default=d.max_durables,
@@ -208,6 +215,8 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
         max_handshakes=args.max_handshakes,
         max_handshakes_per_address=args.max_handshakes_per_address,
         max_subscriptions=args.max_subscriptions,
+        max_followed_topics=args.max_followed_topics,
+        max_followed_topics_total=args.max_followed_topics_total,
         max_topics=args.max_topics, max_durables=args.max_durables,
         topic_ttl_s=args.topic_ttl, durable_ttl_s=args.durable_ttl,
         max_publish_rate_msgs=args.max_publish_rate,

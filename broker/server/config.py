@@ -44,6 +44,10 @@ class BrokerConfig:
     max_handshakes: int = 128  # connections that have not finished HELLO, at once
     max_handshakes_per_address: int = 64  # of those, from one source address
     max_subscriptions: int = 1000  # per connection
+    # Topics followed: a subscription costs an entry per topic it matches (a wildcard over
+    # thousands of topics, thousands), checked when it is made.
+    max_followed_topics: int = 100_000  # per connection, over its subscriptions
+    max_followed_topics_total: int = 1_000_000  # over the whole broker
     max_topics: int = 10_000
     max_durables: int = 10_000
     max_memory_bytes: int = 1024 * 1024 * 1024  # payload bytes retained across all topics
@@ -73,6 +77,8 @@ class BrokerConfig:
         return {"max_connections": self.max_connections, "max_handshakes": self.max_handshakes,
                 "max_handshakes_per_address": self.max_handshakes_per_address,
                 "max_subscriptions": self.max_subscriptions, "max_topics": self.max_topics,
+                "max_followed_topics": self.max_followed_topics,
+                "max_followed_topics_total": self.max_followed_topics_total,
                 "max_durables": self.max_durables, "max_memory_bytes": self.max_memory_bytes,
                 "topic_ttl_s": self.topic_ttl_s, "durable_ttl_s": self.durable_ttl_s,
                 "max_publish_rate_msgs": self.max_publish_rate_msgs,

@@ -64,6 +64,7 @@ class BrokerCore:
         self.router: Router[Cursors] = Router()
         self.durables = Durables(config.max_durables)
         self.sessions: set[Session] = set()
+        self.followed = 0  # (subscription, topic) pairs in the broker: what wildcards cost
         # Connections in their handshake, oldest first (TLS, then HELLO): when the slots
         # are full, the oldest makes room, so idle sockets cannot lock anyone out.
         self.handshaking: dict[Session, None] = {}
@@ -240,6 +241,8 @@ class BrokerCore:
             self.topics[name] = topic
             for sub in self.router.add_topic(name):
                 sub.start_at(topic, topic.created_seq)  # born after the subscription: all new
+                sub.owner.followed += 1  # counted; the caps are checked at SUB (see there)
+                self.followed += 1
         self._last_publish_s[topic] = self.clock.monotonic()
         return topic
 
@@ -254,6 +257,7 @@ class BrokerCore:
             raise ProtocolError(f"start {start!r} is not 'new', 'earliest' or a seq >= 1",
                                 code="bad_subscribe")
         durable = self.durables.check(frame) if frame.durable else None
+        self._check_followed(delivery, frame.pattern)
         sub = delivery.new_subscription(frame.sid, frame.pattern, frame.window, frame.durable)
         for name in self.router.add_subscriber(sub, frame.pattern):
             topic = self.topics[name]
@@ -267,9 +271,30 @@ class BrokerCore:
                 # A seq beyond the newest means "from the next message on" (nothing is
                 # skipped); one below the oldest is reported as a GAP of what was evicted.
                 sub.start_at(topic, min(int(start), topic.next_seq))
+        delivery.followed += len(sub.cursors)
+        self.followed += len(sub.cursors)
         if frame.durable and self.durables.take(sub):
             self._keep_new_durable(sub)
         return sub
+
+    def _check_followed(self, delivery: Delivery, pattern: str) -> None:
+        """A subscription costs an entry per topic it follows: a wildcard over 2,000 topics,
+        2,000. The caps hold at SUB; topics created later still join the subscriptions
+        that match them (nobody's PUB is refused for a subscriber), which --max-topics
+        bounds."""
+        config = self.config
+        wanted = len(self.router.topics_matching(pattern))
+        for held, cap, whose, flag in (
+                (delivery.followed, config.max_followed_topics, "this connection's",
+                 "--max-followed-topics"),
+                (self.followed, config.max_followed_topics_total, "the broker's",
+                 "--max-followed-topics-total")):
+            if held + wanted > cap:
+                raise ProtocolError(
+                    f"SUB to {echo(pattern)} would follow {wanted:,} topics more, and "
+                    f"{whose} subscriptions follow {held:,} already, of {cap:,} ({flag}; "
+                    "a subscription costs one entry per topic it matches)",
+                    code="too_many_followed_topics")
 
     def _keep_new_durable(self, sub: Cursors) -> None:
         """A new durable's positions are on disk before its SUBACK: a crash right after it
@@ -285,6 +310,8 @@ class BrokerCore:
     def unsubscribe(self, sub: Cursors) -> None:
         """Forget a subscription; a durable one keeps its ack marks for the next owner."""
         self.router.remove_subscriber(sub)
+        sub.owner.followed -= len(sub.cursors)
+        self.followed -= len(sub.cursors)
         if sub.durable:
             self.durables.release(sub, self.clock.monotonic())
             self.durables_moved()

@@ -102,6 +102,7 @@ class Delivery:
         self.describe = describe
         self.wake = wake
         self.dirty: dict[tuple[Cursors, Topic], None] = {}  # an ordered set
+        self.followed = 0  # (subscription, topic) pairs: --max-followed-topics
         self._runs: dict[Cursors, list[bytes]] = {}  # this pass's runs, per subscription
 
     def new_subscription(self, sid: int, pattern: str, window: int,

@@ -155,6 +155,12 @@ class Router(Generic[S]):
             self._by_topic[topic][subscriber] = None
         return topics
 
+    def topics_matching(self, pattern: str) -> list[str]:
+        """The existing topics `pattern` matches (what add_subscriber would return)."""
+        topics: list[str] = []
+        self._collect_topics(self._topic_trie, pattern.split("."), 0, topics)
+        return topics
+
     def remove_subscriber(self, subscriber: S) -> None:
         pattern = self._patterns.pop(subscriber, None)
         if pattern is None:

@@ -27,9 +27,13 @@ class Peer:
         [welcome] = self.received()
         assert type(welcome) is p.Welcome
 
-    def send(self, *frames: p.Frame) -> Wait:
+    def send(self, *frames: p.Frame, turns: bool = False) -> Wait:
+        """Hand the broker `frames` and let it act; with `turns`, through every pass."""
         self.session.receive_data(b"".join(p.encode(f) for f in frames))
-        return self.session.act()
+        wait = self.session.act()
+        while turns and wait is Wait.TURN:
+            wait = self.session.act()
+        return wait
 
     def received(self) -> list[p.Frame | p.UnknownFrame]:
         """What the broker has for this client: its answers, then its deliveries."""
@@ -255,3 +259,28 @@ def test_garbage_after_good_frames_acts_on_them_then_closes_with_a_fatal_error()
     ack, error = peer.received()
     assert ack == p.PublishAck(1, 1, 1)
     assert type(error) is p.Error and error.fatal and error.code == "bad_frame"
+
+
+def test_wildcards_pay_for_the_topics_they_follow_per_connection_and_in_all() -> None:
+    core = broker(max_followed_topics=250, max_followed_topics_total=350)
+    publisher, greedy, other = Peer(core), Peer(core, "greedy"), Peer(core, "other")
+    for i in range(100):
+        publisher.send(pub(f"t.{i}", b"x"))
+    greedy.send(p.Subscribe(1, "t.>"), p.Subscribe(2, "t.*"), turns=True)  # 200 followed
+    assert greedy.received() == [p.Subscribed(1), p.Subscribed(2)]
+    greedy.send(p.Subscribe(3, ">"))  # 100 more: 300 > 250
+    [error] = greedy.received()
+    assert type(error) is p.Error and (error.code, error.ref, error.fatal) == (
+        "too_many_followed_topics", 3, False)
+    assert "would follow 100 topics more" in error.message
+    assert "--max-followed-topics;" in error.message
+    other.send(p.Subscribe(1, "t.>"), p.Subscribe(2, "t.>"), turns=True)  # 400 > 350 in all
+    subscribed, refused = other.received()
+    assert subscribed == p.Subscribed(1)
+    assert type(refused) is p.Error and "--max-followed-topics-total" in refused.message
+    assert (core.followed, greedy.session.delivery.followed) == (300, 200)
+    greedy.send(p.Unsubscribe(1))  # what it follows is given back
+    greedy.received()
+    assert (core.followed, greedy.session.delivery.followed) == (200, 100)
+    publisher.send(pub("t.new", b"x"))  # a topic born later joins its subscriptions
+    assert (core.followed, greedy.session.delivery.followed) == (202, 101)
