@@ -124,6 +124,7 @@ class Link:
         self.to_client = bytearray()
         self.client_closed = False  # the client hung up (or vanished)
         self.broker_closed = False
+        self.client_wrote = False  # the client has sent a byte (what FIONREAD tells)
         # For the checks, seen from outside the broker: since when the bytes queued to the
         # client are over the high-water mark, and when the client last took some.
         self.over_from_s: float | None = None
@@ -142,6 +143,7 @@ class BrokerSide:
         self.sim = sim
         self.link = link
         self.session = Session(sim.core, number, f"sim:{number}", address="127.0.0.1",
+                               said_something=lambda: link.client_wrote,
                                output_full=self.over_high_water,
                                buffered_bytes=lambda: len(link.to_client))
         self.opened_s = sim.clock.now_s
@@ -273,6 +275,7 @@ class Client:
     def send_bytes(self, data: bytes) -> None:
         assert self.link is not None
         self.link.to_broker += data
+        self.link.client_wrote = True
 
     def hang_up(self, after_s: float = 0.0) -> None:
         if self.link is not None:
@@ -583,6 +586,7 @@ class Vandal(Client):
             link.to_broker += (1 << 20).to_bytes(4, "big") + b"\x95" * 100  # too big
         else:
             link.to_broker += p.encode(p.Hello(2, self.name)) + b"\x00\x00\x00\x03\xc1\xc1\xc1"
+        link.client_wrote = bool(link.to_broker)
 
     def expected_errors(self) -> tuple[str, ...]:
         return ("handshake", "handshake_timeout", "frame_too_large", "bad_frame", "busy",
