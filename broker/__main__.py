@@ -69,6 +69,10 @@ def serve_parser(prog: str = "python -m broker") -> argparse.ArgumentParser:
     parser.add_argument("--token", default=os.environ.get("SLIPSTREAM_TOKEN"),
                         help="refuse clients that do not present this token "
                              "(env SLIPSTREAM_TOKEN)")
+    parser.add_argument("--allow-anonymous", action="store_true",
+                        help="let clients in without a token on an address beyond loopback "
+                             "(without it, such a broker refuses to start): anyone who can "
+                             "reach it may publish and read every topic")
     parser.add_argument("--write-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="disconnect a client whose socket takes no bytes for this long "
                              "(default %(default)s)")
@@ -200,6 +204,12 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
         if not value >= 0:  # also refuses nan
             raise SystemExit(cli.fail("python -m broker", f"{flag} {value} must be 0 or more",
                                       cli.EXIT_USAGE))
+    if not cli.is_loopback(args.host) and not args.token and not args.allow_anonymous:
+        raise SystemExit(cli.fail(
+            "python -m broker", f"--host {args.host} without --token: anyone who can reach "
+            "this address could publish and read every topic; give --token (or "
+            "SLIPSTREAM_TOKEN), or --allow-anonymous if that is what you mean",
+            cli.EXIT_USAGE))
     if args.max_memory < args.retain_bytes:
         raise SystemExit(cli.fail("python -m broker",
                                   f"--max-memory {args.max_memory:,} is smaller than "

@@ -71,3 +71,12 @@ async def test_a_bare_port_is_a_port_on_this_machine() -> None:
     from broker.client import parse_address
     assert parse_address("20778") == ("127.0.0.1", 20778)
     assert parse_address("example.org") == ("example.org", 20778)
+
+
+async def test_a_broker_beyond_loopback_without_a_token_refuses_to_start_unless_told() -> None:
+    code, _, err = await run_command("-m", "broker", "--host", "0.0.0.0", "--port", "0")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "python -m broker: error: --host 0.0.0.0 without --token: anyone who can reach this "
+        "address could publish and read every topic; give --token (or SLIPSTREAM_TOKEN), or "
+        "--allow-anonymous if that is what you mean")
