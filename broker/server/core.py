@@ -68,7 +68,6 @@ class BrokerCore:
         # Connections in their handshake, oldest first (TLS, then HELLO): when the slots
         # are full, the oldest makes room, so idle sockets cannot lock anyone out.
         self.handshaking: dict[Session, None] = {}
-        self._handshaking_from: dict[str, int] = {}  # per source address
         # Totals of what the limits refused or removed, shown in STATS.
         self.counters: dict[str, int] = dict.fromkeys(
             ("refused_connections", "dropped_handshakes", "budget_evictions", "expired_topics",
@@ -165,26 +164,20 @@ class BrokerCore:
         HELLO at once: sockets that say nothing make room for it, however fast they
         come back."""
         config = self.config
-        address = session.address
-        self.handshaking[session] = None
-        held = self._handshaking_from.get(address, 0) + 1
-        self._handshaking_from[address] = held
         # The newcomer is never its own victim: it has had no time to say anything yet.
-        if held > config.max_handshakes_per_address:
-            return _oldest_silent([s for s in self.handshaking
-                                   if s.address == address and s is not session])
-        if len(self.handshaking) > config.max_handshakes:
-            return _oldest_silent([s for s in self.handshaking if s is not session])
+        # The table holds at most --max-handshakes, so a scan of it is cheap.
+        others = list(self.handshaking)
+        self.handshaking[session] = None
+        same_address = [s for s in others if s.address == session.address]
+        if len(same_address) >= config.max_handshakes_per_address:
+            return _oldest_silent(same_address)
+        if len(others) >= config.max_handshakes:
+            return _oldest_silent(others)
         return None
 
     def handshake_ended(self, session: Session) -> None:
         """Through (or dropped, or gone): its slot is free."""
-        if self.handshaking.pop(session, 0) is None:
-            held = self._handshaking_from[session.address] - 1
-            if held:
-                self._handshaking_from[session.address] = held
-            else:
-                del self._handshaking_from[session.address]
+        self.handshaking.pop(session, None)
 
     # --- housekeeping ------------------------------------------------------------
 
@@ -257,9 +250,10 @@ class BrokerCore:
             raise ProtocolError(f"start {start!r} is not 'new', 'earliest' or a seq >= 1",
                                 code="bad_subscribe")
         durable = self.durables.check(frame) if frame.durable else None
-        self._check_followed(delivery, frame.pattern)
+        matching = self.router.topics_matching(frame.pattern)  # O(matches): once per SUB
+        self._check_followed(delivery, frame.pattern, len(matching))
         sub = delivery.new_subscription(frame.sid, frame.pattern, frame.window, frame.durable)
-        for name in self.router.add_subscriber(sub, frame.pattern):
+        for name in self.router.add_subscriber(sub, frame.pattern, matching):
             topic = self.topics[name]
             if durable is not None:
                 sub.start_at(topic, durable.acked.get(name, topic.created_seq))
@@ -277,13 +271,12 @@ class BrokerCore:
             self._keep_new_durable(sub)
         return sub
 
-    def _check_followed(self, delivery: Delivery, pattern: str) -> None:
+    def _check_followed(self, delivery: Delivery, pattern: str, wanted: int) -> None:
         """A subscription costs an entry per topic it follows: a wildcard over 2,000 topics,
         2,000. The caps hold at SUB; topics created later still join the subscriptions
         that match them (nobody's PUB is refused for a subscriber), which --max-topics
         bounds."""
         config = self.config
-        wanted = len(self.router.topics_matching(pattern))
         for held, cap, whose, flag in (
                 (delivery.followed, config.max_followed_topics, "this connection's",
                  "--max-followed-topics"),

@@ -145,12 +145,14 @@ class Router(Generic[S]):
         if self._by_topic.pop(topic, None) is not None:
             _discard(self._topic_trie, topic.split("."), topic)
 
-    def add_subscriber(self, subscriber: S, pattern: str) -> list[str]:
-        """Register a subscriber; return the existing topics it matches."""
+    def add_subscriber(self, subscriber: S, pattern: str,
+                       topics: list[str] | None = None) -> list[str]:
+        """Register a subscriber; return the existing topics it matches (`topics`, when
+        the caller has just asked topics_matching for them)."""
         self._patterns[subscriber] = pattern
         _insert(self._pattern_trie, pattern.split("."), subscriber)
-        topics: list[str] = []
-        self._collect_topics(self._topic_trie, pattern.split("."), 0, topics)
+        if topics is None:
+            topics = self.topics_matching(pattern)
         for topic in topics:
             self._by_topic[topic][subscriber] = None
         return topics
