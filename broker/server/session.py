@@ -57,14 +57,13 @@ class Wait(Enum):
 class _Run:
     """Block policy: a PUB whose payloads are stored a part at a time as room frees."""
 
-    __slots__ = ("first_seq", "frame", "remaining", "reserved_bytes", "topic")
+    __slots__ = ("first_seq", "remaining", "reserved_bytes", "topic")
 
-    def __init__(self, frame: p.Publish, topic: Topic, reserved_bytes: int) -> None:
-        self.frame = frame
+    def __init__(self, topic: Topic, first_seq: int) -> None:
         self.topic = topic
-        self.first_seq = topic.next_seq
-        self.remaining = frame.payloads
-        self.reserved_bytes = reserved_bytes  # of the --max-memory budget, until stored
+        self.first_seq = first_seq
+        self.remaining: list[bytes] = []  # not stored yet
+        self.reserved_bytes = 0  # of the --max-memory budget, kept for `remaining`
 
 
 def _nothing() -> None:
@@ -245,52 +244,36 @@ class Session:
             if holder is not None and holder is not self:
                 self.blocked_on = topic  # another publisher's run is still being stored
                 return Wait.ROOM
-            size = sum(map(len, frame.payloads))
-            if not core.make_room(size):
+            if not core.make_room(sum(map(len, frame.payloads))):
                 raise ProtocolError(
                     f"PUB to {echo(topic.name)} refused: the broker's retained bytes are at "
                     f"--max-memory {self.config.max_memory_bytes:,} and every message is "
                     "still unacknowledged by some subscriber", code="memory_full")
-            first_seq = topic.next_seq
-            try:
-                appended = topic.append_within(frame.payloads, core.clock.wall_us(),
-                                               core.keep_from(topic, self.delivery))
-            except StorageError as exc:
-                raise self._storage_error(topic, exc) from None
-            if appended == len(frame.payloads):  # all stored at once: the common case
-                self._published(topic, frame, first_seq)
-                return None
-            # The rest waits for room: its room in the budget is kept for it meanwhile.
-            rest = frame.payloads[appended:]
-            run = _Run(frame, topic, sum(map(len, rest)))
-            run.first_seq, run.remaining = first_seq, rest
-            core.budget.reserved_bytes += run.reserved_bytes
-            return self._wait_for_room(run, notify=bool(appended))
-        topic = run.topic
-        keep_from = core.keep_from(topic, self.delivery)
+            first_seq, payloads = topic.next_seq, frame.payloads
+        else:
+            topic, first_seq, payloads = run.topic, run.first_seq, run.remaining
         try:
-            appended = topic.append_within(run.remaining, core.clock.wall_us(), keep_from)
+            appended = topic.append_within(payloads, core.clock.wall_us(),
+                                           core.keep_from(topic, self.delivery))
         except StorageError as exc:
             self._end_run()
             raise self._storage_error(topic, exc) from None
-        if appended == len(run.remaining):  # all stored (the common case)
+        if appended == len(payloads):  # all stored (at once: the common case)
             self._end_run()
-            self._published(topic, frame, run.first_seq)
+            self._published(topic, frame, first_seq)
             return None
+        # The rest waits for room, its room in the budget kept for it meanwhile (no _Run
+        # is made for a PUB stored at once).
+        if run is None:
+            run = self._run = _Run(topic, first_seq)
+        run.remaining = payloads[appended:]
+        rest_bytes = sum(map(len, run.remaining))
+        core.budget.reserved_bytes += rest_bytes - run.reserved_bytes
+        run.reserved_bytes = rest_bytes
         if appended:
-            stored = sum(map(len, run.remaining[:appended]))
-            run.reserved_bytes -= stored
-            core.budget.reserved_bytes -= stored
-            run.remaining = run.remaining[appended:]
-        return self._wait_for_room(run, notify=bool(appended))
-
-    def _wait_for_room(self, run: _Run, notify: bool) -> Wait:
-        """Part of `run` is stored (or none): hold its topic and wait for room."""
-        if notify:
-            self.core.notify(run.topic)  # their acks are what frees the room
-        self._run = run
-        self.core.hold(run.topic, self)
-        self.blocked_on = run.topic
+            core.notify(topic)  # their acks are what frees the room
+        core.hold(topic, self)
+        self.blocked_on = topic
         return Wait.ROOM
 
     def _end_run(self) -> None:
