@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from broker.errors import ProtocolError
 from broker.server.delivery import Cursors
 from broker.server.routing import echo
+from broker.storage.datadir import Positions
 from broker.wire.protocol import Subscribe
-
-Positions = dict[str, tuple[str, dict[str, int]]]  # name -> (pattern, {topic: first unacked})
 
 
 @dataclass
@@ -28,7 +27,8 @@ class Durable:
 
 
 class Durables:
-    """Every durable by name, and whether their positions changed since the last save."""
+    """Every durable by name, and whether their positions changed since the last save
+    (set by BrokerCore.durables_moved, which every change goes through)."""
 
     def __init__(self, max_durables: int) -> None:
         self.max_durables = max_durables
@@ -38,14 +38,11 @@ class Durables:
     def __len__(self) -> int:
         return len(self.by_name)
 
-    def get(self, name: str) -> Durable | None:
-        return self.by_name.get(name)
-
     def load(self, positions: Positions, now_s: float) -> None:
         for name, (pattern, acked) in positions.items():
             self.by_name[name] = Durable(pattern, acked, released_s=now_s)
 
-    def check(self, frame: Subscribe, describe_owner: str | None = None) -> Durable | None:
+    def check(self, frame: Subscribe) -> Durable | None:
         """The durable a SUB names, if it exists and may be taken; ProtocolError if not."""
         assert frame.durable
         durable = self.by_name.get(frame.durable)
@@ -87,7 +84,6 @@ class Durables:
             durable.acked = {topic.name: seq for topic, seq in sub.acked.items()}
             durable.owner = None
             durable.released_s = now_s
-            self.changed = True
 
     def expired(self, now_s: float, ttl_s: float) -> list[str]:
         """Forget the durables nobody has owned for `ttl_s`; their names."""
@@ -95,8 +91,6 @@ class Durables:
                  if durable.owner is None and now_s - durable.released_s > ttl_s]
         for name in names:
             del self.by_name[name]
-        if names:
-            self.changed = True
         return names
 
     def owe(self, topic_name: str, next_seq: int) -> bool:

@@ -68,7 +68,6 @@ class Broker:
         self.core = BrokerCore(config)
         self.core.on_room_freed = self._room_freed
         self.connections: dict[Session, Connection] = {}
-        self._tls: ssl.SSLContext | None = None
         self._room_events: dict[Topic, asyncio.Event] = {}
         self._server: asyncio.Server | None = None
         self._housekeeping: asyncio.Task[None] | None = None
