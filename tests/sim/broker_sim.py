@@ -409,7 +409,6 @@ class Subscriber(Client):
         self.unacked: list[tuple[str, int, int]] = []  # delivered: (topic, end seq, count)
         self.subscribed = False
         self.continuous = True  # connected since before anything was published
-        self.resumed = False  # set at a resume: the next delivery per topic is checked
         self.resume_from: dict[str, int] = {}
         self.stalled_until_s = 0.0
         self.sid = 0
@@ -472,7 +471,6 @@ class Subscriber(Client):
             self.sim.check_payload(run.topic, run.first_seq + i, payload, self.name)
             if self.kind == "fast" and self.continuous and not self.sim.quiet:
                 age_s = (now_us - run.timestamps_us[i]) / 1e6  # since it was stored
-                self.sim.fast_age_s = max(self.sim.fast_age_s, age_s)
                 if age_s > FAIR_BOUND_S:
                     fail(f"{self.name}: a message reached this fast subscriber {age_s:.3f} s "
                          f"after it was stored (bound {FAIR_BOUND_S} s)")
@@ -623,10 +621,8 @@ class Simulation:
     quiet: bool = True  # setting up, and the end: no publishing, no stalls, everyone reads
     gaps: int = 0
     missed: int = 0
-    fast_age_s: float = 0.0  # the longest a fast subscriber waited for a message
     restarts: int = 0
     trace: int = 0  # a CRC of every byte the broker sent: equal runs have equal traces
-    checks: int = 0
     steps_run: int = 0
 
     def __post_init__(self) -> None:
@@ -782,7 +778,6 @@ class Simulation:
     # --- the invariants ----------------------------------------------------------------
 
     def check_step(self) -> None:
-        self.checks += 1
         self.steps_run += 1
         config, core, now = self.config, self.core, self.clock.now_s
         if not self.scenario.disk and core.budget.used_bytes > config.max_memory_bytes:
