@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 import pytest
 
 from broker.embedded.client import EmbeddedClient as Client
 from broker.embedded.subscription import EmbeddedSubscription as Subscription
-from broker.subscription import Timer
 from broker.wire import protocol as p
+from tests.sim.clock import VirtualClock
 
 _sent: list[p.Frame] = []  # what the subscriptions asked to send (acknowledgements)
 
@@ -20,42 +19,9 @@ def _nothing() -> None:
     pass
 
 
-class ManualTimers:
-    """A clock that moves only when told, and the timers due by it (broker/subscription.py's
-    Timers): a test of what happens after a delay does not wait for it."""
-
-    def __init__(self) -> None:
-        self.now_s = 0.0
-        self.due: list[tuple[float, Callable[[], None], list[bool]]] = []
-
-    def time(self) -> float:
-        return self.now_s
-
-    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
-        cancelled = [False]
-        self.due.append((self.now_s + delay_s, callback, cancelled))
-        return _Handle(cancelled)
-
-    def advance(self, seconds: float) -> None:
-        self.now_s += seconds
-        ready = [entry for entry in self.due if entry[0] <= self.now_s]
-        self.due = [entry for entry in self.due if entry[0] > self.now_s]
-        for _, callback, cancelled in ready:
-            if not cancelled[0]:
-                callback()
-
-
-class _Handle:
-    def __init__(self, cancelled: list[bool]) -> None:
-        self._cancelled = cancelled
-
-    def cancel(self) -> None:
-        self._cancelled[0] = True
-
-
 async def test_many_gaps_are_counted_exactly_and_logged_as_a_summary(
         caplog: pytest.LogCaptureFixture) -> None:
-    timers = ManualTimers()
+    timers = VirtualClock(start_s=0.0)
     sub = Subscription(1, "t", "new", None, window=1000, send=_sent.append, forget=_nothing,
                        generation=1, epoch=1, timers=timers)
     seq = 1
@@ -131,7 +97,7 @@ async def test_requests_after_the_client_gave_up_raise_its_error_at_once() -> No
 async def test_an_idle_subscription_acknowledges_within_the_ack_delay_by_its_clock() -> None:
     from broker.subscription import ACK_DELAY_S
 
-    timers, sent = ManualTimers(), list[p.Frame]()
+    timers, sent = VirtualClock(start_s=0.0), list[p.Frame]()
     sub = Subscription(1, "t", "new", None, window=1000, send=sent.append, forget=_nothing,
                        generation=1, epoch=1, timers=timers)
     sub.deliver(p.Deliver(1, "t", 1, [0, 0, 0], [b"a", b"b", b"c"]))
