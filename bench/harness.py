@@ -28,6 +28,7 @@ class Result:
     max_us: float = 0.0
     broker_rss_mib: float = 0.0
     broker_cpu: float = 0.0  # cores busy over the run
+    elapsed_s: float = 0.0  # first publish to last delivery
 
 
 def memory_mib(pid: int, field: str = "VmRSS") -> float:
@@ -87,20 +88,9 @@ async def run_workload(consumers: int, count: int, rate: float, latency: bool,
         producer = await worker("produce", "--broker", address, "--count", str(count),
                                 "--rate", str(rate), "--topics", str(topics),
                                 *(producer_flags or []))
-        out, _ = await asyncio.wait_for(producer.communicate(), 300)
-        produced = json.loads(out)
-        results = []
-        for sub in subs:
-            out, _ = await asyncio.wait_for(sub.communicate(), 300)
-            results.append(json.loads(out))
-        elapsed_s = (max(r["last_ns"] for r in results) - produced["started_ns"]) / 1e9
-        result = Result(
-            rate=sum(r["received"] for r in results) / elapsed_s,
-            lost=sum(r["lost"] for r in results),
-            broker_rss_mib=peak_rss_mib(broker.pid),
-            broker_cpu=(cpu_seconds(broker.pid) - cpu_before) / elapsed_s)
-        if latency:
-            set_latencies(result, [x for r in results for x in r["latencies_us"]])
+        result = await peer_result(producer, *subs)
+        result.broker_rss_mib = peak_rss_mib(broker.pid)
+        result.broker_cpu = (cpu_seconds(broker.pid) - cpu_before) / result.elapsed_s
         return result
     finally:
         for process in [*subs, *(servers or [broker])]:  # a failed run leaves no process
@@ -129,13 +119,13 @@ def set_latencies(result: Result, latencies_us: list[int]) -> None:
 async def peer_result(producer: asyncio.subprocess.Process,
                        *consumers: asyncio.subprocess.Process) -> Result:
     """Deliveries per second summed over the consumers, from the first publish to the last
-    delivery, as run_workload counts them."""
+    delivery (run_workload's figures, and every peer's)."""
     out, _ = await asyncio.wait_for(producer.communicate(), 300)
     produced = json.loads(out)
     results = [json.loads((await asyncio.wait_for(c.communicate(), 300))[0])
                for c in consumers]
     elapsed_s = (max(r["last_ns"] for r in results) - produced["started_ns"]) / 1e9
     outcome = Result(rate=sum(r["received"] for r in results) / elapsed_s,
-                     lost=sum(r["lost"] for r in results))
+                     lost=sum(r["lost"] for r in results), elapsed_s=elapsed_s)
     set_latencies(outcome, [x for r in results for x in r["latencies_us"]])
     return outcome
