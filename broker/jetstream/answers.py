@@ -74,8 +74,9 @@ class Outage:
         return True
 
     def ended(self, now_s: float) -> float | None:
-        """Something worked: how long the outage it ends lasted (None if there was none)."""
+        """Something worked: how long the outage it ends lasted (None if there was none);
+        the count of retries starts again (read it first)."""
         if self.since_s is None:
             return None
-        lasted, self.since_s = now_s - self.since_s, None
+        lasted, self.since_s, self.retried = now_s - self.since_s, None, 0
         return lasted

@@ -202,10 +202,10 @@ class Publisher:
                 error: str | None = None) -> None:
         del self._inflight[token]
         if error is None and self.outage.since_s is not None:
+            retried = self.outage.retried
             lasted = self.outage.ended(asyncio.get_running_loop().time())
             log.warning("JetStream confirms publishes again after %.1f s (%s sent again "
-                        "meanwhile)", lasted, f"{self.outage.retried:,}")
-            self.outage.retried = 0
+                        "meanwhile)", lasted, f"{retried:,}")
         if len(self._inflight) < self.max_in_flight // 2:
             self._room.set()
         if not self._inflight:
