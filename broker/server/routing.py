@@ -167,11 +167,8 @@ class Router(Generic[S]):
         pattern = self._patterns.pop(subscriber, None)
         if pattern is None:
             return
-        tokens = pattern.split(".")
-        _discard(self._pattern_trie, tokens, subscriber)
-        found: list[str] = []
-        self._collect_topics(self._topic_trie, tokens, 0, found)
-        for topic in found:
+        _discard(self._pattern_trie, pattern.split("."), subscriber)
+        for topic in self.topics_matching(pattern):
             self._by_topic[topic].pop(subscriber, None)
 
     def subscribers(self, topic: str) -> Iterable[S]:
