@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from broker.server.server import Broker, BrokerConfig
 from broker.storage.datadir import DATA_DIR_ENV
 from broker.storage.records import MAX_RECORD_BYTES
 from broker.storage.topics import Retention
+from broker.users.commands import passwd_main, users_main
+from broker.users.table import load_users
 from broker.wire import protocol as p
 
 log = logging.getLogger("slipstream.broker")
@@ -27,7 +30,8 @@ Run the slipstream broker: producers publish to topics, consumers subscribe
 to topic patterns ('game.>', 'live.*', ...). Each topic keeps a bounded
 retention; every subscriber reads it at its own pace.
 
-See also: python -m broker stats --help"""
+See also: python -m broker stats --help (look inside a running broker),
+python -m broker passwd --help and users --help (the --users file)"""
 
 ON_FULL_HELP = """\
 what happens when a subscriber falls behind a full topic:
@@ -69,10 +73,16 @@ def serve_parser(prog: str = "python -m broker") -> argparse.ArgumentParser:
     parser.add_argument("--token", default=os.environ.get("SLIPSTREAM_TOKEN"),
                         help="refuse clients that do not present this token "
                              "(env SLIPSTREAM_TOKEN)")
+    parser.add_argument("--users", type=Path, metavar="FILE",
+                        default=os.environ.get("SLIPSTREAM_USERS") or None,
+                        help="users, their passwords (`slipstream passwd`) or certificates, "
+                             "what each may publish and subscribe to, and their quotas "
+                             "(TOML, docs/security.md; env SLIPSTREAM_USERS); SIGHUP reloads "
+                             "it")
     parser.add_argument("--allow-anonymous", action="store_true",
-                        help="let clients in without a token on an address beyond loopback "
-                             "(without it, such a broker refuses to start): anyone who can "
-                             "reach it may publish and read every topic")
+                        help="let clients in without a token or users on an address beyond "
+                             "loopback (without it, such a broker refuses to start): anyone "
+                             "who can reach it may publish and read every topic")
     parser.add_argument("--write-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="disconnect a client whose socket takes no bytes for this long "
                              "(default %(default)s)")
@@ -204,11 +214,21 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
         if not value >= 0:  # also refuses nan
             raise SystemExit(cli.fail("python -m broker", f"{flag} {value} must be 0 or more",
                                       cli.EXIT_USAGE))
-    if not cli.is_loopback(args.host) and not args.token and not args.allow_anonymous:
+    users = None
+    if args.users is not None:
+        if args.token:
+            raise SystemExit(cli.fail(
+                "python -m broker", "--token and --users together: give whoever has the "
+                "token a user of its own in the users file", cli.EXIT_USAGE))
+        try:
+            users = load_users(args.users)
+        except ConfigError as exc:
+            raise SystemExit(cli.fail("python -m broker", str(exc), cli.EXIT_USAGE)) from None
+    elif not cli.is_loopback(args.host) and not args.token and not args.allow_anonymous:
         raise SystemExit(cli.fail(
-            "python -m broker", f"--host {args.host} without --token: anyone who can reach "
-            "this address could publish and read every topic; give --token (or "
-            "SLIPSTREAM_TOKEN), or --allow-anonymous if that is what you mean",
+            "python -m broker", f"--host {args.host} without --token or --users: anyone who "
+            "can reach this address could publish and read every topic; give --users FILE "
+            "(docs/security.md) or --token, or --allow-anonymous if that is what you mean",
             cli.EXIT_USAGE))
     if args.max_memory < args.retain_bytes:
         raise SystemExit(cli.fail("python -m broker",
@@ -219,6 +239,7 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
         host=args.host, port=args.port, on_full=args.on_full,
         retention=Retention(args.retain_messages, args.retain_bytes),
         max_frame_bytes=args.max_frame, token=args.token or None,
+        users=users, users_file=args.users,
         write_stall_timeout_s=args.write_timeout,
         handshake_timeout_s=args.handshake_timeout,
         max_memory_bytes=args.max_memory, max_connections=args.max_connections,
@@ -239,13 +260,14 @@ def config_from(args: argparse.Namespace) -> BrokerConfig:
 def exposure_warning(config: BrokerConfig) -> str | None:
     """What to say when the broker can be reached from other machines with no token."""
     if not cli.is_loopback(config.host):
-        missing = [what for what, absent in (("--token", config.token is None),
+        anyone = config.token is None and config.users is None
+        missing = [what for what, absent in (("--token or --users", anyone),
                                              ("TLS", config.tls is None)) if absent]
         if missing:
             return (f"listening on {config.host} without {' or '.join(missing)}: "
                     + ("anyone who can reach this address can publish and read every topic"
-                       if config.token is None else "the token and every message cross the "
-                       "network in clear"))
+                       if anyone else "the passwords (or token) and every message cross "
+                       "the network in clear"))
     if config.http is not None and not cli.is_loopback(config.http[0]):
         return (f"--http serves the broker's figures on {config.http[0]} to anyone who can "
                 "reach it (no token applies there)")
@@ -277,6 +299,8 @@ async def serve(config: BrokerConfig) -> int:
         warning = exposure_warning(config)
         if warning:
             log.warning("%s", warning)
+        if config.users_file is not None:
+            reload_on_sighup(broker, config.users_file)
         # The one line a supervisor (or a test) waits for before connecting.
         print(f"slipstream broker listening on {config.host}:{broker.port}", flush=True)
         try:
@@ -287,6 +311,19 @@ async def serve(config: BrokerConfig) -> int:
     finally:
         if monitor is not None:
             await monitor.close()
+
+
+def reload_on_sighup(broker: Broker, path: Path) -> None:
+    """SIGHUP reads the users file again; a file that cannot be used keeps the old one."""
+    def reload() -> None:
+        try:
+            table = load_users(path)
+        except ConfigError as exc:
+            log.error("users file not reloaded, the previous one stays in force: %s", exc)
+            return
+        broker.reload_users(table)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
 def stats_parser(prog: str = "python -m broker stats") -> argparse.ArgumentParser:
@@ -357,6 +394,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m broker") -> int:
     """`prog` names the command in help and errors (`slipstream broker` runs this too;
     its `stats` is then `slipstream stats`)."""
     argv = sys.argv[1:] if argv is None else argv
+    base = prog.removesuffix(" broker")
+    if argv[:1] == ["passwd"]:
+        return passwd_main(argv[1:], f"{base} passwd")
+    if argv[:1] == ["users"]:
+        return users_main(argv[1:], f"{base} users")
     if argv[:1] == ["stats"]:
         stats_prog = f"{prog.removesuffix(' broker')} stats"
         args = stats_parser(stats_prog).parse_args(argv[1:])

@@ -24,8 +24,10 @@ from broker.client import (
     BROKER_ENV,
     DEFAULT_BROKER,
     DEFAULT_STREAM,
+    PASSWORD_ENV,
     STREAM_ENV,
     TOKEN_ENV,
+    USER_ENV,
     Client,
     check_address,
     is_nats,
@@ -115,7 +117,8 @@ def flag_address(text: str, flag: str) -> tuple[str, int]:
 
 
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
-    """--broker, --token and --stream, with their environment variables."""
+    """--broker, --token, --user and --password, --stream, with their environment
+    variables."""
     parser.add_argument(
         "--broker", type=broker_address, default=os.environ.get(BROKER_ENV, DEFAULT_BROKER),
         metavar="ADDRESS", help="HOST:PORT of slipstream's broker (tls://HOST:PORT with TLS), "
@@ -124,6 +127,13 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token", default=os.environ.get(TOKEN_ENV),
         help=f"shared secret the broker asks for; NATS: token auth (env {TOKEN_ENV})")
+    parser.add_argument(
+        "--user", default=os.environ.get(USER_ENV) or None,
+        help=f"log in as this user of the broker's --users file; NATS: user auth "
+             f"(env {USER_ENV})")
+    parser.add_argument(
+        "--password", default=os.environ.get(PASSWORD_ENV),
+        help=f"the user's password (env {PASSWORD_ENV}: better, as a flag shows in `ps`)")
     parser.add_argument(
         "--stream", default=os.environ.get(STREAM_ENV) or DEFAULT_STREAM,
         help=f"NATS only: the JetStream stream holding the topics (env {STREAM_ENV}; "
@@ -172,7 +182,11 @@ def client_for(args: argparse.Namespace, name: str, **options: Any) -> Client:
     """The client the command line asks for: its engine, address, token and stream."""
     if is_nats(args.broker):
         options.setdefault("stream", args.stream)
-    return Client(args.broker, name=name, token=args.token, tls=tls_files(args), **options)
+    if args.user and not args.password:
+        raise ConfigError(f"--user {args.user} without a password: give --password or "
+                          f"{PASSWORD_ENV}")
+    return Client(args.broker, name=name, token=args.token, tls=tls_files(args),
+                  user=args.user, password=args.password, **options)
 
 
 def fail(prog: str, message: str, code: int = EXIT_FAILURE) -> int:

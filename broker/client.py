@@ -27,12 +27,14 @@ from broker.subscription import Batch, Message, Start, Subscription
 from broker.tls import TlsFiles
 from broker.wire import protocol as p
 
-__all__ = ["BROKER_ENV", "DEFAULT_BROKER", "DEFAULT_STREAM", "STREAM_ENV", "TOKEN_ENV", "Batch",
+__all__ = ["BROKER_ENV", "DEFAULT_BROKER", "DEFAULT_STREAM", "PASSWORD_ENV", "STREAM_ENV",
+           "TOKEN_ENV", "USER_ENV", "Batch",
            "Client", "Message", "Subscription", "check_address", "is_nats", "parse_address"]
 
 DEFAULT_BROKER = f"127.0.0.1:{p.DEFAULT_PORT}"
 BROKER_ENV = "SLIPSTREAM_BROKER"
 TOKEN_ENV = "SLIPSTREAM_TOKEN"
+USER_ENV, PASSWORD_ENV = "SLIPSTREAM_USER", "SLIPSTREAM_PASSWORD"
 STREAM_ENV = "SLIPSTREAM_STREAM"
 DEFAULT_STREAM = "SLIPSTREAM"  # the JetStream stream that holds the topics
 EMBEDDED_SCHEME = "slipstream://"
@@ -103,10 +105,14 @@ class Client:
     def __init__(self, broker: str | None = None, *, name: str = "slipstream-client",
                  token: str | None = None, reconnect: bool = True,
                  connect_timeout_s: float = 5.0, reconnect_max_delay_s: float = 2.0,
-                 tls: TlsFiles | None = None) -> None:
+                 tls: TlsFiles | None = None, user: str | None = None,
+                 password: str | None = None) -> None:
         self.address = broker or os.environ.get(BROKER_ENV) or DEFAULT_BROKER
         self.name = name
         self.token = token if token is not None else os.environ.get(TOKEN_ENV)
+        # A user of the broker's --users file (docs/security.md), and its password.
+        self.user = user if user is not None else os.environ.get(USER_ENV) or None
+        self.password = password if password is not None else os.environ.get(PASSWORD_ENV)
         self.tls = tls if tls is not None else TlsFiles.from_env()  # CA, client cert, key
         self.reconnect = reconnect
         self.connect_timeout_s = connect_timeout_s

@@ -30,11 +30,19 @@ class TokenBucket:
         self._stamp = clock()
 
     def take(self, amount: float) -> float:
+        self._refill()
+        self._level -= amount
+        return 0.0 if self._level >= 0 else -self._level / self.rate_per_s
+
+    def has(self, amount: float) -> bool:
+        """Whether `amount` could be taken now without waiting (nothing is taken)."""
+        self._refill()
+        return self._level >= amount
+
+    def _refill(self) -> None:
         now = self._clock()
         self._level = min(self.burst, self._level + (now - self._stamp) * self.rate_per_s)
         self._stamp = now
-        self._level -= amount
-        return 0.0 if self._level >= 0 else -self._level / self.rate_per_s
 
 
 class LogThrottle:

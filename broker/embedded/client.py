@@ -60,10 +60,12 @@ class EmbeddedClient(Client):
     def __init__(self, broker: str | None = None, *, name: str = "slipstream-client",
                  token: str | None = None, reconnect: bool = True,
                  connect_timeout_s: float = 5.0, reconnect_max_delay_s: float = 2.0,
-                 max_buffered_bytes: int = 8 * 1024 * 1024, tls: TlsFiles | None = None) -> None:
+                 max_buffered_bytes: int = 8 * 1024 * 1024, tls: TlsFiles | None = None,
+                 user: str | None = None, password: str | None = None) -> None:
         super().__init__(broker, name=name, token=token, reconnect=reconnect,
                          connect_timeout_s=connect_timeout_s,
-                         reconnect_max_delay_s=reconnect_max_delay_s, tls=tls)
+                         reconnect_max_delay_s=reconnect_max_delay_s, tls=tls, user=user,
+                         password=password)
         self.host, self.port = parse_address(self.address)
         self._ssl: ssl.SSLContext | None = None
         if uses_tls(self.address):
@@ -136,7 +138,9 @@ class EmbeddedClient(Client):
                 str(exc) or type(exc).__name__)
             raise ConnectError(f"cannot reach {where}: {reason} "
                                "(is `python -m broker` running?)") from None
-        conn = ClientConnection(self.name, self.token)
+        # With a user, HELLO's token field carries its password (docs/protocol.md).
+        conn = ClientConnection(self.name, self.password if self.user else self.token,
+                                user=self.user)
         writer.writelines(conn.data_to_send())  # HELLO
         try:
             after_welcome = await self._await_welcome(reader, conn, where)

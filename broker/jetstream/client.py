@@ -49,10 +49,12 @@ class JetStreamClient(Client):
                  token: str | None = None, reconnect: bool = True,
                  connect_timeout_s: float = 5.0, reconnect_max_delay_s: float = 2.0,
                  stream: str | None = None, spec: StreamSpec | None = None,
-                 max_in_flight: int = MAX_IN_FLIGHT, tls: TlsFiles | None = None) -> None:
+                 max_in_flight: int = MAX_IN_FLIGHT, tls: TlsFiles | None = None,
+                 user: str | None = None, password: str | None = None) -> None:
         super().__init__(broker, name=name, token=token, reconnect=reconnect,
                          connect_timeout_s=connect_timeout_s,
-                         reconnect_max_delay_s=reconnect_max_delay_s, tls=tls)
+                         reconnect_max_delay_s=reconnect_max_delay_s, tls=tls, user=user,
+                         password=password)
         self.servers = parse_servers(self.address)
         self.spec = spec or StreamSpec(name=stream or os.environ.get(STREAM_ENV)
                                        or DEFAULT_STREAM)
@@ -128,7 +130,8 @@ class JetStreamClient(Client):
         try:
             # Each seed twice: a first connection fails fast (connect(wait=True) retries).
             await nc.connect(
-                servers=self.servers, name=self.name, token=self.token,
+                servers=self.servers, name=self.name, token=self.token, user=self.user,
+                password=self.password if self.user else None,
                 connect_timeout=max(1, int(self.connect_timeout_s)),
                 allow_reconnect=True, max_reconnect_attempts=1,
                 reconnect_time_wait=self.reconnect_max_delay_s,  # type: ignore[arg-type]

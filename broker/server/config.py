@@ -16,6 +16,7 @@ from broker.storage.datadir import FsyncPolicy
 from broker.storage.segments import DEFAULT_SEGMENT_BYTES
 from broker.storage.topics import Retention
 from broker.tls import TlsFiles
+from broker.users.table import UserTable
 from broker.wire import protocol as p
 
 OnFull = Literal["drop", "block"]
@@ -30,6 +31,9 @@ class BrokerConfig:
     on_full: OnFull = "drop"
     max_frame_bytes: int = p.DEFAULT_MAX_FRAME_BYTES
     token: str | None = None
+    # --users: who may connect and do what (broker/users/); None: --token, or anyone.
+    users: UserTable | None = None
+    users_file: Path | None = None  # where `users` came from: SIGHUP reads it again
     server_name: str = "slipstream"
     # A connection whose socket takes no bytes for this long is cut off.
     write_stall_timeout_s: float = 10.0

@@ -28,6 +28,8 @@ from broker.storage.segments import REAL_FILES
 from broker.storage.storage import DiskStorage, MemoryStorage, sync_topics
 from broker.storage.storage import TopicStorage as Topic
 from broker.storage.topics import ByteBudget
+from broker.users.accounts import Account, Accounts
+from broker.users.table import UserTable
 from broker.wire import protocol as p
 
 if TYPE_CHECKING:
@@ -63,6 +65,8 @@ class BrokerCore:
         self.topics: dict[str, Topic] = {}
         self.router: Router[Cursors] = Router()
         self.durables = Durables(config.max_durables)
+        self.accounts = Accounts(config, clock.monotonic, config.users)
+        self._creators: dict[str, Account] = {}  # topic -> the user that created it
         self.sessions: set[Session] = set()
         self.followed = 0  # (subscription, topic) pairs in the broker: what wildcards cost
         # Connections in their handshake, oldest first (TLS, then HELLO): when the slots
@@ -179,6 +183,23 @@ class BrokerCore:
         """Through (or dropped, or gone): its slot is free."""
         self.handshaking.pop(session, None)
 
+    def reload_users(self, table: UserTable) -> list[tuple[Session, str, str]]:
+        """A new users file (SIGHUP): the connections that are no longer allowed, with the
+        fatal ERROR each gets; every other connection goes on under the new rules."""
+        gone = dict(self.accounts.load(table))
+        closing: list[tuple[Session, str, str]] = []
+        for session in self.sessions:
+            account = session.account
+            if account is None:
+                continue
+            if account in gone:
+                closing.append((session, "auth", gone[account]))
+                continue
+            refused = _refused_subscription(session, account)
+            if refused is not None:
+                closing.append((session, "permission_denied", refused))
+        return closing
+
     # --- housekeeping ------------------------------------------------------------
 
     def expire(self, now_s: float | None = None) -> None:
@@ -213,13 +234,17 @@ class BrokerCore:
         self.router.remove_topic(topic.name)
         self._last_publish_s.pop(topic, None)
         self._held.pop(topic, None)
+        creator = self._creators.pop(topic.name, None)
+        if creator is not None:
+            creator.topics -= 1
         topic.release()
         self.counters["expired_topics"] += 1
 
     # --- topics and subscriptions -------------------------------------------
 
-    def topic(self, name: str) -> Topic:
-        """The log of topic `name`, created (and routed) on first use."""
+    def topic(self, name: str, creator: Account | None = None) -> Topic:
+        """The log of topic `name`, created (and routed) on first use (by `creator`,
+        within its quota)."""
         topic = self.topics.get(name)
         if topic is None:
             validate_topic(name)
@@ -227,17 +252,41 @@ class BrokerCore:
                 raise ProtocolError(
                     f"cannot create topic {echo(name)}: the broker holds its maximum of "
                     f"{self.config.max_topics:,} topics (--max-topics)", code="too_many_topics")
+            if creator is not None and creator.topics >= creator.limits.topics:
+                raise ProtocolError(
+                    f"cannot create topic {echo(name)}: "
+                    f"{creator.share_note(f'{creator.limits.topics:,} topics')}",
+                    code="too_many_topics")
             try:
                 topic = self.storage.create(name, self._expired_seq_floor)
             except StorageError as exc:
                 raise ProtocolError(str(exc), code="storage") from None
             self.topics[name] = topic
-            for sub in self.router.add_topic(name):
+            if creator is not None:
+                creator.topics += 1
+                self._creators[name] = creator
+            for sub in self.router.add_topic(name, self._admits(name)):
                 sub.start_at(topic, topic.created_seq)  # born after the subscription: all new
-                sub.owner.followed += 1  # counted; the caps are checked at SUB (see there)
-                self.followed += 1
+                self._follow(sub.owner, 1)  # counted; the caps are checked at SUB (see there)
         self._last_publish_s[topic] = self.clock.monotonic()
         return topic
+
+    def _admits(self, name: str) -> Callable[[Cursors], bool] | None:
+        """Which subscriptions a new topic joins: those whose user is not denied it."""
+        if not self.accounts.has_users:
+            return None
+
+        def admits(sub: Cursors) -> bool:
+            account = sub.owner.account
+            return account is None or not account.subscribe.denies(name)
+        return admits
+
+    def _follow(self, delivery: Delivery, count: int) -> None:
+        """`count` more (or fewer) subscription-topic pairs for `delivery`'s connection."""
+        delivery.followed += count
+        self.followed += count
+        if delivery.account is not None:
+            delivery.account.followed += count
 
     def subscribe(self, delivery: Delivery, frame: p.Subscribe) -> Cursors:
         """The subscription a SUB asks for, at its start; ProtocolError if refused."""
@@ -249,8 +298,13 @@ class BrokerCore:
         if not (start in ("new", "earliest") or (type(start) is int and start >= 1)):
             raise ProtocolError(f"start {start!r} is not 'new', 'earliest' or a seq >= 1",
                                 code="bad_subscribe")
+        account = delivery.account
+        if account is not None:
+            frame = self._check_account(account, frame)
         durable = self.durables.check(frame) if frame.durable else None
         matching = self.router.topics_matching(frame.pattern)  # O(matches): once per SUB
+        if account is not None and account.subscribe.deny:
+            matching = [name for name in matching if not account.subscribe.denies(name)]
         self._check_followed(delivery, frame.pattern, len(matching))
         sub = delivery.new_subscription(frame.sid, frame.pattern, frame.window, frame.durable)
         for name in self.router.add_subscriber(sub, frame.pattern, matching):
@@ -265,11 +319,38 @@ class BrokerCore:
                 # A seq beyond the newest means "from the next message on" (nothing is
                 # skipped); one below the oldest is reported as a GAP of what was evicted.
                 sub.start_at(topic, min(int(start), topic.next_seq))
-        delivery.followed += len(sub.cursors)
-        self.followed += len(sub.cursors)
+        self._follow(delivery, len(sub.cursors))
+        if account is not None:
+            account.subscriptions += 1
         if frame.durable and self.durables.take(sub):
             self._keep_new_durable(sub)
         return sub
+
+    def _check_account(self, account: Account, frame: p.Subscribe) -> p.Subscribe:
+        """What the user may subscribe to and how much; the frame with its durable's name
+        made the user's own (two users' "sqlite" are two durables)."""
+        rules = account.subscribe
+        if not rules.everything:
+            reason = rules.refuse_pattern(frame.pattern)
+            if reason is not None:
+                raise ProtocolError(f"user {account.name!r} may not subscribe to "
+                                    f"{echo(frame.pattern)}: {reason}",
+                                    code="permission_denied")
+        limit = account.limits.subscriptions
+        if account.subscriptions >= limit:
+            raise ProtocolError(f"SUB to {echo(frame.pattern)} refused: "
+                                f"{account.share_note(f'{limit:,} subscriptions')}",
+                                code="too_many_subscriptions")
+        if not frame.durable or not account.durable_prefix:
+            return frame
+        key = account.durable_key(frame.durable)
+        if key not in self.durables.by_name:
+            prefix, limit = account.durable_prefix, account.limits.durables
+            if sum(1 for name in self.durables.by_name if name.startswith(prefix)) >= limit:
+                raise ProtocolError(f"cannot create durable {echo(frame.durable)}: "
+                                    f"{account.share_note(f'{limit:,} durables')}",
+                                    code="too_many_durables")
+        return frame._replace(durable=key)
 
     def _check_followed(self, delivery: Delivery, pattern: str, wanted: int) -> None:
         """A subscription costs an entry per topic it follows: a wildcard over 2,000 topics,
@@ -281,13 +362,21 @@ class BrokerCore:
                 (delivery.followed, config.max_followed_topics, "this connection's",
                  "--max-followed-topics"),
                 (self.followed, config.max_followed_topics_total, "the broker's",
-                 "--max-followed-topics-total")):
+                 "--max-followed-topics-total"),
+                *self._account_followed(delivery.account)):
             if held + wanted > cap:
                 raise ProtocolError(
                     f"SUB to {echo(pattern)} would follow {wanted:,} topics more, and "
                     f"{whose} subscriptions follow {held:,} already, of {cap:,} ({flag}; "
                     "a subscription costs one entry per topic it matches)",
                     code="too_many_followed_topics")
+
+    @staticmethod
+    def _account_followed(account: Account | None) -> list[tuple[int, int, str, str]]:
+        if account is None:
+            return []
+        return [(account.followed, account.limits.followed_topics,
+                 f"user {account.name!r}'s", "its quota")]
 
     def _keep_new_durable(self, sub: Cursors) -> None:
         """A new durable's positions are on disk before its SUBACK: a crash right after it
@@ -303,8 +392,9 @@ class BrokerCore:
     def unsubscribe(self, sub: Cursors) -> None:
         """Forget a subscription; a durable one keeps its ack marks for the next owner."""
         self.router.remove_subscriber(sub)
-        sub.owner.followed -= len(sub.cursors)
-        self.followed -= len(sub.cursors)
+        self._follow(sub.owner, -len(sub.cursors))
+        if sub.owner.account is not None:
+            sub.owner.account.subscriptions -= 1
         if sub.durable:
             self.durables.release(sub, self.clock.monotonic())
             self.durables_moved()
@@ -377,8 +467,23 @@ class BrokerCore:
 
     # --- stats -------------------------------------------------------------------
 
-    def stats(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        return broker_stats.build(self, broker_stats.StatsQuery(options))
+    def stats(self, options: dict[str, Any] | None = None,
+              viewer: Account | None = None) -> dict[str, Any]:
+        return broker_stats.build(self, broker_stats.StatsQuery(options), viewer)
+
+
+def _refused_subscription(session: Session, account: Account) -> str | None:
+    """Why one of `session`'s subscriptions is no longer allowed, if one is not."""
+    rules = account.subscribe
+    for sub in session.subscriptions.values():
+        reason = rules.refuse_pattern(sub.pattern)
+        denied = next((t.name for t in sub.cursors if rules.denies(t.name)), None)
+        if reason is None and denied is not None:
+            reason = f"it follows {echo(denied)}, which is now denied"
+        if reason is not None:
+            return (f"user {account.name!r} may no longer subscribe to {echo(sub.pattern)} "
+                    f"({reason}; the users file was reloaded)")
+    return None
 
 
 def _oldest_silent(candidates: list[Session]) -> Session:

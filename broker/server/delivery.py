@@ -27,6 +27,7 @@ from broker.server.config import BrokerConfig
 from broker.server.routing import echo
 from broker.storage.segments import UnreadableRangeError
 from broker.storage.storage import TopicStorage as Topic
+from broker.users.accounts import Account
 from broker.wire import protocol as p
 from broker.wire.broker_connection import BrokerConnection
 
@@ -103,6 +104,7 @@ class Delivery:
         self.wake = wake
         self.dirty: dict[tuple[Cursors, Topic], None] = {}  # an ordered set
         self.followed = 0  # (subscription, topic) pairs: --max-followed-topics
+        self.account: Account | None = None  # whose subscriptions these are, once logged in
         self._runs: dict[Cursors, list[bytes]] = {}  # this pass's runs, per subscription
 
     def new_subscription(self, sid: int, pattern: str, window: int,

@@ -82,6 +82,32 @@ class BrokerCollector(Collector):
             refusals.add_metric([event], count)
         yield refusals
         yield from self._busiest_topics()
+        yield from self._users()
+
+    def _users(self) -> Iterator[Metric]:
+        """Per user of --users (or the one built-in user): a bounded label set, since
+        only the file's users are labelled, never a name a client sent."""
+        accounts = self.broker.accounts
+        connections = GaugeMetricFamily("slipstream_user_connections",
+                                        "open connections, per user", labels=["user"])
+        published = CounterMetricFamily("slipstream_user_published",
+                                        "messages published, per user", labels=["user"])
+        held = GaugeMetricFamily("slipstream_user_held", "what each user holds against its "
+                                 "quota", labels=["user", "quota"])
+        refused = CounterMetricFamily("slipstream_user_refusals", "requests refused, per "
+                                      "user and error code", labels=["user", "code"])
+        failed = CounterMetricFamily("slipstream_user_failed_logins", "failed logins, per "
+                                     "user ('' for names no user has)", labels=["user"])
+        failed.add_metric([""], accounts.unknown_user_logins)
+        for name, account in sorted(accounts.by_name.items()):
+            connections.add_metric([name], account.connections)
+            published.add_metric([name], account.published)
+            for quota in ("topics", "subscriptions", "followed"):
+                held.add_metric([name, quota], getattr(account, quota))
+            for code, count in sorted(account.refused.items()):
+                refused.add_metric([name, code], count)
+            failed.add_metric([name], account.failed_logins)
+        yield from (connections, published, held, refused, failed)
 
     def _busiest_topics(self) -> Iterator[Metric]:
         topics = heapq.nlargest(TOPICS_LABELLED, self.broker.topics.values(),

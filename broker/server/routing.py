@@ -8,7 +8,7 @@ either first appears, so publishing never pays for pattern matching.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 from broker.errors import ProtocolError
@@ -70,14 +70,24 @@ def _check_tokens(name: str, kind: str, *, wildcards: bool) -> None:
 
 def pattern_matches(pattern: str, topic: str) -> bool:
     """Whether `topic` is matched by `pattern` (both already validated)."""
-    wanted = pattern.split(".")
-    tokens = topic.split(".")
-    for index, want in enumerate(wanted):
+    return covers(pattern, topic)
+
+
+def covers(outer: str, inner: str) -> bool:
+    """Whether every topic pattern `inner` matches is matched by `outer` (a topic is a
+    pattern that matches itself): `live.>` covers `live.*` and `live.x`, not `>`."""
+    outer_tokens, inner_tokens = outer.split("."), inner.split(".")
+    for index, want in enumerate(outer_tokens):
         if want == ">":
-            return len(tokens) > index
-        if index >= len(tokens) or (want != "*" and want != tokens[index]):
+            return len(inner_tokens) > index  # '>' takes whatever inner has left, if any
+        if index >= len(inner_tokens):
             return False
-    return len(tokens) == len(wanted)
+        have = inner_tokens[index]
+        if have == ">":
+            return False  # inner goes on to any length; outer stops here
+        if want != "*" and want != have:
+            return False  # a literal covers only itself (inner's '*' is any token)
+    return len(inner_tokens) == len(outer_tokens)
 
 
 S = TypeVar("S", bound=Hashable)
@@ -132,10 +142,13 @@ class Router(Generic[S]):
         self._topic_trie = _Node()
         self._pattern_trie = _Node()
 
-    def add_topic(self, topic: str) -> list[S]:
-        """Register a new topic; return the existing subscribers that match it."""
+    def add_topic(self, topic: str, admits: Callable[[S], bool] | None = None) -> list[S]:
+        """Register a new topic; return the existing subscribers that match it (and that
+        `admits`, when given: a user's denied topics are left out of its wildcards)."""
         matching: dict[S, None] = {}
         self._collect_subscribers(self._pattern_trie, topic.split("."), 0, matching)
+        if admits is not None:
+            matching = {sub: None for sub in matching if admits(sub)}
         self._by_topic[topic] = matching
         _insert(self._topic_trie, topic.split("."), topic)
         return list(matching)

@@ -39,6 +39,7 @@ from broker.server.session import Session, Wait
 from broker.storage.storage import TopicStorage as Topic
 from broker.storage.storage import sync_topics
 from broker.tls import server_context
+from broker.users.table import UserTable
 from broker.wire import protocol as p
 from broker.wire.states import State
 
@@ -97,6 +98,9 @@ class Broker:
         if self.core.storage.syncs_periodically:
             self._syncer = asyncio.create_task(self._sync_periodically(), name="broker-sync")
         self.core.state = "accepting"
+        if config.users is not None:
+            log.info("%d users from %s", len(config.users.users), config.users.source)
+            self._say_oversubscribed()
         secured = ""
         if config.tls is not None:
             secured = " with TLS" + (", client certificates required" if config.tls.ca else "")
@@ -165,6 +169,22 @@ class Broker:
                         f"connections in their handshake ({config.max_handshakes_per_address:,}"
                         " per address), and the oldest goes first; try again")
 
+    def reload_users(self, table: UserTable) -> None:
+        """SIGHUP's new users file: connections still allowed go on under its rules; the
+        others are told why and closed."""
+        closing = self.core.reload_users(table)
+        for session, code, message in closing:
+            connection = self.connections.get(session)
+            if connection is not None:
+                connection.close(code, message)
+        log.info("users file %s reloaded: %d users; %d connections closed as no longer "
+                 "allowed", table.source, len(table.users), len(closing))
+        self._say_oversubscribed()
+
+    def _say_oversubscribed(self) -> None:
+        for note in self.core.accounts.oversubscribed():
+            log.warning("%s", note)
+
     # --- timers ------------------------------------------------------------------
 
     async def _housekeep(self) -> None:
@@ -230,6 +250,15 @@ def _bytes_waiting(fd: int) -> bool:
     return waiting > 0
 
 
+def _common_name(certificate: dict[str, Any] | None) -> str | None:
+    """The CN of a TLS client certificate the handshake verified (--tls-ca), if any."""
+    for rdn in (certificate or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
 class _Closed(Exception):
     """Internal: this connection is over; unwinds its tasks."""
 
@@ -254,7 +283,9 @@ class Connection:
 
         self.session = Session(
             broker.core, connection_id, f"{peer[0]}:{peer[1]}" if peer else "(gone)",
-            address=str(peer[0]) if peer else "(gone)", said_something=said_something,
+            address=str(peer[0]) if peer else "(gone)",
+            cert_name=_common_name(writer.get_extra_info("peercert")),
+            said_something=said_something,
             output_full=self._out_over_high_water, buffered_bytes=self._buffered_bytes,
             wake=self._wake.set)
         self._dropped = False

@@ -33,6 +33,7 @@ from broker.server.delivery import Cursors, Delivery
 from broker.server.routing import echo
 from broker.storage.segments import WriteRefusedError
 from broker.storage.storage import TopicStorage as Topic
+from broker.users.accounts import Account, Refusal
 from broker.wire import protocol as p
 from broker.wire.broker_connection import BrokerConnection, Received
 from broker.wire.states import State
@@ -83,7 +84,8 @@ class Session:
     """
 
     def __init__(self, core: BrokerCore, session_id: int, peer: str, *,
-                 address: str = "", said_something: Callable[[], bool] = lambda: True,
+                 address: str = "", cert_name: str | None = None,
+                 said_something: Callable[[], bool] = lambda: True,
                  output_full: Callable[[], bool] = lambda: False,
                  buffered_bytes: Callable[[], int] = _no_bytes,
                  wake: Callable[[], None] = _nothing) -> None:
@@ -93,13 +95,15 @@ class Session:
         self.id = session_id
         self.peer = peer
         self.address = address or peer  # the source address: handshake slots are per address
+        self.cert_name = cert_name  # the CN of its TLS client certificate, if it sent one
         self.said_something = said_something  # has the peer sent a byte yet?
         self.output_full = output_full
         self.buffered_bytes = buffered_bytes
         self.conn: BrokerConnection[Cursors] = BrokerConnection(
             server_name=config.server_name, epoch=core.epoch,
-            max_frame_bytes=config.max_frame_bytes, token=config.token,
+            max_frame_bytes=config.max_frame_bytes, authenticate=self._login,
             max_subscriptions=config.max_subscriptions)
+        self.account: Account | None = None  # the user it logged in as
         self.subscriptions = self.conn.subscriptions  # by sid
         self.delivery = Delivery(self.conn, config, core.totals, core.log_throttle,
                                  self.log_once, self.describe, wake)
@@ -117,7 +121,16 @@ class Session:
                               if config.max_publish_rate_msgs else None)
         self._byte_rate = (TokenBucket(config.max_publish_rate_bytes, clock=now)
                            if config.max_publish_rate_bytes else None)
+        self._rated = bool(self._message_rate or self._byte_rate)
         core.sessions.add(self)
+
+    def _login(self, hello: p.Hello) -> Refusal | None:
+        """The HELLO names a user (or a token, or none): which account, if any."""
+        account = self.core.accounts.login(hello, self.address, self.cert_name)
+        if isinstance(account, Refusal):
+            return account
+        self.account = self.delivery.account = account
+        return None
 
     @property
     def state(self) -> State:
@@ -132,7 +145,9 @@ class Session:
         return self.conn.state in (State.CLOSING, State.CLOSED)
 
     def describe(self) -> str:
-        return f"#{self.id} {self.client_name!r} ({self.peer})"
+        user = f" user {self.account.name!r}" if self.account is not None \
+            and self.core.accounts.has_users else ""
+        return f"#{self.id} {self.client_name!r}{user} ({self.peer})"
 
     # --- bytes in and out ----------------------------------------------------------
 
@@ -163,6 +178,9 @@ class Session:
             self.conn.receive_eof()
         self._end_run()
         self.core.detach(self)
+        if self.account is not None:
+            self.core.accounts.logout(self.account)
+            self.account = None
         if self.conn.client_name is not None:
             log.info("connection %s closed: published %d, delivered %d, gaps %d (%d missed)",
                      self.describe(), self.published, *self.delivery.totals_of_subscriptions())
@@ -202,7 +220,7 @@ class Session:
         return Wait.READ
 
     def _publish(self, frame: p.Publish) -> Wait | None:
-        if self._paid is not frame and (self._message_rate or self._byte_rate):
+        if self._paid is not frame and (self._rated or self.account.rated):  # type: ignore[union-attr]
             self.delay_s = self._rate_delay(frame)
             self._paid = frame
             if self.delay_s > 0:
@@ -223,10 +241,16 @@ class Session:
     def _rate_delay(self, frame: p.Publish) -> float:
         """--max-publish-rate: a publisher over its rate is not read until back under."""
         delay = 0.0
-        if self._message_rate is not None:
-            delay = self._message_rate.take(len(frame.payloads))
-        if self._byte_rate is not None:
-            delay = max(delay, self._byte_rate.take(sum(map(len, frame.payloads))))
+        size = sum(map(len, frame.payloads))
+        account = self.account
+        assert account is not None
+        # This connection's buckets, then its user's (shared by all its connections).
+        for messages, octets in ((self._message_rate, self._byte_rate),
+                                 (account.message_rate, account.byte_rate)):
+            if messages is not None:
+                delay = max(delay, messages.take(len(frame.payloads)))
+            if octets is not None:
+                delay = max(delay, octets.take(size))
         return delay
 
     def _publish_blocking(self, frame: p.Publish) -> Wait | None:
@@ -298,7 +322,14 @@ class Session:
                 f"payload of {biggest:,} bytes to {echo(frame.topic)} exceeds max payload "
                 f"{self.config.max_payload_bytes:,} (max-frame minus {p.FRAME_ROOM_BYTES})",
                 code="payload_too_large")
-        return self.core.topic(frame.topic)
+        account = self.account
+        assert account is not None
+        if account.publish_checked:
+            reason = account.publish.refuse_topic(frame.topic)
+            if reason is not None:
+                raise ProtocolError(f"user {account.name!r} may not publish to "
+                                    f"{echo(frame.topic)}: {reason}", code="permission_denied")
+        return self.core.topic(frame.topic, account)
 
     def _storage_error(self, topic: Topic, exc: StorageError) -> ProtocolError:
         """Disk full, read-only: this PUB is refused (nothing of it stored), reads go on.
@@ -320,6 +351,7 @@ class Session:
             core.storage_failing = False
             log.warning("storage works again: %s can be written", self.config.data_dir)
         self.published += len(frame.payloads)
+        self.account.published += len(frame.payloads)  # type: ignore[union-attr]
         core.totals["published"] += len(frame.payloads)
         core.notify(topic)
         self.conn.published(frame, first_seq)
@@ -327,6 +359,8 @@ class Session:
     def _reject(self, exc: ProtocolError, frame: Received) -> None:
         """A request we refuse but can survive: answer with a non-fatal ERROR."""
         self.log_once(exc.code, "connection %s: %s", self.describe(), exc)
+        if self.account is not None:
+            self.account.refused[exc.code] += 1
         self.conn.reject(exc, frame)
 
     def _control(self, frame: Received) -> None:
@@ -341,7 +375,8 @@ class Session:
             case p.Unsubscribe(sid):
                 self.core.unsubscribe(self.conn.unsubscribed(sid))
             case p.StatsRequest(request_id, options):
-                self.conn.send(p.StatsReply(request_id, self.core.stats(options)))
+                self.conn.send(p.StatsReply(request_id, self.core.stats(options,
+                                                                       self.account)))
             case p.Error(code, message):
                 # Logged once per connection: a client cannot fill the broker's log.
                 self.log_once("client-error", "connection %s reports error [%s]: %s "

@@ -20,6 +20,7 @@ from broker.wire import protocol as p
 if TYPE_CHECKING:
     from broker.server.core import BrokerCore
     from broker.server.session import Session
+    from broker.users.accounts import Account
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
@@ -53,8 +54,13 @@ class StatsQuery:
                                     code="bad_stats")
 
 
-def build(broker: BrokerCore, query: StatsQuery) -> dict[str, Any]:
-    """The reply map; its encoding stays under half of max-frame, whatever the broker holds."""
+def build(broker: BrokerCore, query: StatsQuery, viewer: Account | None = None) -> dict[str, Any]:
+    """The reply map; its encoding stays under half of max-frame, whatever the broker holds.
+    With users, `viewer` sees the topics it may read and its own connections (all of them
+    when it may read everything)."""
+    readable = viewer.subscribe if viewer is not None and broker.accounts.has_users else None
+    if readable is not None and readable.everything:
+        readable = None
     room = broker.config.max_frame_bytes // 2
     reply: dict[str, Any] = {"server": server_totals(broker), "topics": {}, "connections": [],
                              "more": {"topics": None, "connections": None}}
@@ -65,6 +71,8 @@ def build(broker: BrokerCore, query: StatsQuery) -> dict[str, Any]:
             continue
         if query.pattern is not None and not pattern_matches(query.pattern, name):
             continue
+        if readable is not None and readable.refuse_topic(name) is not None:
+            continue
         entry = topic_entry(broker, name, subscribers.get(name, 0))
         room -= len(msgpack.packb({name: entry}))
         if len(reply["topics"]) >= query.topic_limit or room < 0:
@@ -73,7 +81,8 @@ def build(broker: BrokerCore, query: StatsQuery) -> dict[str, Any]:
         reply["topics"][name] = entry
     if query.connection_limit:
         for connection in sorted(broker.sessions, key=lambda c: c.id):
-            if connection.id <= query.after_connection:
+            if connection.id <= query.after_connection or (
+                    readable is not None and connection.account is not viewer):
                 continue
             entry = connection_entry(connection)
             room -= len(msgpack.packb(entry))
@@ -124,6 +133,7 @@ def connection_entry(connection: Session) -> dict[str, Any]:
     delivered, gaps, missed = connection.delivery.totals_of_subscriptions()
     return {
         "id": connection.id, "name": connection.client_name, "peer": connection.peer,
+        "user": connection.account.name if connection.account is not None else None,
         "published": connection.published, "delivered": delivered, "gaps": gaps,
         "missed": missed, "pending": sum(s.pending() for s in subs),
         "unacked": sum(s.inflight for s in subs),

@@ -18,9 +18,9 @@ this with bytes alone.
     any        the byte stream ended           CLOSED
 
 fail() is what every fatal reason goes through: no HELLO first, a HELLO too
-big or of the wrong version or token, a frame that cannot be parsed, the
-handshake timeout, a slow consumer, shutdown. In CLOSING the first reason is
-the one sent; in CLOSED nothing is sent any more.
+big or of the wrong version, one `authenticate` refuses (a wrong token or
+password), a frame that cannot be parsed, the handshake timeout, a slow
+consumer, shutdown. In CLOSING the first reason is the one sent; in CLOSED nothing is sent any more.
 
 The rules it keeps (docs/protocol.md): before HELLO, frames may be at most
 MAX_HELLO_BYTES; frames pipelined behind HELLO are acted on in order; PING is
@@ -33,7 +33,7 @@ a SUB, UNSUB or ACK, or the STATS request id.
 
 from __future__ import annotations
 
-import hmac
+from collections.abc import Callable
 from enum import Enum
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
@@ -77,6 +77,15 @@ class Broken(NamedTuple):
 Received = p.Frame | p.UnknownFrame | Broken  # what receive_data returns, in order
 
 
+# Who a HELLO is: None to let it in, or the fatal ERROR's (code, message). The broker's
+# is broker/users/accounts.py (a users file, a token, or anyone).
+Authenticate = Callable[[p.Hello], tuple[str, str] | None]
+
+
+def _anyone(hello: p.Hello) -> None:
+    return None
+
+
 class Credited(Protocol):
     """What the connection needs of a subscription: its window and what is in flight."""
 
@@ -95,12 +104,12 @@ class BrokerConnection(Generic[S]):
     """
 
     def __init__(self, *, server_name: str, epoch: int, max_frame_bytes: int,
-                 token: str | None = None, max_subscriptions: int = 1000) -> None:
+                 authenticate: Authenticate = _anyone, max_subscriptions: int = 1000) -> None:
         self.state = State.HANDSHAKE
         self.server_name = server_name
         self.epoch = epoch
         self.max_frame_bytes = max_frame_bytes
-        self.token = token
+        self.authenticate = authenticate
         self.max_subscriptions = max_subscriptions
         self.client_name: str | None = None  # once HELLO is accepted
         self.version = 0  # the protocol version agreed in the handshake
@@ -152,10 +161,9 @@ class BrokerConnection(Generic[S]):
             return self._refuse("version", f"protocol version {hello.version} is not supported "
                                 f"(this broker speaks {p.OLDEST_PROTOCOL_VERSION} to "
                                 f"{p.PROTOCOL_VERSION})")
-        if self.token is not None and not hmac.compare_digest(
-                (hello.token or "").encode(), self.token.encode()):
-            return self._refuse("auth", "token missing or wrong" if hello.token
-                                else "token required")
+        refusal = self.authenticate(hello)
+        if refusal is not None:
+            return self._refuse(*refusal)
         self.version = hello.version
         # Cut, so a client cannot fill the broker's log with its name.
         self.client_name = hello.client_name[:MAX_CLIENT_NAME_CHARS]

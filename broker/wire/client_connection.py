@@ -90,13 +90,13 @@ class ClientConnection:
     """One connection's protocol state, client side: no sockets, no clocks, no tasks."""
 
     def __init__(self, client_name: str, token: str | None = None,
-                 version: int = p.PROTOCOL_VERSION) -> None:
+                 version: int = p.PROTOCOL_VERSION, user: str | None = None) -> None:
         self.state = State.HANDSHAKE
         self.welcome: p.Welcome | None = None
         self.fatal: p.Error | None = None  # the broker's reason for closing, if it gave one
         self.error: ProtocolError | None = None  # what the broker broke, if it did
         self._decoder = p.FrameDecoder()
-        self._out: list[bytes] = [p.encode(p.Hello(version, client_name, token))]
+        self._out: list[bytes] = [p.encode(p.Hello(version, client_name, token, user))]
         self._windows: dict[int, int] = {}  # per live sid: its window
         self._unacked: dict[int, int] = {}  # per live sid: delivered, not yet acknowledged
 

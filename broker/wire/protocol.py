@@ -59,11 +59,12 @@ class FrameType(IntEnum):
 
 
 class Hello(NamedTuple):
-    """Client -> broker, first frame: who I am and my token."""
+    """Client -> broker, first frame: who I am and my token (with `user`, its password)."""
 
     version: int
     client_name: str
     token: str | None = None
+    user: str | None = None  # a later addition: left out when None
 
 
 class Welcome(NamedTuple):
@@ -213,7 +214,7 @@ _opt_int = _is(int, type(None))
 _opt_str = _is(str, type(None))
 
 _SCHEMA: dict[int, tuple[type[Any], tuple[_Check, ...]]] = {
-    FrameType.HELLO: (Hello, (_int, _str, _opt_str)),
+    FrameType.HELLO: (Hello, (_int, _str, _opt_str, _opt_str)),
     FrameType.WELCOME: (Welcome, (_int, _str, _int, _int)),
     FrameType.PUB: (Publish, (_str, _bytes_list, _opt_int)),
     FrameType.PUBACK: (PublishAck, (_int, _int, _int)),
@@ -231,7 +232,7 @@ _SCHEMA: dict[int, tuple[type[Any], tuple[_Check, ...]]] = {
 }
 _TYPE_OF: dict[type[Any], int] = {cls: code for code, (cls, _) in _SCHEMA.items()}
 # Trailing fields a sender may leave out (added in a later revision of version 1).
-_OPTIONAL_TAIL: dict[int, int] = {FrameType.STATS: 1}
+_OPTIONAL_TAIL: dict[int, int] = {FrameType.STATS: 1, FrameType.HELLO: 1}
 
 
 # --- Encoding -----------------------------------------------------------------

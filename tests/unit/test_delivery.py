@@ -4,74 +4,13 @@ event loop and a clock that moves only when told."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-import msgpack
 import pytest
 
-from broker.server.config import BrokerConfig
-from broker.server.core import BrokerCore
-from broker.server.session import Session, Wait
+from broker.server.session import Wait
 from broker.storage.topics import Retention
 from broker.wire import protocol as p
 from tests.sim.clock import VirtualClock
-
-
-class Peer:
-    """A client as the broker sees it: frames in, the broker's frames out, decoded."""
-
-    def __init__(self, core: BrokerCore, name: str = "peer", version: int = 2) -> None:
-        self.session = Session(core, len(core.sessions) + 1, f"sim:{name}")
-        self.decoder = p.FrameDecoder(1 << 24)
-        self.send(p.Hello(version, name))
-        [welcome] = self.received()
-        assert type(welcome) is p.Welcome
-
-    def send(self, *frames: p.Frame, turns: bool = False) -> Wait:
-        """Hand the broker `frames` and let it act; with `turns`, through every pass."""
-        self.session.receive_data(b"".join(p.encode(f) for f in frames))
-        wait = self.session.act()
-        while turns and wait is Wait.TURN:
-            wait = self.session.act()
-        return wait
-
-    def received(self) -> list[p.Frame | p.UnknownFrame]:
-        """What the broker has for this client: its answers, then its deliveries."""
-        self.session.send_pass()
-        while self.session.delivery.dirty:
-            self.session.send_pass()
-        return self.decoder.feed(b"".join(self.session.data_to_send()))
-
-    def messages(self) -> list[tuple[str, int, bytes]]:
-        """(topic, seq, payload) of every delivery received, MSG and MSGM alike."""
-        out = []
-        for frame in self.received():
-            for run in runs_of(frame):
-                out += [(run.topic, run.first_seq + i, payload)
-                        for i, payload in enumerate(run.payloads)]
-        return out
-
-
-def runs_of(frame: p.Frame | p.UnknownFrame) -> list[p.Deliver]:
-    return [frame] if type(frame) is p.Deliver else []
-
-
-def frame_types(data: bytes) -> list[int]:
-    """The type code of each frame in `data` (MSG and MSGM told apart, unlike the decoder)."""
-    types = []
-    while data:
-        size = int.from_bytes(data[:4], "big")
-        types.append(msgpack.unpackb(data[4:4 + size])[0])
-        data = data[4 + size:]
-    return types
-
-
-def broker(**settings: object) -> BrokerCore:
-    return BrokerCore(replace(BrokerConfig(), **settings), VirtualClock())  # type: ignore[arg-type]
-
-
-def pub(topic: str, *payloads: bytes, confirm: int | None = None) -> p.Publish:
-    return p.Publish(topic, list(payloads), confirm)
+from tests.sim.peer import Peer, broker, frame_types, pub, runs_of
 
 
 def test_a_subscriber_gets_every_message_once_in_seq_order_across_passes() -> None:
