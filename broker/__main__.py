@@ -261,7 +261,7 @@ def exposure_warning(config: BrokerConfig) -> str | None:
     """What to say when the broker can be reached from other machines with no token."""
     if not cli.is_loopback(config.host):
         anyone = config.token is None and config.users is None
-        missing = [what for what, absent in (("--token or --users", anyone),
+        missing = [what for what, absent in (("--users (or --token)", anyone),
                                              ("TLS", config.tls is None)) if absent]
         if missing:
             return (f"listening on {config.host} without {' or '.join(missing)}: "

@@ -281,15 +281,16 @@ async def spawn(args: list[str], log_path: Path, stdout: object,
         stdout=stdout, stderr=log_path.open("wb"))  # type: ignore[arg-type]
 
 
-async def run_command(*args: str, timeout_s: float = 30.0,
-                      env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run `python ARGS...` to completion: (exit code, stdout, stderr)."""
+async def run_command(*args: str, timeout_s: float = 30.0, env: dict[str, str] | None = None,
+                      stdin: bytes | None = None) -> tuple[int, str, str]:
+    """Run `python ARGS...` to completion, with `stdin` as its input: (exit code, stdout,
+    stderr)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, *args, cwd=ROOT, env={**os.environ, **(env or {})},
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout_s)
+        out, err = await asyncio.wait_for(process.communicate(stdin), timeout_s)
     except TimeoutError:
         process.kill()
         await process.wait()

@@ -225,7 +225,8 @@ class EmbeddedClient(Client):
             while True:
                 data = await reader.read(READ_CHUNK_BYTES)
                 if not data:
-                    return f"broker at {self.host}:{self.port} closed the connection"
+                    why = f" [{conn.fatal.code}]: {conn.fatal.message}" if conn.fatal else ""
+                    return f"broker at {self.host}:{self.port} closed the connection{why}"
                 for event in conn.receive_data(data):
                     self._dispatch(event)
                 self._write()  # PONGs

@@ -176,7 +176,7 @@ class Broker:
         for session, code, message in closing:
             connection = self.connections.get(session)
             if connection is not None:
-                connection.close(code, message)
+                connection.close(code, message)  # which logs it
         log.info("users file %s reloaded: %d users; %d connections closed as no longer "
                  "allowed", table.source, len(table.users), len(closing))
         self._say_oversubscribed()
@@ -493,6 +493,9 @@ class Connection:
             while session.delivery.dirty and not session.closing:
                 session.send_pass()
                 await self._room_to_write()  # more to send: let the readers run first
+        # Closed from outside (a reload, a slow reader): the read loop may be waiting for
+        # bytes that never come; ending the task group ends it too.
+        raise _Closed
 
     def _flush(self) -> None:
         out = self.session.data_to_send()

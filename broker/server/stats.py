@@ -109,7 +109,20 @@ def server_totals(broker: BrokerCore) -> dict[str, Any]:
         "max_memory_bytes": broker.budget.limit_bytes,
         "limits": config.limits_summary(),
         "counters": dict(broker.counters),
+        "auth": _auth(broker),
     }
+
+
+def _auth(broker: BrokerCore) -> dict[str, Any]:
+    """How clients log in, and what one that names nobody may publish: what a client (the
+    standings) checks to warn that strangers could write its topics."""
+    accounts = broker.accounts
+    table = accounts.table
+    if table is None:
+        return {"mode": "token" if accounts.token else "anyone"}
+    anonymous = table.users.get(table.anonymous) if table.anonymous else None
+    return {"mode": "users", "anonymous_publish": None if anonymous is None else {
+        "allow": list(anonymous.publish.allow), "deny": list(anonymous.publish.deny)}}
 
 
 def _subscribers_per_topic(broker: BrokerCore) -> dict[str, int]:

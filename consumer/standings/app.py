@@ -21,6 +21,7 @@ from pathlib import Path
 
 from broker import cli
 from broker.errors import ConfigError, SlipstreamError
+from broker.users.permissions import Rules
 from consumer.api import Consumer
 from consumer.standings.keeper import StandingsKeeper
 from consumer.standings.sources import GameLaps, LiveLaps
@@ -115,19 +116,34 @@ async def _serve() -> AsyncIterator[None]:
 
 async def _warn_if_anonymous() -> None:
     """The standings are what standings.* messages say, and the broker is the write path:
-    if it lets anyone in without a token, anyone can write them. Say so at start."""
+    if it lets anyone in without a credential and lets them publish standings.*, anyone
+    can write them. Say so at start."""
     await app.subscribed()
     probe = cli.client_for(app.args, "standings-probe", reconnect=False)
-    probe.token = ""  # as a stranger would come: no token
+    probe.token = probe.user = probe.password = None  # as a stranger would come
     try:
         await probe.connect()
+        auth = (await probe.stats(topic_limit=0, connection_limit=0))["server"].get("auth", {})
     except SlipstreamError:
-        return  # refused without a token: only who has it may publish
+        return  # refused without a credential: only who has one may publish
     finally:
         await probe.close()
-    log.warning("the broker at %s lets clients in without a token: anyone who reaches it "
-                "can publish standings.* and change the standings (start it with --token, "
-                "and give the standings the same)", app.args.broker)
+    if auth.get("mode") == "users":
+        rules = auth.get("anonymous_publish")
+        if rules is None or Rules(tuple(rules["allow"]), tuple(rules["deny"])).refuse_topic(
+                STANDINGS_PROBE_TOPIC) is not None:
+            return  # strangers may not publish the standings' topics
+        log.warning("the broker at %s lets its anonymous user publish standings.*: anyone "
+                    "who reaches it can change the standings (take standings.> out of that "
+                    "user's publish patterns; docs/security.md)", app.args.broker)
+        return
+    log.warning("the broker at %s lets clients in without a token or a user: anyone who "
+                "reaches it can publish standings.* and change the standings (start it with "
+                "--users and give the standings a user of its own: docs/security.md)",
+                app.args.broker)
+
+
+STANDINGS_PROBE_TOPIC = "standings.driver"  # a topic that changes the table
 
 
 async def _read_back(keeper: StandingsKeeper) -> None:

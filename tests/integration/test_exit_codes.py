@@ -77,6 +77,6 @@ async def test_a_broker_beyond_loopback_without_a_token_refuses_to_start_unless_
     code, _, err = await run_command("-m", "broker", "--host", "0.0.0.0", "--port", "0")
     assert code == 2
     assert err.strip().splitlines()[-1] == (
-        "python -m broker: error: --host 0.0.0.0 without --token: anyone who can reach this "
-        "address could publish and read every topic; give --token (or SLIPSTREAM_TOKEN), or "
-        "--allow-anonymous if that is what you mean")
+        "python -m broker: error: --host 0.0.0.0 without --token or --users: anyone who can "
+        "reach this address could publish and read every topic; give --users FILE "
+        "(docs/security.md) or --token, or --allow-anonymous if that is what you mean")

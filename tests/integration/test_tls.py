@@ -159,7 +159,8 @@ async def test_listening_beyond_loopback_without_tls_warns(pki: Pki) -> None:
     from broker.server.server import BrokerConfig
 
     assert "without TLS" in (exposure_warning(BrokerConfig(host="0.0.0.0", token="t")) or "")
-    assert "without --token or TLS" in (exposure_warning(BrokerConfig(host="0.0.0.0")) or "")
+    warning = exposure_warning(BrokerConfig(host="0.0.0.0")) or ""
+    assert "without --users (or --token) or TLS" in warning
     secured = BrokerConfig(host="0.0.0.0", token="t",
                            tls=TlsFiles(cert=pki.server_cert, key=pki.server_key))
     assert exposure_warning(secured) is None

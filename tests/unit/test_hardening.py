@@ -94,7 +94,7 @@ def test_listening_beyond_loopback_without_a_token_warns() -> None:
     # A token alone still crosses the network in clear (TLS: tests/integration/test_tls.py).
     assert "in clear" in (exposure_warning(BrokerConfig(host="0.0.0.0", token="s")) or "")
     warning = exposure_warning(BrokerConfig(host="0.0.0.0"))
-    assert warning is not None and "without --token" in warning
+    assert warning is not None and "without --users (or --token)" in warning
 
 
 def test_stats_without_options_is_encoded_as_before() -> None:
