@@ -57,15 +57,17 @@ async def start_broker(flags: list[str]) -> tuple[asyncio.subprocess.Process, st
     return broker, "127.0.0.1:" + line.rsplit(":", 1)[1].strip()
 
 
-async def worker(*args: str) -> asyncio.subprocess.Process:
+async def worker(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, WORKER, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+        sys.executable, WORKER, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, **env} if env else None)
 
 
 async def run_workload(consumers: int, count: int, rate: float, latency: bool,
                        broker_flags: list[str], nats_nodes: int = 0, topics: int = 1,
                        consumer_flags: list[str] | None = None,
-                       producer_flags: list[str] | None = None) -> Result:
+                       producer_flags: list[str] | None = None,
+                       client_env: dict[str, str] | None = None) -> Result:
     """One run; `nats_nodes` > 0 runs it through that many JetStream servers instead
     (bench/jetstream.py), the figures for the one every client connects to."""
     if nats_nodes:
@@ -80,14 +82,15 @@ async def run_workload(consumers: int, count: int, rate: float, latency: bool,
     try:
         cpu_before = cpu_seconds(broker.pid)
         subs += [await worker("consume", "--broker", address, "--count", str(count),
-                             *(["--latency"] if latency else []), *(consumer_flags or []))
+                             *(["--latency"] if latency else []), *(consumer_flags or []),
+                             env=client_env)
                  for _ in range(consumers)]
         for sub in subs:
             assert sub.stdout is not None
             assert (await asyncio.wait_for(sub.stdout.readline(), 15)).strip() == b"ready"
         producer = await worker("produce", "--broker", address, "--count", str(count),
                                 "--rate", str(rate), "--topics", str(topics),
-                                *(producer_flags or []))
+                                *(producer_flags or []), env=client_env)
         result = await peer_result(producer, *subs)
         result.broker_rss_mib = peak_rss_mib(broker.pid)
         result.broker_cpu = (cpu_seconds(broker.pid) - cpu_before) / result.elapsed_s
