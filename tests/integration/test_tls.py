@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from broker import Client
-from broker.errors import ConfigError, ConnectError, HandshakeRefusedError
+from broker.errors import BrokerError, ConfigError, ConnectError, HandshakeRefusedError
 from broker.tls import TlsFiles
 from tests.helpers import Processes, run_command, take
 
@@ -165,3 +165,28 @@ async def test_listening_beyond_loopback_without_tls_warns(pki: Pki) -> None:
                            tls=TlsFiles(cert=pki.server_cert, key=pki.server_key))
     assert exposure_warning(secured) is None
 
+
+
+async def test_a_client_certificate_is_its_user_s_credential(processes: Processes, pki: Pki,
+                                                             tmp_path: Path) -> None:
+    """--users with cert = "client": the certificate's CN is who the client is, without a
+    password; its rules apply, and a password for another user is still checked."""
+    users = tmp_path / "users.toml"
+    users.write_text('[users.client]\ncert = "client"\npublish = ["cam.>"]\n'
+                     'subscribe = ["cam.>"]\n\n[users.other]\ncert = "someone-else"\n'
+                     'publish = [">"]\n')
+    broker = await processes.broker("--tls-cert", str(pki.server_cert), "--tls-key",
+                                    str(pki.server_key), "--tls-ca", str(pki.ca), "--users",
+                                    str(users))
+    files = TlsFiles(ca=pki.ca, cert=pki.client_cert, key=pki.client_key)
+    async with Client(tls_address(broker.port), name="cam", tls=files) as cam:
+        sub = await cam.subscribe("cam.>")
+        await cam.publish("cam.lap", 1, confirm=True)
+        assert [m.data for m in await take(sub, 1)] == [1]
+        with pytest.raises(BrokerError) as refused:
+            await cam.publish("live.x", 1, confirm=True)
+        assert refused.value.code == "permission_denied"
+        assert "user 'client' may not publish to 'live.x'" in refused.value.text
+    with pytest.raises(HandshakeRefusedError, match="user or password wrong"):
+        await Client(tls_address(broker.port), tls=files, user="other",
+                     reconnect=False).connect()
