@@ -380,6 +380,32 @@ async def replay_session(broker: str, *flags: str) -> str:
     return err
 
 
+# Sockets that say nothing and come back as soon as they are dropped, as an attacker holding
+# the broker's handshake slots would: `python -c LURKERS PORT COUNT SECONDS`.
+LURKERS = """
+import asyncio, contextlib, sys
+
+async def main(port, count, seconds):
+    stop = asyncio.get_running_loop().time() + seconds
+
+    async def lurk():
+        while asyncio.get_running_loop().time() < stop:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(max(0.0, stop - asyncio.get_running_loop().time())):
+                    await reader.read()  # until the broker drops it: then at once again
+            writer.close()
+
+    await asyncio.gather(*(lurk() for _ in range(count)))
+
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])))
+"""
+
+
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
     """A process's resident memory (VmRSS) or its peak so far (VmHWM), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

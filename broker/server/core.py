@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from broker.errors import ProtocolError, StorageError
 from broker.limits import LogThrottle
@@ -34,6 +34,15 @@ from broker.wire import protocol as p
 
 if TYPE_CHECKING:
     from broker.server.session import Session
+
+
+class Handshaking(Protocol):
+    """A connection in its handshake (TLS, then HELLO): where from, and whether it has
+    said anything yet (a Session, or broker/server/tls_gate.py's TlsGate)."""
+
+    address: str
+
+    def said_something(self) -> bool: ...
 
 log = logging.getLogger("slipstream.broker")
 
@@ -71,7 +80,7 @@ class BrokerCore:
         self.followed = 0  # (subscription, topic) pairs in the broker: what wildcards cost
         # Connections in their handshake, oldest first (TLS, then HELLO): when the slots
         # are full, the oldest makes room, so idle sockets cannot lock anyone out.
-        self.handshaking: dict[Session, None] = {}
+        self.handshaking: dict[Handshaking, None] = {}
         # Totals of what the limits refused or removed, shown in STATS.
         self.counters: dict[str, int] = dict.fromkeys(
             ("refused_connections", "dropped_handshakes", "budget_evictions", "expired_topics",
@@ -151,16 +160,17 @@ class BrokerCore:
 
     # --- admission ---------------------------------------------------------------
 
-    def refusal(self) -> p.Error | None:
-        """A fatal ERROR for a new connection over a cap, or None to let it in."""
+    def refusal(self, pending: int = 0) -> p.Error | None:
+        """A fatal ERROR for a new connection over a cap, or None to let it in (`pending`:
+        connections still in their TLS handshake, which count too)."""
         config = self.config
-        if len(self.sessions) >= config.max_connections:
+        if len(self.sessions) + pending >= config.max_connections:
             return p.Error("too_many_connections", f"the broker holds its maximum of "
                            f"{config.max_connections:,} connections (--max-connections)",
                            None, True)
         return None
 
-    def handshake_started(self, session: Session) -> Session | None:
+    def handshake_started(self, session: Handshaking) -> Handshaking | None:
         """`session` starts its handshake; the one to drop to make room for it, if any: of
         its own address when that address holds --max-handshakes-per-address, else of all
         when --max-handshakes are taken, the oldest that has said nothing yet (or the
@@ -179,7 +189,7 @@ class BrokerCore:
             return _oldest_silent(others)
         return None
 
-    def handshake_ended(self, session: Session) -> None:
+    def handshake_ended(self, session: Handshaking) -> None:
         """Through (or dropped, or gone): its slot is free."""
         self.handshaking.pop(session, None)
 
@@ -486,6 +496,6 @@ def _refused_subscription(session: Session, account: Account) -> str | None:
     return None
 
 
-def _oldest_silent(candidates: list[Session]) -> Session:
+def _oldest_silent(candidates: list[Handshaking]) -> Handshaking:
     """The first (oldest) of `candidates` that has sent nothing yet, else the first."""
     return next((s for s in candidates if not s.said_something()), candidates[0])

@@ -30,12 +30,14 @@ import logging
 import ssl
 import struct
 import termios
+from collections.abc import Callable
 from typing import Any
 
 from broker.server.config import BrokerConfig, OnFull
-from broker.server.core import BrokerCore
+from broker.server.core import BrokerCore, Handshaking
 from broker.server.routing import echo
 from broker.server.session import Session, Wait
+from broker.server.tls_gate import TlsGate
 from broker.storage.storage import TopicStorage as Topic
 from broker.storage.storage import sync_topics
 from broker.tls import server_context
@@ -69,6 +71,7 @@ class Broker:
         self.core = BrokerCore(config)
         self.core.on_room_freed = self._room_freed
         self.connections: dict[Session, Connection] = {}
+        self._tls_gates: dict[TlsGate, None] = {}  # in their TLS handshake, oldest first
         self._room_events: dict[Topic, asyncio.Event] = {}
         self._server: asyncio.Server | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -87,13 +90,19 @@ class Broker:
         tls = server_context(config.tls) if config.tls else None
         loop = asyncio.get_running_loop()
 
-        def protocol() -> asyncio.StreamReaderProtocol:
+        def protocol() -> _Accepted:
             reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES, loop=loop)
             return _Accepted(reader, self._accept, loop=loop)
 
-        self._server = await loop.create_server(
-            protocol, config.host, config.port, ssl=tls,
-            ssl_handshake_timeout=config.handshake_timeout_s if tls else None)
+        def gated() -> TlsGate:  # TLS: counted from accept (broker/server/tls_gate.py)
+            assert tls is not None
+            app = protocol()
+            gate = TlsGate(self, tls, config.handshake_timeout_s, app)
+            app.on_connected = gate.handshake_done
+            return gate
+
+        self._server = await loop.create_server(gated if tls else protocol, config.host,
+                                                config.port)
         self._housekeeping = asyncio.create_task(self._housekeep(), name="broker-housekeeping")
         if self.core.storage.syncs_periodically:
             self._syncer = asyncio.create_task(self._sync_periodically(), name="broker-sync")
@@ -124,6 +133,8 @@ class Broker:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        for gate in list(self._tls_gates):
+            gate.drop()
         for connection in list(self.connections.values()):
             connection.close("shutdown", "broker is shutting down")
         tasks = [c.task for c in self.connections.values() if c.task is not None]
@@ -154,12 +165,42 @@ class Broker:
         finally:
             self.connections.pop(connection.session, None)
 
-    def drop_handshake(self, session: Session) -> None:
+    def tls_started(self, gate: TlsGate) -> bool:
+        """A socket accepted for TLS: it holds a connection and a handshake slot from now
+        (False: over --max-connections, to be closed at once)."""
+        core = self.core
+        refusal = core.refusal(pending=len(self._tls_gates))
+        if refusal is not None:
+            core.counters["refused_connections"] += 1
+            core.log_throttle.warning(refusal.code, "refusing a TLS connection from %s: %s "
+                                      "(connections in their TLS handshake count)", gate.peer,
+                                      refusal.message)
+            return False
+        self._tls_gates[gate] = None
+        oldest = core.handshake_started(gate)
+        if oldest is not None:
+            self.drop_handshake(oldest)
+        return True
+
+    def tls_ended(self, gate: TlsGate) -> None:
+        self._tls_gates.pop(gate, None)
+        self.core.handshake_ended(gate)
+
+    def drop_handshake(self, victim: Handshaking) -> None:
         """Make room for a new connection: the oldest still in its handshake goes."""
-        connection = self.connections.get(session)
+        config, core = self.config, self.core
+        if isinstance(victim, TlsGate):
+            core.counters["dropped_handshakes"] += 1
+            core.log_throttle.warning(
+                "dropped-tls", "dropping the TLS handshake of %s, the oldest connection "
+                "still in its handshake, to make room (--max-handshakes %d, "
+                "--max-handshakes-per-address %d)", victim.peer, config.max_handshakes,
+                config.max_handshakes_per_address)
+            victim.drop()
+            return
+        connection = self.connections.get(victim)  # type: ignore[call-overload]
         if connection is None:
             return
-        config, core = self.config, self.core
         core.counters["dropped_handshakes"] += 1
         core.log_throttle.warning(
             "dropped-handshake", "dropping %s, the oldest connection still in its handshake, "
@@ -233,6 +274,12 @@ class _Accepted(asyncio.StreamReaderProtocol):
                  loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(reader, accepted, loop=loop)
         self.spoke = False
+        self.on_connected: Callable[[], None] | None = None  # TLS: its handshake is done
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.on_connected is not None:
+            self.on_connected()
+        super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         self.spoke = True

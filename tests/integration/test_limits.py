@@ -13,7 +13,7 @@ import pytest
 
 from broker import BrokerError, Client, ConnectError, HandshakeRefusedError
 from broker.wire import protocol as p
-from tests.helpers import Processes, RawPeer, rss_mib, wait_for
+from tests.helpers import LURKERS, Processes, RawPeer, rss_mib, wait_for
 
 
 async def connections_named(client: Client, name: str) -> int:
@@ -295,30 +295,6 @@ async def test_integer_start_beyond_the_newest_delivers_from_the_next_message(
         await client.publish("t", "fourth")
         message = await anext(sub)
         assert (message.seq, message.data, message.gap) == (4, "fourth", None)
-
-
-LURKERS = """
-import asyncio, contextlib, sys
-
-async def main(port, count, seconds):
-    stop = asyncio.get_running_loop().time() + seconds
-
-    async def lurk():
-        while asyncio.get_running_loop().time() < stop:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.01)
-                continue
-            with contextlib.suppress(OSError, TimeoutError):
-                async with asyncio.timeout(max(0.0, stop - asyncio.get_running_loop().time())):
-                    await reader.read()  # until the broker drops it: then at once again
-            writer.close()
-
-    await asyncio.gather(*(lurk() for _ in range(count)))
-
-asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])))
-"""
 
 
 async def test_idle_sockets_that_reconnect_do_not_lock_clients_out(processes: Processes) -> None:

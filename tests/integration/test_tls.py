@@ -3,8 +3,12 @@ on tls://HOST:PORT with --tls-ca, against a throwaway CA made here with `cryptog
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import ipaddress
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +21,7 @@ from cryptography.x509.oid import NameOID
 from broker import Client
 from broker.errors import BrokerError, ConfigError, ConnectError, HandshakeRefusedError
 from broker.tls import TlsFiles
-from tests.helpers import Processes, run_command, take
+from tests.helpers import LURKERS, Processes, rss_mib, run_command, take
 
 
 @dataclass
@@ -190,3 +194,42 @@ async def test_a_client_certificate_is_its_user_s_credential(processes: Processe
     with pytest.raises(HandshakeRefusedError, match="user or password wrong"):
         await Client(tls_address(broker.port), tls=files, user="other",
                      reconnect=False).connect()
+
+
+async def test_stalled_tls_handshakes_count_from_accept_and_cannot_lock_clients_out(
+        processes: Processes, pki: Pki) -> None:
+    """Issue 24: 12,000 stalled TLS handshakes were all accepted (RSS 29 -> 611 MB), as the
+    handshake ran before the broker counted the connection. 2,000 sockets that send nothing
+    and come back when dropped now hold at most --max-connections, the oldest silent
+    handshake makes room, legitimate TLS clients get in, and memory stays small."""
+    broker = await processes.broker("--tls-cert", str(pki.server_cert), "--tls-key",
+                                    str(pki.server_key), "--max-connections", "300",
+                                    "--handshake-timeout", "30")
+    pid = broker.process.pid
+    lurkers = [await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LURKERS, str(broker.port), "1000", "8") for _ in range(2)]
+    most_fds, served = 0, 0
+    try:
+        await asyncio.sleep(1.0)  # the flood is on
+        for _ in range(30):
+            most_fds = max(most_fds, len(os.listdir(f"/proc/{pid}/fd")))
+            client = Client(tls_address(broker.port), name="legit", tls=TlsFiles(ca=pki.ca),
+                            reconnect=False, connect_timeout_s=3)
+            with contextlib.suppress(ConnectError, HandshakeRefusedError):
+                await client.connect()
+                await client.ping()
+                served += 1
+            await client.close()
+            await asyncio.sleep(0.05)
+        peak_mib = rss_mib(pid, "VmHWM")
+    finally:
+        for lurker in lurkers:
+            if lurker.returncode is None:
+                lurker.kill()
+            await lurker.wait()
+    assert served >= 27, f"only {served} of 30 TLS clients got in"
+    assert most_fds <= 300 + 20, f"the broker held {most_fds} file descriptors"
+    assert peak_mib < 150, f"peak RSS {peak_mib:.0f} MiB"
+    async with Client(tls_address(broker.port), tls=TlsFiles(ca=pki.ca)) as client:
+        counters = (await client.stats())["server"]["counters"]
+    assert counters["dropped_handshakes"] + counters["refused_connections"] > 1000
