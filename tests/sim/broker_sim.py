@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from broker.server.config import BrokerConfig, OnFull
-from broker.server.core import BrokerCore
+from broker.server.core import BrokerCore, Handshaking
 from broker.server.session import FRAMES_PER_PASS, Session, Wait
 from broker.storage.storage import TopicStorage, sync_topics
 from broker.storage.topics import Retention
@@ -639,12 +639,13 @@ class Simulation:
         core.state = "accepting"
         return core
 
-    def drop(self, session: Session) -> None:
-        """As Broker.drop_handshake: a fatal busy, and closed at once."""
+    def drop(self, victim: Handshaking) -> None:
+        """As Broker.drop_handshake: a fatal busy, and closed at once (the simulation has
+        no TLS: every one in the table is a session)."""
         for side in self.sides:
-            if side.session is session and not side.closed:
+            if side.session is victim and not side.closed:
                 self.core.counters["dropped_handshakes"] += 1
-                session.fail("busy", "dropped to make room")
+                side.session.fail("busy", "dropped to make room")
                 side.close()
 
     def _room_freed(self, topic: TopicStorage) -> None:
