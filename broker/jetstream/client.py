@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from typing import Any
 
 from nats.aio.client import Client as Nats
@@ -31,7 +32,7 @@ from broker.jetstream.address import display, parse_servers
 from broker.jetstream.connection import Connection, Sends
 from broker.jetstream.publisher import Publisher
 from broker.jetstream.stream import StreamSpec, covered, ensure_stream, epoch_of
-from broker.jetstream.subscription import JetStreamSubscription
+from broker.jetstream.subscription import INBOX_PREFIX, JetStreamSubscription
 from broker.server.routing import validate_pattern, validate_topic
 from broker.subscription import Start
 from broker.tls import TlsFiles, client_context
@@ -66,6 +67,7 @@ class JetStreamClient(Client):
         self._publisher: Publisher | None = None
         self.sends = Sends()  # writes and acks nobody waits for: close() waits for them
         self._subs: list[JetStreamSubscription] = []
+        self._subs_attaching: list[JetStreamSubscription] = []  # waiting for CREATE
         self._covered: set[str] = set()  # topic families known to be in the stream
         self._closing = False
         self._ever_connected = False
@@ -124,6 +126,8 @@ class JetStreamClient(Client):
             text = str(exc)
             if "Authorization" in text or "authentication" in text.lower():
                 refused.append(text)
+            elif "permissions violation" in text:
+                self._permission_refused(text)
             elif self._ever_connected:
                 log.debug("NATS: %s", text)
 
@@ -132,6 +136,9 @@ class JetStreamClient(Client):
             await nc.connect(
                 servers=self.servers, name=self.name, token=self.token, user=self.user,
                 password=self.password if self.user else None,
+                # A user's replies and deliveries come to inboxes only it may read
+                # (`slipstream users --nats`: subscribe _INBOX_<user>.>).
+                inbox_prefix=f"{INBOX_PREFIX}{self.user}" if self.user else "_INBOX",
                 connect_timeout=max(1, int(self.connect_timeout_s)),
                 allow_reconnect=True, max_reconnect_attempts=1,
                 reconnect_time_wait=self.reconnect_max_delay_s,  # type: ignore[arg-type]
@@ -151,6 +158,20 @@ class JetStreamClient(Client):
         nc.options["allow_reconnect"] = self.reconnect
         nc.options["max_reconnect_attempts"] = -1
         return nc
+
+    def _permission_refused(self, text: str) -> None:
+        """nats-server refused a publish the user may not make (it says so asynchronously,
+        and never answers): fail the publishes to that subject, or the consumer waiting
+        for its CREATE, with `permission_denied` instead of letting them time out."""
+        match = re.search(r'publish to "([^"]+)"', text)
+        subject = match.group(1) if match else ""
+        log.error("NATS refused %s: the user's permissions do not allow it (docs/security.md)",
+                  repr(subject) if subject else text)
+        if subject.lower().startswith("$js.api.consumer.create."):
+            for sub in self._subs_attaching:
+                sub.refused(subject)
+        elif self._publisher is not None and subject:
+            self._publisher.refused(subject)
 
     async def _disconnected(self) -> None:
         if not self._closing:
@@ -206,6 +227,7 @@ class JetStreamClient(Client):
             raise ConnectionLostError("client is not connected")
         await self._cover(pattern)
         sub = JetStreamSubscription(self, pattern, start, durable, window, auto_ack)
+        self._subs_attaching.append(sub)
         try:
             await sub.attach()
         except js_errors.BadRequestError as exc:
@@ -215,6 +237,8 @@ class JetStreamClient(Client):
         except BaseException:
             await sub.stop()
             raise
+        finally:
+            self._subs_attaching.remove(sub)
         self._subs.append(sub)
         return sub
 

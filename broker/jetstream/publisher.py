@@ -179,6 +179,12 @@ class Publisher:
             log.warning("JetStream is not confirming publishes: %s. Holding them and sending "
                         "them again quietly (same ids: nothing is stored twice)", cause)
 
+    def refused(self, subject: str) -> None:
+        """nats-server refused publishes to `subject` (its permissions): they fail now."""
+        for token, pending in list(self._inflight.items()):
+            if pending.topic.lower() == subject.lower():
+                self._settle(token, pending, error="permission_denied")
+
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         token = int(subject.rpartition(b".")[2])
         pending = self._inflight.get(token)
@@ -210,9 +216,13 @@ class Publisher:
             self._room.set()
         if not self._inflight:
             self._idle.set()
-        if error is not None:
+        if error == "permission_denied":
+            failure = BrokerError(error, f"NATS refused a message to {pending.topic!r}: the "
+                                  "user may not publish there (its permissions)")
+        elif error is not None:
             failure = BrokerError("publish_failed",
                                   f"JetStream refused a message to {pending.topic!r}: {error}")
+        if error is not None:
             if pending.future is not None:
                 if not pending.future.done():
                     pending.future.set_exception(failure)

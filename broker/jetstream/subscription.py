@@ -26,14 +26,16 @@ import contextlib
 import hashlib
 import logging
 import re
+import secrets
 from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import errors as js_errors
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, SequenceInfo
 
-from broker.errors import ConfigError, SlipstreamError
+from broker.errors import BrokerError, ConfigError, SlipstreamError
 from broker.jetstream.answers import Outage
 from broker.jetstream.connection import header_value, msg_id_of
 from broker.jetstream.stream import epoch_of
@@ -49,6 +51,7 @@ log = logging.getLogger("slipstream.client")
 HEARTBEAT_S = 2.0  # JetStream says "still here" this often when it has nothing to send
 QUIET_LIMIT_S = 3 * HEARTBEAT_S  # silence longer than this: the consumer is gone or cut off
 ACK_WAIT_S = 30.0  # an unacknowledged delivery is sent again after this
+INBOX_PREFIX = "_INBOX_"  # + the user: its replies and deliveries (see client.py)
 EPHEMERAL_IDLE_S = 60.0  # the server forgets a non-durable consumer nobody reads this long
 MAX_PRODUCER_MARKS = 100_000  # (producer, topic) counters kept for loss detection
 QUEUE_LIMIT_WINDOWS = 2  # deliveries held unread, in windows (see _drop_oldest)
@@ -90,7 +93,11 @@ class JetStreamSubscription(Subscription):
                  durable: str | None, window: int, auto_ack: bool = True) -> None:
         super().__init__(pattern, start, durable, window, auto_ack)
         self.client = client
-        self.consumer = durable_name(durable) if durable else ""
+        # A user's durables are its own, as on the embedded broker.
+        owner = f"{client.user}-" if client.user else ""
+        self.consumer = durable_name(owner + durable) if durable else ""
+        self._refused = asyncio.Event()  # nats-server refused our consumer CREATE
+        self._creating = ""  # the name of the consumer being made, while it is
         self.repositioned = 0  # times the consumer was made again (see the module doc)
         self._queue: deque[_Delivery] = deque()
         self._queue_limit = QUEUE_LIMIT_WINDOWS * window  # then the oldest unread is dropped
@@ -115,6 +122,30 @@ class JetStreamSubscription(Subscription):
     def current_generation(self) -> int:
         # Acknowledgements name stream seqs, never a connection: none goes stale.
         return self.client.generation
+
+    def refused(self, subject: str) -> None:
+        """nats-server refused a consumer CREATE (`subject`, which names the consumer):
+        ours, if the name is the one being made."""
+        prefix = f"$js.api.consumer.create.{self.client.spec.name}.{self._creating}.".lower()
+        if self._creating and (subject.lower() + ".").startswith(prefix):
+            self._refused.set()
+
+    async def _unless_refused(self, creating: Awaitable[ConsumerInfo]) -> ConsumerInfo:
+        """`creating`'s answer; BrokerError as soon as nats-server says the user may not
+        (it never answers a request it refused: the request would time out)."""
+        request = asyncio.ensure_future(creating)
+        refusal = asyncio.ensure_future(self._refused.wait())
+        try:
+            await asyncio.wait({request, refusal}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in (request, refusal):
+                if not waiting.done():
+                    waiting.cancel()
+            await asyncio.wait({request, refusal})
+        if request.done() and not request.cancelled():
+            return request.result()
+        raise BrokerError("permission_denied", f"NATS refused a consumer for {self.pattern!r}: "
+                          "the user may not subscribe to it (its permissions)")
 
     # --- starting and repositioning ----------------------------------------------------
 
@@ -167,7 +198,12 @@ class JetStreamSubscription(Subscription):
     async def _make_consumer(self, policy: DeliverPolicy, opt_seq: int | None) -> None:
         deliver_subject = self.client.nc.new_inbox()
         await self._listen(deliver_subject, next_delivery=1)
+        # Named, so that nats-py puts the filter in the API subject
+        # ($JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>): nats-server's permissions can
+        # then say which patterns a user may read (`slipstream users --nats`).
+        self._creating = self.consumer or f"eph-{secrets.token_hex(8)}"
         config = ConsumerConfig(
+            name=self._creating,
             durable_name=self.consumer or None, deliver_subject=deliver_subject,
             deliver_policy=policy, opt_start_seq=opt_seq, ack_policy=AckPolicy.ALL,
             ack_wait=ACK_WAIT_S, max_ack_pending=self.window, idle_heartbeat=HEARTBEAT_S,
@@ -176,7 +212,8 @@ class JetStreamSubscription(Subscription):
             description=f"slipstream {'durable ' + repr(self.durable) if self.durable else ''}"
                         f" {self.pattern!r} for {self.client.name}")
         try:
-            info = await self.client.js.add_consumer(self.client.spec.name, config)
+            info = await self._unless_refused(
+                self.client.js.add_consumer(self.client.spec.name, config))
         except BaseException:
             self._repositioning = True  # nothing delivers to us: the watchdog tries again
             raise

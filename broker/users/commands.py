@@ -1,5 +1,5 @@
 """`slipstream passwd` (make a password hash for the --users file) and `slipstream users`
-(check a users file and say who may do what)."""
+(check a users file and say who may do what, or print it for nats-server)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from broker import cli
+from broker.client import DEFAULT_STREAM
 from broker.users.passwords import hash_password, new_password
 from broker.users.table import USER_NAME, UsersFileError, load_users
 
@@ -85,13 +86,24 @@ def with_password(text: str, user: str, hashed: str) -> str:
 def users_main(argv: list[str], prog: str) -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description="Check a --users file (as the broker will at start and on "
-        "SIGHUP) and say who may do what.")
+        "SIGHUP) and say who may do what; with --nats, print it as nats-server authorization "
+        "instead (docs/scale-out.md).")
     parser.add_argument("file", type=Path, help="the users file (docs/security.md)")
+    parser.add_argument("--nats", action="store_true",
+                        help="print the nats-server 'authorization' block that gives each user "
+                             "the same permissions on JetStream")
+    parser.add_argument("--stream", default=DEFAULT_STREAM,
+                        help="with --nats: the JetStream stream (default %(default)s)")
     args = parser.parse_args(argv)
     try:
         table = load_users(args.file)
     except UsersFileError as exc:
         return cli.fail(prog, str(exc), cli.EXIT_USAGE)
+    if args.nats:
+        from broker.users.nats import authorization_block
+
+        print(authorization_block(table, args.stream))
+        return cli.EXIT_OK
     for user in table.users.values():
         how = ", ".join(w for w, has in (("password", user.password_hash),
                                           (f"cert {user.cert_name!r}", user.cert_name),

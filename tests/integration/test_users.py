@@ -14,7 +14,14 @@ import pytest
 from broker import BrokerError, Client, ConnectError, HandshakeRefusedError
 from broker.errors import ConnectionLostError
 from broker.users.passwords import hash_password
-from tests.helpers import Processes, RunningBroker, run_command, wait_for
+from tests.helpers import (
+    Processes,
+    RunningBroker,
+    free_port,
+    nats_address,
+    run_command,
+    wait_for,
+)
 from tests.integration.test_monitoring import get, samples
 from tests.integration.test_standings import admin, view
 
@@ -226,3 +233,60 @@ async def test_the_monitoring_port_labels_only_the_file_s_users(
              if name == "slipstream_user_failed_logins_total"}
     assert users == {"", "standings", "fan", "junk", "screen"}
     assert figures[("slipstream_user_failed_logins_total", (("user", ""),))] == 3
+
+
+NATS_USERS = """
+anonymous = "screen"
+
+[users.admin]
+password = "{admin}"
+publish = [">"]
+subscribe = [">"]
+
+[users.fan]
+password = "{fan}"
+publish = ["chat.>"]
+subscribe = {{ allow = ["chat.>", "standings.>"], deny = ["chat.private.>"] }}
+
+[users.screen]
+subscribe = ["standings.>"]
+"""
+
+
+async def test_on_nats_the_same_users_file_gives_the_same_permissions(
+        processes: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`slipstream users --nats` prints nats-server's authorization for the users file; a
+    3-node JetStream cluster started with it refuses what the embedded broker refuses."""
+    users = tmp_path / "users.toml"
+    users.write_text(NATS_USERS.format(admin=hash_password("admin-pw", CHEAP),
+                                       fan=HASHES["fan"]))
+    code, block, err = await run_command("-m", "broker", "users", str(users), "--nats")
+    assert code == 0, err
+    config = tmp_path / "nats.conf"
+    config.write_text(block)
+    monkeypatch.setenv("SLIPSTREAM_PASSWORD_ADMIN", "admin-pw")
+    monkeypatch.setenv("SLIPSTREAM_PASSWORD_FAN", "fan-pw")
+    nodes = await processes._start_nats(["n0", "n1", "n2"], [free_port() for _ in range(3)],
+                                        ("-c", str(config)))  # a 3-node cluster
+    address = nats_address(nodes)
+    async with Client(address, name="admin", user="admin", password="admin-pw") as admin:
+        await admin.publish("chat.hello", {"text": "the stream covers chat.>"}, confirm=True)
+        await admin.publish("standings.track", {"track": "Monza"}, confirm=True)
+        async with Client(address, name="fan", user="fan", password="fan-pw") as fan:
+            standings = await fan.subscribe("standings.>", start="earliest")
+            assert (await asyncio.wait_for(anext(standings), 10)).data == {"track": "Monza"}
+            await fan.publish("chat.x", {"text": "hi"}, confirm=True)
+            with pytest.raises(BrokerError) as refused:
+                await fan.publish("standings.track", {"track": "Hacked GP"}, confirm=True)
+            assert refused.value.code == "permission_denied"
+            for pattern in ("game.>", "chat.private.x"):
+                with pytest.raises(BrokerError) as refused:
+                    await fan.subscribe(pattern)
+                assert refused.value.code == "permission_denied", pattern
+        async with Client(address, name="screen") as screen:  # no user: no_auth_user
+            table = await screen.subscribe("standings.>", start="earliest")
+            assert (await asyncio.wait_for(anext(table), 10)).data == {"track": "Monza"}
+            with pytest.raises(BrokerError):
+                await screen.publish("standings.track", {"track": "x"}, confirm=True)
+        stats = await admin.stats()
+    assert stats["topics"]["standings.track"]["retained"] == 1  # the forgeries never landed
