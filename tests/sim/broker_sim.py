@@ -6,7 +6,10 @@ byte pipes (`Link`), the clock is virtual, and the disk, with --data-dir, is
 `SimFiles` (tests/sim/filesystem.py). One seeded random generator decides
 everything: which actor moves next, how many bytes a read takes, how long a
 step lasts, when a client stalls, vanishes or sends garbage, when the broker
-crashes. So a seed is a run, identical every time.
+crashes. So a seed is a run, identical every time. Half the seeds run with a
+users file: every client logs in, some subscribers may not read one topic, and
+an intruder tries to publish and read where it may not and to create more
+topics than its quota.
 
 Clients: publishers (with confirmations), subscribers that are fast, slow,
 stalled for a while (past --write-timeout, so they are cut off and come back),
@@ -31,7 +34,10 @@ asserts what must have arrived:
   --max-handshakes are ever in their handshake;
 - a fast subscriber is never held back by another client: each message reaches
   it within FAIR_BOUND_S of its publish (virtual time);
-- at the end, every reader has every message up to each topic's end.
+- at the end, every reader has every message up to each topic's end;
+- with users: nothing the intruder sent to a topic it may not write is stored
+  or delivered, no denied topic reaches a subscriber, and no user ever holds
+  more topics than its quota.
 """
 
 from __future__ import annotations
@@ -44,9 +50,12 @@ from pathlib import Path
 
 from broker.server.config import BrokerConfig, OnFull
 from broker.server.core import BrokerCore, Handshaking
+from broker.server.routing import pattern_matches
 from broker.server.session import FRAMES_PER_PASS, Session, Wait
 from broker.storage.storage import TopicStorage, sync_topics
 from broker.storage.topics import Retention
+from broker.users.passwords import hash_password
+from broker.users.table import parse_users
 from broker.wire import protocol as p
 from broker.wire.states import State
 from tests.sim.clock import VirtualClock
@@ -76,22 +85,25 @@ class Scenario:
     on_full: OnFull
     disk: bool
     steps: int
+    users: bool = False
 
     @property
     def label(self) -> str:
         return (f"broker seed={self.seed} on_full={self.on_full} disk={int(self.disk)} "
-                f"steps={self.steps}")
+                f"steps={self.steps} users={int(self.users)}")
 
     @classmethod
     def of(cls, seed: int, steps: int = 1000) -> Scenario:
         rng = random.Random(seed)
-        return cls(seed, rng.choice(("drop", "block")), rng.random() < 0.5, steps)
+        return cls(seed, rng.choice(("drop", "block")), rng.random() < 0.5, steps,
+                   rng.random() < 0.5)
 
     @classmethod
     def parse(cls, label: str) -> Scenario:
         words = dict(word.split("=", 1) for word in label.split()[1:])
         on_full: OnFull = "block" if words["on_full"] == "block" else "drop"
-        return cls(int(words["seed"]), on_full, words["disk"] == "1", int(words["steps"]))
+        return cls(int(words["seed"]), on_full, words["disk"] == "1", int(words["steps"]),
+                   words.get("users") == "1")
 
 
 def config_for(scenario: Scenario) -> BrokerConfig:
@@ -110,7 +122,32 @@ def config_for(scenario: Scenario) -> BrokerConfig:
         max_handshakes=4,
         max_handshakes_per_address=3,
         data_dir=Path("/data") if scenario.disk else None,
-        fsync="interval")
+        fsync="interval",
+        users=parse_users(USERS, "sim-users.toml") if scenario.users else None)
+
+
+INTRUDER_TOPICS = 2  # the intruder's quota of topics (its own x.*)
+DENIED_TOPIC = "t.5"  # what a "picky" reader may not read
+_HASH = hash_password("pw", (16, 1, 1))  # cheap: the simulation checks rules, not cost
+USERS = f"""
+[users.pub]
+password = "{_HASH}"
+publish = ["t.>"]
+
+[users.reader]
+password = "{_HASH}"
+subscribe = ["t.>"]
+
+[users.picky]
+password = "{_HASH}"
+subscribe = {{ allow = ["t.>"], deny = ["{DENIED_TOPIC}"] }}
+
+[users.intruder]
+password = "{_HASH}"
+publish = ["x.>"]
+subscribe = ["x.>"]
+max_topics = {INTRUDER_TOPICS}
+"""
 
 
 # --- the pipes -------------------------------------------------------------------------
@@ -257,6 +294,12 @@ class Client:
         self.open = False  # WELCOME received
         self.reconnect_at_s = 0.0
         self.version = 2
+        self.user: str | None = None  # with users: who it logs in as
+
+    def hello(self) -> p.Hello:
+        if self.sim.scenario.users and self.user is not None:
+            return p.Hello(self.version, self.name, "pw", self.user)
+        return p.Hello(self.version, self.name)
 
     @property
     def rng(self) -> random.Random:
@@ -266,7 +309,7 @@ class Client:
         self.link, self.side = self.sim.connect()
         self.decoder = p.FrameDecoder(1 << 24)
         self.open = False
-        self.send(p.Hello(self.version, self.name))
+        self.send(self.hello())
 
     def send(self, *frames: p.Frame) -> None:
         for frame in frames:
@@ -336,6 +379,10 @@ class Client:
     def expected_errors(self) -> tuple[str, ...]:
         return ("slow_consumer", "busy", "too_many_connections")
 
+    def refused_login(self) -> tuple[str, ...]:
+        """With users, a HELLO that names none is refused `auth`."""
+        return ("auth",) if self.sim.scenario.users else ()
+
     def act(self) -> None:
         pass
 
@@ -347,6 +394,7 @@ class Publisher(Client):
 
     def __init__(self, sim: Simulation, name: str) -> None:
         super().__init__(sim, name)
+        self.user = "pub"
         self.made = 0
         self.unconfirmed: dict[int, tuple[str, list[bytes]]] = {}
         self.next_confirm = 1
@@ -400,6 +448,8 @@ class Subscriber(Client):
     def __init__(self, sim: Simulation, name: str, kind: str) -> None:
         super().__init__(sim, name)
         self.kind = kind
+        # A hopper reads one topic, which may be the denied one: it is never picky.
+        self.user = "picky" if kind in ("slow", "durable") else "reader"
         self.durable = name if kind in ("durable", "stalled") else None
         self.pattern = f"t.{sim.rng.randrange(TOPICS)}" if kind == "hopper" else "t.>"
         self.window = {"fast": 1000, "slow": 8, "stalled": 32, "hopper": 16,
@@ -462,9 +512,15 @@ class Subscriber(Client):
             fail(f"{self.name}: {what} of {topic} at seq {seq}, expected {want}: "
                  f"{'skipped' if seq > want else 'sent twice'} {abs(seq - want)}")
 
+    def denied(self, topic: str) -> bool:
+        return self.sim.scenario.users and self.user == "picky" and topic == DENIED_TOPIC
+
     def delivered(self, run: p.Deliver) -> None:
         if run.sid != self.sid:
             return  # for a subscription of an earlier connection: not ours now
+        if self.denied(run.topic):
+            fail(f"{self.name}: {run.topic} delivered to user {self.user!r}, which may not "
+                 "read it")
         self._check_start(run.topic, run.first_seq, "delivery")
         now_us = self.sim.clock.wall_us()
         for i, payload in enumerate(run.payloads):
@@ -542,7 +598,8 @@ class Subscriber(Client):
         """At the end: what this reader still lacks, per topic it reads."""
         lacking = []
         for name, topic in topics.items():
-            if self.pattern in ("t.>", name) and self.position(name) != topic.next_seq:
+            if pattern_matches(self.pattern, name) and self.position(name) != topic.next_seq \
+                    and not self.denied(name):
                 lacking.append(f"{self.name} ({self.kind}) has {name} up to "
                                f"{self.position(name)}, the topic up to {topic.next_seq}")
         return lacking
@@ -556,6 +613,10 @@ class Subscriber(Client):
 
 class NeverReads(Client):
     """Subscribes to everything and never reads: the broker must cut it off."""
+
+    def __init__(self, sim: Simulation, name: str) -> None:
+        super().__init__(sim, name)
+        self.user = "reader"
 
     def read_limit(self) -> int:
         return 65536 if not self.open else 0
@@ -576,19 +637,19 @@ class Vandal(Client):
         if trick == 0:
             link.to_broker += self.rng.randbytes(self.rng.randrange(1, 300))
         elif trick == 1:
-            link.to_broker += p.encode(p.Hello(2, self.name)) + b"\x00\x00\x00\x09\x94\x03"
+            link.to_broker += p.encode(self.hello()) + b"\x00\x00\x00\x09\x94\x03"
             link.client_closed = self.rng.random() < 0.5  # vanishes mid-frame, or stays
         elif trick == 2:
             pass  # says nothing: the handshake timeout must end it
         elif trick == 3:
             link.to_broker += (1 << 20).to_bytes(4, "big") + b"\x95" * 100  # too big
         else:
-            link.to_broker += p.encode(p.Hello(2, self.name)) + b"\x00\x00\x00\x03\xc1\xc1\xc1"
+            link.to_broker += p.encode(self.hello()) + b"\x00\x00\x00\x03\xc1\xc1\xc1"
         link.client_wrote = bool(link.to_broker)
 
     def expected_errors(self) -> tuple[str, ...]:
         return ("handshake", "handshake_timeout", "frame_too_large", "bad_frame", "busy",
-                "too_many_connections", "slow_consumer", "version")
+                "too_many_connections", "slow_consumer", "version", *self.refused_login())
 
 
 class Lurker(Client):
@@ -602,6 +663,46 @@ class Lurker(Client):
 
     def expected_errors(self) -> tuple[str, ...]:
         return ("busy", "handshake_timeout", "too_many_connections")
+
+
+class Intruder(Client):
+    """With users: logs in as a user that may write and read only x.* (at most
+    INTRUDER_TOPICS of them) and tries t.* anyway, and more x.* topics than its quota."""
+
+    def __init__(self, sim: Simulation, name: str) -> None:
+        super().__init__(sim, name)
+        self.user = "intruder"
+        self.forbidden: set[int] = set()  # confirm ids of its PUBs to t.*
+        self.next_confirm = 1
+
+    def welcomed(self, welcome: p.Welcome) -> None:
+        self.send(p.Subscribe(1, "t.>", "earliest", None, 100))
+
+    def act(self) -> None:
+        if self.sim.quiet or self.rng.random() < 0.8:
+            return
+        confirm, self.next_confirm = self.next_confirm, self.next_confirm + 1
+        if self.rng.random() < 0.5:
+            topic = f"t.{self.rng.randrange(TOPICS)}"
+            self.forbidden.add(confirm)
+        else:
+            topic = f"x.{self.rng.randrange(INTRUDER_TOPICS * 3)}"
+        # Never recorded as published: were it ever delivered, check_payload would say so.
+        self.send(p.Publish(topic, [f"{topic}|{self.name}|{confirm}|".encode()], confirm))
+
+    def handle(self, frame: p.Frame | p.UnknownFrame) -> None:
+        if type(frame) is p.PublishAck and frame.confirm_id in self.forbidden:
+            fail(f"{self.name}: its PUB to a topic it may not write was stored")
+        elif type(frame) is p.Error and frame.ref == 1 and frame.code == "permission_denied":
+            pass  # its SUB to t.>: refused, as it must be
+        elif type(frame) is p.Error and frame.ref in self.forbidden and \
+                frame.code != "permission_denied":
+            fail(f"{self.name}: its PUB to t.* was refused {frame.code}, not for permission")
+        elif type(frame) is p.Deliver:
+            fail(f"{self.name}: {frame.topic} was delivered to a user that may not read it")
+        elif not (type(frame) is p.Error and frame.code in (
+                "permission_denied", "too_many_topics", "memory_full")):
+            super().handle(frame)
 
 
 # --- the simulation ----------------------------------------------------------------------
@@ -703,6 +804,8 @@ class Simulation:
             self.clients.append(Vandal(self, f"vandal{i}"))
         for i in range(rng.choice((0, 0, 3, 6))):
             self.clients.append(Lurker(self, f"lurker{i}"))
+        if self.scenario.users:
+            self.clients.append(Intruder(self, "intruder"))
         for client in self.clients:
             if not isinstance(client, Publisher):
                 client.connect()
@@ -763,7 +866,7 @@ class Simulation:
                 self.crash()
         self.quiet = True
         for client in self.clients:  # the end: stalls and vandals stop, everyone reads
-            if isinstance(client, (Vandal, NeverReads, Lurker)):
+            if isinstance(client, (Vandal, NeverReads, Lurker, Intruder)):
                 client.hang_up(after_s=1e9)
         for _ in range(5_000):
             self.step()
@@ -784,6 +887,13 @@ class Simulation:
         if not self.scenario.disk and core.budget.used_bytes > config.max_memory_bytes:
             fail(f"retained {core.budget.used_bytes:,} bytes over --max-memory "
                  f"{config.max_memory_bytes:,}")
+        if self.scenario.users:
+            # Topics loaded from --data-dir belong to no user (docs/security.md): after
+            # each restart the intruder may make its quota again.
+            held = sum(1 for name in core.topics if name.startswith("x."))
+            if held > INTRUDER_TOPICS * (self.restarts + 1):
+                fail(f"the intruder holds {held} topics, over its quota of {INTRUDER_TOPICS} "
+                     f"(with {self.restarts} restarts)")
         if len(core.handshaking) > config.max_handshakes:
             fail(f"{len(core.handshaking)} connections in their handshake, over "
                  f"--max-handshakes {config.max_handshakes}")

@@ -11,12 +11,17 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
+from broker.server.config import BrokerConfig
 from broker.server.core import BrokerCore
 from broker.server.delivery import Cursors, Delivery
 from broker.server.durables import Durables
+from broker.users.accounts import Limits
+from broker.users.permissions import Rules
+from broker.users.table import User
 from tests.sim.broker_sim import Scenario, Simulation, Violation, run_scenario, scenarios
 
 SEEDS_IN_MAKE_TEST = 160
@@ -27,6 +32,7 @@ def test_seeded_runs_of_the_whole_broker_keep_every_invariant() -> None:
     for scenario in scenarios(1, SEEDS_IN_MAKE_TEST):
         sim = run_scenario(scenario)  # raises Violation, with the replay command
         kinds[f"{scenario.on_full}, {'disk' if scenario.disk else 'memory'}"] += 1
+        kinds["with users"] += scenario.users
         kinds["gaps"] += sim.gaps
         kinds["restarts"] += sim.restarts
         kinds["slow consumers cut off"] += sim.core.counters["slow_consumers"]
@@ -34,7 +40,7 @@ def test_seeded_runs_of_the_whole_broker_keep_every_invariant() -> None:
     # The seeds reach every mode and every kind of trouble they are meant to.
     assert all(kinds[f"{policy}, {where}"] > 10 for policy in ("drop", "block")
                for where in ("disk", "memory"))
-    assert kinds["gaps"] > 100 and kinds["restarts"] > 50
+    assert kinds["gaps"] > 100 and kinds["restarts"] > 50 and kinds["with users"] > 50
     assert kinds["slow consumers cut off"] > 20 and kinds["confirmed"] > 100_000
 
 
@@ -115,6 +121,29 @@ def test_the_simulator_catches_a_connection_that_is_never_cut_off(
     monkeypatch.setattr(broker_sim.BrokerSide, "_stall_check", lambda self: None)
     found = _first_violation()
     assert "was not cut off" in found or "over the high-water mark" in found
+
+
+def test_the_simulator_catches_a_publish_the_user_may_not_make(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Rules, "refuse_topic", lambda self, topic: None)
+    found = _first_violation()  # a reader sees it first, or the intruder's PUBACK
+    assert "|intruder|" in found or "its PUB to a topic it may not write was stored" in found
+
+
+def test_the_simulator_catches_a_denied_topic_delivered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Rules, "denies", lambda self, topic: False)
+    assert "which may not read it" in _first_violation()
+
+
+def test_the_simulator_catches_a_user_over_its_topic_quota(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Limits.of
+
+    def generous(user: User, config: BrokerConfig, users: int) -> Limits:
+        return replace(original(user, config, users), topics=1000)
+
+    monkeypatch.setattr(Limits, "of", generous)
+    assert "over its quota" in _first_violation()
 
 
 def test_a_replayed_failure_is_the_same_failure(monkeypatch: pytest.MonkeyPatch) -> None:
