@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import secrets
 import socket
 import sys
 from pathlib import Path
@@ -52,6 +53,10 @@ def add_parsers(subparsers: Any) -> None:
                      help="session length in seconds (default 120)")
     sim.add_argument("--as-fast-as-possible", action="store_true",
                      help="no pauses: the whole session at once (for tests and benchmarks)")
+    sim.add_argument("--session-uid", type=int, metavar="N",
+                     help="the session's uid (default: a new one each run, as the game does; "
+                          "two runs with one uid look like one session, and the standings "
+                          "take the second run's laps for the first's)")
     cli.add_logging_args(sim)
     sim.set_defaults(command=run_simulator, log_level=logging.INFO)
 
@@ -97,7 +102,8 @@ async def run_bridge(args: argparse.Namespace) -> int:
 
 async def run_simulator(args: argparse.Namespace) -> int:
     host, port = cli.flag_address(args.to, "--to")
-    simulator = SessionSimulator(args.format, args.cars, args.hz, args.duration)
+    uid = args.session_uid if args.session_uid is not None else secrets.randbits(63)
+    simulator = SessionSimulator(args.format, args.cars, args.hz, args.duration, uid)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
                                                        remote_addr=(host, port))
@@ -114,7 +120,8 @@ async def run_simulator(args: argparse.Namespace) -> int:
     finally:
         transport.close()
         print(f"udp-sim: sent {sent:,} datagrams of format {args.format} "
-              f"({len(simulator.cars)} cars, {args.duration:g} s at {args.hz:g} Hz) "
+              f"({len(simulator.cars)} cars, {args.duration:g} s at {args.hz:g} Hz, "
+              f"session uid {uid}) "
               f"to {host}:{port}", file=sys.stderr)
     return cli.EXIT_OK
 

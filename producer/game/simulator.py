@@ -39,7 +39,7 @@ class Car:
 
 class SessionSimulator:
     def __init__(self, packet_format: int = 2026, cars: int = 20, hz: float = 60.0,
-                 duration_s: float = 120.0) -> None:
+                 duration_s: float = 120.0, session_uid: int | None = None) -> None:
         self.encoder = GameEncoder(packet_format)
         self.max_cars = self.encoder.spec.max_cars
         if not 1 <= cars <= self.max_cars:
@@ -52,7 +52,10 @@ class SessionSimulator:
         self.frame = 0
         self.best_lap_ms = 0
         self.safety_car = False
-        self.session_uid = 0x51_1957_2026 + packet_format
+        # The game gives every session its own uid, and lap ids are made from it
+        # (consumer/standings): `udp-sim` draws a new one per run, tests pass none.
+        self.session_uid = session_uid if session_uid is not None else \
+            0x51_1957_2026 + packet_format
         self.events: list[tuple[str, dict[str, Any]]] = []
 
     # --- the stream --------------------------------------------------------------

@@ -206,3 +206,21 @@ async def test_a_flood_of_random_undecodable_datagrams_logs_a_few_lines(
     assert received > 0 and f"undecodable {received:,}" in log
     warnings = [line for line in log.splitlines() if "undecodable datagram" in line]
     assert 1 <= len(warnings) <= 10, len(warnings)  # 13,960 lines before (one per id)
+
+
+async def test_each_simulator_run_is_a_session_of_its_own(processes: Processes) -> None:
+    """Issue 25: every run used one session uid, so a second driver's laps had the first
+    one's lap ids and were dropped. Each run now draws its own, as the game does."""
+    broker = await processes.broker()
+    udp, port = await bridge(processes, broker.address)
+    outputs = [await simulate(port, "--duration", "2", "--cars", "2") for _ in range(2)]
+    outputs.append(await simulate(port, "--duration", "2", "--cars", "2", "--session-uid",
+                                  "77"))
+    await wait_udp_read(port)
+    assert await udp.stop(signal.SIGINT) == 0
+    said = [int(out.split("session uid ")[1].split(")")[0]) for out in outputs]
+    assert said[0] != said[1] and said[2] == 77
+    async with Client(broker.address) as client:
+        sessions = await collect(client, "game.session", 9)  # 3 per run: at 0, 1 and 2 s
+    assert [m.data["header"]["session_uid"] for m in sessions] == [
+        uid for uid in said for _ in range(3)]
