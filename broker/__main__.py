@@ -191,47 +191,48 @@ def add_limit_args(parser: argparse.ArgumentParser) -> None:
                             "(default: no limit)")
 
 
-def config_from(args: argparse.Namespace) -> BrokerConfig:
+def config_from(args: argparse.Namespace, prog: str = "python -m broker") -> BrokerConfig:
+    """The settings the flags ask for; a bad combination exits 2 naming `prog`."""
     if args.retain_bytes < args.max_frame:
-        raise SystemExit(cli.fail("python -m broker",
+        raise SystemExit(cli.fail(prog,
                                   f"--retain-bytes {args.retain_bytes:,} is smaller than "
                                   f"--max-frame {args.max_frame:,}: one message would not fit",
                                   cli.EXIT_USAGE))
     if not 0 <= args.port <= 65535:
-        raise SystemExit(cli.fail("python -m broker", f"--port {args.port} is outside 0..65535",
+        raise SystemExit(cli.fail(prog, f"--port {args.port} is outside 0..65535",
                                   cli.EXIT_USAGE))
     if args.data_dir is not None and args.max_frame > MAX_RECORD_BYTES:
-        raise SystemExit(cli.fail("python -m broker",
+        raise SystemExit(cli.fail(prog,
                                   f"--max-frame {args.max_frame:,} is over "
                                   f"{MAX_RECORD_BYTES:,}, the largest record --data-dir keeps "
                                   "(a longer one reads as damage)", cli.EXIT_USAGE))
     if args.max_frame < 4 * p.FRAME_ROOM_BYTES:
-        raise SystemExit(cli.fail("python -m broker", f"--max-frame {args.max_frame} is below "
+        raise SystemExit(cli.fail(prog, f"--max-frame {args.max_frame} is below "
                                   f"{4 * p.FRAME_ROOM_BYTES}", cli.EXIT_USAGE))
     for flag, value in (("--max-publish-rate", args.max_publish_rate),
                         ("--write-timeout", args.write_timeout),
                         ("--handshake-timeout", args.handshake_timeout)):
         if not value >= 0:  # also refuses nan
-            raise SystemExit(cli.fail("python -m broker", f"{flag} {value} must be 0 or more",
+            raise SystemExit(cli.fail(prog, f"{flag} {value} must be 0 or more",
                                       cli.EXIT_USAGE))
     users = None
     if args.users is not None:
         if args.token:
             raise SystemExit(cli.fail(
-                "python -m broker", "--token and --users together: give whoever has the "
+                prog, "--token and --users together: give whoever has the "
                 "token a user of its own in the users file", cli.EXIT_USAGE))
         try:
             users = load_users(args.users)
         except ConfigError as exc:
-            raise SystemExit(cli.fail("python -m broker", str(exc), cli.EXIT_USAGE)) from None
+            raise SystemExit(cli.fail(prog, str(exc), cli.EXIT_USAGE)) from None
     elif not cli.is_loopback(args.host) and not args.token and not args.allow_anonymous:
         raise SystemExit(cli.fail(
-            "python -m broker", f"--host {args.host} without --token or --users: anyone who "
+            prog, f"--host {args.host} without --token or --users: anyone who "
             "can reach this address could publish and read every topic; give --users FILE "
             "(docs/security.md) or --token, or --allow-anonymous if that is what you mean",
             cli.EXIT_USAGE))
     if args.max_memory < args.retain_bytes:
-        raise SystemExit(cli.fail("python -m broker",
+        raise SystemExit(cli.fail(prog,
                                   f"--max-memory {args.max_memory:,} is smaller than "
                                   f"--retain-bytes {args.retain_bytes:,}: one topic would not "
                                   "fit", cli.EXIT_USAGE))
@@ -274,7 +275,7 @@ def exposure_warning(config: BrokerConfig) -> str | None:
     return None
 
 
-async def serve(config: BrokerConfig) -> int:
+async def serve(config: BrokerConfig, prog: str = "python -m broker") -> int:
     broker = Broker(config)
     monitor = None
     if config.http is not None:
@@ -284,7 +285,7 @@ async def serve(config: BrokerConfig) -> int:
         try:
             port = await monitor.start()  # first: /healthz says "starting" while we load
         except OSError as exc:
-            return cli.fail("python -m broker", f"--http: cannot serve on "
+            return cli.fail(prog, f"--http: cannot serve on "
                             f"{config.http[0]}:{config.http[1]}: {exc.strerror or exc}")
         print(f"slipstream broker monitoring on http://{config.http[0]}:{port}/ "
               "(/healthz, /varz, /metrics)", flush=True)
@@ -292,9 +293,9 @@ async def serve(config: BrokerConfig) -> int:
         try:
             await broker.start()
         except (StorageError, ConfigError) as exc:  # a damaged data dir, an unusable TLS file
-            return cli.fail("python -m broker", str(exc), cli.EXIT_USAGE)
+            return cli.fail(prog, str(exc), cli.EXIT_USAGE)
         except OSError as exc:
-            return cli.fail("python -m broker", f"cannot listen on {config.host}:"
+            return cli.fail(prog, f"cannot listen on {config.host}:"
                             f"{config.port}: {exc.strerror or exc}")
         warning = exposure_warning(config)
         if warning:
@@ -362,8 +363,10 @@ def format_stats(stats: dict[str, Any]) -> str:
              f"{server['retain_bytes']:,} B per topic",
              f"{server.get('topics', len(stats['topics'])):,} topics holding "
              f"{server.get('retained_bytes', 0):,} of {server.get('max_memory_bytes', 0):,} B "
-             f"(--max-memory), {server['connections']} connections, "
-             f"{server['durables']} durables", "",
+             "in memory (--max-memory)"
+             + (f" and {server['disk_bytes']:,} B on disk" if server.get("disk_bytes")
+                is not None else "")
+             + f", {server['connections']} connections, {server['durables']} durables", "",
              f"{'topic':<32} {'published':>10} {'retained':>9} {'bytes':>12} {'evicted':>9} "
              f"{'subs':>5}"]
     for name, t in stats["topics"].items():
@@ -414,8 +417,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m broker") -> int:
         from broker.jetstream.setup import prepare
 
         return cli.run(prog, lambda: prepare(args, argv))
-    config = config_from(args)
-    return cli.run(prog, lambda: serve(config))
+    config = config_from(args, prog)
+    return cli.run(prog, lambda: serve(config, prog))
 
 
 if __name__ == "__main__":

@@ -83,10 +83,12 @@ class Handler:
 class Consumer:
     """A named consumer: its handlers, its hooks and its command line."""
 
-    def __init__(self, name: str, description: str = "", start: str = "new") -> None:
+    def __init__(self, name: str, description: str = "", start: str = "new",
+                 durable: bool = True) -> None:
         self.name = name
         self.description = description
         self.default_start = start  # --from's default: "new", or "earliest" for whole state
+        self.takes_durable = durable  # False: no --durable (it rebuilds from earliest)
         self.handlers: list[Handler] = []
         self.args = argparse.Namespace()  # the parsed command line, once running
         self.client: Client | None = None
@@ -209,8 +211,11 @@ class Consumer:
         parser.add_argument("--from", dest="start", type=cli.start_position,
                             default=self.default_start, metavar="new|earliest|SEQ",
                             help=f"where to start in each topic (default {self.default_start})")
-        parser.add_argument("--durable", metavar="NAME",
-                            help="resume where the last consumer with this name stopped")
+        if self.takes_durable:
+            parser.add_argument("--durable", metavar="NAME",
+                                help="resume where the last consumer with this name stopped")
+        else:
+            parser.set_defaults(durable=None)
         parser.add_argument("--on-error", choices=["skip", "stop"], default="skip",
                             help="when a handler raises: log it and go on (default), or stop")
         cli.add_connection_args(parser)

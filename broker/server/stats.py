@@ -106,6 +106,9 @@ def server_totals(broker: BrokerCore) -> dict[str, Any]:
         "retain_bytes": config.retention.max_bytes,
         "connections": len(broker.sessions), "durables": len(broker.durables),
         "topics": len(broker.topics), "retained_bytes": broker.budget.used_bytes,
+        # With --data-dir: the topics' bytes on disk (retained_bytes is what memory holds).
+        "disk_bytes": sum(t.retained_bytes for t in broker.topics.values())
+        if broker.storage.persistent else None,
         "max_memory_bytes": broker.budget.limit_bytes,
         "limits": config.limits_summary(),
         "counters": dict(broker.counters),

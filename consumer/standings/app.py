@@ -45,8 +45,9 @@ app = Consumer("standings", description="Keep the standings of a sim-racing even
                                         "driver's fastest lap, with points) and serve them "
                                         "with an admin page and a CSV export. The --token "
                                         "that opens the broker also guards the admin side.",
-               # The standings are what the standings.* messages add up to: all of them.
-               start="earliest")
+               # The standings are what the standings.* messages add up to: all of them,
+               # at every start; a durable subscription would skip them.
+               start="earliest", durable=False)
 
 
 @app.arguments
@@ -71,10 +72,6 @@ async def _serve() -> AsyncIterator[None]:
     """Serve the pages, publish the table and read back the facts in the background; on
     the way out (still connected) publish the last table and say what was kept."""
     args = app.args
-    if args.durable:
-        raise ConfigError("--durable does not suit the standings: they are rebuilt from every "
-                          "retained standings.* message at each start, which a durable "
-                          "subscription would skip")
     host, port = http_address(args.http)
     try:
         points = parse_points(args.points)

@@ -101,3 +101,28 @@ async def _connected(address: str, connections: int) -> bool:
 
     async with Client(address, name="probe") as client:
         return len((await client.stats())["connections"]) >= connections
+
+
+async def test_broker_errors_name_the_command_that_was_typed() -> None:
+    code, _, err = await run_command("-m", "slipstream", "broker", "--port", "99999")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "slipstream broker: error: --port 99999 is outside 0..65535")
+
+
+async def test_stats_says_what_memory_holds_and_what_the_disk_holds(
+        processes: Processes, tmp_path: Path) -> None:
+    """Issue 25: after a restart `stats` said 'holding 6 of 1,073,741,824 B' of a broker
+    that had 4 MB on disk (memory-held bytes only)."""
+    broker = await processes.broker("--data-dir", str(tmp_path / "data"))
+    code, _, err = await run_command("-m", "slipstream", "pub", "demo.big", "--size", "1000",
+                                     "--count", "200", "--broker", broker.address)
+    assert code == 0, err
+    assert await broker.stop() == 0
+    again = await processes.broker("--data-dir", str(tmp_path / "data"))
+    code, out, err = await run_command("-m", "slipstream", "stats", "--broker", again.address)
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if "topics holding" in line)
+    in_memory = int(line.split("holding ")[1].split(" of ")[0].replace(",", ""))
+    on_disk = int(line.split(" and ")[1].split(" B on disk")[0].replace(",", ""))
+    assert "in memory (--max-memory)" in line
+    assert on_disk >= 200 * 995 > in_memory  # 200 payloads of 995 bytes, and their records

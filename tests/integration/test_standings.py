@@ -275,7 +275,7 @@ async def _same(got: Awaitable[dict[str, Any]], wanted: dict[str, Any]) -> bool:
     (["--points", "25,x"], "--points '25,x' is not a comma-separated list of whole numbers"),
     (["--http", "8081"], "--http '8081' is not HOST:PORT"),
     (["--source", "radio"], "invalid choice: 'radio'"),
-    (["--durable", "standings"], "--durable does not suit the standings"),
+    (["--durable", "standings"], "unrecognized arguments: --durable"),  # and not in --help
 ])
 async def test_bad_flags_are_refused_with_a_reason(processes: Processes, flags: list[str],
                                                   says: str) -> None:
@@ -283,6 +283,11 @@ async def test_bad_flags_are_refused_with_a_reason(processes: Processes, flags: 
     code, _, err = await run_command("-m", "consumer", "standings", "--broker",
                                      broker.address, *flags)
     assert code == 2 and says in err, err
+
+
+async def test_help_offers_only_the_flags_the_standings_take() -> None:
+    code, out, _ = await run_command("-m", "consumer", "standings", "--help")
+    assert code == 0 and "--from" in out and "--durable" not in out
 
 
 def best_laps_in_the_raw_session() -> dict[str, int]:
