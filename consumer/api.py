@@ -317,7 +317,9 @@ class Consumer:
         for pattern in idle:
             if any(pattern_matches(pattern, topic) for topic in topics):
                 continue
-            close = difflib.get_close_matches(pattern, topics, n=5, cutoff=0.6)
+            # 0.8: a typo of a letter or two (TimingDate: TimingData 0.93), not a sibling
+            # that exists before this one does (TrackStatus: TimingStats 0.69, the demo).
+            close = difflib.get_close_matches(pattern, topics, n=5, cutoff=0.8)
             if not close:
                 continue  # nothing like it yet: a source not started, not a typo
             log.warning("no topic matches %r yet; topics that look close: %s (every topic: "

@@ -342,3 +342,18 @@ async def test_a_pattern_that_matches_no_topic_names_the_close_ones_once(
 
 async def _logged(process: RunningProcess, text: str) -> bool:
     return text in process.log()
+
+
+async def test_a_pattern_whose_topic_is_not_there_yet_is_not_called_a_typo(
+        processes: Processes) -> None:
+    """Issue 25: `make run` began with `no topic matches 'live.TrackStatus' yet; topics that
+    look close: live.TimingStats`: the alerter subscribes before the replay publishes."""
+    broker = await processes.broker()
+    async with Client(broker.address) as client:
+        for topic in ("live.TimingStats", "live.SessionStatus", "live.TimingData"):
+            await client.publish(topic, {})
+    printer = await processes.command("-m", "slipstream", "sub", "live.TrackStatus",
+                                      "live.TimingDate", "--broker", broker.address)
+    await wait_for(lambda: _logged(printer, "no topic matches"), "the typo's hint")
+    assert await printer.stop(signal.SIGINT) == 0
+    assert "'live.TrackStatus'" not in printer.log()
