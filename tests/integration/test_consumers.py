@@ -326,34 +326,23 @@ async def test_run_help_explains_instead_of_failing() -> None:
 
 async def test_a_pattern_that_matches_no_topic_names_the_close_ones_once(
         processes: Processes) -> None:
+    """A typo is named once; a topic that is not there yet is not called one (issue 25:
+    `make run` began with live.TrackStatus said to look like live.TimingStats)."""
     broker = await processes.broker()
     async with Client(broker.address) as client:
-        for topic in ("live.TimingData", "live.TimingStats", "live.TrackStatus"):
+        for topic in ("live.TimingData", "live.TimingStats", "live.SessionStatus",
+                      "live.LapCount"):
             await client.publish(topic, {})
     printer = await processes.command("-m", "slipstream", "sub", "live.TimingDate",
-                                      "live.TrackStatus", "--broker", broker.address)
+                                      "live.TrackStatus", "live.LapCount", "--broker",
+                                      broker.address)
     await wait_for(lambda: _logged(printer, "no topic matches"), "the hint")
     assert await printer.stop(signal.SIGINT) == 0
     hints = [line for line in printer.log().splitlines() if "no topic matches" in line]
-    assert len(hints) == 1, hints  # the typo only: live.TrackStatus exists
+    assert len(hints) == 1, hints  # the typo only: not live.TrackStatus, not live.LapCount
     assert "no topic matches 'live.TimingDate' yet; topics that look close: " \
            "live.TimingData, live.TimingStats" in hints[0]
 
 
 async def _logged(process: RunningProcess, text: str) -> bool:
     return text in process.log()
-
-
-async def test_a_pattern_whose_topic_is_not_there_yet_is_not_called_a_typo(
-        processes: Processes) -> None:
-    """Issue 25: `make run` began with `no topic matches 'live.TrackStatus' yet; topics that
-    look close: live.TimingStats`: the alerter subscribes before the replay publishes."""
-    broker = await processes.broker()
-    async with Client(broker.address) as client:
-        for topic in ("live.TimingStats", "live.SessionStatus", "live.TimingData"):
-            await client.publish(topic, {})
-    printer = await processes.command("-m", "slipstream", "sub", "live.TrackStatus",
-                                      "live.TimingDate", "--broker", broker.address)
-    await wait_for(lambda: _logged(printer, "no topic matches"), "the typo's hint")
-    assert await printer.stop(signal.SIGINT) == 0
-    assert "'live.TrackStatus'" not in printer.log()
