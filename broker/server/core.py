@@ -329,11 +329,11 @@ class BrokerCore:
                 # A seq beyond the newest means "from the next message on" (nothing is
                 # skipped); one below the oldest is reported as a GAP of what was evicted.
                 sub.start_at(topic, min(int(start), topic.next_seq))
+        if frame.durable and self.durables.take(sub):
+            self._keep_new_durable(sub)  # may refuse: then nothing below is counted
         self._follow(delivery, len(sub.cursors))
         if account is not None:
             account.subscriptions += 1
-        if frame.durable and self.durables.take(sub):
-            self._keep_new_durable(sub)
         return sub
 
     def _check_account(self, account: Account, frame: p.Subscribe) -> p.Subscribe:

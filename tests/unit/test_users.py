@@ -4,11 +4,13 @@ user's junk from locking the others out, and a reload."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from broker.errors import ConfigError
+from broker.server.config import BrokerConfig
 from broker.server.core import BrokerCore
 from broker.server.routing import covers
 from broker.server.session import Wait
@@ -347,3 +349,25 @@ def test_a_reload_closes_only_the_connections_it_no_longer_allows() -> None:
     removed = core.reload_users(UserTable({"standings": core.accounts.by_name[
         "standings"].user}, None, "small.toml"))
     assert {s.account.name for s, _, _ in removed} >= {"rig1", "screen"}  # type: ignore[union-attr]
+
+
+def test_a_durable_that_cannot_be_saved_counts_nothing_against_its_user(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused with `storage` after its topics were matched: neither the broker's followed
+    topics nor the user's subscriptions may keep what the refused SUB would have held."""
+    from tests.sim.filesystem import SimFiles
+
+    core = BrokerCore(replace(BrokerConfig(), data_dir=Path("/data"),
+                              users=parse_users(EVENT, "e.toml")), VirtualClock(), SimFiles())
+    core.load()
+    rig2 = login(core, "rig2", "rig2-pw")
+    rig2.send(pub("game.rig2.a", b"x"), pub("game.rig2.b", b"x"))
+
+    def full(positions: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(core.storage, "save_durables", full)
+    rig2.send(p.Subscribe(1, "game.>", "earliest", "sqlite"))
+    assert [code for code, _, _ in errors(rig2)] == ["storage"]
+    account = core.accounts.by_name["rig2"]
+    assert (core.followed, account.followed, account.subscriptions) == (0, 0, 0)
