@@ -44,10 +44,11 @@ def parse_lap_time(text: str) -> int:
     """A lap time typed by a person or sent by F1, in milliseconds.
 
     Accepts minutes and seconds as `1:25.606` or `1.25.606`, seconds alone as
-    `85.606` or `85.606s`, with up to three decimals (`1:25.6` is 85,600 ms).
+    `85.606` or `85.606s`, with up to three decimals (`1:25.6` is 85,600 ms); a
+    decimal comma (`1:25,606`, as typed in much of Europe) is a dot.
     Anything else raises LapTimeError saying what is wrong with it.
     """
-    cleaned = text.strip().lower().removesuffix("s").rstrip()
+    cleaned = text.strip().lower().removesuffix("s").rstrip().replace(",", ".")
     if not cleaned:
         raise LapTimeError(f"no lap time given; type it as {LAP_TIME_FORMS}")
     # With a colon, the part before it is minutes; without one, two dots mean

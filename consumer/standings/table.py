@@ -269,4 +269,6 @@ def _text(data: dict[str, Any], key: str, topic: str) -> str:
 
 
 def _iso(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="milliseconds")
+    """Local time with its offset: what the organiser's clock said, and unambiguous."""
+    return datetime.fromtimestamp(us / 1e6, UTC).astimezone().isoformat(
+        timespec="milliseconds")

@@ -120,7 +120,8 @@ class StandingsWeb:
         if track not in self.standings.laps and track != self.standings.track:
             return error(404, f"no standings for track {track!r} (tracks with laps: "
                               f"{', '.join(sorted(self.standings.laps)) or 'none'})")
-        text = self.standings.csv_text(track)
+        # With a BOM: Excel then reads the file as UTF-8 (else "Chloé" shows as "ChloÃ©").
+        text = "\ufeff" + self.standings.csv_text(track)
         slug = re.sub(r"[^a-z0-9]+", "-", track.lower()).strip("-") or "track"
         name = f"standings-{slug}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.csv"
         path = self.export_dir / name
@@ -184,8 +185,13 @@ class StandingsWeb:
                                   "standings": self._view()}, status=200 if shown else 202)
 
     def _driver(self, body: dict[str, Any]) -> str:
+        """The driver's id, from its id or its name (names are unique, in any case)."""
         driver = body.get("driver")
-        if not isinstance(driver, str) or driver not in self.standings.drivers:
+        drivers = self.standings.drivers
+        if isinstance(driver, str) and driver not in drivers:
+            driver = next((known for known, name in drivers.items()
+                           if name.casefold() == driver.strip().casefold()), driver)
+        if not isinstance(driver, str) or driver not in drivers:
             raise Refused(404, f"no driver {driver!r}: add the driver first")
         return driver
 

@@ -9,6 +9,7 @@ import io
 import json
 import signal
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -158,10 +159,10 @@ async def test_the_admin_side_needs_the_token_and_every_change_goes_through_the_
     assert (status, answer["error"]) == (409, "set the track first: a lap time is a time on "
                                               "a track")
     assert (await admin(standings, "track", {"track": "Monza"}))[0] == 200
-    # One lap in each way a person types one.
-    for name, typed in (("Ann", "1:21.606"), ("Bob", "1.20.5"), ("Cat", "81.000"),
-                        ("Dan", "79.999s")):
-        status, answer = await admin(standings, "lap", {"driver": ids[name], "time": typed})
+    # One lap in each way a person types one; the driver by id, or by name in any case.
+    for driver, typed in ((" ann", "1:21,606"), (ids["Bob"], "1.20.5"), ("Cat", "81.000"),
+                          (ids["Dan"], "79.999s")):
+        status, answer = await admin(standings, "lap", {"driver": driver, "time": typed})
         assert status == 200, answer
     status, answer = await admin(standings, "lap", {"driver": ids["Ann"], "time": "1:75.1"})
     assert (status, answer["error"]) == (400, "'1:75.1' has 75 seconds after the minutes: "
@@ -194,7 +195,10 @@ async def test_the_admin_side_needs_the_token_and_every_change_goes_through_the_
             f'attachment; filename="{written.name}"'
     assert written.parent == exports and written.read_text() == text
     assert written.name.startswith("standings-monza-") and written.suffix == ".csv"
-    assert [row[:6] for row in csv.reader(io.StringIO(text))] == [
+    assert text.startswith("\ufeffposition,")  # a BOM: Excel reads it as UTF-8
+    rows_read = list(csv.reader(io.StringIO(text.removeprefix("\ufeff"))))
+    assert all(datetime.fromisoformat(row[7]).utcoffset() is not None for row in rows_read[1:])
+    assert [row[:6] for row in rows_read] == [
         ["position", "driver", "lap_time", "lap_ms", "gap", "points"],
         ["1", "Robert", "1:20.500", "80500", "", "25"],
         ["2", "Cat", "1:21.000", "81000", "+0.500", "18"],

@@ -8,7 +8,7 @@ from f1vocab.timing import LapTimeError, format_lap_time, lap_seconds, parse_lap
 
 
 @pytest.mark.parametrize("text", ["1:25.606", "1.25.606", "85.606", "85.606s", " 85.606 S ",
-                                  "1:25.606s", "01:25.606"])
+                                  "1:25.606s", "01:25.606", "1:25,606", "85,606", "1,25,606"])
 def test_every_accepted_form_reads_the_same_lap(text: str) -> None:
     assert parse_lap_time(text) == 85_606
 
