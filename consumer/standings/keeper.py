@@ -167,6 +167,16 @@ class StandingsKeeper:
                 return False
         return True
 
+    async def changed(self, since_version: int, timeout_s: float) -> bool:
+        """Wait until the table is past `since_version` (True), or `timeout_s` (False)."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(
+                    lambda: self.standings.version != since_version), timeout_s)
+            except TimeoutError:
+                return False
+        return True
+
     # --- the table, for everyone ------------------------------------------------------
 
     async def publish_tables(self) -> None:

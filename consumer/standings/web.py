@@ -15,6 +15,7 @@ themselves stay public, since they are made to be shown.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -35,7 +36,13 @@ log = logging.getLogger("slipstream.standings")
 
 STATIC = Path(__file__).with_name("static")
 MAX_BODY = 4096  # an admin request is a name or a lap time
-PUBLIC = {"/", "/api/standings", "/healthz"}
+PUBLIC = {"/", "/api/standings", "/api/events", "/healthz"}
+# The screens' pushed table (/api/events): at most this many at once, a comment line when
+# nothing changes (proxies keep the stream; a screen gone is found), and a screen that
+# takes nothing for SEND_TIMEOUT_S is dropped so it cannot hold the standings.
+MAX_EVENT_STREAMS = 100
+KEEPALIVE_S = 15.0
+SEND_TIMEOUT_S = 10.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Change = tuple[str, dict[str, Any]]  # (topic, message) to record
 
@@ -56,6 +63,7 @@ class StandingsWeb:
         self.export_dir = export_dir
         self.guard = Guard(token, allow_hosts)
         self._claimed: set[str] = set()  # driver names (casefolded) published, not yet back
+        self._streams = 0  # /api/events open now
         self.actions: dict[str, Callable[[dict[str, Any]], Change]] = {
             "add-driver": self._add_driver, "rename": self._rename, "lap": self._lap,
             "remove-lap": self._remove_lap, "track": self._track, "driving": self._driving}
@@ -65,6 +73,7 @@ class StandingsWeb:
         app.router.add_get("/", self._page("standings.html"))
         app.router.add_get("/admin", self._page("admin.html"))
         app.router.add_get("/api/standings", self.table)
+        app.router.add_get("/api/events", self.events)
         app.router.add_get("/api/export", self.export)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_post("/api/admin/{action}", self.admin)
@@ -106,6 +115,35 @@ class StandingsWeb:
 
     async def table(self, request: web.Request) -> web.Response:
         return web.json_response(self._view())
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """The table pushed as Server-Sent Events: now, then at every change (what the
+        public page shows, without polling)."""
+        if self._streams >= MAX_EVENT_STREAMS:
+            return error(503, f"{MAX_EVENT_STREAMS} screens follow the standings already; "
+                              "poll /api/standings instead")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-store"})
+        self._streams += 1
+        try:
+            await response.prepare(request)
+            version = None
+            while True:
+                if version is not None and not await self.keeper.changed(version, KEEPALIVE_S):
+                    await asyncio.wait_for(response.write(b": keepalive\n\n"), SEND_TIMEOUT_S)
+                    continue
+                view = self._view()
+                version = view["version"]
+                frame = f"event: standings\ndata: {json.dumps(view)}\n\n".encode()
+                await asyncio.wait_for(response.write(frame), SEND_TIMEOUT_S)
+        except TimeoutError:
+            if request.transport is not None:
+                request.transport.abort()  # a screen that takes nothing: let it go
+        except (ConnectionError, RuntimeError):
+            pass  # the screen went away
+        finally:
+            self._streams -= 1
+        return response
 
     async def healthz(self, request: web.Request) -> web.Response:
         client = self.keeper.client()

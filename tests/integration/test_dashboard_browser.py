@@ -120,6 +120,8 @@ async def test_the_standings_pages_show_the_game_laps_and_take_the_admins_change
             errors: list[str] = []
             screen = await browser.new_page(viewport={"width": 1200, "height": 900})
             screen.on("pageerror", lambda error: errors.append(str(error)))
+            asked: list[str] = []  # what the screen fetched: pushed to, it does not poll
+            screen.on("request", lambda request: asked.append(request.url))
             await screen.goto(standings.url)  # the public page: no token
             await screen.wait_for_function(
                 "document.querySelectorAll('#standings tbody tr').length === 20",
@@ -157,6 +159,8 @@ async def test_the_standings_pages_show_the_game_laps_and_take_the_admins_change
             leader = await screen.locator("#standings tbody tr").first.locator(
                 "td").all_text_contents()
             assert leader == ["1", "Alice <b>Fast</b>", "48.100", "", "25"]
+            assert not [url for url in asked if "/api/standings" in url]
+            assert [url for url in asked if url.endswith("/api/events")]
 
             async with admin.expect_download() as download_info:
                 await admin.click("#export")

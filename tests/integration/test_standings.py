@@ -351,3 +351,27 @@ async def test_one_rig_the_players_laps_go_to_whoever_is_at_the_wheel(
     rows = (await view(standings))["rows"]
     assert [(r["name"], r["lap_ms"], r["source"]) for r in rows] == [
         ("Alice", player_best, "game")]  # and no AI car is timed
+
+
+async def test_the_table_is_pushed_to_screens_at_every_change(processes: Processes,
+                                                             tmp_path: Path) -> None:
+    """/api/events: the table at once, then again at each change, without polling."""
+    broker = await processes.broker()
+    standings = await processes.standings(broker.address, "--token", "s3cret", "--source",
+                                          "manual", "--export-dir", str(tmp_path))
+
+    async def next_view(stream: aiohttp.StreamReader) -> dict[str, Any]:
+        async with asyncio.timeout(10):
+            while True:
+                line = (await stream.readline()).decode()
+                if line.startswith("data: "):
+                    return dict(json.loads(line.removeprefix("data: ")))
+
+    async with aiohttp.ClientSession() as session, \
+            session.get(standings.url + "api/events") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/event-stream"
+        first = await next_view(response.content)
+        assert (await admin(standings, "track", {"track": "Monza"}))[0] == 200
+        pushed = await next_view(response.content)
+        assert pushed["track"] == "Monza" and pushed["version"] > first["version"]
