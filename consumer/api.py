@@ -314,12 +314,16 @@ class Consumer:
             topics = list((await client.stats(topic_limit=HINT_TOPICS))["topics"])
         except Exception:  # a hint only: an engine without the list, a broker gone
             return
+        # A topic another of this consumer's patterns reads is no typo of this one
+        # (game.lap_data beside game.*.lap_data: one rig or several).
+        patterns = [h.pattern for h in self.handlers]
+        unread = [t for t in topics if not any(pattern_matches(p, t) for p in patterns)]
         for pattern in idle:
             if any(pattern_matches(pattern, topic) for topic in topics):
-                continue
+                continue  # there is one: it has not said anything yet
             # 0.8: a typo of a letter or two (TimingDate: TimingData 0.93), not a sibling
             # that exists before this one does (TrackStatus: TimingStats 0.69, the demo).
-            close = difflib.get_close_matches(pattern, topics, n=5, cutoff=0.8)
+            close = difflib.get_close_matches(pattern, unread, n=5, cutoff=0.8)
             if not close:
                 continue  # nothing like it yet: a source not started, not a typo
             log.warning("no topic matches %r yet; topics that look close: %s (every topic: "

@@ -34,11 +34,14 @@ from consumer.standings.table import (
 )
 from consumer.standings.web import StandingsWeb
 from consumer.website import add_site_arguments, http_address, start_site
+from f1vocab.game.topics import packet_patterns
 
 log = logging.getLogger("slipstream.standings")
 
 SOURCES = ("game", "live", "both", "manual")
-GAME_TOPICS = ("game.session", "game.participants", "game.lap_data")
+# One rig's game.<packet>, and every rig's game.<rig>.<packet> (f1vocab/game/topics.py).
+GAME_TOPICS = tuple(pattern for packet in ("session", "participants", "lap_data")
+                    for pattern in packet_patterns(packet))
 LIVE_TOPICS = ("live.SessionInfo", "live.DriverList", "live.TimingData")
 
 app = Consumer("standings", description="Keep the standings of a sim-racing event (each "

@@ -25,6 +25,7 @@ from broker.client import Client, Message
 from broker.errors import SlipstreamError
 from consumer.standings.sources import AtTheWheel, GameLaps, LiveLaps, SourceLap
 from consumer.standings.table import FACTS, Standings
+from f1vocab.game.topics import split_game_topic
 
 log = logging.getLogger("slipstream.standings")
 
@@ -46,6 +47,8 @@ class StandingsKeeper:
                  table_every_s: float = 0.5) -> None:
         self.standings = standings
         self.game = game
+        # Several rigs (game.<rig>.<packet>): each rig's game is timed on its own.
+        self.rigs: dict[str, GameLaps] = {}
         self.live = live
         self.client = client
         self._table_every_s = table_every_s
@@ -85,13 +88,24 @@ class StandingsKeeper:
 
     async def on_game(self, message: Message) -> None:
         assert self.game is not None
-        name, packet = message.topic.removeprefix("game."), message.data
+        rig, name = split_game_topic(message.topic)
+        game, packet = self._game_of(rig), message.data
         if name == "session":
-            await self._follow_track(self.game.session(packet))
+            await self._follow_track(game.session(packet))
         elif name == "participants":
-            await self._publish_laps(self.game.participants(packet))
+            await self._publish_laps(game.participants(packet))
         elif name == "lap_data":
-            await self._publish_laps(self.game.lap_data(packet, self._at_the_wheel()))
+            await self._publish_laps(game.lap_data(packet, self._at_the_wheel(rig)))
+
+    def _game_of(self, rig: str | None) -> GameLaps:
+        assert self.game is not None
+        if rig is None:
+            return self.game
+        game = self.rigs.get(rig)
+        if game is None:
+            game = self.rigs[rig] = GameLaps(self.game.player_only, rig)
+            log.info("timing rig %s (game.%s.*)", rig, rig)
+        return game
 
     async def on_live(self, message: Message) -> None:
         assert self.live is not None
@@ -100,8 +114,8 @@ class StandingsKeeper:
             await self._follow_track(self.live.track)
         await self._publish_laps(laps)
 
-    def _at_the_wheel(self) -> AtTheWheel | None:
-        driver = self.standings.driving
+    def _at_the_wheel(self, rig: str | None) -> AtTheWheel | None:
+        driver = self.standings.driver_at(rig)
         name = self.standings.drivers.get(driver) if driver is not None else None
         return AtTheWheel(driver, name) if driver is not None and name is not None else None
 

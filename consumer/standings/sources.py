@@ -52,8 +52,9 @@ class GameLaps:
     `player_only`, only the player's car is timed: one rig, drivers taking turns.
     """
 
-    def __init__(self, player_only: bool = False) -> None:
+    def __init__(self, player_only: bool = False, rig: str | None = None) -> None:
         self.player_only = player_only
+        self.rig = rig  # with several rigs, whose game this is: in its drivers' ids and names
         self.track: str | None = None
         self.names: list[str] = []
         self._session_uid: int | None = None
@@ -110,11 +111,18 @@ class GameLaps:
                 held.append((index, lap_number, lap_ms, wheel))
                 continue
             driver, name = ((wheel.driver, wheel.name) if wheel is not None
-                            else (f"game:{self.names[index]}", self.names[index]))
+                            else self._driver_of(self.names[index]))
             laps.append(SourceLap(f"game:{self._session_uid}:{index}:{lap_number}", driver,
                                   name, lap_ms, self.track))
         self._pending = held
         return laps
+
+
+    def _driver_of(self, name: str) -> tuple[str, str]:
+        """A game driver's id and name: two rigs' "Player" are two drivers."""
+        if self.rig is None:
+            return f"game:{name}", name
+        return f"game:{self.rig}:{name}", f"{name} ({self.rig})"
 
 
 class LiveLaps:

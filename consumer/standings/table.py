@@ -12,8 +12,9 @@ restart of the broker too.
                              "source"}                   it adds a driver not yet known
     standings.lap_removed   {"id"}                      strike a lap (a typo, a cut)
     standings.track         {"track"}                   where the event is now
-    standings.driving       {"driver"}                  who is at the wheel of the
-                                                        game's player car (or null)
+    standings.driving       {"driver", "rig"}           who is at the wheel of the
+                                                        game's player car (or null),
+                                                        of that rig (no rig: the one)
 
 `standings.table`, the table itself, is published for others to show and is
 not applied here. Each driver's standing is their single fastest lap on the
@@ -108,7 +109,8 @@ class Standings:
         self.drivers: dict[str, str] = {}  # id -> name, in the order they were added
         self.laps: dict[str, dict[str, list[Lap]]] = {}  # track -> driver -> best first
         self.track: str | None = None
-        self.driving: str | None = None
+        self.driving: str | None = None  # at the wheel of the one rig's player car
+        self.driving_by_rig: dict[str, str] = {}  # rig -> driver, with several rigs
         self.version = 0  # counts the changes applied: the page asks "anything new?"
         self._lap_ids: dict[str, None] = {}  # lap ids applied or struck, oldest first
         self._facts: dict[str, Callable[[dict[str, Any], int], bool]] = dict(zip(FACTS, (
@@ -196,13 +198,24 @@ class Standings:
         return True
 
     def _driving(self, data: dict[str, Any], set_at_us: int) -> bool:
-        driver = data.get("driver")
+        driver, rig = data.get("driver"), data.get("rig")
         if driver is not None and not isinstance(driver, str):
             raise StandingsError(f"standings.driving: driver {driver!r} is not a driver id")
-        if driver == self.driving:
+        if rig is not None and (not isinstance(rig, str) or not rig):
+            raise StandingsError(f"standings.driving: rig {rig!r} is not a rig's name")
+        if driver == self.driver_at(rig):
             return False
-        self.driving = driver
+        if rig is None:
+            self.driving = driver
+        elif driver is None:
+            del self.driving_by_rig[rig]
+        else:
+            self.driving_by_rig[rig] = driver
         return True
+
+    def driver_at(self, rig: str | None) -> str | None:
+        """Who is at the wheel of `rig`'s player car (None: of the one rig's)."""
+        return self.driving if rig is None else self.driving_by_rig.get(rig)
 
     def _remember(self, lap_id: str) -> None:
         self._lap_ids[lap_id] = None
@@ -245,7 +258,8 @@ class Standings:
     def view(self) -> dict[str, Any]:
         """What the pages show and `standings.table` carries."""
         return {"track": self.track, "tracks": sorted(self.laps), "version": self.version,
-                "driving": self.driving, "points": list(self.points), "rows": self.rows()}
+                "driving": self.driving, "driving_by_rig": dict(self.driving_by_rig),
+                "points": list(self.points), "rows": self.rows()}
 
     def csv_text(self, track: str | None = None) -> str:
         """The table as CSV, fastest first, for a spreadsheet or the prize-giving."""

@@ -30,6 +30,7 @@ from aiohttp import web
 from consumer.standings.keeper import NotRecorded, StandingsKeeper, new_id
 from consumer.standings.table import MAX_DRIVERS, StandingsError, clean_name
 from consumer.website import Guard, error, health
+from f1vocab.game.topics import RigNameError, check_rig
 from f1vocab.timing import LapTimeError, parse_lap_time
 
 log = logging.getLogger("slipstream.standings")
@@ -182,7 +183,11 @@ class StandingsWeb:
 
     def _view(self) -> dict[str, Any]:
         view = self.standings.view()
-        view["driving_name"] = self.standings.drivers.get(self.standings.driving or "")
+        drivers = self.standings.drivers
+        view["driving_name"] = drivers.get(self.standings.driving or "")
+        view["rigs"] = sorted(set(self.keeper.rigs) | set(self.standings.driving_by_rig))
+        view["driving_names"] = {rig: drivers.get(driver)
+                                 for rig, driver in self.standings.driving_by_rig.items()}
         view["drivers"] = [{"id": driver, "name": name}
                            for driver, name in self.standings.drivers.items()]
         return view
@@ -278,6 +283,14 @@ class StandingsWeb:
         return "standings.track", {"track": " ".join(track.split())}
 
     def _driving(self, body: dict[str, Any]) -> Change:
+        """Who is at the wheel (of `rig`'s player car, with several rigs)."""
+        rig = body.get("rig")
+        if rig is not None:
+            try:
+                check_rig(rig if isinstance(rig, str) else "")
+            except RigNameError as exc:
+                raise Refused(400, str(exc)) from None
+        where = {"rig": rig} if rig is not None else {}
         if body.get("driver") is None:
-            return "standings.driving", {"driver": None}
-        return "standings.driving", {"driver": self._driver(body)}
+            return "standings.driving", {"driver": None, **where}
+        return "standings.driving", {"driver": self._driver(body), **where}

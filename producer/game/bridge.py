@@ -5,7 +5,9 @@ queued at once, and a publisher task drains the queue. If the broker is
 slow or away, the queue fills and further datagrams are dropped, counted
 and reported; the client reconnects by itself. Each decoded packet goes to
 `game.<packet>` (header included); with --raw the untouched datagram also
-goes to `game.raw`.
+goes to `game.raw`. A bridge told which rig it hears (`--rig NAME`, or one
+`--listen PORT=NAME` per rig) publishes on `game.<rig>.<packet>` instead
+(f1vocab/game/topics.py), so several rigs share one broker without mixing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from broker.client import Client
 from broker.limits import LogThrottle
+from f1vocab.game.topics import RAW, game_topic
 from producer.game.capture import CaptureWriter
 from producer.game.decoder import GameDecoder, Packet
 
@@ -34,33 +37,50 @@ class BridgeStats:
     undecodable: Counter[str] = field(default_factory=Counter)  # by kind, a bounded set
     published: int = 0
     dropped: int = 0
+    by_rig: Counter[str] = field(default_factory=Counter)  # datagrams received, per rig
 
     def summary(self) -> str:
         kinds = ", ".join(f"{name} {count}" for name, count in sorted(self.decoded.items()))
-        return (f"received {self.received:,} datagrams, decoded {sum(self.decoded.values()):,}"
-                f" ({kinds or 'none'}), undecodable {sum(self.undecodable.values()):,}, "
-                f"published {self.published:,}, dropped {self.dropped:,}")
+        rigs = "".join(f", {rig} {count:,}" for rig, count in sorted(self.by_rig.items()))
+        return (f"received {self.received:,} datagrams{rigs}, decoded "
+                f"{sum(self.decoded.values()):,} ({kinds or 'none'}), undecodable "
+                f"{sum(self.undecodable.values()):,}, published {self.published:,}, dropped "
+                f"{self.dropped:,}")
 
 
 class Bridge(asyncio.DatagramProtocol):
-    def __init__(self, client: Client, raw: bool, record: Path | None) -> None:
+    """One publisher for one or several UDP ports: as a protocol itself, the datagrams of
+    `rig` (None: the one rig, on game.<packet>); `for_rig(name)` for each further port."""
+
+    def __init__(self, client: Client, raw: bool, record: Path | None,
+                 rig: str | None = None) -> None:
         self.client = client
         self.raw = raw
+        self.rig = rig
         self.decoder = GameDecoder()
         self.stats = BridgeStats()
         self.capture = CaptureWriter(record) if record else None
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(QUEUE_DATAGRAMS)
         self.warnings = LogThrottle(log)
 
+    def for_rig(self, rig: str) -> asyncio.DatagramProtocol:
+        """The protocol for a port that hears `rig`'s game: into this bridge's queue."""
+        return _RigPort(self, rig)
+
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.received(data, addr, self.rig)
+
+    def received(self, data: bytes, addr: tuple[str | Any, int], rig: str | None) -> None:
         """The hot path: decode and queue, never wait."""
         self.stats.received += 1
+        if rig is not None:
+            self.stats.by_rig[rig] += 1
         if self.capture is not None:
             self.capture.write(time.time(), data)
         packet = self.decoder.decode(data)
         if isinstance(packet, Packet):
             self.stats.decoded[packet.name] += 1
-            self._queue(f"game.{packet.name}", packet.data)
+            self._queue(game_topic(packet.name, rig), packet.data)
         else:
             key = self.decoder.kind_of(packet)  # bounded: a flood of random ids is one key
             self.stats.undecodable[key] += 1
@@ -68,7 +88,7 @@ class Bridge(asyncio.DatagramProtocol):
                 f"undecodable:{key}", "undecodable datagram from %s:%s: %s (%s; logged once "
                 "per kind, then counted every 10 s)", addr[0], addr[1], packet.reason, key)
         if self.raw:
-            self._queue("game.raw", data)
+            self._queue(game_topic(RAW, rig), data)
 
     def _queue(self, topic: str, data: Any) -> None:
         try:
@@ -102,3 +122,14 @@ class Bridge(asyncio.DatagramProtocol):
             self.stats.dropped += self.queue.qsize()
         if self.capture is not None:
             self.capture.close()
+
+
+class _RigPort(asyncio.DatagramProtocol):
+    """One more UDP port of a bridge: its datagrams are `rig`'s."""
+
+    def __init__(self, bridge: Bridge, rig: str) -> None:
+        self.bridge = bridge
+        self.rig = rig
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.bridge.received(data, addr, self.rig)

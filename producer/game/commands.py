@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from broker import cli
+from broker.errors import ConfigError
 from broker.tasks import stop_task
 from f1vocab.game.specs import SPECS
+from f1vocab.game.topics import RigNameError, check_rig
 from producer.game.bridge import Bridge
 from producer.game.capture import CaptureReport, read_capture
 from producer.game.simulator import SessionSimulator
@@ -28,9 +30,15 @@ def add_parsers(subparsers: Any) -> None:
         "udp", help="bridge the F1 game's UDP telemetry into game.* topics",
         description="Receive the F1 game's UDP telemetry (formats 2024, 2025, 2026), decode "
                     "it and publish each packet on game.<packet>. Listens on loopback by "
-                    "default; --listen 0.0.0.0:20777 receives from a console or PC on the LAN.")
-    udp.add_argument("--listen", default=f"127.0.0.1:{GAME_PORT}", metavar="HOST:PORT",
-                     help="where the game sends to (default %(default)s)")
+                    "default; --listen 0.0.0.0:20777 receives from a console or PC on the LAN. "
+                    "Several rigs: --rig NAME publishes on game.NAME.<packet>, or give one "
+                    "--listen HOST:PORT=NAME per rig (each game sends to its own port).")
+    udp.add_argument("--listen", action="append", metavar="HOST:PORT[=RIG]",
+                     help=f"where a game sends to (default 127.0.0.1:{GAME_PORT}); again for "
+                          "each further rig, each with =RIG")
+    udp.add_argument("--rig", metavar="NAME",
+                     help="the rig this bridge hears: its packets go to game.NAME.<packet> "
+                          "(default: game.<packet>, one rig)")
     udp.add_argument("--raw", action="store_true",
                      help="also publish each untouched datagram on game.raw")
     udp.add_argument("--record", type=Path, metavar="FILE",
@@ -53,6 +61,9 @@ def add_parsers(subparsers: Any) -> None:
                      help="session length in seconds (default 120)")
     sim.add_argument("--as-fast-as-possible", action="store_true",
                      help="no pauses: the whole session at once (for tests and benchmarks)")
+    sim.add_argument("--rigs", type=cli.positive_int, default=1, metavar="N",
+                     help="simulate N rigs at once, each its own session: rig i sends to "
+                          "--to's port + i (a bridge with one --listen PORT=RIG each)")
     sim.add_argument("--session-uid", type=int, metavar="N",
                      help="the session's uid (default: a new one each run, as the game does; "
                           "two runs with one uid look like one session, and the standings "
@@ -76,24 +87,59 @@ def add_parsers(subparsers: Any) -> None:
     cli.add_command(replay, run_replay)
 
 
+def listen_addresses(args: argparse.Namespace) -> list[tuple[str, int, str | None]]:
+    """(host, port, rig) per --listen; ConfigError for a bad address, rig or mix."""
+    texts = args.listen or [f"127.0.0.1:{GAME_PORT}"]
+    listens = []
+    for text in texts:
+        address, _, rig = text.partition("=")
+        host, port = cli.flag_address(address, "--listen")
+        listens.append((host, port, rig or args.rig))
+    if len(listens) > 1 and not all(rig for _, _, rig in listens):
+        raise ConfigError("several --listen need a rig each (--listen HOST:PORT=RIG): their "
+                          "packets would mix on game.<packet>")
+    rigs = [rig for _, _, rig in listens if rig]
+    if len(set(rigs)) != len(rigs):
+        raise ConfigError(f"two --listen name the same rig: {', '.join(rigs)}")
+    if len(listens) > 1 and args.rig:
+        raise ConfigError("--rig names the rig of one --listen; with several, give each its "
+                          "own (--listen HOST:PORT=RIG)")
+    if len(listens) > 1 and args.record:
+        raise ConfigError("--record keeps one rig's datagrams: run a bridge per rig to "
+                          "record them")
+    for rig in rigs:
+        try:
+            check_rig(rig)
+        except RigNameError as exc:
+            raise ConfigError(str(exc)) from None
+    return listens
+
+
 async def run_bridge(args: argparse.Namespace) -> int:
-    host, port = cli.flag_address(args.listen, "--listen")
+    listens = listen_addresses(args)
     client = cli.client_for(args, "game-udp")
-    bridge = Bridge(client, args.raw, args.record)
+    bridge = Bridge(client, args.raw, args.record, listens[0][2])
     loop = asyncio.get_running_loop()
+    transports: list[asyncio.DatagramTransport] = []
     try:
-        transport, _ = await loop.create_datagram_endpoint(lambda: bridge,
-                                                           local_addr=(host, port))
-    except OSError as exc:
-        return cli.fail("udp", f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-    sock = transport.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-    print(f"listening for game telemetry on {host}:{sock.getsockname()[1]}", flush=True)
-    try:
+        for index, (host, port, rig) in enumerate(listens):
+            port_protocol = bridge if index == 0 else bridge.for_rig(rig or "")
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda p=port_protocol: p, local_addr=(host, port))  # type: ignore[misc]
+            except OSError as exc:
+                return cli.fail("udp", f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+            transports.append(transport)
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            heard = f" (rig {rig}: game.{rig}.<packet>)" if rig else ""
+            print(f"listening for game telemetry on {host}:{sock.getsockname()[1]}{heard}",
+                  flush=True)
         await client.connect(wait=True)  # the datagrams keep coming while we wait
         await bridge.publish_forever()
     finally:
-        transport.close()
+        for transport in transports:
+            transport.close()
         await bridge.drain()
         await client.close()
         print(f"udp: {bridge.stats.summary()}", file=sys.stderr)
@@ -102,27 +148,39 @@ async def run_bridge(args: argparse.Namespace) -> int:
 
 async def run_simulator(args: argparse.Namespace) -> int:
     host, port = cli.flag_address(args.to, "--to")
-    uid = args.session_uid if args.session_uid is not None else secrets.randbits(63)
-    simulator = SessionSimulator(args.format, args.cars, args.hz, args.duration, uid)
+    if port + args.rigs - 1 > 65535:
+        return cli.fail("udp-sim", f"--rigs {args.rigs} from port {port} go past 65535",
+                        cli.EXIT_USAGE)
+    if args.session_uid is not None and args.rigs > 1:
+        return cli.fail("udp-sim", "--session-uid with --rigs: each rig is a session of its "
+                        "own, with its own uid", cli.EXIT_USAGE)
+    uids = [args.session_uid if args.session_uid is not None else secrets.randbits(63)
+            for _ in range(args.rigs)]
+    simulators = [SessionSimulator(args.format, args.cars, args.hz, args.duration, uid)
+                  for uid in uids]
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
-                                                       remote_addr=(host, port))
+    transports = [(await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=(host, port + rig)))[0]
+        for rig in range(args.rigs)]
     sent = 0
     pacer = Pacer(0.0 if args.as_fast_as_possible else 1.0)
     try:
-        for now, datagrams in simulator.frames():
-            await pacer.wait_until(now)
-            for datagram in datagrams:
-                transport.sendto(datagram)
-            sent += len(datagrams)
-            if args.as_fast_as_possible and sent % 200 < len(datagrams):
+        # The rigs' sessions side by side, frame by frame, as rigs at one event run.
+        for frames in zip(*(simulator.frames() for simulator in simulators), strict=True):
+            await pacer.wait_until(frames[0][0])
+            for transport, (_, datagrams) in zip(transports, frames, strict=True):
+                for datagram in datagrams:
+                    transport.sendto(datagram)
+                sent += len(datagrams)
+            if args.as_fast_as_possible and sent % 200 < sum(len(d) for _, d in frames):
                 await asyncio.sleep(0.001)  # let the receiver keep up on loopback
     finally:
-        transport.close()
+        for transport in transports:
+            transport.close()
+        where = f"{host}:{port}" + (f"..{port + args.rigs - 1}" if args.rigs > 1 else "")
         print(f"udp-sim: sent {sent:,} datagrams of format {args.format} "
-              f"({len(simulator.cars)} cars, {args.duration:g} s at {args.hz:g} Hz, "
-              f"session uid {uid}) "
-              f"to {host}:{port}", file=sys.stderr)
+              f"({args.cars} cars, {args.duration:g} s at {args.hz:g} Hz, "
+              f"session uid {', '.join(map(str, uids))}) to {where}", file=sys.stderr)
     return cli.EXIT_OK
 
 

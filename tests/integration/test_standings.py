@@ -375,3 +375,88 @@ async def test_the_table_is_pushed_to_screens_at_every_change(processes: Process
         assert (await admin(standings, "track", {"track": "Monza"}))[0] == 200
         pushed = await next_view(response.content)
         assert pushed["track"] == "Monza" and pushed["version"] > first["version"]
+
+
+def player_laps(duration_s: float, hz: float, cars: int) -> list[int]:
+    """The valid laps (ms) the simulator's player car completes in a run: what a rig's
+    driver must be credited with, lap for lap."""
+    from producer.game.decoder import GameDecoder, Packet
+    from producer.game.simulator import SessionSimulator
+
+    decoder, laps, before = GameDecoder(), [], None
+    for _, datagrams in SessionSimulator(cars=cars, hz=hz, duration_s=duration_s).frames():
+        for datagram in datagrams:
+            packet = decoder.decode(datagram)
+            if isinstance(packet, Packet) and packet.name == "lap_data":
+                lap = packet.data["lap_data"][0]
+                if before is not None and lap["current_lap_num"] > before \
+                        and lap["last_lap_time_in_ms"]:
+                    laps.append(lap["last_lap_time_in_ms"])
+                before = lap["current_lap_num"]
+    return laps
+
+
+async def test_two_rigs_each_drivers_laps_land_on_their_own_rig(processes: Processes) -> None:
+    """Issue 25: two simulated rigs (each its own session) into one bridge on two ports,
+    game.<rig>.*; Alice at rig a's wheel, Bob at rig b's: every lap of each rig's player
+    car is credited to its driver, none lost, none to the other."""
+    broker = await processes.broker()
+    standings = await processes.standings(broker.address, "--game-cars", "player")
+    ids = {}
+    for name, rig in (("Alice", "a"), ("Bob", "b")):
+        status, answer = await admin(standings, "add-driver", {"name": name}, token=None)
+        assert status == 200
+        ids[name] = next(d["id"] for d in answer["standings"]["drivers"] if d["name"] == name)
+        status, answer = await admin(standings, "driving", {"driver": name, "rig": rig},
+                                     token=None)
+        assert status == 200, answer
+    assert answer["standings"]["driving_by_rig"] == {"a": ids["Alice"], "b": ids["Bob"]}
+    port = free_udp_port(2)
+    udp = await processes.command("-m", "producer", "udp", "--listen", f"127.0.0.1:{port}=a",
+                                  "--listen", f"127.0.0.1:{port + 1}=b", "--broker",
+                                  broker.address)
+    out: Path = udp.out_path  # type: ignore[attr-defined]
+    await until(lambda: _async(out.read_text().count("listening") == 2), "the bridge")
+    code, _, err = await run_command(
+        "-m", "producer", "udp-sim", "--rigs", "2", "--to", f"127.0.0.1:{port}", "--hz", "4",
+        "--duration", "160", "--cars", "2", "--as-fast-as-possible", timeout_s=120)
+    assert code == 0, err
+    expected = player_laps(160, 4, 2)
+    assert len(expected) >= 2
+    async with Client(broker.address) as client:
+        published = await client.subscribe("standings.lap", start="earliest")
+        laps = await take(published, 2 * len(expected))
+        await assert_nothing_more(published)
+    by_driver: dict[str, list[int]] = {}
+    for lap in laps:
+        by_driver.setdefault(lap.data["name"], []).append(lap.data["lap_ms"])
+    assert by_driver == {"Alice": expected, "Bob": expected}  # the same simulation on each
+    assert await udp.stop(signal.SIGINT) == 0
+    assert "dropped 0" in udp.log() and "no topic matches" not in standings.log()
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+def free_udp_port(count: int) -> int:
+    """A UDP port on loopback with `count` free ports from it on."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        try:
+            sockets = []
+            for offset in range(count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(s)
+                s.bind(("127.0.0.1", port + offset))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise AssertionError(f"no {count} free UDP ports in a row")
