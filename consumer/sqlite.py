@@ -98,7 +98,7 @@ class Writer:
             raise ConfigError(f"cannot write the database {self.path}: {exc}") from None
         if migrated:  # said whatever the log level: the file changed under its owner
             print(f"sqlite: {self.path} brought up to schema {SCHEMA_VERSION} (live laps are "
-                  "now kept per session)", file=sys.stderr, flush=True)
+                  "kept per session, game rows per rig)", file=sys.stderr, flush=True)
         self._db = db
 
     async def write(self, rows: Rows) -> None:

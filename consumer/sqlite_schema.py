@@ -25,11 +25,12 @@ from typing import Any
 
 from broker.client import Message
 from consumer.api import json_text
+from f1vocab.game.topics import game_topic, split_game_topic
 from f1vocab.sessions import SESSION_START_TOPIC, session_of
 from f1vocab.state import apply
 from f1vocab.timing import lap_seconds
 
-SCHEMA_VERSION = 1  # PRAGMA user_version: 0 is the first schema (migrated on open)
+SCHEMA_VERSION = 2  # PRAGMA user_version: 0 is the first schema (migrated on open)
 # Game packets kept as JSON in `messages`: the few, low-rate ones people read whole.
 GAME_JSON_TOPICS = frozenset({"game.event", "game.participants", "game.final_classification",
                               "game.lobby_info"})
@@ -94,20 +95,22 @@ CREATE TABLE IF NOT EXISTS race_control (
     PRIMARY KEY (epoch, seq, item)
 );
 CREATE TABLE IF NOT EXISTS game_car_telemetry (
-    epoch INTEGER NOT NULL, seq INTEGER NOT NULL, car_index INTEGER NOT NULL,
+    epoch INTEGER NOT NULL, rig TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL,
+    car_index INTEGER NOT NULL,
     session_uid INTEGER, frame INTEGER, session_time REAL,
     speed INTEGER, throttle REAL, steer REAL, brake REAL, gear INTEGER, engine_rpm INTEGER,
     drs INTEGER, engine_temperature INTEGER,
     brakes_temperature TEXT, tyres_surface_temperature TEXT,  -- JSON [RL, RR, FL, FR]
-    PRIMARY KEY (epoch, seq, car_index)
+    PRIMARY KEY (epoch, rig, seq, car_index)
 );
 CREATE TABLE IF NOT EXISTS game_lap_data (
-    epoch INTEGER NOT NULL, seq INTEGER NOT NULL, car_index INTEGER NOT NULL,
+    epoch INTEGER NOT NULL, rig TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL,
+    car_index INTEGER NOT NULL,
     session_uid INTEGER, frame INTEGER, session_time REAL,
     current_lap_num INTEGER, car_position INTEGER, lap_distance REAL, total_distance REAL,
     current_lap_time_ms INTEGER, last_lap_time_ms INTEGER, sector INTEGER,
     pit_status INTEGER,
-    PRIMARY KEY (epoch, seq, car_index)
+    PRIMARY KEY (epoch, rig, seq, car_index)
 );
 CREATE INDEX IF NOT EXISTS game_lap_data_by_frame ON game_lap_data (session_uid, frame);
 """
@@ -121,9 +124,9 @@ INSERT_TRACK = "INSERT OR IGNORE INTO track_status VALUES (?, ?, ?, ?, ?, ?)"
 INSERT_RACE_CONTROL = ("INSERT OR IGNORE INTO race_control VALUES "
                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 INSERT_GAME_TELEMETRY = ("INSERT OR IGNORE INTO game_car_telemetry VALUES "
-                         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 INSERT_GAME_LAP = ("INSERT OR IGNORE INTO game_lap_data VALUES "
-                   "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                   "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 # Schema 0 -> 1: live_laps gains `session` in its key (a table is rebuilt to change
 # its key); game_packets and live_sessions are new and made by SCHEMA.
@@ -142,6 +145,41 @@ DROP TABLE live_laps_schema0;
 """
 
 
+# Schema 1 -> 2: the game tables gain `rig` in their key (game.<rig>.<packet>: two rigs'
+# packets have the same seqs, each on its own topic). Rebuilt by SCHEMA, their rows kept
+# under rig ''.
+_TELEMETRY_COLUMNS = ("seq, car_index, session_uid, frame, session_time, speed, throttle, "
+                      "steer, brake, gear, engine_rpm, drs, engine_temperature, "
+                      "brakes_temperature, tyres_surface_temperature")
+_LAP_COLUMNS = ("seq, car_index, session_uid, frame, session_time, current_lap_num, "
+                "car_position, lap_distance, total_distance, current_lap_time_ms, "
+                "last_lap_time_ms, sector, pit_status")
+MIGRATE_1_TO_2_BEFORE = """
+ALTER TABLE game_car_telemetry RENAME TO game_car_telemetry_schema1;
+ALTER TABLE game_lap_data RENAME TO game_lap_data_schema1;
+DROP INDEX IF EXISTS game_lap_data_by_frame;
+"""
+MIGRATE_1_TO_2_AFTER = f"""
+INSERT INTO game_car_telemetry (epoch, rig, {_TELEMETRY_COLUMNS})
+    SELECT epoch, '', {_TELEMETRY_COLUMNS} FROM game_car_telemetry_schema1;
+INSERT INTO game_lap_data (epoch, rig, {_LAP_COLUMNS})
+    SELECT epoch, '', {_LAP_COLUMNS} FROM game_lap_data_schema1;
+DROP TABLE game_car_telemetry_schema1;
+DROP TABLE game_lap_data_schema1;
+"""
+
+
+def _game_packet(topic: str) -> tuple[str, str]:
+    """(rig or '', packet) of a game packet topic; ('', '') for any other topic."""
+    if not topic.startswith("game."):
+        return "", ""
+    try:
+        rig, packet = split_game_topic(topic)
+    except ValueError:
+        return "", ""
+    return rig or "", packet
+
+
 class SchemaError(Exception):
     """A database this version cannot write; the text says why."""
 
@@ -154,16 +192,20 @@ def prepare(db: sqlite3.Connection) -> bool:
                           f"one writes schema {SCHEMA_VERSION}): use another --db")
     had_laps = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'live_laps'").fetchone()
     migrate = MIGRATE_0_TO_1 if version == 0 and had_laps else ""
+    old_game = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'game_lap_data'").fetchone() \
+        and not db.execute("SELECT 1 FROM pragma_table_info('game_lap_data') "
+                           "WHERE name = 'rig'").fetchone()
+    before, after = (MIGRATE_1_TO_2_BEFORE, MIGRATE_1_TO_2_AFTER) if old_game else ("", "")
     # One script, one transaction: a migration half done is rolled back, never kept.
     # (executescript commits what is pending first, so the BEGIN is in the script.)
     try:
-        db.executescript(f"BEGIN IMMEDIATE; {migrate} {SCHEMA} "
+        db.executescript(f"BEGIN IMMEDIATE; {migrate} {before} {SCHEMA} {after} "
                          f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    return bool(migrate)
+    return bool(migrate or before)
 
 
 class Rows(defaultdict[str, list[tuple[Any, ...]]]):
@@ -193,13 +235,13 @@ class LiveTables:
 
     def rows_for(self, message: Message, rows: Rows) -> None:
         topic = message.topic
-        if topic.startswith("game.") and not self.game_json and topic not in GAME_JSON_TOPICS:
+        rig, packet = _game_packet(topic)
+        if packet and not self.game_json and game_topic(packet) not in GAME_JSON_TOPICS:
             rows[INSERT_GAME_PACKET].append((message.epoch, topic, message.seq,
                                              message.timestamp_us,
                                              zlib.compress(message.payload, 1)))
-            if topic in ("game.car_telemetry", "game.lap_data") and \
-                    isinstance(message.data, dict):
-                self._game_rows(message, message.data, rows)
+            if packet in ("car_telemetry", "lap_data") and isinstance(message.data, dict):
+                self._game_rows(message, rig, packet, message.data, rows)
             return
         data = message.data
         source_ts = data.get("timestamp") if isinstance(data, dict) else None
@@ -207,8 +249,8 @@ class LiveTables:
                                      message.timestamp_us,
                                      source_ts if isinstance(source_ts, str) else None,
                                      json_text(data)))
-        if topic.startswith("game.") and isinstance(data, dict):
-            self._game_rows(message, data, rows)
+        if packet and isinstance(data, dict):
+            self._game_rows(message, rig, packet, data, rows)
             return
         if not topic.startswith("live.") or not isinstance(data, dict):
             return
@@ -287,20 +329,21 @@ class LiveTables:
                 rows[INSERT_DRIVER].append((number, driver.get("Tla"), driver.get("FullName"),
                                             driver.get("TeamName"), driver.get("TeamColour")))
 
-    def _game_rows(self, message: Message, data: dict[str, Any], rows: Rows) -> None:
+    def _game_rows(self, message: Message, rig: str, packet: str, data: dict[str, Any],
+                   rows: Rows) -> None:
         header = data.get("header") or {}
-        where = (message.epoch, message.seq)
+        where = (message.epoch, rig, message.seq)
         frame = (header.get("session_uid"), header.get("frame_identifier"),
                  header.get("session_time"))
-        match message.topic:
-            case "game.car_telemetry":  # a row per car slot: the game sends them all
+        match packet:
+            case "car_telemetry":  # a row per car slot: the game sends them all
                 for index, car in enumerate(data["car_telemetry_data"]):
                     rows[INSERT_GAME_TELEMETRY].append((
                         *where, index, *frame, car["speed"], car["throttle"], car["steer"],
                         car["brake"], car["gear"], car["engine_rpm"], car["drs"],
                         car["engine_temperature"], json.dumps(car["brakes_temperature"]),
                         json.dumps(car["tyres_surface_temperature"])))
-            case "game.lap_data":
+            case "lap_data":
                 for index, car in enumerate(data["lap_data"]):
                     rows[INSERT_GAME_LAP].append((
                         *where, index, *frame, car["current_lap_num"], car["car_position"],

@@ -12,6 +12,8 @@ import msgpack
 import pytest
 
 from broker import Client
+from producer.game.capture import CaptureReport, read_capture
+from producer.game.decoder import GameDecoder, Packet
 from tests.helpers import ROOT, Processes, run_command, take, wait_drained, wait_for
 
 CAPTURE = ROOT / "samples" / "game" / "session-2026.cap"
@@ -121,3 +123,62 @@ async def test_game_rules_fire_on_the_bundled_session(processes: Processes,
     wear = by_rule["tyre-wear"]
     keys = [alert["key"] for alert in alerts if alert["rule"] == "tyre-wear"]
     assert wear and len(keys) == len(set(keys))
+
+
+# The game tables as schema 1 made them (before rigs), with one row each.
+SCHEMA_1_GAME = """
+CREATE TABLE game_car_telemetry (
+    epoch INTEGER NOT NULL, seq INTEGER NOT NULL, car_index INTEGER NOT NULL,
+    session_uid INTEGER, frame INTEGER, session_time REAL,
+    speed INTEGER, throttle REAL, steer REAL, brake REAL, gear INTEGER, engine_rpm INTEGER,
+    drs INTEGER, engine_temperature INTEGER,
+    brakes_temperature TEXT, tyres_surface_temperature TEXT,
+    PRIMARY KEY (epoch, seq, car_index)
+);
+CREATE TABLE game_lap_data (
+    epoch INTEGER NOT NULL, seq INTEGER NOT NULL, car_index INTEGER NOT NULL,
+    session_uid INTEGER, frame INTEGER, session_time REAL,
+    current_lap_num INTEGER, car_position INTEGER, lap_distance REAL, total_distance REAL,
+    current_lap_time_ms INTEGER, last_lap_time_ms INTEGER, sector INTEGER,
+    pit_status INTEGER,
+    PRIMARY KEY (epoch, seq, car_index)
+);
+CREATE INDEX game_lap_data_by_frame ON game_lap_data (session_uid, frame);
+INSERT INTO game_car_telemetry VALUES (1, 5, 0, 7, 100, 1.5, 301, 1.0, 0.0, 0.0, 8, 11000,
+                                       0, 105, '[1,2,3,4]', '[5,6,7,8]');
+INSERT INTO game_lap_data VALUES (1, 5, 0, 7, 100, 1.5, 2, 1, 500.0, 3500.0, 20000, 85606,
+                                  0, 0);
+PRAGMA user_version = 1;
+"""
+
+
+async def test_two_rigs_keep_their_own_rows_and_old_rows_are_kept_as_no_rig(
+        processes: Processes, tmp_path: Path) -> None:
+    """Issue 25: game.<rig>.<packet> from two rigs (same seqs, each on its topic) are two
+    rigs' rows; a schema-1 database is brought up to date with its rows under rig ''."""
+    db = tmp_path / "rigs.db"
+    with sqlite3.connect(db) as connection:
+        connection.executescript(SCHEMA_1_GAME)
+    broker = await processes.broker()
+    decoder = GameDecoder()
+    packets = [decoder.decode(datagram)
+               for _, datagram in read_capture(CAPTURE, CaptureReport())][:200]
+    laps = [p for p in packets if isinstance(p, Packet) and p.name == "lap_data"]
+    async with Client(broker.address) as client:
+        for rig in ("a", "b"):
+            for packet in laps:
+                await client.publish(f"game.{rig}.lap_data", packet.data)
+        await client.flush()
+    writer = await processes.command("-m", "consumer", "sqlite", "game.>", "--db", str(db),
+                                     "--from", "earliest", "--broker", broker.address)
+    await wait_for_stored(db, 2 * len(laps))
+    assert await writer.stop(signal.SIGINT) == 0
+    assert "brought up to schema 2" in writer.log()
+    with sqlite3.connect(db) as connection:
+        per_rig = dict(connection.execute(
+            "SELECT rig, count(*) FROM game_lap_data GROUP BY rig").fetchall())
+        kept = connection.execute("SELECT rig, last_lap_time_ms FROM game_lap_data "
+                                  "WHERE epoch = 1 AND seq = 5").fetchall()
+        telemetry = connection.execute("SELECT rig, speed FROM game_car_telemetry").fetchall()
+    assert per_rig == {"": 1, "a": CAR_SLOTS * len(laps), "b": CAR_SLOTS * len(laps)}
+    assert kept == [("", 85606)] and telemetry == [("", 301)]

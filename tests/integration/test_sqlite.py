@@ -240,9 +240,9 @@ async def test_a_database_of_the_first_schema_is_brought_up_to_date(
     sqlite_writer = await writer(processes, db, broker.address, "--from", "earliest")
     await wait_for_rows(db, 17_980)
     assert await sqlite_writer.stop(signal.SIGINT) == 0
-    assert "brought up to schema 1 (live laps are now kept per session)" in \
-        sqlite_writer.log()
-    assert query(db, "PRAGMA user_version") == [(1,)]
+    assert "brought up to schema 2 (live laps are kept per session, game rows per rig)" \
+        in sqlite_writer.log()
+    assert query(db, "PRAGMA user_version") == [(2,)]
     # The old lap is kept, under no session; the replay's are under its own.
     assert query(db, "SELECT session, lap_time FROM live_laps WHERE epoch = 1 AND "
                      "racing_number = '44' AND lap = 3") == [("", "1:25.606")]
@@ -259,4 +259,4 @@ async def test_a_database_of_a_newer_schema_is_refused_with_exit_2(
                                      "--broker", broker.address)
     assert code == 2
     assert f"cannot write the database {db}: it has schema 99, written by a newer " \
-           "slipstream (this one writes schema 1): use another --db" in err
+           "slipstream (this one writes schema 2): use another --db" in err
