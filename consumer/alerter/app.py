@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from broker.client import Message
-from consumer.alerter.rules import Alert, Rule, load_rules
+from consumer.alerter.rules import Alert, Rule, load_rules, patterns_of
 from consumer.api import Consumer
 from f1vocab.timing import FeedError, parse_utc
 
@@ -47,8 +47,12 @@ async def _watching() -> AsyncIterator[None]:
     colour = not app.args.no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     alerts = Alerts(colour, app.args.log.open("a", encoding="utf-8") if app.args.log else None)
     try:
-        for pattern in sorted({rule.topic for rule in rules}):
-            app.add_handler(pattern, alerts.checker([r for r in rules if r.topic == pattern]))
+        by_pattern: dict[str, list[Rule]] = {}
+        for rule in rules:
+            for pattern in patterns_of(rule):  # a game rule also watches every rig
+                by_pattern.setdefault(pattern, []).append(rule)
+        for pattern, watching in sorted(by_pattern.items()):
+            app.add_handler(pattern, alerts.checker(watching))
         yield
     finally:
         if alerts.log is not None:

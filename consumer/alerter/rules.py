@@ -32,6 +32,7 @@ from f1vocab.game.names import (
     track_name,
     wheel_name,
 )
+from f1vocab.game.topics import packet_patterns, split_game_topic
 
 CONDITIONS = (">", "<", "==", "!=", "in", "changed", "rising")
 SEVERITIES = ("info", "warning", "critical")
@@ -93,33 +94,38 @@ class Rule:
     cooldown_key: str = "{key}"  # what one cooldown covers (a template like the message)
     on_snapshot: bool = False  # a snapshot sets the baseline silently unless this is true
     repeat: bool = False  # alert on every message the condition holds (discrete events)
-    _tracks: dict[str, _Track] = dataclass_field(default_factory=dict, repr=False)
-    _cooldowns: dict[str, _Cooldown] = dataclass_field(default_factory=dict, repr=False)
+    # By topic and key: two rigs' car 3 (game.a.*, game.b.*) are two cars.
+    _tracks: dict[tuple[str, str], _Track] = dataclass_field(default_factory=dict, repr=False)
+    _cooldowns: dict[tuple[str, str], _Cooldown] = dataclass_field(default_factory=dict,
+                                                                   repr=False)
 
     def evaluate(self, topic: str, seq: int, clock_us: int, data: Any,
                  broker_ts_us: int = 0) -> Iterator[Alert]:
         """The alerts one message raises; cooldowns run on `clock_us` (the source's clock
         for a replay, so it alerts as the live session did)."""
         snapshot = isinstance(data, dict) and bool(data.get("snapshot"))
+        rig = rig_of(topic)
         for key, value, parent in field_values(data, self.field.split(".")):
-            track = self._tracks.setdefault(key, _Track())
+            track = self._tracks.setdefault((topic, key), _Track())
             fire = self._fires(track, value)
             previous, track.previous = track.previous, value
             if not fire or (snapshot and not self.on_snapshot):
                 continue
             values = dict(value=value, key=key, keys=key.split("."), topic=topic, seq=seq,
                           previous=None if previous is _MISSING else previous, rule=self.name,
-                          severity=self.severity, parent=parent)
-            held = self._cooled_down(render(self.cooldown_key, **values), clock_us)
+                          severity=self.severity, parent=parent, rig=rig or "")
+            held = self._cooled_down((topic, render(self.cooldown_key, **values)), clock_us)
             if held is None:
                 continue
             text = render(self.message, **values)
+            if rig:
+                text = f"rig {rig}: {text}"  # which rig's car 3
             if held:
                 text += f" (+{held} more held back by the {self.cooldown_s:g} s cooldown)"
             yield Alert(self.name, self.severity, text, topic, seq, key, value,
                         None if previous is _MISSING else previous, clock_us, broker_ts_us)
 
-    def _cooled_down(self, cooldown_key: str, now_us: int) -> int | None:
+    def _cooled_down(self, cooldown_key: tuple[str, str], now_us: int) -> int | None:
         """None while `cooldown_key` is cooling down (the alert is counted as held back);
         else how many were held back since its last alert."""
         if not self.cooldown_s:
@@ -148,6 +154,25 @@ class Rule:
         else:
             track.armed = not holds
         return False
+
+
+def rig_of(topic: str) -> str | None:
+    """The rig of a game.<rig>.<packet> topic; None for any other."""
+    if not topic.startswith("game."):
+        return None
+    try:
+        return split_game_topic(topic)[0]
+    except ValueError:
+        return None
+
+
+def patterns_of(rule: Rule) -> tuple[str, ...]:
+    """What a rule subscribes to: its topic, and a one-rig game topic (game.<packet>)
+    also from every rig (game.*.<packet>), so the default rules watch every rig."""
+    if rule.topic.startswith("game.") and rule.topic.count(".") == 1 \
+            and not {"*", ">"} & set(rule.topic):
+        return packet_patterns(split_game_topic(rule.topic)[1])
+    return (rule.topic,)
 
 
 def _compare(condition: str, value: Any, threshold: Any) -> bool:

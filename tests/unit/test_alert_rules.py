@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from broker.errors import ConfigError
-from consumer.alerter.rules import Rule, field_values, load_rules
+from consumer.alerter.rules import Rule, field_values, load_rules, patterns_of
 
 SHIPPED = Path(__file__).resolve().parents[2] / "consumer" / "alerter" / "rules.toml"
 
@@ -146,3 +146,20 @@ def test_shipped_game_rules_speak_in_words_and_one_cooldown_covers_a_cars_wheels
     safety = rules["game-safety-car"].evaluate("game.event", 3, 0, {
         "event_string_code": "SCAR", "event_details": {"safety_car_type": 1, "event_type": 0}})
     assert [a.message for a in safety] == ["Safety car deploying"]
+
+
+def test_a_game_rule_watches_every_rig_and_keeps_each_rig_s_cars_apart() -> None:
+    """Issue 25: with rigs (game.<rig>.<packet>) car 3 of rig a is not car 3 of rig b: each
+    alerts once, says its rig, and cools down on its own."""
+    [rule] = [r for r in load_rules(SHIPPED) if r.name == "tyre-wear"]
+    assert patterns_of(rule) == ("game.car_damage", "game.*.car_damage")
+    worn = {"car_damage_data": [{"tyres_wear": [10.0, 10.0, 10.0, 10.0]},
+                                {"tyres_wear": [75.0, 10.0, 10.0, 10.0]}]}
+    texts = [alert.message for topic in ("game.a.car_damage", "game.b.car_damage",
+                                         "game.a.car_damage", "game.car_damage")
+             for alert in rule.evaluate(topic, 1, 0, worn)]
+    assert texts == ["rig a: Car 1: rear-left tyre 75% worn",
+                     "rig b: Car 1: rear-left tyre 75% worn",
+                     "Car 1: rear-left tyre 75% worn"]  # rig a's car 1 already alerted
+    other = Rule("x", "live.TrackStatus", "v", ">", "info", "{value}", value=1)
+    assert patterns_of(other) == ("live.TrackStatus",)
