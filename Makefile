@@ -43,6 +43,7 @@ bench: $(SETUP)
 	$(PY) bench/storage.py
 	$(PY) bench/limits.py
 	$(PY) bench/users.py
+	$(PY) bench/telemetry.py
 	$(PY) bench/jetstream.py
 
 # Crash and fault injection against the on-disk log, seeded: SECONDS= or SEEDS= (default 60 s),

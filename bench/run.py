@@ -351,7 +351,7 @@ GAME_RATES_HZ = {"motion": 60, "lap_data": 60, "car_telemetry": 60, "car_status"
 
 def game_decoding() -> None:
     """Datagrams decoded per second, per packet type, on the simulator's 22-car datagrams."""
-    from producer.game.decoder import GameDecoder, Packet
+    from f1vocab.game.decoder import GameDecoder, Packet
     from producer.game.simulator import SessionSimulator
 
     decoder = GameDecoder()

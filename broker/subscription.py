@@ -31,6 +31,16 @@ GAP_LOG_INTERVAL_S = 1.0  # a subscription losing messages logs a summary at mos
 Start = Literal["new", "earliest"] | int
 
 
+def _extension(code: int, data: bytes) -> Any:
+    """msgpack extensions slipstream defines (docs/messages.md): 71 is a game datagram,
+    decoded here, when a consumer first reads it (f1vocab/game/packed.py)."""
+    if code == 71:
+        from f1vocab.game.packed import unpack_datagram
+
+        return unpack_datagram(data)
+    return msgpack.ExtType(code, data)
+
+
 class Message:
     """One delivered message. `data` is the payload decoded from msgpack, on first use."""
 
@@ -51,7 +61,7 @@ class Message:
     @property
     def data(self) -> Any:
         if self._data is _UNDECODED:
-            self._data = msgpack.unpackb(self.payload)
+            self._data = msgpack.unpackb(self.payload, ext_hook=_extension)
         return self._data
 
     def __repr__(self) -> str:

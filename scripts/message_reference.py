@@ -13,8 +13,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from f1vocab.game.decoder import GameDecoder, Packet  # noqa: E402
 from producer.game.capture import CaptureReport, read_capture  # noqa: E402
-from producer.game.decoder import GameDecoder, Packet  # noqa: E402
 from producer.livetiming.recordings import ReadReport, read_recording  # noqa: E402
 
 DOC = ROOT / "docs" / "messages.md"
@@ -69,6 +69,18 @@ def game_section() -> list[str]:
         if isinstance(packet, Packet) and packet.name not in first:
             first[packet.name] = packet.data
     lines = ["", "## game.* (the F1 game's UDP telemetry, `slipstream udp`)", "",
+             "**On the wire and on disk** a game packet is the game's own datagram, in "
+             "msgpack extension type 71 (the spec's ext 8 and ext 16 formats: `c7`, the length in "
+             "one byte, `47` for a datagram of up to 255 bytes; `c8`, the length in two, "
+             "`47` above), then the datagram as the game sent it. So a packet costs its "
+             "datagram plus 3 or 4 bytes, where a map of "
+             "every field would cost 5 to 17 times as much (`make bench`: "
+             "bench/telemetry.py). The Python client turns it into the map below when a "
+             "consumer first reads `message.data` (f1vocab/game/packed.py); another "
+             "language decodes the datagram with the game's UDP specification "
+             "(docs/game-udp.md), as the game's own tools do. `game.raw` (`udp --raw`) is "
+             "msgpack bin: any datagram, also one that does not decode. Rigs publish on "
+             "`game.<rig>.<packet>` (docs/game-udp.md, \"Rigs\").", "",
              "Every game message starts with the packet's header:", "", "```json",
              example(next(iter(first.values()))["header"]), "```", "",
              "It is written `\"header\": {...}` below."]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from producer.game.decoder import GameEncoder
+from f1vocab.game.decoder import GameEncoder
 
 TRACK_LENGTH_M = 3000.0  # a short circuit: laps of about 50 s
 TEAMS = 10

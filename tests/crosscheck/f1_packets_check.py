@@ -15,8 +15,8 @@ from typing import Any
 
 from f1.packets import resolve  # type: ignore[import-not-found]  # independent, from PyPI
 
+from f1vocab.game.decoder import EVENT_DETAILS_BY_CODE, GameDecoder, Packet
 from f1vocab.game.layout import topic_name
-from producer.game.decoder import EVENT_DETAILS_BY_CODE, GameDecoder, Packet
 from producer.game.simulator import SessionSimulator
 
 

@@ -12,8 +12,9 @@ import msgpack
 import pytest
 
 from broker import Client
+from f1vocab.game.decoder import GameDecoder, Packet
+from f1vocab.game.packed import GAME_DATAGRAM_EXT, unpack_datagram
 from producer.game.capture import CaptureReport, read_capture
-from producer.game.decoder import GameDecoder, Packet
 from tests.helpers import ROOT, Processes, run_command, take, wait_drained, wait_for
 
 CAPTURE = ROOT / "samples" / "game" / "session-2026.cap"
@@ -98,7 +99,9 @@ async def test_the_high_rate_packets_are_stored_compressed_unless_asked_for_json
     stored = {seq: zlib.decompress(payload) for topic, seq, payload in packed
               if topic == "game.car_telemetry"}
     assert stored == published
-    assert msgpack.unpackb(stored[7])["header"]["packet_id"] == 6
+    packet = msgpack.unpackb(stored[7])  # the game's datagram, in msgpack ext 71
+    assert packet.code == GAME_DATAGRAM_EXT
+    assert unpack_datagram(packet.data)["header"]["packet_id"] == 6
 
 
 @pytest.mark.usefixtures("engine")

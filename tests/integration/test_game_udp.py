@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from broker import Client, Message
+from f1vocab.game.decoder import GameDecoder, Packet
 from producer.game.capture import CaptureReport, read_capture
-from producer.game.decoder import GameDecoder, Packet
 from tests.helpers import Processes, RunningProcess, run_command, wait_udp_read
 
 DECODER = GameDecoder()

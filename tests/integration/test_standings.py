@@ -380,7 +380,7 @@ async def test_the_table_is_pushed_to_screens_at_every_change(processes: Process
 def player_laps(duration_s: float, hz: float, cars: int) -> list[int]:
     """The valid laps (ms) the simulator's player car completes in a run: what a rig's
     driver must be credited with, lap for lap."""
-    from producer.game.decoder import GameDecoder, Packet
+    from f1vocab.game.decoder import GameDecoder, Packet
     from producer.game.simulator import SessionSimulator
 
     decoder, laps, before = GameDecoder(), [], None

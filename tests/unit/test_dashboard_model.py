@@ -7,7 +7,7 @@ from typing import Any
 
 from consumer.dashboard.model import Dashboard
 from consumer.dashboard.tower import timing_tower, track_status
-from producer.game.decoder import GameDecoder, Packet
+from f1vocab.game.decoder import GameDecoder, Packet
 from producer.game.simulator import SessionSimulator
 from producer.livetiming.recordings import ReadReport, read_archive_folder
 from tests.helpers import SESSION

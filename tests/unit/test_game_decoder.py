@@ -15,8 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from f1vocab.game.layout import PRIMITIVES, Field, Spec
-from producer.game.decoder import (
+from f1vocab.game.decoder import (
     EVENT_DETAILS_BY_CODE,
     SPECS,
     GameDecoder,
@@ -24,6 +23,7 @@ from producer.game.decoder import (
     Undecodable,
     struct_name,
 )
+from f1vocab.game.layout import PRIMITIVES, Field, Spec
 
 # The sizes each specification states for its packets, by packet id.
 STATED_SIZES = {

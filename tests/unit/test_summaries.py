@@ -48,7 +48,7 @@ def test_alerts_and_unknown_topics() -> None:
 
 
 def test_game_session_and_penalty_summaries_use_readable_names() -> None:
-    from producer.game.decoder import GameDecoder, Packet
+    from f1vocab.game.decoder import GameDecoder, Packet
     from producer.game.simulator import SessionSimulator
 
     decoder = GameDecoder()
