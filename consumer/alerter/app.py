@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from broker.client import Message
+from consumer.alerter.names import Drivers
 from consumer.alerter.rules import Alert, Rule, load_rules, patterns_of
 from consumer.api import Consumer
 from f1vocab.timing import FeedError, parse_utc
@@ -51,8 +52,10 @@ async def _watching() -> AsyncIterator[None]:
         for rule in rules:
             for pattern in patterns_of(rule):  # a game rule also watches every rig
                 by_pattern.setdefault(pattern, []).append(rule)
+        for pattern in alerts.drivers.patterns():  # who is who, for {driver}
+            by_pattern.setdefault(pattern, [])
         for pattern, watching in sorted(by_pattern.items()):
-            app.add_handler(pattern, alerts.checker(watching))
+            app.add_handler(pattern, alerts.checker(watching, pattern))
         yield
     finally:
         if alerts.log is not None:
@@ -67,15 +70,17 @@ class Alerts:
         self.colour = colour
         self.log = log
         self.count = 0
+        self.drivers = Drivers()
 
-    def checker(self, rules: list[Rule]) -> Any:
+    def checker(self, rules: list[Rule], pattern: str) -> Any:
         async def check(message: Message) -> None:
+            self.drivers.observe(message.topic, message.data)
             when_us = source_time_us(message.data) or message.timestamp_us
             for rule in rules:
                 for alert in rule.evaluate(message.topic, message.seq, when_us, message.data,
-                                           message.timestamp_us):
+                                           message.timestamp_us, self.drivers.name):
                     await self.emit(alert)
-        check.__name__ = f"rules for {rules[0].topic}"
+        check.__name__ = f"rules for {pattern}"
         return check
 
     async def emit(self, alert: Alert) -> None:

@@ -100,7 +100,8 @@ class Rule:
                                                                    repr=False)
 
     def evaluate(self, topic: str, seq: int, clock_us: int, data: Any,
-                 broker_ts_us: int = 0) -> Iterator[Alert]:
+                 broker_ts_us: int = 0,
+                 driver: Callable[[str, str], str] | None = None) -> Iterator[Alert]:
         """The alerts one message raises; cooldowns run on `clock_us` (the source's clock
         for a replay, so it alerts as the live session did)."""
         snapshot = isinstance(data, dict) and bool(data.get("snapshot"))
@@ -113,7 +114,8 @@ class Rule:
                 continue
             values = dict(value=value, key=key, keys=key.split("."), topic=topic, seq=seq,
                           previous=None if previous is _MISSING else previous, rule=self.name,
-                          severity=self.severity, parent=parent, rig=rig or "")
+                          severity=self.severity, parent=parent, rig=rig or "",
+                          driver=(driver or _car)(topic, key))
             held = self._cooled_down((topic, render(self.cooldown_key, **values)), clock_us)
             if held is None:
                 continue
@@ -154,6 +156,11 @@ class Rule:
         else:
             track.armed = not holds
         return False
+
+
+def _car(topic: str, key: str) -> str:
+    """`{driver}` when nothing says who drives: the car the key starts with."""
+    return f"Car {key.split('.')[0]}"
 
 
 def rig_of(topic: str) -> str | None:

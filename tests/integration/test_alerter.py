@@ -69,8 +69,7 @@ async def test_shipped_rules_on_the_real_session(processes: Processes, tmp_path:
         ("red-flag", "RED FLAG: session stopped")]
     assert [a["message"] for a in alerts if a["rule"] == "race-control-flag"] == [
         f"Race control: {text}" for text in flags]
-    pits = [a for a in alerts if a["rule"] == "pit-stop"]
-    assert pits and all(a["message"] == f"Car {a['key']} in the pit lane" for a in pits)
+    assert not [a for a in alerts if "pit" in a["message"]]  # routine: not alerts by default
     # Published too: the same alerts on alerts.<severity>.
     async with Client(broker.address) as client:
         topics = (await client.stats())["topics"]

@@ -70,9 +70,9 @@ def test_a_snapshot_sets_the_baseline_silently() -> None:
 def test_the_shipped_rules_load() -> None:
     assert [rule.name for rule in load_rules(SHIPPED)] == [
         "track-status", "yellow-flag", "safety-car", "red-flag", "race-control-flag",
-        "race-control-penalty", "pit-stop", "tyre-wear", "brake-temperature",
+        "race-control-penalty", "tyre-wear", "brake-temperature",
         "tyre-temperature", "engine-temperature", "game-fastest-lap", "game-penalty",
-        "game-pit-stop", "game-safety-car"]
+        "game-safety-car"]  # pit-lane entries are routine: not alerts by default
 
 
 def test_repeat_alerts_on_every_discrete_event() -> None:
@@ -163,3 +163,26 @@ def test_a_game_rule_watches_every_rig_and_keeps_each_rig_s_cars_apart() -> None
                      "Car 1: rear-left tyre 75% worn"]  # rig a's car 1 already alerted
     other = Rule("x", "live.TrackStatus", "v", ">", "info", "{value}", value=1)
     assert patterns_of(other) == ("live.TrackStatus",)
+
+
+def test_alerts_name_the_driver_once_the_source_has_said_who_it_is() -> None:
+    """Issue 25: `Car 99 in the pit lane` and `Car 3: front-right tyre 70% worn`, car after
+    car, told nobody who; the game's participants and live timing's driver list do."""
+    from consumer.alerter.names import Drivers
+
+    rules = {rule.name: rule for rule in load_rules(SHIPPED)}
+    drivers = Drivers()
+    worn = {"car_damage_data": [{"tyres_wear": [10.0] * 4}, {"tyres_wear": [75.0, 0, 0, 0]}]}
+
+    def alerts(topic: str) -> list[str]:
+        return [a.message for a in rules["tyre-wear"].evaluate(topic, 1, 0, worn, 0,
+                                                              drivers.name)]
+
+    assert alerts("game.x.car_damage") == ["rig x: Car 1: rear-left tyre 75% worn"]
+    drivers.observe("game.a.participants", {"num_active_cars": 2, "participants": [
+        {"name": "Alice"}, {"name": "Bob"}]})
+    assert alerts("game.a.car_damage") == ["rig a: Bob: rear-left tyre 75% worn"]
+    assert alerts("game.car_damage") == ["Car 1: rear-left tyre 75% worn"]  # not rig a's
+    drivers.observe("live.DriverList", {"snapshot": True, "data": {"44": {"Tla": "HAM"}}})
+    assert drivers.name("live.TimingData", "44") == "HAM"
+    assert drivers.name("live.TimingData", "16") == "Car 16"
