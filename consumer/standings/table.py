@@ -11,6 +11,7 @@ restart of the broker too.
                              "track", "lap_ms",          live timing or the admin page);
                              "source"}                   it adds a driver not yet known
     standings.lap_removed   {"id"}                      strike a lap (a typo, a cut)
+    standings.driver_removed {"id"}                     take a driver and their laps out
     standings.track         {"track"}                   where the event is now
     standings.driving       {"driver", "rig"}           who is at the wheel of the
                                                         game's player car (or null),
@@ -40,7 +41,8 @@ from f1vocab.timing import MAX_LAP_MS, format_lap_time
 DEFAULT_POINTS = (25, 18, 15, 12, 10, 8, 6, 4, 2, 1)
 SOURCES = ("game", "live", "manual")
 FACTS = ("standings.driver", "standings.lap", "standings.lap_removed", "standings.track",
-         "standings.driving")  # what the table is folded from (standings.table is not)
+         "standings.driving", "standings.driver_removed")  # what the table is folded from
+# (standings.table, the table itself, is not)
 MAX_DRIVERS = 1_000
 LAPS_KEPT = 10  # per driver and track: the best few, so striking one shows the next
 IDS_REMEMBERED = 100_000  # lap ids kept to ignore a lap published twice
@@ -111,10 +113,13 @@ class Standings:
         self.track: str | None = None
         self.driving: str | None = None  # at the wheel of the one rig's player car
         self.driving_by_rig: dict[str, str] = {}  # rig -> driver, with several rigs
+        self.last_lap: Lap | None = None  # the latest lap applied: the pages say it landed
+        self._removed: set[str] = set()  # drivers taken out: their later laps stay out
         self.version = 0  # counts the changes applied: the page asks "anything new?"
         self._lap_ids: dict[str, None] = {}  # lap ids applied or struck, oldest first
         self._facts: dict[str, Callable[[dict[str, Any], int], bool]] = dict(zip(FACTS, (
-            self._driver, self._lap, self._lap_removed, self._track, self._driving),
+            self._driver, self._lap, self._lap_removed, self._track, self._driving,
+            self._driver_removed),
             strict=True))
 
     # --- applying messages -----------------------------------------------------------
@@ -165,12 +170,13 @@ class Standings:
                                  f"{', '.join(SOURCES)}")
         lap = Lap(_text(data, "id", "standings.lap"), _text(data, "driver", "standings.lap"),
                   _text(data, "track", "standings.lap"), lap_ms, source, set_at_us)
-        if lap.id in self._lap_ids:
+        if lap.id in self._lap_ids or lap.driver in self._removed:
             return False  # published twice (a restart re-reading its source), or struck
         if lap.driver not in self.drivers:  # the name a rename gives sticks, so only now
             self._room_for(lap.driver)
             self.drivers[lap.driver] = clean_name(data.get("name"))
         self._remember(lap.id)
+        self.last_lap = lap
         kept = self.laps.setdefault(lap.track, {}).setdefault(lap.driver, [])
         kept.append(lap)
         kept.sort(key=lambda known: known.order)
@@ -182,6 +188,8 @@ class Standings:
     def _lap_removed(self, data: dict[str, Any], set_at_us: int) -> bool:
         lap_id = _text(data, "id", "standings.lap_removed")
         self._remember(lap_id)  # so the lap is not counted if it arrives after this
+        if self.last_lap is not None and self.last_lap.id == lap_id:
+            self.last_lap = None
         for by_driver in self.laps.values():
             for driver, kept in by_driver.items():
                 left = [lap for lap in kept if lap.id != lap_id]
@@ -189,6 +197,23 @@ class Standings:
                     by_driver[driver] = left
                     return True
         return False  # already struck, or fell out of the kept few
+
+    def _driver_removed(self, data: dict[str, Any], set_at_us: int) -> bool:
+        """A driver out of the event (added by mistake, left): their laps go with them,
+        and a lap of theirs that arrives later stays out."""
+        driver = _text(data, "id", "standings.driver_removed")
+        self._removed.add(driver)
+        if driver not in self.drivers:
+            return False
+        del self.drivers[driver]
+        for by_driver in self.laps.values():
+            by_driver.pop(driver, None)
+        if self.driving == driver:
+            self.driving = None
+        self.driving_by_rig = {r: d for r, d in self.driving_by_rig.items() if d != driver}
+        if self.last_lap is not None and self.last_lap.driver == driver:
+            self.last_lap = None
+        return True
 
     def _track(self, data: dict[str, Any], set_at_us: int) -> bool:
         track = _text(data, "track", "standings.track")
@@ -259,7 +284,21 @@ class Standings:
         """What the pages show and `standings.table` carries."""
         return {"track": self.track, "tracks": sorted(self.laps), "version": self.version,
                 "driving": self.driving, "driving_by_rig": dict(self.driving_by_rig),
-                "points": list(self.points), "rows": self.rows()}
+                "points": list(self.points), "rows": self.rows(),
+                "last_lap": self._last_lap_view()}
+
+    def _last_lap_view(self) -> dict[str, Any] | None:
+        """The lap that landed last, and where its driver stands now (for a notice like
+        `Alice 1:27.402, P2`: a lap slower than the driver's best shows too)."""
+        lap = self.last_lap
+        if lap is None or lap.driver not in self.drivers:
+            return None
+        position = next((row["position"] for row in self.rows(lap.track)
+                         if row["driver"] == lap.driver), None)
+        return {"id": lap.id, "driver": lap.driver, "name": self.drivers[lap.driver],
+                "lap": format_lap_time(lap.lap_ms), "track": lap.track, "source": lap.source,
+                "position": position,
+                "best": self.best(lap.driver, lap.track) == lap.lap_ms}
 
     def csv_text(self, track: str | None = None) -> str:
         """The table as CSV, fastest first, for a spreadsheet or the prize-giving."""

@@ -67,7 +67,8 @@ class StandingsWeb:
         self._streams = 0  # /api/events open now
         self.actions: dict[str, Callable[[dict[str, Any]], Change]] = {
             "add-driver": self._add_driver, "rename": self._rename, "lap": self._lap,
-            "remove-lap": self._remove_lap, "track": self._track, "driving": self._driving}
+            "remove-lap": self._remove_lap, "track": self._track, "driving": self._driving,
+            "remove-driver": self._remove_driver}
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
@@ -275,6 +276,9 @@ class StandingsWeb:
         if not isinstance(lap, str) or lap not in known:
             raise Refused(404, f"no lap {lap!r} in the standings")
         return "standings.lap_removed", {"id": lap}
+
+    def _remove_driver(self, body: dict[str, Any]) -> Change:
+        return "standings.driver_removed", {"id": self._driver(body)}
 
     def _track(self, body: dict[str, Any]) -> Change:
         track = body.get("track")

@@ -159,6 +159,9 @@ async def test_the_standings_pages_show_the_game_laps_and_take_the_admins_change
             leader = await screen.locator("#standings tbody tr").first.locator(
                 "td").all_text_contents()
             assert leader == ["1", "Alice <b>Fast</b>", "48.100", "", "25"]
+            # The lap that landed is said, with where it puts its driver.
+            assert await screen.locator("#landed").text_content() == \
+                "Alice <b>Fast</b> 48.100, P1"
             assert not [url for url in asked if "/api/standings" in url]
             assert [url for url in asked if url.endswith("/api/events")]
 

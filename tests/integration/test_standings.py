@@ -375,6 +375,14 @@ async def test_the_table_is_pushed_to_screens_at_every_change(processes: Process
         assert (await admin(standings, "track", {"track": "Monza"}))[0] == 200
         pushed = await next_view(response.content)
         assert pushed["track"] == "Monza" and pushed["version"] > first["version"]
+        # A driver added by mistake goes, by name, with the laps they had.
+        assert (await admin(standings, "add-driver", {"name": "Eve"}))[0] == 200
+        assert (await admin(standings, "lap", {"driver": "Eve", "time": "1:30.000"}))[0] == 200
+        status, answer = await admin(standings, "remove-driver", {"driver": "eve"})
+        assert status == 200 and answer["standings"]["rows"] == []
+        while (pushed := await next_view(response.content))["rows"]:
+            pass  # the views of the add and the lap, then the one without Eve
+        assert pushed["last_lap"] is None
 
 
 def player_laps(duration_s: float, hz: float, cars: int) -> list[int]:

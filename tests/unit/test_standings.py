@@ -266,3 +266,25 @@ def test_csv_cells_a_spreadsheet_would_run_are_neutralised() -> None:
 
     assert [spreadsheet_text(text) for text in ("=1+1", "+1", "-1", "@A1", "\tx", "Ann")] == [
         "'=1+1", "'+1", "'-1", "'@A1", "'\tx", "Ann"]
+
+
+def test_a_removed_driver_goes_with_their_laps_and_stays_out() -> None:
+    standings = Standings()
+    standings.apply("standings.track", {"track": "Monza"})
+    for driver, name, lap_id, ms in (("d1", "Ann", "l1", 81_000), ("d2", "Bob", "l2", 80_000)):
+        standings.apply("standings.driver", {"id": driver, "name": name})
+        standings.apply("standings.lap", {"id": lap_id, "driver": driver, "name": name,
+                                          "track": "Monza", "lap_ms": ms, "source": "manual"})
+    standings.apply("standings.driving", {"driver": "d2", "rig": "a"})
+    assert standings.view()["last_lap"]["name"] == "Bob"
+    assert standings.apply("standings.driver_removed", {"id": "d2"})
+    assert [row["name"] for row in standings.rows()] == ["Ann"]
+    assert standings.driving_by_rig == {} and standings.view()["last_lap"] is None
+    assert not standings.apply("standings.lap", {
+        "id": "l3", "driver": "d2", "name": "Bob", "track": "Monza", "lap_ms": 70_000,
+        "source": "game"})  # a lap of theirs arriving later stays out
+    standings.apply("standings.lap", {"id": "l4", "driver": "d1", "name": "Ann",
+                                      "track": "Monza", "lap_ms": 82_000, "source": "game"})
+    assert standings.view()["last_lap"] == {
+        "id": "l4", "driver": "d1", "name": "Ann", "lap": "1:22.000", "track": "Monza",
+        "source": "game", "position": 1, "best": False}  # slower than her best: said too
