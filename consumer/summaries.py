@@ -163,9 +163,22 @@ def session_start(data: dict[str, Any]) -> str:
     return f"new session {data['session']}: {what}{start}"
 
 
+def lap(data: dict[str, Any]) -> str:
+    """laps.*: a completed lap (f1vocab/laps.py), the thing an F1 fan looks for."""
+    who = data.get("code") or data.get("name") or data.get("number")
+    sectors = " ".join(f"{ms / 1000:.3f}" for ms in data.get("sectors_ms") or [] if ms)
+    return (f"{who} lap {data['lap']}: {data['time']}"
+            + (f" ({sectors})" if sectors else "")
+            + (f", rig {data['rig']}" if data.get("rig") else ""))
+
+
 def summarise(topic: str, data: Any) -> str:
     """The one-line summary of a message (compact JSON for topics without one)."""
+    if topic.startswith("game.") and topic.count(".") == 2:
+        topic = "game." + topic.rsplit(".", 1)[1]  # one rig's packet reads like another's
     try:
+        if topic.startswith("laps.") and isinstance(data, dict):
+            return lap(data)
         if topic.startswith("alerts.") and isinstance(data, dict):
             return alert(data)
         if topic == "live.session_start" and isinstance(data, dict):

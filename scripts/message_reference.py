@@ -112,8 +112,35 @@ def live_section() -> list[str]:
     return lines
 
 
+def laps_section() -> list[str]:
+    """laps.live: the first lap the bundled session completes, as the publisher derives it."""
+    from f1vocab.laps import LiveLaps, track_of
+    from f1vocab.state import apply
+
+    state: dict[str, Any] = {}
+    laps = LiveLaps()
+    for message in read_recording([SESSION], ReadReport()):
+        if not isinstance(message.data, dict):
+            continue
+        state[message.name] = apply(state.get(message.name, {}), message.data,
+                                    snapshot=message.snapshot)
+        if message.name == "TimingData" and not message.snapshot:
+            done = laps.completed(message.data, state["TimingData"],
+                                  state.get("DriverList", {}), track_of(state.get("SessionInfo")))
+            if done:
+                first = {**done[0], "session": "3f2a9c1d"}
+                break
+    return ["", "## laps.* (completed laps, one shape whatever the source)", "",
+            "Each lap is published once more, on its own, where the data comes in: "
+            "`laps.live` by `slipstream live` and `slipstream replay` (f1vocab/laps.py). "
+            "`time_ms` and `sectors_ms` in milliseconds (a sector F1 has not sent: null); "
+            "`code` and `name` once the driver list has said them; `session` as on "
+            "`live.*`. examples/best_laps.py reads them in ten lines.", "",
+            "### laps.live", "", "```json", example(first), "```", ""]
+
+
 def render() -> str:
-    return HEAD + "\n".join(game_section() + live_section()).rstrip() + "\n"
+    return HEAD + "\n".join(game_section() + laps_section() + live_section()).rstrip() + "\n"
 
 
 def main() -> int:

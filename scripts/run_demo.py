@@ -66,9 +66,9 @@ ALERTS = RUN / "alerts.jsonl"
 EXPORTS = RUN / "exports"  # the standings' CSV exports
 BROKER_DATA = RUN / "broker"  # the broker's --data-dir: topics on disk (docs/storage.md)
 READABLE = ["live.session_start", "live.SessionInfo", "live.SessionStatus", "live.WeatherData",
-            "live.DriverList", "game.event"]
+            "live.DriverList", "game.event", "laps.>"]  # laps.>: each lap time as it is set
 SPEED_TRACE = ("SELECT l.lap_distance, t.speed FROM game_lap_data l JOIN game_car_telemetry t "
-               "USING (epoch, car_index, session_uid, frame) WHERE car_index = 0 AND "
+               "USING (epoch, rig, car_index, session_uid, frame) WHERE car_index = 0 AND "
                "current_lap_num = 2 ORDER BY frame")
 FASTEST_LAPS = ("SELECT d.tla, l.lap_time, min(l.lap_time_s) AS s FROM live_laps l "
                 "JOIN drivers d USING (racing_number) GROUP BY l.racing_number "

@@ -6,6 +6,9 @@ writes the FastF1-format recording, and remembers each topic's state, so
 that the snapshot F1 sends again after a reconnect is published only if it
 says something new.
 
+Each lap TimingData completes is published once more, on its own, as
+`laps.live` (f1vocab/laps.py): one shape for every source's laps.
+
 Each run of a source is a session: `start_session` announces it on
 `live.session_start`, and every message after carries its id, so consumers
 can tell a second replay into the same broker from the first and start
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from broker.client import Client
+from f1vocab.laps import LIVE_LAPS_TOPIC, LiveLaps, track_of
 from f1vocab.sessions import SESSION_START_TOPIC
 from f1vocab.state import copy_json, merge
 from f1vocab.timing import FeedError
@@ -58,12 +62,15 @@ class LivePublisher:
         self.deduplicated = 0
         self.skipped: dict[str, int] = {}  # reason kind -> count
         self._state: dict[str, Any] = {}  # per F1 topic: merged state, or the last .z payload
+        self._laps = LiveLaps()
+        self.laps = 0  # laps published on laps.live
 
     async def start_session(self, **about: Any) -> str:
         """Announce a new session (a replay round, a live connection); every message
         published after carries its id. `about` says what it is, for people."""
         self.session = secrets.token_hex(4)
         self._state.clear()
+        self._laps = LiveLaps()
         self._f1_session = None  # a new session: nothing of the last one counts as published
         await self.client.publish(SESSION_START_TOPIC, {
             "session": self.session, "source": self.source,
@@ -86,6 +93,20 @@ class LivePublisher:
         await self.client.publish(message.broker_topic, payload)
         self.published += 1
         self._remember(message)
+        if message.topic == "TimingData" and not message.snapshot \
+                and isinstance(message.data, dict):
+            await self._publish_laps(message.data)
+
+    async def _publish_laps(self, update: dict[str, Any]) -> None:
+        """The laps this update completes, each on laps.live (joined mid-session, the
+        snapshot's last laps were completed before we came: they are not)."""
+        state = self._state
+        drivers = state.get("DriverList")
+        for lap in self._laps.completed(update, state.get("TimingData") or {},
+                                        drivers if isinstance(drivers, dict) else {},
+                                        track_of(state.get("SessionInfo"))):
+            await self.client.publish(LIVE_LAPS_TOPIC, {**lap, "session": self.session})
+            self.laps += 1
 
     async def publish_snapshot(self, messages: list[FeedMessage]) -> None:
         """Publish Subscribe's full state, except topics whose state we already published."""
@@ -120,6 +141,7 @@ class LivePublisher:
 
     def summary(self) -> str:
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.skipped.items()))
-        return (f"published {self.published:,} messages, {self.deduplicated} repeated snapshots "
+        return (f"published {self.published:,} messages and {self.laps:,} laps, "
+                f"{self.deduplicated} repeated snapshots "
                 f"left out, skipped {sum(self.skipped.values())}{f' ({kinds})' if kinds else ''}")
 

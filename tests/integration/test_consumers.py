@@ -52,6 +52,30 @@ async def test_fastest_lap_example_runs_end_to_end(processes: Processes) -> None
     assert "fastest-laps: handled 17,185 messages, 0 gaps" in example.log()  # TimingData+DriverList
 
 
+@pytest.mark.usefixtures("engine")
+async def test_the_ten_line_best_laps_example_reads_laps_from_one_topic(
+        processes: Processes) -> None:
+    """Issue 25: laps.* carries each completed lap once, in one shape; a best-laps
+    consumer is ten lines and gives HAM 1:25.606 first on the bundled session."""
+    code_lines = [line for line in (ROOT / "examples" / "best_laps.py").read_text()
+                  .split('"""')[2].splitlines()
+                  if line.strip() and not line.lstrip().startswith(("#", "if __name__",
+                                                                     "app.run()"))]
+    assert len(code_lines) <= 10, code_lines
+    broker = await replayed_session(processes)
+    example = await processes.command("-m", "consumer", "run", "examples/best_laps.py",
+                                      "--broker", broker.address)
+    await wait_for_output(example, "fastest: HAM 1:25.606")
+    await wait_drained(broker.address, "best-laps")
+    assert await example.stop(signal.SIGINT) == 0
+    lines = example.out_path.read_text().splitlines()  # type: ignore[attr-defined]
+    assert lines[-1].endswith("; fastest: HAM 1:25.606")
+    async with Client(broker.address) as client:
+        laps = (await client.stats(topics="laps.>"))["topics"]["laps.live"]["published"]
+    assert f"best-laps: handled {laps:,} messages, 0 gaps" in example.log()
+    assert laps == 501  # every timed lap of the session, once (as SQLite's live_laps)
+
+
 async def test_csv_export_example_with_its_own_flags_and_hooks(processes: Processes,
                                                                tmp_path: Path) -> None:
     broker = await replayed_session(processes)
