@@ -132,7 +132,10 @@ def laps_section() -> list[str]:
                 break
     return ["", "## laps.* (completed laps, one shape whatever the source)", "",
             "Each lap is published once more, on its own, where the data comes in: "
-            "`laps.live` by `slipstream live` and `slipstream replay` (f1vocab/laps.py). "
+            "`laps.live` by `slipstream live` and `slipstream replay`, `laps.game` "
+            "(`laps.game.<rig>`) by `slipstream udp`, for every car (f1vocab/laps.py). "
+            "A game lap's `number` is the car index, its `code` null and its `valid` false "
+            "when the game flagged the lap (a cut); its `session` is the game's session uid. "
             "`time_ms` and `sectors_ms` in milliseconds (a sector F1 has not sent: null); "
             "`code` and `name` once the driver list has said them; `session` as on "
             "`live.*`. examples/best_laps.py reads them in ten lines.", "",

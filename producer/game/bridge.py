@@ -8,6 +8,8 @@ and reported; the client reconnects by itself. Each decoded packet goes to
 goes to `game.raw`. A bridge told which rig it hears (`--rig NAME`, or one
 `--listen PORT=NAME` per rig) publishes on `game.<rig>.<packet>` instead
 (f1vocab/game/topics.py), so several rigs share one broker without mixing.
+Each lap a car completes is published once more on `laps.game` (`laps.game.<rig>`),
+in the shape of live timing's laps (f1vocab/laps.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from broker.limits import LogThrottle
 from f1vocab.game.decoder import GameDecoder, Packet
 from f1vocab.game.packed import pack_datagram
 from f1vocab.game.topics import RAW, game_topic
+from f1vocab.laps import GameLaps, game_laps_topic
 from producer.game.capture import CaptureWriter
 
 log = logging.getLogger("slipstream.game")
@@ -66,6 +69,7 @@ class Bridge(asyncio.DatagramProtocol):
         # (topic, payload): the payload already encoded, as the broker will hold it.
         self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_DATAGRAMS)
         self.warnings = LogThrottle(log)
+        self.laps: dict[str | None, GameLaps] = {}  # per rig: laps completed, for laps.game
 
     def for_rig(self, rig: str) -> asyncio.DatagramProtocol:
         """The protocol for a port that hears `rig`'s game: into this bridge's queue."""
@@ -84,6 +88,8 @@ class Bridge(asyncio.DatagramProtocol):
         packet = self.decoder.decode(data)
         if isinstance(packet, Packet):
             self.stats.decoded[packet.name] += 1
+            for lap in self._game_laps(rig).observe(packet.name, packet.data):
+                self._queue(game_laps_topic(rig), msgpack.packb(lap))  # laps.game[.rig]
             # The datagram itself, not its map: 1x its size instead of 5-17x
             # (f1vocab/game/packed.py); consumers still read message.data as the map.
             self._queue(game_topic(packet.name, rig), pack_datagram(data))
@@ -95,6 +101,12 @@ class Bridge(asyncio.DatagramProtocol):
                 "per kind, then counted every 10 s)", addr[0], addr[1], packet.reason, key)
         if self.raw:
             self._queue(game_topic(RAW, rig), msgpack.packb(data))
+
+    def _game_laps(self, rig: str | None) -> GameLaps:
+        laps = self.laps.get(rig)
+        if laps is None:
+            laps = self.laps[rig] = GameLaps(rig)
+        return laps
 
     def _queue(self, topic: str, payload: bytes) -> None:
         try:

@@ -11,6 +11,7 @@ from typing import Any
 from broker import Client, Message
 from f1vocab.game.decoder import GameDecoder, Packet
 from producer.game.capture import CaptureReport, read_capture
+from producer.game.simulator import SessionSimulator
 from tests.helpers import Processes, RunningProcess, run_command, wait_udp_read
 
 DECODER = GameDecoder()
@@ -224,3 +225,44 @@ async def test_each_simulator_run_is_a_session_of_its_own(processes: Processes) 
         sessions = await collect(client, "game.session", 9)  # 3 per run: at 0, 1 and 2 s
     assert [m.data["header"]["session_uid"] for m in sessions] == [
         uid for uid in said for _ in range(3)]
+
+
+def laps_of_every_car(duration_s: float, hz: float, cars: int) -> dict[str, list[int]]:
+    """Per car index, the valid laps (ms) the simulator completes: what laps.game must say."""
+    laps: dict[str, list[int]] = {}
+    before: dict[int, int] = {}
+    for _, datagrams in SessionSimulator(cars=cars, hz=hz, duration_s=duration_s).frames():
+        for datagram in datagrams:
+            packet = DECODER.decode(datagram)
+            if isinstance(packet, Packet) and packet.name == "lap_data":
+                for index, car in enumerate(packet.data["lap_data"][:cars]):
+                    if before.get(index, car["current_lap_num"]) < car["current_lap_num"] \
+                            and car["last_lap_time_in_ms"]:
+                        laps.setdefault(str(index), []).append(car["last_lap_time_in_ms"])
+                    before[index] = car["current_lap_num"]
+    return laps
+
+
+async def test_the_bridge_publishes_every_completed_lap_once_on_laps_game(
+        processes: Processes) -> None:
+    """Issue 25: one lap vocabulary: the game's laps in the shape of live timing's, derived
+    once at the bridge, each car's every lap with its driver's name, per rig."""
+    broker = await processes.broker()
+    udp, port = await bridge(processes, broker.address, "--rig", "a")
+    await simulate(port, "--duration", "110", "--cars", "3", "--hz", "4")
+    await wait_udp_read(port)
+    assert await udp.stop(signal.SIGINT) == 0
+    expected = laps_of_every_car(110, 4, 3)
+    async with Client(broker.address) as client:
+        laps = await collect(client, "laps.>", sum(map(len, expected.values())))
+        stats = await client.stats(topics="laps.>")
+    assert {m.topic for m in laps} == {"laps.game.a"}
+    assert stats["topics"]["laps.game.a"]["published"] == len(laps)  # none more
+    got: dict[str, list[int]] = {}
+    for message in laps:
+        got.setdefault(message.data["number"], []).append(message.data["time_ms"])
+    assert got == expected and len(expected) == 3
+    lap = laps[0].data
+    assert (lap["source"], lap["rig"], lap["track"], lap["valid"]) == (
+        "game", "a", "Silverstone", True)
+    assert lap["name"] == f"SIM DRIVER {int(lap['number']) + 1:02d}"
