@@ -45,11 +45,18 @@ class TlsGate(sslproto.SSLProtocol):
         self.peer = "(gone)"
         self._raw: asyncio.Transport | None = None
         self._counted = False
+        self._spoke = False  # a ClientHello (any byte) came
 
     def said_something(self) -> bool:
-        """In the handshake table's terms: a TLS handshake under way has said nothing the
-        broker can read yet, so a full table drops it before a connection at HELLO."""
-        return False
+        """In the handshake table's terms: a socket that has sent no byte of TLS is the
+        first to go when the slots are full; one whose ClientHello came is a client
+        mid-handshake, kept over the silent ones however many arrive after it."""
+        return self._spoke
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if nbytes:
+            self._spoke = True
+        super().buffer_updated(nbytes)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
