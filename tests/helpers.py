@@ -262,6 +262,26 @@ def nats_server_binary() -> str | None:
     return shutil.which("nats-server")
 
 
+def free_udp_port(count: int = 1) -> int:
+    """A UDP port on loopback with `count` free ports in a row from it (rigs: port + i)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        taken: list[socket.socket] = []
+        try:
+            for offset in range(count):
+                taken.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                taken[-1].bind(("127.0.0.1", port + offset))
+            return port
+        except OSError:
+            continue
+        finally:
+            for held in taken:
+                held.close()
+    raise AssertionError(f"no {count} free UDP ports in a row on loopback")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -12,16 +12,15 @@ from broker import Client, Message
 from f1vocab.game.decoder import GameDecoder, Packet
 from producer.game.capture import CaptureReport, read_capture
 from producer.game.simulator import SessionSimulator
-from tests.helpers import Processes, RunningProcess, run_command, wait_udp_read
+from tests.helpers import (
+    Processes,
+    RunningProcess,
+    free_udp_port,
+    run_command,
+    wait_udp_read,
+)
 
 DECODER = GameDecoder()
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def bridge(processes: Processes, broker: str, *flags: str) -> tuple[RunningProcess, int]:

@@ -24,6 +24,7 @@ from tests.helpers import (
     Processes,
     RunningDashboard,
     assert_nothing_more,
+    free_udp_port,
     replay_session,
     run_command,
     take,
@@ -419,12 +420,12 @@ async def test_two_rigs_each_drivers_laps_land_on_their_own_rig(processes: Proce
                                      token=None)
         assert status == 200, answer
     assert answer["standings"]["driving_by_rig"] == {"a": ids["Alice"], "b": ids["Bob"]}
-    port = free_udp_port(2)
+    port = free_udp_port(count=2)
     udp = await processes.command("-m", "producer", "udp", "--listen", f"127.0.0.1:{port}=a",
                                   "--listen", f"127.0.0.1:{port + 1}=b", "--broker",
                                   broker.address)
     out: Path = udp.out_path  # type: ignore[attr-defined]
-    await until(lambda: _async(out.read_text().count("listening") == 2), "the bridge")
+    await wait_for(lambda: out.read_text().count("listening") == 2, "the bridge")
     code, _, err = await run_command(
         "-m", "producer", "udp-sim", "--rigs", "2", "--to", f"127.0.0.1:{port}", "--hz", "4",
         "--duration", "160", "--cars", "2", "--as-fast-as-possible", timeout_s=120)
@@ -441,30 +442,3 @@ async def test_two_rigs_each_drivers_laps_land_on_their_own_rig(processes: Proce
     assert by_driver == {"Alice": expected, "Bob": expected}  # the same simulation on each
     assert await udp.stop(signal.SIGINT) == 0
     assert "dropped 0" in udp.log() and "no topic matches" not in standings.log()
-
-
-async def _async(value: bool) -> bool:
-    return value
-
-
-def free_udp_port(count: int) -> int:
-    """A UDP port on loopback with `count` free ports from it on."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        try:
-            sockets = []
-            for offset in range(count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sockets.append(s)
-                s.bind(("127.0.0.1", port + offset))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise AssertionError(f"no {count} free UDP ports in a row")
