@@ -5,12 +5,18 @@ datagram, the msgpack map the bridge used to publish, and what it publishes now
 (the datagram in msgpack extension 71, f1vocab/game/packed.py); then MB per rig-hour
 at 60 Hz with the simulator's mix of packets, and how long a consumer takes to turn
 a packed packet back into its map (the cost moved from the wire to `message.data`).
+Last, end to end: `udp-sim --rigs N` as fast as it can send into one UDP bridge with a
+port per rig, a broker and a consumer of game.>: packets per second for 1 and 4 rigs.
 
-    python bench/telemetry.py
+    python bench/telemetry.py [--runs N]
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import socket
+import statistics
 import sys
 import time
 from collections import Counter
@@ -20,14 +26,17 @@ import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from broker import Client
 from f1vocab.game.decoder import GameDecoder, Packet
 from f1vocab.game.packed import pack_datagram, unpack_datagram
 from producer.game.simulator import SessionSimulator
 
 SECONDS = 20  # of simulated session at 60 Hz: the mix of packet types an hour is made of
+ROOT = Path(__file__).resolve().parents[1]
+RIG_SECONDS = 20  # of simulated session per rig, end to end, at 60 Hz, 20 cars
 
 
-def main() -> int:
+def sizes() -> None:
     decoder = GameDecoder()
     sizes: dict[str, tuple[int, int, int]] = {}
     per_type: Counter[str] = Counter()
@@ -64,6 +73,81 @@ def main() -> int:
     before_us = (time.perf_counter() - started) / len(maps) * 1e6
     print(f"a consumer reading message.data of game.car_telemetry: {each_us:.1f} µs from the "
           f"packed datagram, {before_us:.1f} µs from the map before")
+
+
+def free_ports(count: int) -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port + count < 65536:
+            return port
+    raise RuntimeError("no UDP ports")
+
+
+async def rigs_run(rigs: int) -> tuple[float, int, int]:
+    """(packets/s at the consumer, packets the simulators sent, packets the consumer got)."""
+    python = sys.executable
+    broker = await asyncio.create_subprocess_exec(
+        python, "-m", "broker", "--port", "0", "-q", cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    assert broker.stdout is not None
+    address = "127.0.0.1:" + (await broker.stdout.readline()).decode().rsplit(":", 1)[1].strip()
+    port = free_ports(rigs)
+    listens = [arg for rig in range(rigs) for arg in ("--listen", f"127.0.0.1:{port + rig}=r{rig}")]
+    bridge = await asyncio.create_subprocess_exec(
+        python, "-m", "producer", "udp", *listens, "--broker", address, "-q", cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert bridge.stdout is not None
+        for _ in range(rigs):
+            await bridge.stdout.readline()
+        async with Client(address, name="bench-rigs") as client:
+            sub = await client.subscribe("game.>")
+            started = time.perf_counter()
+            sim = await asyncio.create_subprocess_exec(
+                python, "-m", "producer", "udp-sim", "--rigs", str(rigs), "--to",
+                f"127.0.0.1:{port}", "--duration", str(RIG_SECONDS), "--as-fast-as-possible",
+                cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+            _, err = await sim.communicate()
+            sent = int(err.decode().split("sent ")[1].split(" ")[0].replace(",", ""))
+            got, last = 0, time.perf_counter()
+            try:
+                async with asyncio.timeout(60):
+                    async for batch in sub.batches():
+                        got += len(batch)
+                        last = time.perf_counter()
+                        if got >= sent:
+                            break
+            except TimeoutError:
+                pass
+        return got / (last - started), sent, got
+    finally:
+        for process in (bridge, broker):
+            if process.returncode is None:
+                process.terminate()
+                await process.wait()
+
+
+async def rigs_table(runs: int) -> None:
+    print(f"\nend to end, udp-sim --rigs N (20 cars, 60 Hz, {RIG_SECONDS} s each, as fast as "
+          "it sends) -> one bridge, a port per rig -> broker -> one consumer of game.> "
+          f"({runs} runs, median [min..max])\n")
+    print("| rigs | packets/s at the consumer | sent | received (lost: dropped at the bridge) |")
+    print("|---:|---:|---:|---:|")
+    for rigs in (1, 4):
+        results = [await rigs_run(rigs) for _ in range(runs)]
+        rates = [rate for rate, _, _ in results]
+        spread = f"{statistics.median(rates):,.0f} [{min(rates):,.0f}..{max(rates):,.0f}]"
+        print(f"| {rigs} | {spread} | {results[-1][1]:,} | {results[-1][2]:,} |", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    sizes()
+    asyncio.run(rigs_table(args.runs))
     return 0
 
 
