@@ -319,6 +319,8 @@ class Consumer:
         patterns = [h.pattern for h in self.handlers]
         unread = [t for t in topics if not any(pattern_matches(p, t) for p in patterns)]
         for pattern in idle:
+            if "*" in pattern or ">" in pattern:
+                continue  # a wildcard waits for what may come (game.*.lap_data: rigs), no typo
             if any(pattern_matches(pattern, topic) for topic in topics):
                 continue  # there is one: it has not said anything yet
             # 0.8: a typo of a letter or two (TimingDate: TimingData 0.93), not a sibling

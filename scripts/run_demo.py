@@ -84,6 +84,12 @@ def free_udp_port() -> int:
 
 # The processes share one terminal: a progress bar would be torn up by the others' lines.
 CHILD_ENV = {**os.environ, "SLIPSTREAM_PROGRESS": "0"}
+# On NATS each run gets a stream of its own (a stream outlives the run, and consumers
+# reading from earliest would replay the runs before: three RED FLAGs in the first
+# second), unless SLIPSTREAM_STREAM names one. docs/scale-out.md says how to remove them.
+STREAM = os.environ.get("SLIPSTREAM_STREAM") or time.strftime("DEMO_%Y%m%d_%H%M%S")
+if ON_NATS:
+    CHILD_ENV["SLIPSTREAM_STREAM"] = STREAM
 
 
 def python(*args: str, **options: object) -> subprocess.Popen[bytes]:
@@ -107,7 +113,9 @@ def main() -> int:
           "it; delete data/ when done)", flush=True)
     if ON_NATS:
         broker_address = NATS
-        print(f"on NATS JetStream at {NATS}: setting up the stream ...", flush=True)
+        print(f"on NATS JetStream at {NATS}: setting up this run's stream {STREAM} (earlier "
+              "runs' streams are kept: docs/scale-out.md says how to remove them) ...",
+              flush=True)
         broker = python("-m", "broker", "--broker", NATS)  # prints the stream; exits
         if broker.wait():
             return 1  # it said why on stderr (unreachable, refused, incompatible stream)

@@ -113,6 +113,7 @@ def server_totals(broker: BrokerCore) -> dict[str, Any]:
         "limits": config.limits_summary(),
         "counters": dict(broker.counters),
         "auth": _auth(broker),
+        "host": config.host,  # where it listens: loopback keeps strangers on this machine
     }
 
 

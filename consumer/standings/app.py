@@ -123,11 +123,12 @@ async def _warn_if_anonymous() -> None:
     probe.token = probe.user = probe.password = None  # as a stranger would come
     try:
         await probe.connect()
-        auth = (await probe.stats(topic_limit=0, connection_limit=0))["server"].get("auth", {})
+        server = (await probe.stats(topic_limit=0, connection_limit=0))["server"]
     except SlipstreamError:
         return  # refused without a credential: only who has one may publish
     finally:
         await probe.close()
+    auth = server.get("auth", {})
     if auth.get("mode") == "users":
         rules = auth.get("anonymous_publish")
         if rules is None or Rules(tuple(rules["allow"]), tuple(rules["deny"])).refuse_topic(
@@ -136,6 +137,12 @@ async def _warn_if_anonymous() -> None:
         log.warning("the broker at %s lets its anonymous user publish standings.*: anyone "
                     "who reaches it can change the standings (take standings.> out of that "
                     "user's publish patterns; docs/security.md)", app.args.broker)
+        return
+    if isinstance(server.get("host"), str) and cli.is_loopback(server["host"]):
+        # A broker on loopback (the demo, one machine): only this machine's users could
+        # write the standings. Said, not warned.
+        log.info("the broker at %s takes clients without a credential, on this machine "
+                 "only (it listens on %s)", app.args.broker, server["host"])
         return
     log.warning("the broker at %s lets clients in without a token or a user: anyone who "
                 "reaches it can publish standings.* and change the standings (start it with "

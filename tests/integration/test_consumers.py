@@ -355,15 +355,17 @@ async def test_a_pattern_that_matches_no_topic_names_the_close_ones_once(
     broker = await processes.broker()
     async with Client(broker.address) as client:
         for topic in ("live.TimingData", "live.TimingStats", "live.SessionStatus",
-                      "live.LapCount"):
+                      "live.LapCount", "game.car_telemetry_2"):
             await client.publish(topic, {})
     printer = await processes.command("-m", "slipstream", "sub", "live.TimingDate",
-                                      "live.TrackStatus", "live.LapCount", "--broker",
-                                      broker.address)
+                                      "live.TrackStatus", "live.LapCount",
+                                      "game.*.car_telemetry", "--broker", broker.address)
     await wait_for(lambda: _logged(printer, "no topic matches"), "the hint")
     assert await printer.stop(signal.SIGINT) == 0
     hints = [line for line in printer.log().splitlines() if "no topic matches" in line]
-    assert len(hints) == 1, hints  # the typo only: not live.TrackStatus, not live.LapCount
+    # The typo only: not live.TrackStatus (not there yet), not live.LapCount (there), not
+    # game.*.car_telemetry (a wildcard waiting for rigs; the demo's alerter has it).
+    assert len(hints) == 1, hints
     assert "no topic matches 'live.TimingDate' yet; topics that look close: " \
            "live.TimingData, live.TimingStats" in hints[0]
 
