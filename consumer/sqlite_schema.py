@@ -25,7 +25,7 @@ from typing import Any
 
 from broker.client import Message
 from consumer.api import json_text
-from f1vocab.game.topics import game_topic, split_game_topic
+from f1vocab.game.topics import game_packet_of, game_topic
 from f1vocab.sessions import SESSION_START_TOPIC, session_of
 from f1vocab.state import apply
 from f1vocab.timing import lap_seconds
@@ -171,12 +171,7 @@ DROP TABLE game_lap_data_schema1;
 
 def _game_packet(topic: str) -> tuple[str, str]:
     """(rig or '', packet) of a game packet topic; ('', '') for any other topic."""
-    if not topic.startswith("game."):
-        return "", ""
-    try:
-        rig, packet = split_game_topic(topic)
-    except ValueError:
-        return "", ""
+    rig, packet = game_packet_of(topic) or ("", "")
     return rig or "", packet
 
 

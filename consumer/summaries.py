@@ -12,6 +12,7 @@ from typing import Any
 
 from consumer.api import json_text
 from f1vocab.game.names import penalty_name, session_type_name, track_name
+from f1vocab.game.topics import game_packet_of, game_topic
 from f1vocab.state import as_list
 
 Summary = Callable[[Any], str]
@@ -174,8 +175,9 @@ def lap(data: dict[str, Any]) -> str:
 
 def summarise(topic: str, data: Any) -> str:
     """The one-line summary of a message (compact JSON for topics without one)."""
-    if topic.startswith("game.") and topic.count(".") == 2:
-        topic = "game." + topic.rsplit(".", 1)[1]  # one rig's packet reads like another's
+    game = game_packet_of(topic)
+    if game is not None:
+        topic = game_topic(game[1])  # one rig's packet reads like another's
     try:
         if topic.startswith("laps.") and isinstance(data, dict):
             return lap(data)

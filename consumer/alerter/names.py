@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from f1vocab.game.topics import split_game_topic
+from f1vocab.game.topics import game_packet_of
 from f1vocab.state import apply
 
 DRIVER_LIST = "live.DriverList"
@@ -28,8 +28,10 @@ class Drivers:
             return
         if topic == DRIVER_LIST and isinstance(data.get("data"), dict):
             self._live = apply(self._live, data["data"], snapshot=bool(data.get("snapshot")))
-        elif topic.startswith("game.") and topic.endswith("." + PARTICIPANTS):
-            rig, _ = split_game_topic(topic)
+            return
+        game = game_packet_of(topic)
+        if game is not None and game[1] == PARTICIPANTS:
+            rig = game[0]
             cars = data.get("participants")
             active = data.get("num_active_cars", 0)
             if isinstance(cars, list) and isinstance(active, int):
@@ -43,12 +45,9 @@ class Drivers:
             entry = self._live.get(car)
             tla = entry.get("Tla") if isinstance(entry, dict) else None
             return str(tla) if tla else f"Car {car}"
-        if topic.startswith("game.") and car.isdigit():
-            try:
-                rig, _ = split_game_topic(topic)
-            except ValueError:
-                return f"Car {car}"
-            names = self._game.get(rig, [])
+        game = game_packet_of(topic)
+        if game is not None and car.isdigit():
+            names = self._game.get(game[0], [])
             index = int(car)
             if index < len(names) and names[index]:
                 return names[index]

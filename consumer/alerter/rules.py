@@ -32,7 +32,7 @@ from f1vocab.game.names import (
     track_name,
     wheel_name,
 )
-from f1vocab.game.topics import packet_patterns, split_game_topic
+from f1vocab.game.topics import game_packet_of, packet_patterns, split_game_topic
 
 CONDITIONS = (">", "<", "==", "!=", "in", "changed", "rising")
 SEVERITIES = ("info", "warning", "critical")
@@ -165,12 +165,8 @@ def _car(topic: str, key: str) -> str:
 
 def rig_of(topic: str) -> str | None:
     """The rig of a game.<rig>.<packet> topic; None for any other."""
-    if not topic.startswith("game."):
-        return None
-    try:
-        return split_game_topic(topic)[0]
-    except ValueError:
-        return None
+    rig, _ = game_packet_of(topic) or (None, "")
+    return rig
 
 
 def patterns_of(rule: Rule) -> tuple[str, ...]:

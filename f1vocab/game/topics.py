@@ -47,6 +47,15 @@ def split_game_topic(topic: str) -> tuple[str | None, str]:
     return (parts[1], parts[2]) if len(parts) == 3 else (None, parts[1])
 
 
+def game_packet_of(topic: str) -> tuple[str | None, str] | None:
+    """(rig or None, packet) of a game packet topic, or None for any other topic: what a
+    consumer reading `game.>` beside other topics asks of each message."""
+    try:
+        return split_game_topic(topic)
+    except ValueError:
+        return None
+
+
 def packet_patterns(packet: str) -> tuple[str, str]:
     """What to subscribe to for one packet type from every rig: the one-rig topic and the
     rigs' (`game.lap_data`, `game.*.lap_data`)."""
