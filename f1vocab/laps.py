@@ -9,7 +9,7 @@
 Derived once, where the data comes in (producer/livetiming/publisher.py, the game
 bridge producer/game/bridge.py), so a
 consumer that wants "each driver's laps" reads one message per lap instead of
-digging through TimingData's partial updates. `LiveLaps` is sans-I/O: feed it
+digging through TimingData's partial updates. `LiveLapTracker` is sans-I/O: feed it
 the merged state and each update, get the laps they complete.
 """
 
@@ -23,7 +23,7 @@ from f1vocab.timing import LapTimeError, format_lap_time, lap_seconds, parse_lap
 LIVE_LAPS_TOPIC = "laps.live"
 
 
-class LiveLaps:
+class LiveLapTracker:
     """Laps completed in one live-timing session, from TimingData updates."""
 
     def __init__(self) -> None:
@@ -93,7 +93,7 @@ def game_laps_topic(rig: str | None) -> str:
     return f"{GAME_LAPS_TOPIC}.{rig}" if rig else GAME_LAPS_TOPIC
 
 
-class GameLaps:
+class GameLapTracker:
     """Laps the game's cars complete, from one rig's `lap_data`, named by its
     `participants` and placed by its `session` (the `laps.game` shape: `number` is
     the car index, `code` none, `valid` false when the game flagged the lap)."""

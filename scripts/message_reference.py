@@ -114,11 +114,11 @@ def live_section() -> list[str]:
 
 def laps_section() -> list[str]:
     """laps.live: the first lap the bundled session completes, as the publisher derives it."""
-    from f1vocab.laps import LiveLaps, track_of
+    from f1vocab.laps import LiveLapTracker, track_of
     from f1vocab.state import apply
 
     state: dict[str, Any] = {}
-    laps = LiveLaps()
+    laps = LiveLapTracker()
     for message in read_recording([SESSION], ReadReport()):
         if not isinstance(message.data, dict):
             continue

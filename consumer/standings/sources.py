@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from f1vocab.game.names import track_name
+from f1vocab.laps import GameLapTracker
 from f1vocab.state import apply
 from f1vocab.timing import LapTimeError, parse_lap_time
 
 Packet = dict[str, Any]
 PENDING_MAX = 200  # laps held until the source names the driver and the track
-Pending = tuple[int, int, int, "AtTheWheel | None"]  # car index, lap number, ms, who drove
+# car index, lap number, ms, who drove, the game's session uid
+Pending = tuple[int, int, int, "AtTheWheel | None", str]
 
 
 @dataclass(frozen=True)
@@ -44,79 +45,68 @@ class AtTheWheel:
 
 class GameLaps:
     """Completed, valid laps from `game.lap_data`, named by `game.participants` and
-    placed by `game.session`.
+    placed by `game.session`, for the standings.
 
-    A lap is complete when a car's lap number goes up; its time is then the
-    packet's `last_lap_time_in_ms`, and it counts if the game did not flag the
-    lap invalid (a cut, a wall) in any packet seen while it was driven. With
-    `player_only`, only the player's car is timed: one rig, drivers taking turns.
+    When a lap is complete, and whether the game flagged it (a cut, a wall), is
+    f1vocab/laps.py's `GameLapTracker`, the same that publishes `laps.game`; here a
+    lap is held until the driver and the track are known, and goes to whoever is at
+    the wheel when it is the player's car. With `player_only`, only the player's car
+    is timed: one rig, drivers taking turns.
     """
 
     def __init__(self, player_only: bool = False, rig: str | None = None) -> None:
         self.player_only = player_only
         self.rig = rig  # with several rigs, whose game this is: in its drivers' ids and names
-        self.track: str | None = None
-        self.names: list[str] = []
-        self._session_uid: int | None = None
-        self._lap_num: dict[int, int] = {}  # car index -> lap in progress
-        self._invalid: dict[int, bool] = {}  # car index -> that lap was flagged invalid
+        self._tracker = GameLapTracker(rig)
         self._pending: list[Pending] = []
 
+    @property
+    def track(self) -> str | None:
+        return self._tracker.track
+
+    @property
+    def names(self) -> list[str]:
+        return [name or f"Car {index + 1}" for index, name in enumerate(self._tracker.names)]
+
     def session(self, packet: Packet) -> str:
-        self._same_session(packet)
-        self.track = track_name(packet["track_id"])
+        self._tracker.observe("session", packet)
+        assert self.track is not None
         return self.track
 
     def participants(self, packet: Packet) -> list[SourceLap]:
-        self._same_session(packet)
-        active = packet["participants"][:packet["num_active_cars"]]
-        self.names = [str(car["name"]) or f"Car {index + 1}" for index, car in enumerate(active)]
+        self._tracker.observe("participants", packet)
         return self._release()
 
     def lap_data(self, packet: Packet, at_the_wheel: AtTheWheel | None = None
                  ) -> list[SourceLap]:
-        self._same_session(packet)
         player = packet["header"]["player_car_index"]
-        for index, lap in enumerate(packet["lap_data"]):
-            if not lap["car_position"] or (self.player_only and index != player):
-                continue  # an empty slot, or someone else's car
-            number, invalid = lap["current_lap_num"], bool(lap["current_lap_invalid"])
-            before = self._lap_num.get(index)
-            if before is not None and number > before:
-                if lap["last_lap_time_in_ms"] and not self._invalid.get(index):
-                    wheel = at_the_wheel if index == player else None
-                    self._pending.append((index, before, lap["last_lap_time_in_ms"], wheel))
-                self._invalid[index] = invalid
-            else:
-                self._invalid[index] = self._invalid.get(index, False) or invalid
-            self._lap_num[index] = number
+        for lap in self._tracker.observe("lap_data", packet):
+            index = int(lap["number"])
+            if not lap["valid"] or (self.player_only and index != player):
+                continue  # flagged by the game, or someone else's car
+            wheel = at_the_wheel if index == player else None
+            self._pending.append((index, lap["lap"], lap["time_ms"], wheel, lap["session"]))
         del self._pending[:-PENDING_MAX]
         return self._release()
 
-    def _same_session(self, packet: Packet) -> None:
-        uid = packet["header"]["session_uid"]
-        if uid != self._session_uid:  # a new session: its laps start again
-            self._session_uid = uid
-            self._lap_num.clear()
-            self._invalid.clear()
-
     def _release(self) -> list[SourceLap]:
         """The held laps whose driver and track are known by now."""
-        if self.track is None or not self.names:
+        names, track = self.names, self.track
+        if track is None or not names:
             return []
         laps: list[SourceLap] = []
         held: list[Pending] = []
-        for index, lap_number, lap_ms, wheel in self._pending:
-            if wheel is None and index >= len(self.names):
-                held.append((index, lap_number, lap_ms, wheel))
+        for pending in self._pending:
+            index, lap_number, lap_ms, wheel, session = pending
+            if wheel is None and index >= len(names):
+                held.append(pending)
                 continue
             driver, name = ((wheel.driver, wheel.name) if wheel is not None
-                            else self._driver_of(self.names[index]))
-            laps.append(SourceLap(f"game:{self._session_uid}:{index}:{lap_number}", driver,
-                                  name, lap_ms, self.track))
+                            else self._driver_of(names[index]))
+            laps.append(SourceLap(f"game:{session}:{index}:{lap_number}", driver, name,
+                                  lap_ms, track))
         self._pending = held
         return laps
-
 
     def _driver_of(self, name: str) -> tuple[str, str]:
         """A game driver's id and name: two rigs' "Player" are two drivers."""

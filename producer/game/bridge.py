@@ -29,7 +29,7 @@ from broker.limits import LogThrottle
 from f1vocab.game.decoder import GameDecoder, Packet
 from f1vocab.game.packed import pack_datagram
 from f1vocab.game.topics import RAW, game_topic
-from f1vocab.laps import GameLaps, game_laps_topic
+from f1vocab.laps import GameLapTracker, game_laps_topic
 from producer.game.capture import CaptureWriter
 
 log = logging.getLogger("slipstream.game")
@@ -69,7 +69,7 @@ class Bridge(asyncio.DatagramProtocol):
         # (topic, payload): the payload already encoded, as the broker will hold it.
         self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_DATAGRAMS)
         self.warnings = LogThrottle(log)
-        self.laps: dict[str | None, GameLaps] = {}  # per rig: laps completed, for laps.game
+        self.laps: dict[str | None, GameLapTracker] = {}  # per rig: laps completed, for laps.game
 
     def for_rig(self, rig: str) -> asyncio.DatagramProtocol:
         """The protocol for a port that hears `rig`'s game: into this bridge's queue."""
@@ -102,10 +102,10 @@ class Bridge(asyncio.DatagramProtocol):
         if self.raw:
             self._queue(game_topic(RAW, rig), msgpack.packb(data))
 
-    def _game_laps(self, rig: str | None) -> GameLaps:
+    def _game_laps(self, rig: str | None) -> GameLapTracker:
         laps = self.laps.get(rig)
         if laps is None:
-            laps = self.laps[rig] = GameLaps(rig)
+            laps = self.laps[rig] = GameLapTracker(rig)
         return laps
 
     def _queue(self, topic: str, payload: bytes) -> None:

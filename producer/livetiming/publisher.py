@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from broker.client import Client
-from f1vocab.laps import LIVE_LAPS_TOPIC, LiveLaps, track_of
+from f1vocab.laps import LIVE_LAPS_TOPIC, LiveLapTracker, track_of
 from f1vocab.sessions import SESSION_START_TOPIC
 from f1vocab.state import copy_json, merge
 from f1vocab.timing import FeedError
@@ -62,7 +62,7 @@ class LivePublisher:
         self.deduplicated = 0
         self.skipped: dict[str, int] = {}  # reason kind -> count
         self._state: dict[str, Any] = {}  # per F1 topic: merged state, or the last .z payload
-        self._laps = LiveLaps()
+        self._laps = LiveLapTracker()
         self.laps = 0  # laps published on laps.live
 
     async def start_session(self, **about: Any) -> str:
@@ -70,7 +70,7 @@ class LivePublisher:
         published after carries its id. `about` says what it is, for people."""
         self.session = secrets.token_hex(4)
         self._state.clear()
-        self._laps = LiveLaps()
+        self._laps = LiveLapTracker()
         self._f1_session = None  # a new session: nothing of the last one counts as published
         await self.client.publish(SESSION_START_TOPIC, {
             "session": self.session, "source": self.source,
