@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import secrets
 import socket
@@ -58,7 +59,11 @@ def add_parsers(subparsers: Any) -> None:
                      help="cars in the simulated session (default %(default)s)")
     sim.add_argument("--hz", type=float, default=60.0, help="frames per second (default 60)")
     sim.add_argument("--duration", type=float, default=120.0, metavar="S",
-                     help="session length in seconds (default 120)")
+                     help="session length in seconds (default 120; a lap of Silverstone "
+                          "takes about 90 s, so the first timed lap lands after about 1:30)")
+    sim.add_argument("--laps", type=cli.positive_int, metavar="N",
+                     help="instead of --duration: run until every car has timed N laps "
+                          "(about 1:30 each, plus the run to the line)")
     sim.add_argument("--as-fast-as-possible", action="store_true",
                      help="no pauses: the whole session at once (for tests and benchmarks)")
     sim.add_argument("--rigs", type=cli.positive_int, default=1, metavar="N",
@@ -156,8 +161,8 @@ async def run_simulator(args: argparse.Namespace) -> int:
                         "own, with its own uid", cli.EXIT_USAGE)
     uids = [args.session_uid if args.session_uid is not None else secrets.randbits(63)
             for _ in range(args.rigs)]
-    simulators = [SessionSimulator(args.format, args.cars, args.hz, args.duration, uid)
-                  for uid in uids]
+    simulators = [SessionSimulator(args.format, args.cars, args.hz, args.duration, uid,
+                                   laps=args.laps) for uid in uids]
     loop = asyncio.get_running_loop()
     transports = [(await loop.create_datagram_endpoint(
         asyncio.DatagramProtocol, remote_addr=(host, port + rig)))[0]
@@ -166,8 +171,10 @@ async def run_simulator(args: argparse.Namespace) -> int:
     pacer = Pacer(0.0 if args.as_fast_as_possible else 1.0)
     try:
         # The rigs' sessions side by side, frame by frame, as rigs at one event run.
-        for frames in zip(*(simulator.frames() for simulator in simulators), strict=True):
-            await pacer.wait_until(frames[0][0])
+        # (With --laps, a rig whose cars are done sends nothing more while the others go on.)
+        for frames in itertools.zip_longest(*(simulator.frames() for simulator in simulators),
+                                            fillvalue=(0.0, [])):
+            await pacer.wait_until(max(now for now, _ in frames))
             for transport, (_, datagrams) in zip(transports, frames, strict=True):
                 for datagram in datagrams:
                     transport.sendto(datagram)
@@ -178,8 +185,10 @@ async def run_simulator(args: argparse.Namespace) -> int:
         for transport in transports:
             transport.close()
         where = f"{host}:{port}" + (f"..{port + args.rigs - 1}" if args.rigs > 1 else "")
+        length = f"{args.laps} lap{'s' if args.laps > 1 else ''}" if args.laps \
+            else f"{args.duration:g} s"
         print(f"udp-sim: sent {sent:,} datagrams of format {args.format} "
-              f"({args.cars} cars, {args.duration:g} s at {args.hz:g} Hz, "
+              f"({args.cars} cars, {length} at {args.hz:g} Hz, "
               f"session uid {', '.join(map(str, uids))}) to {where}", file=sys.stderr)
     return cli.EXIT_OK
 

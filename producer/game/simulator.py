@@ -1,30 +1,50 @@
 """A plausible F1 game session as specification-valid datagrams, without the game.
 
-Cars lap a 5 km track at their own pace (speed, gear, RPM, throttle and
-brake follow the corners), tyres wear and heat, laps are timed, and a few
-events happen: session start, fastest laps, a penalty, a safety car, session
-end with the final classification. Sans-I/O: `frames()` yields each frame's
-datagrams; the `udp-sim` command sends them. Deterministic for a given
-configuration, so tests can compare runs.
+Cars lap Silverstone (5.891 km) at their own pace, a lap in about 1:27 to
+1:32 as in the real thing: each driver a little slower than the one before,
+each lap a little different (speed, gear, RPM, throttle and brake follow the
+corners), tyres wear and heat, laps are timed, and a few events happen:
+session start, fastest laps, a penalty, a safety car, session end with the
+final classification. Sans-I/O: `frames()` yields each frame's datagrams;
+the `udp-sim` command sends them. Deterministic for a given configuration
+(the session uid seeds the variation), so tests can compare runs.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from f1vocab.game.decoder import GameEncoder
 
-TRACK_LENGTH_M = 3000.0  # a short circuit: laps of about 50 s
+TRACK_ID = 7  # Silverstone, in the game's track ids
+TRACK_LENGTH_M = 5891.0
+# The straight-line pace (m/s) that makes a lap of about 1:27.5 in the model below; each
+# car after the first is PACE_STEP slower (about 0.25 s a lap), with some spread per driver
+# and per lap.
+FASTEST_PACE = 90.8
+PACE_STEP = 0.26
+DRIVER_SPREAD = 0.25  # m/s, per driver, fixed for the session
+LAP_SPREAD = 0.004  # of the pace, per lap: about 0.35 s
+AVERAGE_OF_PACE = 0.705  # the model's average speed over a lap, as a share of the pace (measured)
 TEAMS = 10
+# Made-up names that read like a grid's (never a real driver's): the standings and the
+# alerts show them, so a rehearsal looks like race night.
+NAMES = ("Alex Moreau", "Sam Okafor", "Jonas Lindqvist", "Mateo Ruiz", "Kenji Arai",
+         "Luca Bianchi", "Noah Becker", "Ravi Menon", "Tom Whitlock", "Pierre Dubois",
+         "Oskar Nowak", "Diego Castro", "Finn O'Brien", "Emil Hansen", "Marco Ferri",
+         "Yuki Tanabe", "Leo Varga", "Hugo Laurent", "Aiden Clarke", "Nico Weber",
+         "Ivan Petrov", "Samir Haddad")
 
 
 @dataclass
 class Car:
     index: int
-    pace: float  # m/s on the straights
+    pace: float  # m/s on the straights, this lap
+    driver_pace: float = 0.0  # the driver's own, around which each lap varies
     distance_m: float = 0.0  # total distance driven (negative: on the grid, behind the line)
     lap: int = 0  # 0 until the car first crosses the line
     lap_start_s: float = 0.0
@@ -39,36 +59,60 @@ class Car:
 
 class SessionSimulator:
     def __init__(self, packet_format: int = 2026, cars: int = 20, hz: float = 60.0,
-                 duration_s: float = 120.0, session_uid: int | None = None) -> None:
+                 duration_s: float = 120.0, session_uid: int | None = None,
+                 laps: int | None = None) -> None:
         self.encoder = GameEncoder(packet_format)
         self.max_cars = self.encoder.spec.max_cars
         if not 1 <= cars <= self.max_cars:
             raise ValueError(f"--cars {cars} is outside 1..{self.max_cars} for format "
                              f"{packet_format}")
-        self.cars = [Car(i, pace=82.0 - 0.35 * i, distance_m=-10.0 - 8.0 * i)
-                     for i in range(cars)]
-        self.hz = hz
-        self.duration_s = duration_s
-        self.frame = 0
-        self.best_lap_ms = 0
-        self.safety_car = False
+        if laps is not None and laps < 1:
+            raise ValueError(f"--laps {laps}: give at least 1")
         # The game gives every session its own uid, and lap ids are made from it
         # (consumer/standings): `udp-sim` draws a new one per run, tests pass none.
         self.session_uid = session_uid if session_uid is not None else \
             0x51_1957_2026 + packet_format
+        self.random = random.Random(self.session_uid)
+        self.cars = []
+        for i in range(cars):
+            pace = FASTEST_PACE - PACE_STEP * i + self.random.uniform(-1, 1) * DRIVER_SPREAD
+            self.cars.append(Car(i, pace=pace, driver_pace=pace, distance_m=-10.0 - 8.0 * i))
+        self.hz = hz
+        self.laps = laps
+        # With --laps, the session lasts until every car has done them; the events
+        # (penalty, safety car) are placed on the time that should take.
+        self.duration_s = duration_s if laps is None else laps * self.lap_estimate_s()
+        self.frame = 0
+        self.best_lap_ms = 0
+        self.safety_car = False
         self.events: list[tuple[str, dict[str, Any]]] = []
 
     # --- the stream --------------------------------------------------------------
 
+    def lap_estimate_s(self) -> float:
+        """About how long the slowest car's lap takes (the model's average speed)."""
+        slowest = min(car.driver_pace for car in self.cars)
+        return TRACK_LENGTH_M / (slowest * AVERAGE_OF_PACE)
+
     def frames(self) -> Iterator[tuple[float, list[bytes]]]:
-        """(session time s, that frame's datagrams), from start to the chequered flag."""
-        total = int(self.duration_s * self.hz)
-        for frame in range(total + 1):
+        """(session time s, that frame's datagrams), from start to the chequered flag:
+        after `duration_s`, or with `laps`, once every car has timed that many."""
+        frame = 0
+        while True:
             self.frame = frame
             now = frame / self.hz
             if frame:
                 self._advance(now)
-            yield now, list(self._datagrams(now, last=frame == total))
+            last = self._finished(frame)
+            yield now, list(self._datagrams(now, last=last))
+            if last:
+                return
+            frame += 1
+
+    def _finished(self, frame: int) -> bool:
+        if self.laps is None:
+            return frame >= int(self.duration_s * self.hz)
+        return all(car.lap > self.laps for car in self.cars)
 
     def _datagrams(self, now: float, last: bool) -> Iterator[bytes]:
         every = self._every
@@ -143,6 +187,7 @@ class SessionSimulator:
         if car.lap == 1:
             return  # crossing the line from the grid starts lap 1: nothing to time yet
         car.last_lap_ms = round((now - started) * 1000)
+        car.pace = car.driver_pace * (1 + self.random.gauss(0, LAP_SPREAD))
         if not car.best_lap_ms or car.last_lap_ms < car.best_lap_ms:
             car.best_lap_ms = car.last_lap_ms
         if not self.best_lap_ms or car.last_lap_ms < self.best_lap_ms:
@@ -218,8 +263,9 @@ class SessionSimulator:
             damage.update(tyres_wear=[min(100.0, worn + i) for i in range(4)])
 
     def _session(self, data: dict[str, Any], now: float) -> None:
-        data.update(weather=0, track_temperature=34, air_temperature=24, total_laps=10,
-                    track_length=round(TRACK_LENGTH_M), session_type=15, track_id=7,
+        data.update(weather=0, track_temperature=34, air_temperature=24,
+                    total_laps=self.laps or 10,
+                    track_length=round(TRACK_LENGTH_M), session_type=15, track_id=TRACK_ID,
                     session_time_left=max(0, round(self.duration_s - now)),
                     session_duration=round(self.duration_s), pit_speed_limit=80,
                     safety_car_status=1 if self.safety_car else 0)
@@ -235,7 +281,7 @@ class SessionSimulator:
         for car, participant in zip(self.cars, data["participants"], strict=False):
             participant.update(ai_controlled=1 if car.index else 0, driver_id=car.index,
                                team_id=car.index % TEAMS, race_number=car.index + 2,
-                               name=f"SIM DRIVER {car.index + 1:02d}")  # not a real one
+                               name=NAMES[car.index % len(NAMES)])
 
     def _classification(self, data: dict[str, Any], now: float) -> None:
         data["num_cars"] = len(self.cars)

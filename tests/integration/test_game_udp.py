@@ -11,7 +11,7 @@ from typing import Any
 from broker import Client, Message
 from f1vocab.game.decoder import GameDecoder, Packet
 from producer.game.capture import CaptureReport, read_capture
-from producer.game.simulator import SessionSimulator
+from producer.game.simulator import NAMES, SessionSimulator
 from tests.helpers import (
     Processes,
     RunningProcess,
@@ -74,7 +74,7 @@ async def test_simulator_to_consumer_delivers_exactly_what_was_sent(
     broker = await processes.broker()
     capture = tmp_path / "session.cap"
     udp, port = await bridge(processes, broker.address, "--record", str(capture))
-    err = await simulate(port, "--format", "2025")
+    err = await simulate(port, "--format", "2025", "--laps", "1")
     sent = int(err.split("sent ")[1].split()[0].replace(",", ""))
     async with Client(broker.address) as client:
         messages = await collect(client, "game.>", sent)
@@ -84,7 +84,9 @@ async def test_simulator_to_consumer_delivers_exactly_what_was_sent(
     # Every datagram the bridge received (its capture) arrived, decoded, in order per topic.
     assert per_topic([(m.topic, m.data) for m in messages]) == per_topic(decoded(capture))
     events = [m.data["event_string_code"] for m in messages if m.topic == "game.event"]
-    assert events == ["SSTA", "PENA", "SCAR", "SCAR", "FTLP", "SEND"]  # SC at 30 s and 36 s
+    # The safety car in and out before the first lap is done; then each fastest lap.
+    assert events[:4] == ["SSTA", "PENA", "SCAR", "SCAR"] and events[-1] == "SEND"
+    assert set(events[4:-1]) == {"FTLP"}
 
 
 async def test_a_capture_replays_to_the_same_messages(processes: Processes,
@@ -226,11 +228,17 @@ async def test_each_simulator_run_is_a_session_of_its_own(processes: Processes) 
         uid for uid in said for _ in range(3)]
 
 
-def laps_of_every_car(duration_s: float, hz: float, cars: int) -> dict[str, list[int]]:
+def session_uids(said: str) -> list[int]:
+    """The session uids `udp-sim` says it used (one per rig)."""
+    return [int(uid) for uid in said.split("session uid ")[1].split(")")[0].split(", ")]
+
+
+def laps_of_every_car(laps_each: int, hz: float, cars: int, uid: int) -> dict[str, list[int]]:
     """Per car index, the valid laps (ms) the simulator completes: what laps.game must say."""
     laps: dict[str, list[int]] = {}
     before: dict[int, int] = {}
-    for _, datagrams in SessionSimulator(cars=cars, hz=hz, duration_s=duration_s).frames():
+    simulator = SessionSimulator(cars=cars, hz=hz, session_uid=uid, laps=laps_each)
+    for _, datagrams in simulator.frames():
         for datagram in datagrams:
             packet = DECODER.decode(datagram)
             if isinstance(packet, Packet) and packet.name == "lap_data":
@@ -248,10 +256,10 @@ async def test_the_bridge_publishes_every_completed_lap_once_on_laps_game(
     once at the bridge, each car's every lap with its driver's name, per rig."""
     broker = await processes.broker()
     udp, port = await bridge(processes, broker.address, "--rig", "a")
-    await simulate(port, "--duration", "110", "--cars", "3", "--hz", "4")
+    said = await simulate(port, "--laps", "2", "--cars", "3", "--hz", "4")
     await wait_udp_read(port)
     assert await udp.stop(signal.SIGINT) == 0
-    expected = laps_of_every_car(110, 4, 3)
+    expected = laps_of_every_car(2, 4, 3, session_uids(said)[0])
     async with Client(broker.address) as client:
         laps = await collect(client, "laps.>", sum(map(len, expected.values())))
         stats = await client.stats(topics="laps.>")
@@ -264,4 +272,4 @@ async def test_the_bridge_publishes_every_completed_lap_once_on_laps_game(
     lap = laps[0].data
     assert (lap["source"], lap["rig"], lap["track"], lap["valid"]) == (
         "game", "a", "Silverstone", True)
-    assert lap["name"] == f"SIM DRIVER {int(lap['number']) + 1:02d}"
+    assert lap["name"] == NAMES[int(lap["number"])]

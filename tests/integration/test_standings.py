@@ -386,14 +386,15 @@ async def test_the_table_is_pushed_to_screens_at_every_change(processes: Process
         assert pushed["last_lap"] is None
 
 
-def player_laps(duration_s: float, hz: float, cars: int) -> list[int]:
+def player_laps(laps_each: int, hz: float, cars: int, uid: int) -> list[int]:
     """The valid laps (ms) the simulator's player car completes in a run: what a rig's
     driver must be credited with, lap for lap."""
     from f1vocab.game.decoder import GameDecoder, Packet
     from producer.game.simulator import SessionSimulator
 
     decoder, laps, before = GameDecoder(), [], None
-    for _, datagrams in SessionSimulator(cars=cars, hz=hz, duration_s=duration_s).frames():
+    simulator = SessionSimulator(cars=cars, hz=hz, session_uid=uid, laps=laps_each)
+    for _, datagrams in simulator.frames():
         for datagram in datagrams:
             packet = decoder.decode(datagram)
             if isinstance(packet, Packet) and packet.name == "lap_data":
@@ -428,18 +429,21 @@ async def test_two_rigs_each_drivers_laps_land_on_their_own_rig(processes: Proce
     await wait_for(lambda: out.read_text().count("listening") == 2, "the bridge")
     code, _, err = await run_command(
         "-m", "producer", "udp-sim", "--rigs", "2", "--to", f"127.0.0.1:{port}", "--hz", "4",
-        "--duration", "160", "--cars", "2", "--as-fast-as-possible", timeout_s=120)
+        "--laps", "2", "--cars", "2", "--as-fast-as-possible", timeout_s=120)
     assert code == 0, err
-    expected = player_laps(160, 4, 2)
-    assert len(expected) >= 2
+    # Each rig is a session of its own (its own uid, so its own lap times).
+    uid_a, uid_b = (int(uid) for uid in err.split("session uid ")[1].split(")")[0].split(", "))
+    expected = {"Alice": player_laps(2, 4, 2, uid_a), "Bob": player_laps(2, 4, 2, uid_b)}
+    assert [len(laps) for laps in expected.values()] == [2, 2]
+    assert expected["Alice"] != expected["Bob"]
     async with Client(broker.address) as client:
         published = await client.subscribe("standings.lap", start="earliest")
-        laps = await take(published, 2 * len(expected))
+        laps = await take(published, 4)
         await assert_nothing_more(published)
     by_driver: dict[str, list[int]] = {}
     for lap in laps:
         by_driver.setdefault(lap.data["name"], []).append(lap.data["lap_ms"])
-    assert by_driver == {"Alice": expected, "Bob": expected}  # the same simulation on each
+    assert by_driver == expected
     assert await udp.stop(signal.SIGINT) == 0
     assert "dropped 0" in udp.log() and "no topic matches" not in standings.log()
     # A broker on loopback without users (the demo's): not worth a warning.

@@ -8,7 +8,7 @@ from typing import Any
 from consumer.dashboard.model import Dashboard
 from consumer.dashboard.tower import timing_tower, track_status
 from f1vocab.game.decoder import GameDecoder, Packet
-from producer.game.simulator import SessionSimulator
+from producer.game.simulator import TRACK_LENGTH_M, SessionSimulator
 from producer.livetiming.recordings import ReadReport, read_archive_folder
 from tests.helpers import SESSION
 
@@ -117,8 +117,8 @@ def test_game_views_from_a_simulated_session() -> None:
     trace = views["dashboard.game.trace"]
     previous = trace["previous"]
     assert previous["lap"] is not None and trace["current"]["lap"] == previous["lap"] + 1
-    # A whole lap of the 3 km track in 10 m bins, in distance order, every field per bin.
-    assert 250 <= len(previous["distance"]) <= 300
+    # A whole lap of Silverstone in 10 m bins, in distance order, every field per bin.
+    assert 0.9 * TRACK_LENGTH_M / 10 <= len(previous["distance"]) <= TRACK_LENGTH_M / 10 + 1
     assert previous["distance"] == sorted(previous["distance"])
     assert {len(previous[f]) for f in trace["fields"]} == {len(previous["distance"])}
     assert max(previous["speed"]) > 200
