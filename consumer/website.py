@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import hmac
 import ipaddress
+import secrets
 import socket
+import time
 
 from aiohttp import web
 
@@ -65,9 +67,22 @@ def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+SESSION_COOKIE = "slipstream_session"
+SESSION_TTL_S = 12 * 3600.0  # a race night; then log in again
+MAX_SESSIONS = 100  # past it, the oldest session ends
+FREE_FAILED_LOGINS = 5  # then one try a second: guessing the password over the LAN is slow
+
+
 class Guard:
-    def __init__(self, token: str | None = None, allow_hosts: tuple[str, ...] = ()) -> None:
+    def __init__(self, token: str | None = None, allow_hosts: tuple[str, ...] = (),
+                 token_in_url: bool = True) -> None:
         self.token = token
+        # A token in the address sits in the browser's history, on the screen and in proxy
+        # logs: the standings' admin logs in once instead (a session cookie).
+        self.token_in_url = token_in_url
+        self.sessions: dict[str, float] = {}  # session id -> when it ends (monotonic)
+        self._failed_logins = 0
+        self._next_login_at = 0.0
         # Host names (HOST:PORT) this site answers to; filled by serving_at().
         self.extra_hosts = {host.lower() for host in allow_hosts}
         self.hosts: set[str] | None = None  # None until serving_at: any Host
@@ -116,9 +131,45 @@ class Guard:
         return port == str(self.port)
 
     def authorised(self, request: web.Request) -> bool:
-        """True without a token, or when the request carries it (?token= or Bearer)."""
+        """True without a token, or when the request carries it (Bearer, or ?token= where
+        allowed), or a session cookie from `log_in`."""
         if self.token is None:
             return True
-        given = request.query.get("token") or request.headers.get(
-            "Authorization", "").removeprefix("Bearer ")
+        session = request.cookies.get(SESSION_COOKIE)
+        if session is not None and self.sessions.get(session, 0.0) > time.monotonic():
+            return True
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if not given and self.token_in_url:
+            given = request.query.get("token", "")
         return hmac.compare_digest(given.encode(), self.token.encode())
+
+    def log_in(self, password: str) -> str:
+        """A new session for the right password (the token); raises LoginRefused."""
+        now = time.monotonic()
+        if self.token is None:
+            raise LoginRefused(409, "this site has no password: nothing to log in to")
+        if now < self._next_login_at:
+            raise LoginRefused(429, "too many wrong passwords: try again in a second")
+        if not hmac.compare_digest(password.encode(), self.token.encode()):
+            self._failed_logins += 1
+            if self._failed_logins >= FREE_FAILED_LOGINS:
+                self._next_login_at = now + 1.0
+            raise LoginRefused(401, "that is not the admin password")
+        self._failed_logins = 0
+        self.sessions = {key: ends for key, ends in self.sessions.items() if ends > now}
+        while len(self.sessions) >= MAX_SESSIONS:
+            del self.sessions[next(iter(self.sessions))]
+        session = secrets.token_urlsafe(32)
+        self.sessions[session] = now + SESSION_TTL_S
+        return session
+
+    def log_out(self, request: web.Request) -> None:
+        self.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+
+
+class LoginRefused(Exception):
+    """A login that failed: the HTTP status and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -46,8 +47,9 @@ LIVE_TOPICS = ("live.SessionInfo", "live.DriverList", "live.TimingData")
 
 app = Consumer("standings", description="Keep the standings of a sim-racing event (each "
                                         "driver's fastest lap, with points) and serve them "
-                                        "with an admin page and a CSV export. The --token "
-                                        "that opens the broker also guards the admin side.",
+                                        "with an admin page and a CSV export. The admin "
+                                        "logs in with --admin-password (else the --token "
+                                        "that opens the broker).",
                # The standings are what the standings.* messages add up to: all of them,
                # at every start; a durable subscription would skip them.
                start="earliest", durable=False)
@@ -65,6 +67,11 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", default=",".join(map(str, DEFAULT_POINTS)),
                         metavar="P1,P2,...", help="points for 1st, 2nd, ...; the rest "
                                                   "score none (default %(default)s)")
+    parser.add_argument("--admin-password", metavar="PASSWORD",
+                        default=os.environ.get("SLIPSTREAM_ADMIN_PASSWORD"),
+                        help="the password the admin logs in with at /login (default: "
+                             "$SLIPSTREAM_ADMIN_PASSWORD, else the --token; with neither, "
+                             "the admin side is open, as on a laptop alone)")
     parser.add_argument("--export-dir", default="exports", metavar="DIR",
                         help="where GET /api/export writes its CSV files (default "
                              "%(default)s)")
@@ -80,20 +87,21 @@ async def _serve() -> AsyncIterator[None]:
         points = parse_points(args.points)
     except StandingsError as exc:
         raise ConfigError(str(exc)) from None
-    if not cli.is_loopback(host) and not args.token:
-        log.warning("serving on %s without a token: anyone who can reach it can change "
-                    "the standings (give --token to require one on the admin side)", host)
+    password = args.admin_password or args.token
+    if not cli.is_loopback(host) and not password:
+        log.warning("serving on %s without an admin password: anyone who can reach it can "
+                    "change the standings (give --admin-password)", host)
     game = GameLaps(player_only=args.game_cars == "player") \
         if args.source in ("game", "both") else None
     live = LiveLaps() if args.source in ("live", "both") else None
     keeper = StandingsKeeper(Standings(points), lambda: app.client, game, live)
-    site = StandingsWeb(keeper, Path(args.export_dir), token=args.token,
+    site = StandingsWeb(keeper, Path(args.export_dir), token=password,
                         allow_hosts=tuple(args.allow_host))
     runner, bound = await start_site(site.app(), host, port)
     site.serving_at(host, bound)
     keeper.page = f"http://{host}:{bound}/"
     print(f"standings: http://{host}:{bound}/ (admin: http://{host}:{bound}/admin"
-          + ("?token=...)" if args.token else ")"), flush=True)
+          + (", log in with the admin password)" if password else ")"), flush=True)
     app.background(keeper.publish_tables(), "publishing standings.table")
     app.background(_read_back(keeper), "reading back the standings")
     app.background(_warn_if_anonymous(), "checking who may publish the standings")

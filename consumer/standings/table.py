@@ -10,7 +10,9 @@ restart of the broker too.
     standings.lap           {"id", "driver", "name",    a timed lap (from the game,
                              "track", "lap_ms",          live timing or the admin page);
                              "source"}                   it adds a driver not yet known
-    standings.lap_removed   {"id"}                      strike a lap (a typo, a cut)
+    standings.lap_struck    {"id", "struck"}            strike a lap (a typo, a cut), or
+                                                        restore it ("struck": false)
+    standings.lap_removed   {"id"}                      strike a lap (before lap_struck)
     standings.driver_removed {"id"}                     take a driver and their laps out
     standings.track         {"track"}                   where the event is now
     standings.driving       {"driver", "rig"}           who is at the wheel of the
@@ -40,12 +42,12 @@ from f1vocab.timing import MAX_LAP_MS, format_lap_time
 
 DEFAULT_POINTS = (25, 18, 15, 12, 10, 8, 6, 4, 2, 1)
 SOURCES = ("game", "live", "manual")
-FACTS = ("standings.driver", "standings.lap", "standings.lap_removed", "standings.track",
-         "standings.driving", "standings.driver_removed")  # what the table is folded from
-# (standings.table, the table itself, is not)
+FACTS = ("standings.driver", "standings.lap", "standings.lap_struck", "standings.lap_removed",
+         "standings.track", "standings.driving", "standings.driver_removed")
+# (what the table is folded from; standings.table, the table itself, is not)
 MAX_DRIVERS = 1_000
-LAPS_KEPT = 10  # per driver and track: the best few, so striking one shows the next
-IDS_REMEMBERED = 100_000  # lap ids kept to ignore a lap published twice
+LAPS_KEPT = 200  # per driver and track, struck or not; past it, the slowest go
+IDS_REMEMBERED = 100_000  # lap ids kept to ignore a lap published twice, and strikes
 MAX_NAME = 64
 
 
@@ -116,10 +118,11 @@ class Standings:
         self.last_lap: Lap | None = None  # the latest lap applied: the pages say it landed
         self._removed: set[str] = set()  # drivers taken out: their later laps stay out
         self.version = 0  # counts the changes applied: the page asks "anything new?"
-        self._lap_ids: dict[str, None] = {}  # lap ids applied or struck, oldest first
+        self._lap_ids: dict[str, None] = {}  # lap ids applied, oldest first
+        self._struck: dict[str, None] = {}  # lap ids struck (their lap here yet or not)
         self._facts: dict[str, Callable[[dict[str, Any], int], bool]] = dict(zip(FACTS, (
-            self._driver, self._lap, self._lap_removed, self._track, self._driving,
-            self._driver_removed),
+            self._driver, self._lap, self._lap_struck, self._lap_removed, self._track,
+            self._driving, self._driver_removed),
             strict=True))
 
     # --- applying messages -----------------------------------------------------------
@@ -171,32 +174,56 @@ class Standings:
         lap = Lap(_text(data, "id", "standings.lap"), _text(data, "driver", "standings.lap"),
                   _text(data, "track", "standings.lap"), lap_ms, source, set_at_us)
         if lap.id in self._lap_ids or lap.driver in self._removed:
-            return False  # published twice (a restart re-reading its source), or struck
+            return False  # published twice (a restart re-reading its source), or taken out
         if lap.driver not in self.drivers:  # the name a rename gives sticks, so only now
             self._room_for(lap.driver)
             self.drivers[lap.driver] = clean_name(data.get("name"))
-        self._remember(lap.id)
-        self.last_lap = lap
+        _bounded_add(self._lap_ids, lap.id)
         kept = self.laps.setdefault(lap.track, {}).setdefault(lap.driver, [])
         kept.append(lap)
         kept.sort(key=lambda known: known.order)
         if len(kept) > LAPS_KEPT:
             del kept[LAPS_KEPT:]
-            return lap in kept
+            if lap not in kept:
+                return False  # slower than every one kept
+        if lap.id not in self._struck:  # (struck before it came: it stays struck)
+            self.last_lap = lap
         return True
 
+    def _lap_struck(self, data: dict[str, Any], set_at_us: int) -> bool:
+        """Strike a lap, or restore one struck. The lap may come after its strike (another
+        topic): it is then kept, struck."""
+        lap_id = _text(data, "id", "standings.lap_struck")
+        struck = data.get("struck")
+        if not isinstance(struck, bool):
+            raise StandingsError(f"standings.lap_struck: struck {struck!r} is not true or "
+                                 "false")
+        return self._strike(lap_id, struck)
+
     def _lap_removed(self, data: dict[str, Any], set_at_us: int) -> bool:
-        lap_id = _text(data, "id", "standings.lap_removed")
-        self._remember(lap_id)  # so the lap is not counted if it arrives after this
-        if self.last_lap is not None and self.last_lap.id == lap_id:
-            self.last_lap = None
+        return self._strike(_text(data, "id", "standings.lap_removed"), True)
+
+    def _strike(self, lap_id: str, struck: bool) -> bool:
+        if struck == (lap_id in self._struck):
+            return False
+        if struck:
+            _bounded_add(self._struck, lap_id)
+            if self.last_lap is not None and self.last_lap.id == lap_id:
+                self.last_lap = None
+        else:
+            del self._struck[lap_id]
+        return self.lap(lap_id) is not None  # a change only if the lap is here
+
+    def lap(self, lap_id: str) -> Lap | None:
         for by_driver in self.laps.values():
-            for driver, kept in by_driver.items():
-                left = [lap for lap in kept if lap.id != lap_id]
-                if len(left) != len(kept):
-                    by_driver[driver] = left
-                    return True
-        return False  # already struck, or fell out of the kept few
+            for kept in by_driver.values():
+                for lap in kept:
+                    if lap.id == lap_id:
+                        return lap
+        return None
+
+    def struck(self, lap_id: str) -> bool:
+        return lap_id in self._struck
 
     def _driver_removed(self, data: dict[str, Any], set_at_us: int) -> bool:
         """A driver out of the event (added by mistake, left): their laps go with them,
@@ -242,17 +269,28 @@ class Standings:
         """Who is at the wheel of `rig`'s player car (None: of the one rig's)."""
         return self.driving if rig is None else self.driving_by_rig.get(rig)
 
-    def _remember(self, lap_id: str) -> None:
-        self._lap_ids[lap_id] = None
-        if len(self._lap_ids) > IDS_REMEMBERED:
-            del self._lap_ids[next(iter(self._lap_ids))]
-
     def knows_lap(self, lap_id: str) -> bool:
         return lap_id in self._lap_ids
 
+    def best_lap(self, driver: str, track: str) -> Lap | None:
+        """The driver's fastest lap on the track that is not struck."""
+        return next((lap for lap in self.laps.get(track, {}).get(driver, ())
+                     if lap.id not in self._struck), None)
+
     def best(self, driver: str, track: str) -> int | None:
-        kept = self.laps.get(track, {}).get(driver)
-        return kept[0].lap_ms if kept else None
+        lap = self.best_lap(driver, track)
+        return lap.lap_ms if lap is not None else None
+
+    def laps_of(self, driver: str, track: str | None = None) -> list[dict[str, Any]]:
+        """Every lap kept of the driver on the track (default: the current one), in the
+        order they were set: what the admin page lists, to strike or restore."""
+        track = track if track is not None else self.track
+        kept = self.laps.get(track or "", {}).get(driver, [])
+        best = self.best_lap(driver, track or "")
+        return [{"id": lap.id, "lap": format_lap_time(lap.lap_ms), "lap_ms": lap.lap_ms,
+                 "source": lap.source, "set_at": _iso(lap.set_at_us),
+                 "struck": lap.id in self._struck, "best": lap is best}
+                for lap in sorted(kept, key=lambda lap: (lap.set_at_us, lap.id))]
 
     # --- reading ---------------------------------------------------------------------
 
@@ -260,8 +298,8 @@ class Standings:
         """The table for `track` (default: the current one): timed drivers by their
         fastest lap with gap and points, then the drivers without a time."""
         track = track if track is not None else self.track
-        by_driver = self.laps.get(track or "", {})
-        best = sorted((kept[0] for kept in by_driver.values() if kept),
+        best = sorted((lap for driver in self.laps.get(track or "", {})
+                       if (lap := self.best_lap(driver, track or "")) is not None),
                       key=lambda lap: lap.order)
         rows = []
         for place, lap in enumerate(best, 1):
@@ -312,6 +350,13 @@ class Standings:
                                  row["lap_ms"],
                                  row["gap"], row["points"], row["source"], row["set_at"]])
         return out.getvalue()
+
+
+def _bounded_add(ids: dict[str, None], lap_id: str) -> None:
+    """Remember an id, forgetting the oldest past IDS_REMEMBERED."""
+    ids[lap_id] = None
+    if len(ids) > IDS_REMEMBERED:
+        del ids[next(iter(ids))]
 
 
 def _text(data: dict[str, Any], key: str, topic: str) -> str:

@@ -2,14 +2,20 @@
 
     GET  /                      the standings, for a screen at the event (public)
     GET  /api/standings         the same as JSON (public)
+    GET  /api/events            the same, pushed at every change (public; SSE)
     GET  /healthz               200 while the broker is connected, else 503 (public)
-    GET  /admin                 drivers, lap times, the track, who is driving (token)
-    POST /api/admin/ACTION      one change, as JSON (token; see ACTIONS)
+    GET  /login, POST /api/login, POST /api/logout   the admin's session (public)
+    GET  /admin                 drivers, lap times, the track, who is driving (admin)
+    POST /api/admin/ACTION      one change, as JSON (admin; see ACTIONS)
+    GET  /api/admin/laps?driver=ID[&track=]   every lap of a driver (admin)
     GET  /api/export[?track=]   the table as CSV with points, also written to the
-                                export directory under a timestamped name (token)
+                                export directory under a timestamped name (admin)
 
-With a token (the consumer's --token), the admin page, its actions and the
-export want it as `?token=` or `Authorization: Bearer`; the standings
+With a password (the consumer's --admin-password, else its --token), the
+admin side wants a session: the admin logs in once at /login, with the
+password, and gets an HTTP-only cookie (scripts may send `Authorization:
+Bearer PASSWORD` instead). The password never goes in an address, where it
+would sit in the browser's history and on the screen. The standings
 themselves stay public, since they are made to be shown.
 """
 
@@ -29,7 +35,7 @@ from aiohttp import web
 
 from consumer.standings.keeper import NotRecorded, StandingsKeeper, new_id
 from consumer.standings.table import MAX_DRIVERS, StandingsError, clean_name
-from consumer.website import Guard, error, health
+from consumer.website import SESSION_COOKIE, SESSION_TTL_S, Guard, LoginRefused, error, health
 from f1vocab.game.topics import RigNameError, check_rig
 from f1vocab.timing import LapTimeError, parse_lap_time
 
@@ -37,7 +43,8 @@ log = logging.getLogger("slipstream.standings")
 
 STATIC = Path(__file__).with_name("static")
 MAX_BODY = 4096  # an admin request is a name or a lap time
-PUBLIC = {"/", "/api/standings", "/api/events", "/healthz"}
+PUBLIC = {"/", "/api/standings", "/api/events", "/healthz", "/login", "/api/login",
+          "/api/logout"}
 # The screens' pushed table (/api/events): at most this many at once, a comment line when
 # nothing changes (proxies keep the stream; a screen gone is found), and a screen that
 # takes nothing for SEND_TIMEOUT_S is dropped so it cannot hold the standings.
@@ -62,18 +69,24 @@ class StandingsWeb:
         self.keeper = keeper
         self.standings = keeper.standings
         self.export_dir = export_dir
-        self.guard = Guard(token, allow_hosts)
+        self.guard = Guard(token, allow_hosts, token_in_url=False)
         self._claimed: set[str] = set()  # driver names (casefolded) published, not yet back
         self._streams = 0  # /api/events open now
         self.actions: dict[str, Callable[[dict[str, Any]], Change]] = {
             "add-driver": self._add_driver, "rename": self._rename, "lap": self._lap,
-            "remove-lap": self._remove_lap, "track": self._track, "driving": self._driving,
+            "strike-lap": self._strike_lap, "restore-lap": self._restore_lap,
+            "remove-lap": self._strike_lap,  # its first name
+            "track": self._track, "driving": self._driving,
             "remove-driver": self._remove_driver}
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
         app.router.add_get("/", self._page("standings.html"))
         app.router.add_get("/admin", self._page("admin.html"))
+        app.router.add_get("/login", self._page("login.html"))
+        app.router.add_post("/api/login", self.log_in)
+        app.router.add_post("/api/logout", self.log_out)
+        app.router.add_get("/api/admin/laps", self.laps)
         app.router.add_get("/api/standings", self.table)
         app.router.add_get("/api/events", self.events)
         app.router.add_get("/api/export", self.export)
@@ -92,8 +105,10 @@ class StandingsWeb:
         if foreign is not None:
             return error(403, foreign)
         if request.path not in PUBLIC and not self.guard.authorised(request):
-            return error(401, "the admin side needs the token: open /admin?token=... "
-                              "(or send Authorization: Bearer ...)")
+            if request.path == "/admin" and request.method == "GET":
+                raise web.HTTPSeeOther("/login")
+            return error(401, "the admin side needs the admin password: log in at /login "
+                              "(or send Authorization: Bearer PASSWORD)")
         try:
             return await handler(request)
         except web.HTTPNotFound:
@@ -146,6 +161,44 @@ class StandingsWeb:
         finally:
             self._streams -= 1
         return response
+
+    async def log_in(self, request: web.Request) -> web.Response:
+        """{"password"} -> a session cookie, HTTP-only (no page script can read it) and
+        same-site only (another site's page cannot send it)."""
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        password = body.get("password") if isinstance(body, dict) else None
+        if not isinstance(password, str):
+            return error(400, 'send {"password": "..."} as JSON')
+        try:
+            session = self.guard.log_in(password)
+        except LoginRefused as exc:
+            log.warning("admin login refused from %s: %s", request.remote, exc)
+            return error(exc.status, str(exc))
+        log.info("admin logged in from %s", request.remote)
+        response = web.json_response({"admin": "/admin"})
+        response.set_cookie(SESSION_COOKIE, session, max_age=int(SESSION_TTL_S), path="/",
+                            httponly=True, samesite="Strict", secure=request.secure)
+        return response
+
+    async def log_out(self, request: web.Request) -> web.Response:
+        self.guard.log_out(request)
+        response = web.json_response({"login": "/login"})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    async def laps(self, request: web.Request) -> web.Response:
+        """Every lap of a driver on a track (default: the current one), struck or not."""
+        try:
+            driver = self._driver({"driver": request.query.get("driver")})
+        except Refused as exc:
+            return error(exc.status, str(exc))
+        track = request.query.get("track") or self.standings.track
+        return web.json_response({"driver": driver, "name": self.standings.drivers[driver],
+                                  "track": track,
+                                  "laps": self.standings.laps_of(driver, track)})
 
     async def healthz(self, request: web.Request) -> web.Response:
         client = self.keeper.client()
@@ -269,13 +322,17 @@ class StandingsWeb:
                                  "track": self.standings.track, "lap_ms": lap_ms,
                                  "source": "manual"}
 
-    def _remove_lap(self, body: dict[str, Any]) -> Change:
+    def _strike_lap(self, body: dict[str, Any]) -> Change:
+        return "standings.lap_struck", {"id": self._lap_id(body), "struck": True}
+
+    def _restore_lap(self, body: dict[str, Any]) -> Change:
+        return "standings.lap_struck", {"id": self._lap_id(body), "struck": False}
+
+    def _lap_id(self, body: dict[str, Any]) -> str:
         lap = body.get("lap")
-        known = {kept.id for by_driver in self.standings.laps.values()
-                 for laps in by_driver.values() for kept in laps}
-        if not isinstance(lap, str) or lap not in known:
+        if not isinstance(lap, str) or self.standings.lap(lap) is None:
             raise Refused(404, f"no lap {lap!r} in the standings")
-        return "standings.lap_removed", {"id": lap}
+        return lap
 
     def _remove_driver(self, body: dict[str, Any]) -> Change:
         return "standings.driver_removed", {"id": self._driver(body)}

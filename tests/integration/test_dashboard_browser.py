@@ -3,6 +3,7 @@ of the bundled session. `make test` installs Chromium (scripts/ensure-chromium.s
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 from pathlib import Path
@@ -134,7 +135,12 @@ async def test_the_standings_pages_show_the_game_laps_and_take_the_admins_change
             admin = await browser.new_page(viewport={"width": 1200, "height": 900},
                                            accept_downloads=True)
             admin.on("pageerror", lambda error: errors.append(str(error)))
-            await admin.goto(standings.url + "admin?token=s3cret")
+            # Issue 25: the admin logs in once, at /login; a session cookie does the rest.
+            await admin.goto(standings.url + "admin")
+            assert admin.url == standings.url + "login"
+            await admin.fill("#password", "s3cret")
+            await admin.click("#login-form button")
+            await admin.wait_for_url(standings.url + "admin", timeout=TIMEOUT_MS)
             await admin.wait_for_function(
                 "document.querySelectorAll('#standings tbody tr').length === 20",
                 timeout=TIMEOUT_MS)
@@ -164,6 +170,22 @@ async def test_the_standings_pages_show_the_game_laps_and_take_the_admins_change
                 "Alice <b>Fast</b> 48.100, P1"
             assert not [url for url in asked if "/api/standings" in url]
             assert [url for url in asked if url.endswith("/api/events")]
+            # Her laps, listed: struck, the screen goes back to the game's leader by
+            # itself; restored, she leads again.
+            await admin.locator("#standings tbody tr", has_text="Alice").get_by_role(
+                "button", name="Laps").click()
+            await admin.wait_for_selector("#laps tbody tr", timeout=TIMEOUT_MS)
+            assert await admin.locator("#laps tbody tr td").nth(1).text_content() == "48.100"
+            admin.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+            await admin.locator("#laps tbody tr").get_by_role("button", name="Strike").click()
+            await screen.wait_for_function(
+                "document.querySelector('#standings tbody tr td:nth-child(2)').textContent"
+                " !== 'Alice <b>Fast</b>'", timeout=TIMEOUT_MS)
+            await admin.wait_for_selector("#laps tr.struck", timeout=TIMEOUT_MS)
+            await admin.locator("#laps tbody tr").get_by_role("button", name="Restore").click()
+            await screen.wait_for_function(
+                "document.querySelector('#standings tbody tr td:nth-child(2)').textContent"
+                " === 'Alice <b>Fast</b>'", timeout=TIMEOUT_MS)
 
             async with admin.expect_download() as download_info:
                 await admin.click("#export")

@@ -131,21 +131,40 @@ async def _version(got: Awaitable[dict[str, Any]], wanted: int) -> bool:
     return bool((await got)["version"] >= wanted)
 
 
-async def test_the_admin_side_needs_the_token_and_every_change_goes_through_the_broker(
+async def test_the_admin_side_needs_a_login_and_every_change_goes_through_the_broker(
         processes: Processes, tmp_path: Path) -> None:
     broker = await processes.broker("--token", "s3cret", "--data-dir", str(tmp_path / "data"))
     exports = tmp_path / "exports"
     standings = await processes.standings(broker.address, "--token", "s3cret", "--source",
                                           "manual", "--export-dir", str(exports))
-    async with aiohttp.ClientSession() as session:
-        for path in ("admin", "api/export"):
+    # (unsafe: the jar keeps cookies from an IP address such as 127.0.0.1, as a browser does)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        for path in ("api/export", "api/admin/laps?driver=x"):
             async with session.get(standings.url + path) as response:
                 assert response.status == 401
-                assert "needs the token" in (await response.json())["error"]
+                assert "log in at /login" in (await response.json())["error"]
+        async with session.get(standings.url + "admin", allow_redirects=False) as page:
+            assert (page.status, page.headers["Location"]) == (303, "/login")
         async with session.get(standings.url) as page:  # made to be shown: public
             assert page.status == 200 and "Standings" in await page.text()
-        async with session.get(standings.url + "admin?token=s3cret") as page:
+        # Issue 25: never the password in an address: ?token= opens nothing.
+        async with session.get(standings.url + "admin?token=s3cret",
+                               allow_redirects=False) as page:
+            assert page.status == 303
+        async with session.post(standings.url + "api/login",
+                                json={"password": "wrong"}) as response:
+            assert response.status == 401 and "not the admin password" in await response.text()
+        async with session.post(standings.url + "api/login",
+                                json={"password": "s3cret"}) as response:
+            assert response.status == 200
+            cookie = response.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
+        async with session.get(standings.url + "admin") as page:  # the cookie opens it
             assert page.status == 200 and "lap-time" in await page.text()
+        async with session.post(standings.url + "api/logout") as response:
+            assert response.status == 200
+        async with session.get(standings.url + "admin", allow_redirects=False) as page:
+            assert page.status == 303
     assert (await admin(standings, "track", {"track": "Monza"}, token=None))[0] == 401
     assert (await admin(standings, "track", {"track": "Monza"}, token="wrong"))[0] == 401
 
@@ -176,19 +195,38 @@ async def test_the_admin_side_needs_the_token_and_every_change_goes_through_the_
     assert [(r["name"], r["lap"], r["gap"], r["points"]) for r in rows] == [
         ("Dan", "1:19.999", "", 25), ("Robert", "1:20.500", "+0.501", 18),
         ("Cat", "1:21.000", "+1.001", 15), ("Ann", "1:21.606", "+1.607", 12)]
-    # A typo struck: Dan's only lap goes, and Dan stays, untimed.
-    status, answer = await admin(standings, "remove-lap", {"lap": rows[0]["lap_id"]})
+    # A typo struck: Dan's only lap goes, and Dan stays, untimed; restored, it counts again.
+    struck = rows[0]["lap_id"]
+    status, answer = await admin(standings, "strike-lap", {"lap": struck})
     assert status == 200
     assert [r["name"] for r in answer["standings"]["rows"]] == ["Robert", "Cat", "Ann", "Dan"]
     assert answer["standings"]["rows"][-1]["position"] is None
+    assert (await admin(standings, "restore-lap", {"lap": struck}))[0] == 200
+    assert (await admin(standings, "remove-lap", {"lap": struck}))[0] == 200  # its old name
+    status, answer = await admin(standings, "restore-lap", {"lap": "nope"})
+    assert (status, answer["error"]) == (404, "no lap 'nope' in the standings")
+    # Every lap of a driver, slower ones too, with its source, struck or not.
+    assert (await admin(standings, "lap", {"driver": "Ann", "time": "1:30.000"}))[0] == 200
+    async with aiohttp.ClientSession() as session, session.get(
+            standings.url + "api/admin/laps?driver=ann",
+            headers={"Authorization": "Bearer s3cret"}) as response:
+        listed = await response.json()
+    assert [(lap["lap"], lap["source"], lap["struck"], lap["best"])
+            for lap in listed["laps"]] == [("1:21.606", "manual", False, True),
+                                           ("1:30.000", "manual", False, False)]
+    async with aiohttp.ClientSession() as session, session.get(
+            standings.url + "api/admin/laps?driver=Dan",
+            headers={"Authorization": "Bearer s3cret"}) as response:
+        assert [lap["struck"] for lap in (await response.json())["laps"]] == [True]
     status, answer = await admin(standings, "driving", {"driver": ids["Cat"]})
     assert status == 200 and answer["standings"]["driving_name"] == "Cat"
     assert "without a token" not in standings.log()  # this broker wants one: no warning
     before = await view(standings)
 
     # The export: sorted by fastest lap, with points, written under a timestamped name.
-    async with aiohttp.ClientSession() as session, \
-            session.get(standings.url + "api/export?token=s3cret") as response:
+    async with aiohttp.ClientSession() as session, session.get(
+            standings.url + "api/export", headers={"Authorization": "Bearer s3cret"}) \
+            as response:
         assert response.status == 200
         text = await response.text()
         written = Path(response.headers["X-Written-To"])
@@ -258,8 +296,9 @@ async def test_the_standings_refuse_formulas_hidden_characters_name_races_and_re
         status, _ = await admin(standings, "lap", {"driver": driver,
                                                     "time": f"1:2{index}.000"})
         assert status == 200
-    async with aiohttp.ClientSession() as session, \
-            session.get(standings.url + "api/export?token=s3cret") as response:
+    async with aiohttp.ClientSession() as session, session.get(
+            standings.url + "api/export", headers={"Authorization": "Bearer s3cret"}) \
+            as response:
         rows = list(csv.reader(io.StringIO(await response.text())))
     assert [row[1] for row in rows[1:]] == ["'" + name for name in formulas]
     # This broker takes anyone, from anywhere: the standings said so at start.

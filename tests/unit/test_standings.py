@@ -65,8 +65,31 @@ def test_a_lap_read_twice_counts_once_and_a_struck_lap_stays_struck() -> None:
     assert table.best("ann", "Monza") == 81_000
     # The broker keeps order within a topic only: a strike may arrive before its lap.
     assert not table.apply("standings.lap_removed", {"id": "z"})
-    assert not lap(table, "z", "ann", 70_000)
+    assert lap(table, "z", "ann", 70_000)  # kept, to be listed and restored, but struck
+    assert table.best("ann", "Monza") == 81_000 and table.view()["last_lap"]["id"] == "y"
+
+
+def test_a_struck_lap_can_be_restored_and_every_lap_is_listed() -> None:
+    """Issue 25: the admin sees every lap of a driver with its source, and strikes or
+    restores any of them; strike and restore share a topic, so their order holds."""
+    table = Standings()
+    lap(table, "a", "ann", 82_000, at_us=1)
+    lap(table, "b", "ann", 80_000, at_us=2)
+    lap(table, "c", "ann", 81_000, at_us=3)
+    assert table.apply("standings.lap_struck", {"id": "b", "struck": True})
     assert table.best("ann", "Monza") == 81_000
+    listed = table.laps_of("ann", "Monza")
+    assert [(lap["id"], lap["struck"], lap["best"]) for lap in listed] == [
+        ("a", False, False), ("b", True, False), ("c", False, True)]
+    assert not table.apply("standings.lap_struck", {"id": "b", "struck": True})  # again
+    assert table.apply("standings.lap_struck", {"id": "b", "struck": False})
+    assert table.best("ann", "Monza") == 80_000 and table.rows("Monza")[0]["lap_id"] == "b"
+    # A restore before its lap (on another topic than the lap) leaves it counted.
+    assert not table.apply("standings.lap_struck", {"id": "d", "struck": True})
+    assert not table.apply("standings.lap_struck", {"id": "d", "struck": False})
+    assert lap(table, "d", "ann", 79_000) and table.best("ann", "Monza") == 79_000
+    with pytest.raises(StandingsError, match="struck 'yes' is not true or false"):
+        table.apply("standings.lap_struck", {"id": "d", "struck": "yes"})
 
 
 def test_a_rename_sticks_whichever_comes_first() -> None:
