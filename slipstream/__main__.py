@@ -34,6 +34,12 @@ def _consumer(argv: list[str], prog: str = "slipstream consumer") -> int:
     return main(argv, prog=prog)
 
 
+def _event(argv: list[str]) -> int:
+    from slipstream.event.command import main
+
+    return main(argv)
+
+
 def _sub(argv: list[str]) -> int:
     from consumer.__main__ import load_installed
 
@@ -65,6 +71,8 @@ COMMANDS: dict[str, tuple[str, Main]] = {
                 lambda a: _producer(["udp-sim", *a])),
     "udp-replay": ("replay a game capture into the broker or as UDP datagrams",
                    lambda a: _producer(["udp-replay", *a])),
+    "event": ("race night in one command: broker, rigs' bridges, standings, dashboard",
+              _event),
     "consumer": ("run an installed consumer: sqlite, alerter, dashboard, ... (NAME --help)",
                  _consumer),
     "run": ("run a consumer written in a Python file",

@@ -1,0 +1,1 @@
+"""`slipstream event`: race night in one command (docs/event.md)."""
