@@ -20,14 +20,17 @@ from broker.client import Message
 from broker.errors import ConfigError
 from consumer.api import Consumer
 from consumer.dashboard.hub import Hub
-from consumer.dashboard.model import Dashboard
+from consumer.dashboard.model import GAME_PACKETS, Dashboard
 from consumer.dashboard.web import DEFAULT_GAME_LABEL, DashboardWeb, Limits
 from consumer.website import add_site_arguments, http_address, start_site
+from f1vocab.game.topics import packet_patterns
 
 log = logging.getLogger("slipstream.dashboard")
 
-PATTERNS = ("live.>", "alerts.>", "game.session", "game.lap_data", "game.participants",
-            "game.car_telemetry", "game.car_status", "game.car_damage", "game.event",
+# The game's packets from the single rig (game.<packet>) and from each named one
+# (game.<rig>.<packet>): a panel per rig.
+PATTERNS = ("live.>", "alerts.>", *(pattern for packet in GAME_PACKETS
+                                     for pattern in packet_patterns(packet)),
             "standings.table")
 
 app = Consumer("dashboard", description="Serve a live web dashboard (timing tower, track "

@@ -90,7 +90,9 @@ class Hub:
 
     def state(self) -> dict[str, Any]:
         return {"views": self.model.all_views(), "live": self.model.live,
-                "game": self.model.game,
+                "game": self.model.rigs[None].packets,
+                "rigs": {rig.name: rig.packets for rig in self.model.rigs.values() if rig.name},
+                "rigs_not_shown": sorted(self.model.rigs_not_shown),
                 "events": [{"topic": t, "data": d} for t, d in self.model.recent_events()]}
 
     def stats(self) -> dict[str, Any]:

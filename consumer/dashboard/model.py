@@ -2,7 +2,10 @@
 
 `apply` takes one broker message and returns the events it makes (a race
 control message, an alert, a game event), which go to every browser in
-order. State views (the timing tower, the track status, the player's car)
+order. Each rig's game (`game.<rig>.*`, or `game.*` for a single rig) has
+views of its own: `dashboard.game.<view>` for the single rig,
+`dashboard.game.<rig>.<view>` for a named one, so the page shows a panel per
+rig. State views (the timing tower, the track status, the player's car)
 are not sent per message: `apply` marks them dirty, and the web side asks
 `take_changed` for the new values a few times a second. That is the first
 conflation: 17,000 timing updates make as many tower values as there are
@@ -17,6 +20,7 @@ from typing import Any
 
 from consumer.dashboard import game, tower
 from f1vocab.game.names import event_name, penalty_name
+from f1vocab.game.topics import game_packet_of
 from f1vocab.sessions import SESSION_START_TOPIC, SessionTracker
 from f1vocab.state import apply, as_list
 
@@ -35,22 +39,47 @@ FEEDS = {
     "live.WeatherData": "dashboard.session",
     "live.ExtrapolatedClock": "dashboard.session",
     "live.LapCount": "dashboard.session",
-    "game.car_telemetry": "dashboard.game.car",
-    "game.car_status": "dashboard.game.car",
-    "game.car_damage": "dashboard.game.car",
-    "game.lap_data": "dashboard.game.leaderboard",
-    "game.participants": "dashboard.game.leaderboard",
-    "game.session": "dashboard.game.session",
 }
+# Which of a rig's views each game packet feeds.
+GAME_FEEDS = {"car_telemetry": "car", "car_status": "car", "car_damage": "car",
+              "lap_data": "leaderboard", "participants": "leaderboard", "session": "session"}
+GAME_PACKETS = (*GAME_FEEDS, "event")  # what the dashboard reads of each rig
 EVENT_FEEDS = ("live.RaceControlMessages", "alerts", "game.event")
+MAX_RIGS = 16  # panels; a 17th rig's packets are not shown (and say so in the state)
+
+
+class Rig:
+    """One rig's game: the latest packet of each type (the game sends whole packets, so
+    the latest is the state), and its player's lap trace."""
+
+    def __init__(self, name: str | None, trace_bin_m: float) -> None:
+        self.name = name
+        self.packets: dict[str, State] = {}
+        self.trace = game.LapTrace(trace_bin_m)
+
+    def view_topic(self, view: str) -> str:
+        return f"dashboard.game.{self.name}.{view}" if self.name else f"dashboard.game.{view}"
+
+    def views(self) -> dict[str, Callable[[], Any]]:
+        packets = self.packets
+        return {
+            self.view_topic("session"): lambda: game.session(packets.get("session")),
+            self.view_topic("leaderboard"): lambda: game.leaderboard(
+                packets.get("lap_data"), packets.get("participants")),
+            self.view_topic("car"): lambda: game.player_car(
+                packets.get("car_telemetry"), packets.get("car_status"),
+                packets.get("car_damage")),
+            self.view_topic("trace"): self.trace.view,
+        }
 
 
 class Dashboard:
     def __init__(self, history: int = 50, trace_bin_m: float = 10.0) -> None:
         self.live: dict[str, State] = {}  # "TimingData" -> its merged state
-        self.game: dict[str, State] = {}  # "lap_data" -> the latest packet
+        self.rigs: dict[str | None, Rig] = {}  # None: the single rig's game.<packet>
+        self.rigs_not_shown: set[str] = set()
+        self.trace_bin_m = trace_bin_m
         self.standings: State | None = None  # the latest standings.table
-        self.trace = game.LapTrace(trace_bin_m)
         self.history: dict[str, deque[Event]] = {
             feed: deque(maxlen=history) for feed in EVENT_FEEDS}
         self.handled: Counter[str] = Counter()
@@ -61,15 +90,9 @@ class Dashboard:
             "dashboard.session": self._session,
             "live.TrackStatus": lambda: tower.track_status(self._state("TrackStatus")),
             "dashboard.tower": self._tower,
-            "dashboard.game.session": lambda: game.session(self.game.get("session")),
-            "dashboard.game.leaderboard": lambda: game.leaderboard(
-                self.game.get("lap_data"), self.game.get("participants")),
-            "dashboard.game.car": lambda: game.player_car(
-                self.game.get("car_telemetry"), self.game.get("car_status"),
-                self.game.get("car_damage")),
-            "dashboard.game.trace": self.trace.view,
             "standings.table": lambda: self.standings,
         }
+        self._rig(None)  # the single rig's views are there from the start, empty
 
     # --- taking messages ------------------------------------------------------------
 
@@ -90,7 +113,7 @@ class Dashboard:
         if topic.startswith("alerts."):
             return self._remember("alerts", [(topic, data)])
         if topic.startswith("game."):
-            return self._apply_game(topic[5:], data)
+            return self._apply_game(topic, data)
         if topic == "standings.table":  # the standings consumer's whole table, each time
             self.standings = data
             self._dirty.add(topic)
@@ -131,17 +154,37 @@ class Dashboard:
         return self._remember("live.RaceControlMessages", [
             ("live.RaceControlMessages", m) for m in fresh if isinstance(m, dict)])
 
-    def _apply_game(self, name: str, packet: State) -> list[Event]:
-        self.game[name] = packet
-        topic = f"game.{name}"
-        if topic in FEEDS:
-            self._dirty.add(FEEDS[topic])
-        if name == "car_telemetry" and "lap_data" in self.game:
-            self.trace.add(*game.trace_sample(packet, self.game["lap_data"]))
-            self._dirty.add("dashboard.game.trace")
+    def _apply_game(self, topic: str, packet: State) -> list[Event]:
+        which = game_packet_of(topic)
+        if which is None:
+            return []
+        rig_name, name = which
+        rig = self._rig(rig_name)
+        if rig is None:
+            return []
+        rig.packets[name] = packet
+        if name in GAME_FEEDS:
+            self._dirty.add(rig.view_topic(GAME_FEEDS[name]))
+        if name == "car_telemetry" and "lap_data" in rig.packets:
+            rig.trace.add(*game.trace_sample(packet, rig.packets["lap_data"]))
+            self._dirty.add(rig.view_topic("trace"))
         if name == "event":
-            return self._remember("game.event", [(topic, _readable_event(packet))])
+            event = _readable_event(packet)
+            if rig_name:
+                event["rig"] = rig_name
+            return self._remember("game.event", [(topic, event)])
         return []
+
+    def _rig(self, name: str | None) -> Rig | None:
+        """The rig's state and views, made when it first sends (at most MAX_RIGS)."""
+        rig = self.rigs.get(name)
+        if rig is None:
+            if len(self.rigs) > MAX_RIGS:  # (the single rig's counts as none)
+                self.rigs_not_shown.add(str(name))
+                return None
+            rig = self.rigs[name] = Rig(name, self.trace_bin_m)
+            self.views.update(rig.views())
+        return rig
 
     def _remember(self, feed: str, events: list[Event]) -> list[Event]:
         self.history[feed].extend(events)

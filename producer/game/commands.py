@@ -89,6 +89,8 @@ def add_parsers(subparsers: Any) -> None:
     replay.add_argument("--to", metavar="HOST:PORT",
                         help="send the datagrams to this UDP port instead of the broker")
     replay.add_argument("--raw", action="store_true", help="into the broker: also game.raw")
+    replay.add_argument("--rig", metavar="NAME",
+                        help="into the broker: as rig NAME's game (game.NAME.<packet>)")
     cli.add_command(replay, run_replay)
 
 
@@ -207,12 +209,17 @@ async def run_replay(args: argparse.Namespace) -> int:
     if report.torn:
         log.warning("%s: %s", args.capture, report.torn)
     speed = 0.0 if args.as_fast_as_possible else args.speed
+    if args.rig is not None:
+        try:
+            check_rig(args.rig)
+        except RigNameError as exc:
+            return cli.fail("udp-replay", str(exc), cli.EXIT_USAGE)
     if args.to:
         sent = await _replay_to_udp(records, cli.flag_address(args.to, "--to"), speed)
         print(f"udp-replay: sent {sent:,} datagrams", file=sys.stderr)
         return cli.EXIT_OK
     async with cli.client_for(args, "game-replay") as client:
-        bridge = Bridge(client, args.raw, None)
+        bridge = Bridge(client, args.raw, None, rig=args.rig)
         publisher = asyncio.create_task(bridge.publish_forever())
         try:
             await _pace(records, speed, lambda datagram: bridge.datagram_received(

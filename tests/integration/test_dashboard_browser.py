@@ -76,20 +76,32 @@ async def test_the_page_shows_the_session_live_and_survives_a_dashboard_restart(
             assert code == 0, err
             await page.wait_for_selector("#game:not([hidden])", timeout=TIMEOUT_MS)
             await page.wait_for_function(
-                "document.querySelectorAll('#leaderboard tbody tr').length === 20",
+                "document.querySelectorAll('#game .leaderboard tbody tr').length === 20",
                 timeout=TIMEOUT_MS)
             # game.session is another topic than the lap data: no order between them is
             # promised, so wait for it as for the rows, then check it.
             await page.wait_for_function(
-                "(document.querySelector('#game-session').textContent || '')"
+                "(document.querySelector('#game .game-session').textContent || '')"
                 ".startsWith('Silverstone, Race, 10 laps')", timeout=TIMEOUT_MS)
-            assert (await page.locator("#game-session").text_content() or "").startswith(
-                "Silverstone, Race, 10 laps")
+            assert (await page.locator("#game .game-session").text_content() or ""
+                    ).startswith("Silverstone, Race, 10 laps")
             title = await page.locator("#game h2").text_content() or ""
             assert title.startswith("Simulated F1 game Silverstone")  # says what it is
-            assert await page.locator("#leaderboard tr.player").count() == 1
-            assert await page.locator("#tyres > div").count() == 4
-            assert int(await page.locator("#car-rpm").text_content() or "0") > 0
+            assert await page.locator("#game .leaderboard tr.player").count() == 1
+            assert await page.locator("#game .tyres > div").count() == 4
+            assert int(await page.locator("#game .car-rpm").text_content() or "0") > 0
+            # Issue 25: another rig's game gets a panel of its own, beside the first.
+            code, _, err = await run_command("-m", "producer", "udp-replay", str(CAPTURE),
+                                             "--as-fast-as-possible", "--rig", "b",
+                                             "--broker", broker.address)
+            assert code == 0, err
+            await page.wait_for_function(
+                "document.querySelectorAll('#game-b .leaderboard tbody tr').length === 20",
+                timeout=TIMEOUT_MS)
+            assert (await page.locator("#game-b h2").text_content() or "").startswith(
+                "Simulated F1 game: b Silverstone")
+            assert await page.locator("section.game").count() == 2
+            assert await page.locator("#game-b .game-events li").count() > 0
             screenshot = tmp_path / "dashboard.png"
             await page.screenshot(path=str(screenshot), full_page=True)
             assert screenshot.stat().st_size > 20_000

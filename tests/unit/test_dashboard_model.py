@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from consumer.dashboard.model import Dashboard
+from consumer.dashboard.model import MAX_RIGS, Dashboard
 from consumer.dashboard.tower import timing_tower, track_status
 from f1vocab.game.decoder import GameDecoder, Packet
 from producer.game.simulator import TRACK_LENGTH_M, SessionSimulator
@@ -189,3 +189,37 @@ def test_catching_up_topic_by_topic_shows_only_the_latest_session() -> None:
     assert dashboard.take_changed() == only_second.take_changed()
     assert [e for e in events if e[0] != "live.session_start"] == \
         only_second.recent_events()
+
+
+def test_each_rig_has_views_of_its_own() -> None:
+    """Issue 25: game.<rig>.* make dashboard.game.<rig>.<view>, apart from the single
+    rig's dashboard.game.<view> and from each other; a rig's events say which rig."""
+    decoder = GameDecoder()
+    dashboard = Dashboard(trace_bin_m=10.0)
+    events = []
+    for rig, cars in (("a", 3), ("b", 5)):
+        for _, datagrams in SessionSimulator(cars=cars, hz=5, duration_s=20).frames():
+            for datagram in datagrams:
+                packet = decoder.decode(datagram)
+                assert isinstance(packet, Packet)
+                events += dashboard.apply(f"game.{rig}.{packet.name}", packet.data)
+    views = dashboard.take_changed()
+    assert len(views["dashboard.game.a.leaderboard"]) == 3
+    assert len(views["dashboard.game.b.leaderboard"]) == 5
+    assert views["dashboard.game.b.session"]["track"] == "Silverstone"
+    assert "dashboard.game.leaderboard" not in views  # the single rig sent nothing
+    assert dashboard.all_views()["dashboard.game.leaderboard"] == []
+    assert {(topic, event["rig"]) for topic, event in events} == {
+        ("game.a.event", "a"), ("game.b.event", "b")}
+    # A topic that is no game packet's is ignored, not taken for a rig.
+    assert dashboard.apply("game.a.b.c", {}) == [] and len(dashboard.rigs) == 3
+
+
+def test_panels_are_bounded_and_the_rigs_left_out_are_named() -> None:
+    dashboard = Dashboard()
+    session = GameDecoder().decode(next(iter(SessionSimulator(cars=1).frames()))[1][0])
+    assert isinstance(session, Packet)
+    for index in range(MAX_RIGS + 2):
+        dashboard.apply(f"game.r{index:02d}.{session.name}", session.data)
+    assert len(dashboard.rigs) == MAX_RIGS + 1  # the named ones, and the single rig's
+    assert dashboard.rigs_not_shown == {f"r{MAX_RIGS:02d}", f"r{MAX_RIGS + 1:02d}"}

@@ -45,13 +45,19 @@ function connect() {
     retryMs = 500;
     lastFrameAt = Date.now();
     // The server starts every connection with the current views and recent events.
-    for (const id of ["race-control", "alerts", "game-events"]) $(id).replaceChildren();
+    for (const id of ["race-control", "alerts"]) $(id).replaceChildren();
+    for (const panel of rigPanels.values()) panel.querySelector(".game-events").replaceChildren();
   };
   socket.onmessage = (message) => {
     lastFrameAt = Date.now();
     const frame = JSON.parse(message.data);
     const view = VIEWS[frame.topic] || VIEWS[frame.topic.split(".")[0] + ".>"];
-    if (view) view(frame.data, frame);
+    if (view) { view(frame.data, frame); return; }
+    // A named rig's views (dashboard.game.<rig>.<view>) and events (game.<rig>.event).
+    const rigView = /^dashboard\.game\.([^.]+)\.(\w+)$/.exec(frame.topic);
+    if (rigView && GAME_VIEWS[rigView[2]]) GAME_VIEWS[rigView[2]](frame.data, rigPanel(rigView[1]));
+    const rigEvent = /^game\.([^.]+)\.event$/.exec(frame.topic);
+    if (rigEvent) gameEvent(frame.data, rigPanel(rigEvent[1]));
   };
   socket.onclose = () => {
     socket = null;
@@ -129,7 +135,7 @@ function showTower(rows) {
 // --- feeds ----------------------------------------------------------------------------------
 
 function addLine(feedId, text, className, when) {
-  const feed = $(feedId);
+  const feed = typeof feedId === "string" ? $(feedId) : feedId;
   const line = el("li", className || "");
   if (when) line.append(el("time", "", when));
   line.append(text);
@@ -154,28 +160,48 @@ function dropped(d) {
   }
 }
 
-// --- the game -------------------------------------------------------------------------------
+// --- the game: a panel per rig ---------------------------------------------------------------
 
-function showGameSession(s) {
+const rigPanels = new Map();  // "" (the single rig, game.<packet>) or the rig's name -> panel
+
+function rigPanel(rig) {
+  let panel = rigPanels.get(rig);
+  if (!panel) {
+    panel = $("game-panel").content.firstElementChild.cloneNode(true);
+    panel.id = rig ? `game-${rig}` : "game";
+    panel.dataset.rig = rig;
+    panel.querySelector(".rig-name").textContent = rig ? `: ${rig}` : "";
+    rigPanels.set(rig, panel);
+    // In order of rig name, the single rig first.
+    const after = [...rigPanels.keys()].sort().filter((name) => name < rig).pop();
+    if (after === undefined) $("games").prepend(panel);
+    else rigPanels.get(after).after(panel);
+  }
+  return panel;
+}
+
+function showGameSession(s, panel = rigPanel("")) {
   if (!s) return;
-  $("game").hidden = false;
-  $("game-session").textContent = `${s.track}, ${s.session_type}, ${s.total_laps} laps, ` +
+  panel.hidden = false;
+  panel.querySelector(".game-session").textContent = `${s.track}, ${s.session_type}, ` +
+    `${s.total_laps} laps, ` +
     `${Math.floor(s.time_left_s / 60)}:${String(s.time_left_s % 60).padStart(2, "0")} left`;
 }
 
 const WHEELS = [["FL", 2], ["FR", 3], ["RL", 0], ["RR", 1]];  // the game's order: RL RR FL FR
 
-function showCar(car) {
+function showCar(car, panel = rigPanel("")) {
   if (!car) return;
-  $("game").hidden = false;
-  $("car-speed").textContent = car.speed;
-  $("car-gear").textContent = car.gear === 0 ? "N" : car.gear === -1 ? "R" : car.gear;
-  $("car-rpm").textContent = car.engine_rpm;
-  $("car-throttle").style.width = `${Math.round(car.throttle * 100)}%`;
-  $("car-brake").style.width = `${Math.round(car.brake * 100)}%`;
-  $("car-tyre").textContent = car.compound
+  const part = (name) => panel.querySelector("." + name);
+  panel.hidden = false;
+  part("car-speed").textContent = car.speed;
+  part("car-gear").textContent = car.gear === 0 ? "N" : car.gear === -1 ? "R" : car.gear;
+  part("car-rpm").textContent = car.engine_rpm;
+  part("car-throttle").style.width = `${Math.round(car.throttle * 100)}%`;
+  part("car-brake").style.width = `${Math.round(car.brake * 100)}%`;
+  part("car-tyre").textContent = car.compound
     ? `${car.compound} tyres, ${car.tyres_age_laps} laps old · fuel ${car.fuel_in_tank} kg` : "";
-  $("tyres").replaceChildren(...WHEELS.map(([name, i]) => {
+  part("tyres").replaceChildren(...WHEELS.map(([name, i]) => {
     const box = el("div");
     const wear = car.tyres_wear ? `${car.tyres_wear[i]}% worn` : "";
     box.append(el("strong", "", `${name} `), wear, el("br"),
@@ -184,10 +210,10 @@ function showCar(car) {
   }));
 }
 
-function showLeaderboard(rows) {
+function showLeaderboard(rows, panel = rigPanel("")) {
   if (!rows.length) return;
-  $("game").hidden = false;
-  $("leaderboard").tBodies[0].replaceChildren(...rows.map((r) => {
+  panel.hidden = false;
+  panel.querySelector(".leaderboard").tBodies[0].replaceChildren(...rows.map((r) => {
     const tr = el("tr", r.player ? "player" : "");
     tr.append(el("td", "", r.position), el("td", "", r.name), el("td", "", r.lap),
       el("td", "", lapTime(r.last_lap_ms)),
@@ -213,8 +239,9 @@ function showStandings(table) {
   }));
 }
 
-function gameEvent(e) {
-  addLine("game-events", e.name, e.code === "PENA" ? "warning" : "", `${Math.round(e.session_time)} s`);
+function gameEvent(e, panel = rigPanel("")) {
+  addLine(panel.querySelector(".game-events"), e.name, e.code === "PENA" ? "warning" : "",
+    `${Math.round(e.session_time)} s`);
 }
 
 // A trace chart: each series is [values, colour, maximum]; x is the distance round the lap.
@@ -249,14 +276,19 @@ function drawTrace(canvas, trace, series) {
   g.fillText(canvas.dataset.label, 6, 13);
 }
 
-function showTrace(trace) {
+function showTrace(trace, panel = rigPanel("")) {
   if (!trace.current.distance.length && !trace.previous.distance.length) return;
   const topRpm = Math.max(1000, ...trace.current.engine_rpm, ...trace.previous.engine_rpm);
-  drawTrace($("trace-speed"), trace, [["speed", "#4fc3f7", 360]]);
-  drawTrace($("trace-pedals"), trace, [["throttle", "#1fa34a", 1], ["brake", "#e0262b", 1]]);
-  drawTrace($("trace-gear"), trace, [["gear", "#f2c500", 8]]);
-  drawTrace($("trace-rpm"), trace, [["engine_rpm", "#a450e6", topRpm]]);
+  const canvas = (name) => panel.querySelector(".trace-" + name);
+  drawTrace(canvas("speed"), trace, [["speed", "#4fc3f7", 360]]);
+  drawTrace(canvas("pedals"), trace, [["throttle", "#1fa34a", 1], ["brake", "#e0262b", 1]]);
+  drawTrace(canvas("gear"), trace, [["gear", "#f2c500", 8]]);
+  drawTrace(canvas("rpm"), trace, [["engine_rpm", "#a450e6", topRpm]]);
 }
+
+// Each rig's views, by the last token of dashboard.game[.<rig>].<view>.
+const GAME_VIEWS = {session: showGameSession, car: showCar, leaderboard: showLeaderboard,
+                    trace: showTrace};
 
 // --- which view draws which topic -----------------------------------------------------------
 
@@ -271,11 +303,11 @@ const VIEWS = {
   "dashboard.tower": showTower,
   "live.RaceControlMessages": raceControl,
   "alerts.>": alert,
-  "dashboard.game.session": showGameSession,
-  "dashboard.game.car": showCar,
-  "dashboard.game.leaderboard": showLeaderboard,
-  "dashboard.game.trace": showTrace,
-  "game.event": gameEvent,
+  "dashboard.game.session": (s) => showGameSession(s),
+  "dashboard.game.car": (car) => showCar(car),
+  "dashboard.game.leaderboard": (rows) => showLeaderboard(rows),
+  "dashboard.game.trace": (trace) => showTrace(trace),
+  "game.event": (e) => gameEvent(e),
   "standings.table": showStandings,
   // Another session was replayed into the broker: the last one's race control goes.
   "live.session_start": () => $("race-control").replaceChildren(),
