@@ -59,6 +59,7 @@ class LiveLapTracker:
             entry = drivers.get(number)
             driver: dict[str, Any] = entry if isinstance(entry, dict) else {}
             laps.append({"source": "live", "rig": None, "number": number, "valid": True,
+                         "player": False,
                          "code": driver.get("Tla"), "name": driver.get("FullName"),
                          "lap": lap, "time": text, "time_ms": time_ms,
                          "sectors_ms": _sectors_ms(merged.get("Sectors")), "track": track})
@@ -96,7 +97,8 @@ def game_laps_topic(rig: str | None) -> str:
 class GameLapTracker:
     """Laps the game's cars complete, from one rig's `lap_data`, named by its
     `participants` and placed by its `session` (the `laps.game` shape: `number` is
-    the car index, `code` none, `valid` false when the game flagged the lap)."""
+    the car index, `code` none, `valid` false when the game flagged the lap, `player`
+    true for the car the rig's player drives)."""
 
     def __init__(self, rig: str | None = None) -> None:
         self.rig = rig
@@ -124,6 +126,7 @@ class GameLapTracker:
 
     def _laps(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         laps = []
+        player = data["header"]["player_car_index"]
         for index, car in enumerate(data["lap_data"]):
             if not car["car_position"]:
                 continue  # an empty slot
@@ -136,7 +139,8 @@ class GameLapTracker:
                     "name": self.names[index] if index < len(self.names) else None,
                     "lap": before, "time": format_lap_time(time_ms), "time_ms": time_ms,
                     "sectors_ms": [None, None, None], "track": self.track,
-                    "session": str(self._session_uid), "valid": not self._invalid.get(index)})
+                    "session": str(self._session_uid), "valid": not self._invalid.get(index),
+                    "player": index == player})
             if before is not None and number > before:
                 self._invalid[index] = invalid
             else:

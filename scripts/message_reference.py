@@ -134,8 +134,10 @@ def laps_section() -> list[str]:
             "Each lap is published once more, on its own, where the data comes in: "
             "`laps.live` by `slipstream live` and `slipstream replay`, `laps.game` "
             "(`laps.game.<rig>`) by `slipstream udp`, for every car (f1vocab/laps.py). "
-            "A game lap's `number` is the car index, its `code` null and its `valid` false "
-            "when the game flagged the lap (a cut); its `session` is the game's session uid. "
+            "A game lap's `number` is the car index, its `code` null, its `valid` false "
+            "when the game flagged the lap (a cut) and its `player` true for the car the "
+            "rig's player drives (false on every live lap); its `session` is the game's "
+            "session uid. "
             "`time_ms` and `sectors_ms` in milliseconds (a sector F1 has not sent: null); "
             "`code` and `name` once the driver list has said them; `session` as on "
             "`live.*`. examples/best_laps.py reads them in ten lines.", "",

@@ -115,7 +115,7 @@ class Rule:
             values = dict(value=value, key=key, keys=key.split("."), topic=topic, seq=seq,
                           previous=None if previous is _MISSING else previous, rule=self.name,
                           severity=self.severity, parent=parent, rig=rig or "",
-                          driver=(driver or _car)(topic, key))
+                          driver=(driver or _car)(topic, _event_car(parent) or key))
             held = self._cooled_down((topic, render(self.cooldown_key, **values)), clock_us)
             if held is None:
                 continue
@@ -161,6 +161,14 @@ class Rule:
 def _car(topic: str, key: str) -> str:
     """`{driver}` when nothing says who drives: the car the key starts with."""
     return f"Car {key.split('.')[0]}"
+
+
+def _event_car(parent: Any) -> str | None:
+    """The car a game event is about (`event_details.vehicle_idx`: a fastest lap, a
+    penalty), so `{driver}` names it; None for anything else."""
+    details = parent.get("event_details") if isinstance(parent, dict) else None
+    car = details.get("vehicle_idx") if isinstance(details, dict) else None
+    return str(car) if isinstance(car, int) and not isinstance(car, bool) else None
 
 
 def rig_of(topic: str) -> str | None:

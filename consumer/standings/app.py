@@ -1,11 +1,12 @@
 """`slipstream consumer standings`: the standings of a sim-racing event, with points.
 
-Each driver's single fastest lap on the current track, from the game's lap
-data (`--source game`, the default), from F1 live timing (`--source live`),
-from both, or only from times typed on the admin page (`--source manual`).
-It serves a public standings page and an admin page (add and rename drivers,
-enter a lap time, strike one, set the track, say who is driving the game's
-player car) on 127.0.0.1:8081, and `GET /api/export` writes the table with
+Each driver's single fastest lap on the current track, from the game's laps
+(`laps.game[.<rig>]`, which the game bridge derives; `--source game`, the
+default), from F1 live timing (`--source live`), from both, or only from
+times typed on the admin page (`--source manual`). It serves a public
+standings page and an admin page (log in once; add and rename drivers, enter
+a lap time, strike or restore any lap, set the track, say who is at each
+rig's wheel) on 127.0.0.1:8081, and `GET /api/export` writes the table with
 points to a timestamped CSV. Every change goes through the broker as a
 `standings.*` message (see table.py), so every consumer sees it, and the
 standings are rebuilt from the broker when this consumer restarts.
@@ -36,13 +37,15 @@ from consumer.standings.table import (
 from consumer.standings.web import StandingsWeb
 from consumer.website import add_site_arguments, http_address, start_site
 from f1vocab.game.topics import packet_patterns
+from f1vocab.laps import GAME_LAPS_TOPIC
 
 log = logging.getLogger("slipstream.standings")
 
 SOURCES = ("game", "live", "both", "manual")
-# One rig's game.<packet>, and every rig's game.<rig>.<packet> (f1vocab/game/topics.py).
-GAME_TOPICS = tuple(pattern for packet in ("session", "participants", "lap_data")
-                    for pattern in packet_patterns(packet))
+# The laps the game bridges derive (one rig's laps.game, each rig's laps.game.<rig>), and
+# each rig's session packet (about once a second): the rigs there are, and the track.
+GAME_LAPS = (GAME_LAPS_TOPIC, f"{GAME_LAPS_TOPIC}.*")
+GAME_SESSIONS = packet_patterns("session")
 LIVE_TOPICS = ("live.SessionInfo", "live.DriverList", "live.TimingData")
 
 app = Consumer("standings", description="Keep the standings of a sim-racing event (each "
@@ -59,7 +62,7 @@ app = Consumer("standings", description="Keep the standings of a sim-racing even
 def _arguments(parser: argparse.ArgumentParser) -> None:
     add_site_arguments(parser, 8081)
     parser.add_argument("--source", choices=SOURCES, default="game",
-                        help="where timed laps come from: the game's lap data, F1 live "
+                        help="where timed laps come from: the game's laps (laps.game), F1 live "
                              "timing, both, or only the admin page (default %(default)s)")
     parser.add_argument("--game-cars", choices=("all", "player"), default="all",
                         help="time every car in the game, or only the player's (one rig, "
@@ -106,8 +109,10 @@ async def _serve() -> AsyncIterator[None]:
     app.background(_read_back(keeper), "reading back the standings")
     app.background(_warn_if_anonymous(), "checking who may publish the standings")
     app.add_handler("standings.>", keeper.on_standings)
-    for topic in GAME_TOPICS if game is not None else ():
-        app.add_handler(topic, keeper.on_game)
+    for topic in GAME_LAPS if game is not None else ():
+        app.add_handler(topic, keeper.on_game_lap)
+    for topic in GAME_SESSIONS if game is not None else ():
+        app.add_handler(topic, keeper.on_game_session)
     for topic in LIVE_TOPICS if live is not None else ():
         app.add_handler(topic, keeper.on_live)
     try:

@@ -25,7 +25,9 @@ from broker.client import Client, Message
 from broker.errors import SlipstreamError
 from consumer.standings.sources import AtTheWheel, GameLaps, LiveLaps, SourceLap
 from consumer.standings.table import FACTS, Standings
+from f1vocab.game.names import track_name
 from f1vocab.game.topics import split_game_topic
+from f1vocab.laps import GAME_LAPS_TOPIC
 
 log = logging.getLogger("slipstream.standings")
 
@@ -47,8 +49,8 @@ class StandingsKeeper:
                  table_every_s: float = 0.5) -> None:
         self.standings = standings
         self.game = game
-        # Several rigs (game.<rig>.<packet>): each rig's game is timed on its own.
-        self.rigs: dict[str, GameLaps] = {}
+        # Rigs seen (game.<rig>.session): the admin page says who is at each one's wheel.
+        self.rigs: set[str] = set()
         self.live = live
         self.client = client
         self._table_every_s = table_every_s
@@ -86,26 +88,27 @@ class StandingsKeeper:
                                                    self._applied.get(message.topic, 0))
                 self._changed.notify_all()
 
-    async def on_game(self, message: Message) -> None:
-        assert self.game is not None
-        rig, name = split_game_topic(message.topic)
-        game, packet = self._game_of(rig), message.data
-        if name == "session":
-            await self._follow_track(game.session(packet))
-        elif name == "participants":
-            await self._publish_laps(game.participants(packet))
-        elif name == "lap_data":
-            await self._publish_laps(game.lap_data(packet, self._at_the_wheel(rig)))
+    async def on_game_session(self, message: Message) -> None:
+        """`game[.<rig>].session`: which rigs there are (before their first lap, so the
+        admin can say who drives), and the track the game is on."""
+        rig, _ = split_game_topic(message.topic)
+        if rig is not None and rig not in self.rigs:
+            self.rigs.add(rig)
+            log.info("timing rig %s (laps.game.%s)", rig, rig)
+        await self._follow_track(track_name(message.data["track_id"]))
 
-    def _game_of(self, rig: str | None) -> GameLaps:
+    async def on_game_lap(self, message: Message) -> None:
+        """`laps.game[.<rig>]`: a lap the game bridge saw completed."""
         assert self.game is not None
-        if rig is None:
-            return self.game
-        game = self.rigs.get(rig)
-        if game is None:
-            game = self.rigs[rig] = GameLaps(self.game.player_only, rig)
-            log.info("timing rig %s (game.%s.*)", rig, rig)
-        return game
+        rig = message.topic.removeprefix(GAME_LAPS_TOPIC).removeprefix(".") or None
+        try:
+            lap = self.game.lap(message.data, rig, self._at_the_wheel(rig))
+        except ValueError as exc:
+            log.warning("%s #%d left out: %s", message.topic, message.seq, exc)
+            return
+        if lap is not None:
+            await self._follow_track(lap.track)
+            await self._publish_laps([lap])
 
     async def on_live(self, message: Message) -> None:
         assert self.live is not None

@@ -1,4 +1,4 @@
-"""Where timed laps come from: the game's lap data and F1's live timing (sans-I/O).
+"""Where timed laps come from: the game's laps and F1's live timing (sans-I/O).
 
 Each source turns the messages it reads into `SourceLap`s: a completed lap,
 with a driver id, the name the source gives that driver, and the track. The
@@ -12,14 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from f1vocab.laps import GameLapTracker
 from f1vocab.state import apply
 from f1vocab.timing import LapTimeError, parse_lap_time
-
-Packet = dict[str, Any]
-PENDING_MAX = 200  # laps held until the source names the driver and the track
-# car index, lap number, ms, who drove, the game's session uid
-Pending = tuple[int, int, int, "AtTheWheel | None", str]
 
 
 @dataclass(frozen=True)
@@ -44,75 +38,45 @@ class AtTheWheel:
 
 
 class GameLaps:
-    """Completed, valid laps from `game.lap_data`, named by `game.participants` and
-    placed by `game.session`, for the standings.
+    """Completed, valid laps from `laps.game` and `laps.game.<rig>`, for the standings.
 
-    When a lap is complete, and whether the game flagged it (a cut, a wall), is
-    f1vocab/laps.py's `GameLapTracker`, the same that publishes `laps.game`; here a
-    lap is held until the driver and the track are known, and goes to whoever is at
-    the wheel when it is the player's car. With `player_only`, only the player's car
-    is timed: one rig, drivers taking turns.
+    The game bridge derives each completed lap once, where the datagrams come in
+    (f1vocab/laps.py: when a lap is complete, whether the game flagged it, the
+    driver's name, the track); here each becomes a standings lap of the right
+    driver: the player's car's laps go to whoever is at that rig's wheel. With
+    `player_only`, only the player's car is timed (drivers taking turns at a rig).
+    A restarted standings consumer reads these few laps again, not the telemetry.
     """
 
-    def __init__(self, player_only: bool = False, rig: str | None = None) -> None:
+    def __init__(self, player_only: bool = False) -> None:
         self.player_only = player_only
-        self.rig = rig  # with several rigs, whose game this is: in its drivers' ids and names
-        self._tracker = GameLapTracker(rig)
-        self._pending: list[Pending] = []
 
-    @property
-    def track(self) -> str | None:
-        return self._tracker.track
+    def lap(self, lap: dict[str, Any], rig: str | None,
+            at_the_wheel: AtTheWheel | None = None) -> SourceLap | None:
+        """The standings lap one `laps.game[.<rig>]` message makes (`rig` from its topic,
+        which the broker's permissions bind, not from the message), or None: flagged by
+        the game, not the player's car with `player_only`, or on no known track.
+        Raises ValueError for a message that is not a lap."""
+        try:
+            player, valid, track = bool(lap["player"]), bool(lap["valid"]), lap["track"]
+            index, number, lap_ms = int(lap["number"]), int(lap["lap"]), int(lap["time_ms"])
+            session, name = str(lap["session"]), lap["name"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a laps.game lap ({type(exc).__name__}: {exc})") from None
+        if not valid or (self.player_only and not player) or not isinstance(track, str):
+            return None
+        if at_the_wheel is not None and player:
+            driver, shown = at_the_wheel.driver, at_the_wheel.name
+        else:
+            driver, shown = _driver_of(rig, str(name) if name else f"Car {index + 1}")
+        return SourceLap(f"game:{session}:{index}:{number}", driver, shown, lap_ms, track)
 
-    @property
-    def names(self) -> list[str]:
-        return [name or f"Car {index + 1}" for index, name in enumerate(self._tracker.names)]
 
-    def session(self, packet: Packet) -> str:
-        self._tracker.observe("session", packet)
-        assert self.track is not None
-        return self.track
-
-    def participants(self, packet: Packet) -> list[SourceLap]:
-        self._tracker.observe("participants", packet)
-        return self._release()
-
-    def lap_data(self, packet: Packet, at_the_wheel: AtTheWheel | None = None
-                 ) -> list[SourceLap]:
-        player = packet["header"]["player_car_index"]
-        for lap in self._tracker.observe("lap_data", packet):
-            index = int(lap["number"])
-            if not lap["valid"] or (self.player_only and index != player):
-                continue  # flagged by the game, or someone else's car
-            wheel = at_the_wheel if index == player else None
-            self._pending.append((index, lap["lap"], lap["time_ms"], wheel, lap["session"]))
-        del self._pending[:-PENDING_MAX]
-        return self._release()
-
-    def _release(self) -> list[SourceLap]:
-        """The held laps whose driver and track are known by now."""
-        names, track = self.names, self.track
-        if track is None or not names:
-            return []
-        laps: list[SourceLap] = []
-        held: list[Pending] = []
-        for pending in self._pending:
-            index, lap_number, lap_ms, wheel, session = pending
-            if wheel is None and index >= len(names):
-                held.append(pending)
-                continue
-            driver, name = ((wheel.driver, wheel.name) if wheel is not None
-                            else self._driver_of(names[index]))
-            laps.append(SourceLap(f"game:{session}:{index}:{lap_number}", driver, name,
-                                  lap_ms, track))
-        self._pending = held
-        return laps
-
-    def _driver_of(self, name: str) -> tuple[str, str]:
-        """A game driver's id and name: two rigs' "Player" are two drivers."""
-        if self.rig is None:
-            return f"game:{name}", name
-        return f"game:{self.rig}:{name}", f"{name} ({self.rig})"
+def _driver_of(rig: str | None, name: str) -> tuple[str, str]:
+    """A game driver's id and name: two rigs' "Player" are two drivers."""
+    if rig is None:
+        return f"game:{name}", name
+    return f"game:{rig}:{name}", f"{name} ({rig})"
 
 
 class LiveLaps:

@@ -474,7 +474,6 @@ async def test_two_rigs_each_drivers_laps_land_on_their_own_rig(processes: Proce
     uid_a, uid_b = (int(uid) for uid in err.split("session uid ")[1].split(")")[0].split(", "))
     expected = {"Alice": player_laps(2, 4, 2, uid_a), "Bob": player_laps(2, 4, 2, uid_b)}
     assert [len(laps) for laps in expected.values()] == [2, 2]
-    assert expected["Alice"] != expected["Bob"]
     async with Client(broker.address) as client:
         published = await client.subscribe("standings.lap", start="earliest")
         laps = await take(published, 4)

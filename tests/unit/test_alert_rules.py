@@ -72,7 +72,7 @@ def test_the_shipped_rules_load() -> None:
         "track-status", "yellow-flag", "safety-car", "red-flag", "race-control-flag",
         "race-control-penalty", "tyre-wear", "brake-temperature",
         "tyre-temperature", "engine-temperature", "game-fastest-lap", "game-penalty",
-        "game-safety-car"]  # pit-lane entries are routine: not alerts by default
+        "game-safety-car", "lap-not-counted"]  # pit-lane entries: routine, not alerts
 
 
 def test_repeat_alerts_on_every_discrete_event() -> None:
@@ -142,7 +142,22 @@ def test_shipped_game_rules_speak_in_words_and_one_cooldown_covers_a_cars_wheels
     penalty = rules["game-penalty"].evaluate("game.event", 2, 0, {
         "event_string_code": "PENA",
         "event_details": {"vehicle_idx": 14, "penalty_type": 4, "time": 5}})
-    assert [a.message for a in penalty] == ["Penalty for car 14: Time penalty, 5 s"]
+    assert [a.message for a in penalty] == ["Penalty for Car 14: Time penalty, 5 s"]
+    # Named by the game's participants, as the cars are: an event's car is its vehicle_idx.
+    names = {"game.event": {"14": "Sam Okafor"}}
+    fastest = rules["game-fastest-lap"].evaluate(
+        "game.event", 4, 0, {"event_string_code": "FTLP",
+                             "event_details": {"vehicle_idx": 14, "lap_time": 87.402}},
+        driver=lambda topic, car: names[topic][car])
+    assert [a.message for a in fastest] == ["Fastest lap: Sam Okafor, 87.402 s"]
+    # A lap the game flagged, from laps.* (one shape for every source): said by name.
+    lap = {"source": "game", "rig": "rig1", "number": "0", "name": "Alex Moreau", "lap": 3,
+           "time": "1:28.410", "valid": False}
+    flagged = rules["lap-not-counted"].evaluate("laps.game.rig1", 5, 0, lap)
+    assert [a.message for a in flagged] == [
+        "Alex Moreau: lap 3 in 1:28.410 not counted (the game flagged it)"]
+    assert list(rules["lap-not-counted"].evaluate("laps.game.rig1", 6, 0,
+                                                  {**lap, "valid": True})) == []
     safety = rules["game-safety-car"].evaluate("game.event", 3, 0, {
         "event_string_code": "SCAR", "event_details": {"safety_car_type": 1, "event_type": 0}})
     assert [a.message for a in safety] == ["Safety car deploying"]

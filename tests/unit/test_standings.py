@@ -17,6 +17,7 @@ from consumer.standings.table import (
     StandingsError,
     parse_points,
 )
+from f1vocab.laps import GameLapTracker
 
 
 def lap(table: Standings, lap_id: str, driver: str, ms: int, track: str = "Monza",
@@ -209,42 +210,59 @@ def session(track_id: int = 7, uid: int = 1) -> dict[str, Any]:
     return {"header": header(uid=uid), "track_id": track_id}
 
 
-def test_the_game_times_valid_completed_laps_once_named_and_placed() -> None:
-    game = GameLaps()
-    assert game.lap_data(lap_data([(1, 0, 0), (1, 0, 0)])) == []
-    assert game.lap_data(lap_data([(1, 0, 1), (1, 0, 0)])) == []  # car 0 cuts a corner
-    # Both finish lap 1: car 0's lap was invalid, car 1's counts, but nobody is named yet.
-    assert game.lap_data(lap_data([(2, 80_000, 0), (2, 81_000, 0)])) == []
-    assert game.session(session()) == "Silverstone"
-    laps = game.participants(participants("ANN", "BOB"))
+def laps_of(tracker: GameLapTracker, *packets: tuple[str, dict[str, Any]]
+            ) -> list[dict[str, Any]]:
+    """What the game bridge publishes on laps.game for these packets."""
+    return [lap for name, packet in packets for lap in tracker.observe(name, packet)]
+
+
+def test_the_game_times_valid_completed_laps_named_and_placed() -> None:
+    tracker, game = GameLapTracker(), GameLaps()
+    laps = laps_of(tracker, ("session", session()), ("participants", participants("ANN", "BOB")),
+                   ("lap_data", lap_data([(1, 0, 0), (1, 0, 0)])),
+                   ("lap_data", lap_data([(1, 0, 1), (1, 0, 0)])),  # car 0 cuts a corner
+                   ("lap_data", lap_data([(2, 80_000, 0), (2, 81_000, 0)])),
+                   ("lap_data", lap_data([(3, 79_000, 0), (2, 81_000, 0)])),
+                   ("lap_data", lap_data([(3, 79_000, 0), (2, 81_000, 0)])))  # same packet
+    timed = [game.lap(lap, None) for lap in laps]
     assert [(lap.id, lap.driver, lap.name, lap.lap_ms, lap.track, lap.source)
-            for lap in laps] == [("game:1:1:1", "game:BOB", "BOB", 81_000, "Silverstone",
-                                  "game")]
-    laps = game.lap_data(lap_data([(3, 79_000, 0), (2, 81_000, 0)]))
-    assert [(lap.id, lap.name, lap.lap_ms) for lap in laps] == [("game:1:0:2", "ANN", 79_000)]
-    assert game.lap_data(lap_data([(3, 79_000, 0), (2, 81_000, 0)])) == []  # same packet
+            for lap in timed if lap is not None] == [
+        ("game:1:1:1", "game:BOB", "BOB", 81_000, "Silverstone", "game"),
+        ("game:1:0:2", "game:ANN", "ANN", 79_000, "Silverstone", "game")]
+    assert timed[0] is None  # car 0's first lap: the game flagged it
+    # Another rig's ANN is another driver.
+    other = game.lap(laps[2], "b")
+    assert other is not None and (other.driver, other.name) == ("game:b:ANN", "ANN (b)")
 
 
 def test_the_players_laps_go_to_whoever_is_at_the_wheel() -> None:
-    game = GameLaps(player_only=True)
-    game.session(session())
-    game.participants(participants("PLAYER", "AI"))
-    game.lap_data(lap_data([(1, 0, 0), (1, 0, 0)]))
-    laps = game.lap_data(lap_data([(2, 80_000, 0), (2, 81_000, 0)]),
-                         AtTheWheel("driver-1", "Alice"))
-    assert [(lap.driver, lap.name, lap.lap_ms) for lap in laps] == [
+    tracker, game = GameLapTracker(), GameLaps(player_only=True)
+    laps = laps_of(tracker, ("session", session()),
+                   ("participants", participants("PLAYER", "AI")),
+                   ("lap_data", lap_data([(1, 0, 0), (1, 0, 0)])),
+                   ("lap_data", lap_data([(2, 80_000, 0), (2, 81_000, 0)])))
+    assert [lap["player"] for lap in laps] == [True, False]
+    timed = [game.lap(lap, None, AtTheWheel("driver-1", "Alice")) for lap in laps]
+    assert [(lap.driver, lap.name, lap.lap_ms) for lap in timed if lap is not None] == [
         ("driver-1", "Alice", 80_000)]  # and the AI car is not timed
 
 
 def test_a_new_game_session_starts_its_laps_again() -> None:
-    game = GameLaps()
-    game.session(session())
-    game.participants(participants("ANN"))
-    game.lap_data(lap_data([(5, 80_000, 0)]))
-    # Session 2 starts at lap 1: not "lap 5 -> 1", and its first lap is its own.
-    assert game.lap_data(lap_data([(1, 0, 0)], uid=2)) == []
-    laps = game.lap_data(lap_data([(2, 82_000, 0)], uid=2))
-    assert [lap.id for lap in laps] == ["game:2:0:1"]
+    tracker = GameLapTracker()
+    laps = laps_of(tracker, ("session", session()), ("participants", participants("ANN")),
+                   ("lap_data", lap_data([(5, 80_000, 0)])),
+                   # Session 2 starts at lap 1: not "lap 5 -> 1", and its first lap is its own.
+                   ("lap_data", lap_data([(1, 0, 0)], uid=2)),
+                   ("lap_data", lap_data([(2, 82_000, 0)], uid=2)))
+    assert [GameLaps().lap(lap, None).id for lap in laps] == ["game:2:0:1"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bad", [{}, {"player": True}, "a lap", {
+    "player": False, "valid": True, "track": "Monza", "number": "x", "lap": 1,
+    "time_ms": 1, "session": "1", "name": "A"}])
+def test_a_message_that_is_not_a_lap_is_refused(bad: Any) -> None:
+    with pytest.raises(ValueError, match=r"not a laps\.game lap"):
+        GameLaps().lap(bad, None)
 
 
 def live(data: dict[str, Any], snapshot: bool = False) -> dict[str, Any]:
