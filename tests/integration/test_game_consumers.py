@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import zlib
@@ -117,10 +118,13 @@ async def test_game_rules_fire_on_the_bundled_session(processes: Processes,
     by_rule: dict[str, list[str]] = {}
     for alert in alerts:
         by_rule.setdefault(alert["rule"], []).append(alert["message"])
-    assert by_rule["game-penalty"] == ["Penalty for car 5: Time penalty, 5 s"]
+    # The car by its driver's name once game.participants (another topic, read in no
+    # promised order with game.event) has said it; "Car 5" before.
+    [penalty] = by_rule["game-penalty"]
+    assert re.fullmatch(r"Penalty for (Car 5|DRIVER \d+): Time penalty, 5 s", penalty), penalty
     assert by_rule["game-safety-car"] == ["Safety car deploying", "Safety car returned"]
-    assert len(by_rule["game-fastest-lap"]) == 1
-    assert by_rule["game-fastest-lap"][0].startswith("Fastest lap: car 0, ")
+    [fastest] = by_rule["game-fastest-lap"]
+    assert re.match(r"Fastest lap: (Car 0|DRIVER \d+), ", fastest), fastest
     # Tyre wear passes 70% on some wheels of the cars that wear fastest, once per wheel at
     # most (and once per car per cooldown).
     wear = by_rule["tyre-wear"]
