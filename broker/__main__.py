@@ -52,6 +52,20 @@ def http_arg(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def ws_arg(text: str) -> tuple[str, int]:
+    """--ws PORT or HOST:PORT (loopback unless a host is given)."""
+    return http_arg(text if ":" in text else f"127.0.0.1:{text}")
+
+
+def origin_arg(text: str) -> str:
+    """--ws-allow-origin: an origin as browsers send it (scheme://host[:port]), or *."""
+    if text != "*" and not text.lower().startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an origin: give it as a browser sends it, e.g. "
+            "http://localhost:8000 (scheme, host and port, no path), or * for any")
+    return text.lower().rstrip("/")
+
+
 def serve_parser(prog: str = "python -m broker") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,6 +105,17 @@ def serve_parser(prog: str = "python -m broker") -> argparse.ArgumentParser:
                              "(default %(default)s)")
     cli.add_tls_args(parser, "require client certificates signed by this CA",
                      "serve TLS with this certificate (clients use tls://HOST:PORT)")
+    parser.add_argument("--ws", metavar="[HOST:]PORT", type=ws_arg,
+                        help="also serve the protocol over WebSocket here, for browsers "
+                             "(ws://, or wss:// with --tls-cert; loopback unless a HOST is "
+                             "given; docs/protocol.md, 'Over WebSocket')")
+    parser.add_argument("--ws-allow-origin", action="append", default=[], type=origin_arg,
+                        metavar="ORIGIN",
+                        help="let pages from this origin connect over --ws, e.g. "
+                             "http://localhost:8000 (again for more; * for any). A browser "
+                             "always says its page's origin: without this, pages from other "
+                             "sites cannot use your broker. Programs that send no Origin "
+                             "are not affected")
     parser.add_argument("--http", metavar="HOST:PORT", type=http_arg,
                         help="serve /healthz, /varz and /metrics (Prometheus) here, e.g. "
                              "127.0.0.1:8222 (off by default; docs/operations.md)")
@@ -225,12 +250,17 @@ def config_from(args: argparse.Namespace, prog: str = "python -m broker") -> Bro
             users = load_users(args.users)
         except ConfigError as exc:
             raise SystemExit(cli.fail(prog, str(exc), cli.EXIT_USAGE)) from None
-    elif not cli.is_loopback(args.host) and not args.token and not args.allow_anonymous:
-        raise SystemExit(cli.fail(
-            prog, f"--host {args.host} without --token or --users: anyone who "
-            "can reach this address could publish and read every topic; give --users FILE "
-            "(docs/security.md) or --token, or --allow-anonymous if that is what you mean",
-            cli.EXIT_USAGE))
+    elif not args.token and not args.allow_anonymous:
+        for flag, host in (("--host", args.host), ("--ws", args.ws[0] if args.ws else None)):
+            if host is not None and not cli.is_loopback(host):
+                raise SystemExit(cli.fail(
+                    prog, f"{flag} {host} without --token or --users: anyone who can reach "
+                    "this address could publish and read every topic; give --users FILE "
+                    "(docs/security.md) or --token, or --allow-anonymous if that is what you "
+                    "mean", cli.EXIT_USAGE))
+    if args.ws_allow_origin and args.ws is None:
+        raise SystemExit(cli.fail(prog, "--ws-allow-origin without --ws: there is no "
+                                  "WebSocket listener for it to guard", cli.EXIT_USAGE))
     if args.max_memory < args.retain_bytes:
         raise SystemExit(cli.fail(prog,
                                   f"--max-memory {args.max_memory:,} is smaller than "
@@ -254,18 +284,21 @@ def config_from(args: argparse.Namespace, prog: str = "python -m broker") -> Bro
         max_publish_rate_msgs=args.max_publish_rate,
         max_publish_rate_bytes=args.max_publish_bytes,
         data_dir=args.data_dir, fsync=args.fsync, repair=args.repair, verify=args.verify,
-        retain_age_s=args.retain_age, http=args.http,
+        retain_age_s=args.retain_age, http=args.http, ws=args.ws,
+        ws_allow_origins=tuple(args.ws_allow_origin),
         tls=cli.tls_files(args) if (args.tls_cert or args.tls_key or args.tls_ca) else None)
 
 
 def exposure_warning(config: BrokerConfig) -> str | None:
     """What to say when the broker can be reached from other machines with no token."""
-    if not cli.is_loopback(config.host):
+    exposed = [host for host in (config.host, config.ws[0] if config.ws else None)
+               if host is not None and not cli.is_loopback(host)]
+    if exposed:
         anyone = config.token is None and config.users is None
         missing = [what for what, absent in (("--users (or --token)", anyone),
                                              ("TLS", config.tls is None)) if absent]
         if missing:
-            return (f"listening on {config.host} without {' or '.join(missing)}: "
+            return (f"listening on {exposed[0]} without {' or '.join(missing)}: "
                     + ("anyone who can reach this address can publish and read every topic"
                        if anyone else "the passwords (or token) and every message cross "
                        "the network in clear"))
@@ -295,8 +328,10 @@ async def serve(config: BrokerConfig, prog: str = "python -m broker") -> int:
         except (StorageError, ConfigError) as exc:  # a damaged data dir, an unusable TLS file
             return cli.fail(prog, str(exc), cli.EXIT_USAGE)
         except OSError as exc:
-            return cli.fail(prog, f"cannot listen on {config.host}:"
-                            f"{config.port}: {exc.strerror or exc}")
+            where = f"{config.host}:{config.port}"
+            if config.ws is not None:
+                where += f" (or --ws {config.ws[0]}:{config.ws[1]})"
+            return cli.fail(prog, f"cannot listen on {where}: {exc.strerror or exc}")
         warning = exposure_warning(config)
         if warning:
             log.warning("%s", warning)
@@ -304,6 +339,10 @@ async def serve(config: BrokerConfig, prog: str = "python -m broker") -> int:
             reload_on_sighup(broker, config.users_file)
         # The one line a supervisor (or a test) waits for before connecting.
         print(f"slipstream broker listening on {config.host}:{broker.port}", flush=True)
+        if config.ws is not None:  # the second line, so the first stays the one to wait for
+            scheme = "wss" if config.tls is not None else "ws"
+            print(f"slipstream broker websocket on {scheme}://{config.ws[0]}:{broker.ws_port}/",
+                  flush=True)
         try:
             await asyncio.Event().wait()  # until Ctrl-C / SIGTERM cancels us
         finally:

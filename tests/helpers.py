@@ -65,6 +65,7 @@ class RunningProcess:
 class RunningBroker(RunningProcess):
     port: int = 0
     http_url: str = ""  # with --http: where /healthz, /varz and /metrics are
+    ws_url: str = ""  # with --ws: ws://HOST:PORT/
 
     @property
     def address(self) -> str:
@@ -116,6 +117,9 @@ class Processes:
                 break
             running.http_url = text.split("monitoring on ", 1)[1].split()[0]
         running.port = int(text.rsplit(":", 1)[1])
+        if "--ws" in flags:  # its line comes next
+            line = await asyncio.wait_for(process.stdout.readline(), STARTUP_TIMEOUT_S)
+            running.ws_url = line.decode().split("websocket on ", 1)[1].strip()
         return running
 
     async def dashboard(self, broker: str, *flags: str, http: str = "127.0.0.1:0"

@@ -67,6 +67,8 @@ class BrokerConfig:
     retain_age_s: float = 0.0  # on disk: delete segments older than this (0: no limit)
     http: tuple[str, int] | None = None  # --http: the monitoring endpoints (monitor.py)
     tls: TlsFiles | None = None  # --tls-cert/--tls-key (and --tls-ca for client certificates)
+    ws: tuple[str, int] | None = None  # --ws: the same protocol over WebSocket (websocket.py)
+    ws_allow_origins: tuple[str, ...] = ()  # --ws-allow-origin: pages that may connect
 
     @property
     def segment_bytes(self) -> int:

@@ -38,6 +38,7 @@ from broker.server.core import BrokerCore, Handshaking
 from broker.server.routing import echo
 from broker.server.session import Session, Wait
 from broker.server.tls_gate import TlsGate
+from broker.server.websocket import WebSocketGate
 from broker.storage.storage import TopicStorage as Topic
 from broker.storage.storage import sync_topics
 from broker.tls import server_context
@@ -71,9 +72,11 @@ class Broker:
         self.core = BrokerCore(config)
         self.core.on_room_freed = self._room_freed
         self.connections: dict[Session, Connection] = {}
-        self._tls_gates: dict[TlsGate, None] = {}  # in their TLS handshake, oldest first
+        # In their TLS handshake or WebSocket upgrade, oldest first.
+        self._gates: dict[TlsGate | WebSocketGate, None] = {}
         self._room_events: dict[Topic, asyncio.Event] = {}
         self._server: asyncio.Server | None = None
+        self._ws_server: asyncio.Server | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
         self._next_connection_id = 1
@@ -103,6 +106,21 @@ class Broker:
 
         self._server = await loop.create_server(gated if tls else protocol, config.host,
                                                 config.port)
+        if config.ws is not None:
+            def websocket() -> asyncio.BaseProtocol:  # TLS (wss://), then the upgrade
+                gate = WebSocketGate(self, protocol(), config.ws_allow_origins,
+                                     config.max_frame_bytes, config.handshake_timeout_s)
+                if tls is None:
+                    return gate
+                secured = TlsGate(self, tls, config.handshake_timeout_s, gate)
+                gate.on_connected = secured.handshake_done
+                return secured
+
+            try:
+                self._ws_server = await loop.create_server(websocket, *config.ws)
+            except OSError:
+                self._server.close()
+                raise
         self._housekeeping = asyncio.create_task(self._housekeep(), name="broker-housekeeping")
         if self.core.storage.syncs_periodically:
             self._syncer = asyncio.create_task(self._sync_periodically(), name="broker-sync")
@@ -117,11 +135,22 @@ class Broker:
                  "%d bytes in all)", config.host, self.port, secured, config.on_full,
                  config.retention.max_messages, config.retention.max_bytes,
                  config.max_memory_bytes)
+        if config.ws is not None:
+            log.info("WebSocket on %s:%d%s (pages may connect from: %s)", config.ws[0],
+                     self.ws_port, secured, ", ".join(config.ws_allow_origins) or
+                     "no other site; --ws-allow-origin adds them")
 
     @property
     def port(self) -> int:
         assert self._server is not None, "broker not started"
         port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def ws_port(self) -> int | None:
+        if self._ws_server is None:
+            return None
+        port: int = self._ws_server.sockets[0].getsockname()[1]
         return port
 
     async def close(self) -> None:
@@ -133,7 +162,9 @@ class Broker:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        for gate in list(self._tls_gates):
+        if self._ws_server is not None:
+            self._ws_server.close()
+        for gate in list(self._gates):
             gate.drop()
         for connection in list(self.connections.values()):
             connection.close("shutdown", "broker is shutting down")
@@ -143,8 +174,9 @@ class Broker:
             for task in still_running:
                 task.cancel()
             await asyncio.gather(*still_running, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in (self._server, self._ws_server):
+            if server is not None:
+                await server.wait_closed()
         self.core.close()
         log.info("stopped")
 
@@ -165,37 +197,37 @@ class Broker:
         finally:
             self.connections.pop(connection.session, None)
 
-    def tls_started(self, gate: TlsGate) -> bool:
-        """A socket accepted for TLS: it holds a connection and a handshake slot from now
-        (False: over --max-connections, to be closed at once)."""
+    def gate_started(self, gate: TlsGate | WebSocketGate) -> bool:
+        """A socket accepted for TLS or a WebSocket upgrade: it holds a connection and a
+        handshake slot from now (False: over --max-connections, to be closed at once)."""
         core = self.core
-        refusal = core.refusal(pending=len(self._tls_gates))
+        refusal = core.refusal(pending=len(self._gates))
         if refusal is not None:
             core.counters["refused_connections"] += 1
-            core.log_throttle.warning(refusal.code, "refusing a TLS connection from %s: %s "
-                                      "(connections in their TLS handshake count)", gate.peer,
-                                      refusal.message)
+            core.log_throttle.warning(refusal.code, "refusing a %s connection from %s: %s "
+                                      "(connections in their handshake count)", _kind(gate),
+                                      gate.peer, refusal.message)
             return False
-        self._tls_gates[gate] = None
+        self._gates[gate] = None
         oldest = core.handshake_started(gate)
         if oldest is not None:
             self.drop_handshake(oldest)
         return True
 
-    def tls_ended(self, gate: TlsGate) -> None:
-        self._tls_gates.pop(gate, None)
+    def gate_ended(self, gate: TlsGate | WebSocketGate) -> None:
+        self._gates.pop(gate, None)
         self.core.handshake_ended(gate)
 
     def drop_handshake(self, victim: Handshaking) -> None:
         """Make room for a new connection: the oldest still in its handshake goes."""
         config, core = self.config, self.core
-        if isinstance(victim, TlsGate):
+        if isinstance(victim, (TlsGate, WebSocketGate)):
             core.counters["dropped_handshakes"] += 1
             core.log_throttle.warning(
-                "dropped-tls", "dropping the TLS handshake of %s, the oldest connection "
+                "dropped-gate", "dropping the %s handshake of %s, the oldest connection "
                 "still in its handshake, to make room (--max-handshakes %d, "
-                "--max-handshakes-per-address %d)", victim.peer, config.max_handshakes,
-                config.max_handshakes_per_address)
+                "--max-handshakes-per-address %d)", _kind(victim), victim.peer,
+                config.max_handshakes, config.max_handshakes_per_address)
             victim.drop()
             return
         connection = self.connections.get(victim)  # type: ignore[call-overload]
@@ -264,6 +296,10 @@ class Broker:
 
     def room_event(self, topic: Topic) -> asyncio.Event:
         return self._room_events.setdefault(topic, asyncio.Event())
+
+
+def _kind(gate: TlsGate | WebSocketGate) -> str:
+    return "TLS" if isinstance(gate, TlsGate) else "WebSocket"
 
 
 class _Accepted(asyncio.StreamReaderProtocol):

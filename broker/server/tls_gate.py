@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 from asyncio import sslproto
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 
 class Gatekeeper(Protocol):
     """What a gate needs of the broker (broker/server/server.py's Broker)."""
 
-    def tls_started(self, gate: TlsGate) -> bool: ...  # False: refused, close it at once
-    def tls_ended(self, gate: TlsGate) -> None: ...  # handshake done, failed, or dropped
+    def gate_started(self, gate: Any) -> bool: ...  # False: refused, close it at once
+    def gate_ended(self, gate: Any) -> None: ...  # handshake done, failed, or dropped
 
 
 class TlsGate(sslproto.SSLProtocol):
@@ -63,7 +63,7 @@ class TlsGate(sslproto.SSLProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.address, self.peer = str(peer[0]), f"{peer[0]}:{peer[1]}"
-        if not self.keeper.tls_started(self):
+        if not self.keeper.gate_started(self):
             self._raw.abort()  # over --max-connections: a TLS client cannot read an ERROR
             return
         self._counted = True
@@ -85,4 +85,4 @@ class TlsGate(sslproto.SSLProtocol):
     def _end(self) -> None:
         if self._counted:
             self._counted = False
-            self.keeper.tls_ended(self)
+            self.keeper.gate_ended(self)

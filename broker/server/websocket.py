@@ -25,12 +25,11 @@ permissions are exactly those of TCP. What is WebSocket's own:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from websockets.datastructures import Headers
-from websockets.exceptions import InvalidOrigin
-from websockets.frames import Close, CloseCode, Opcode
-from websockets.http11 import Request, Response
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 from broker.wire import protocol as p
@@ -60,7 +59,7 @@ class WebSocketGate(asyncio.Protocol):
         self.app = app
         self.allowed = tuple(origin.lower().rstrip("/") for origin in allowed)
         self.timeout_s = timeout_s
-        self.ws = ServerProtocol(max_size=max_frame_bytes + p.LENGTH_BYTES)
+        self.ws = ServerProtocol(max_size=max_frame_bytes + p.LENGTH_PREFIX_BYTES)
         self.address = "(gone)"
         self.peer = "(gone)"
         self._raw: asyncio.Transport | None = None
@@ -70,6 +69,7 @@ class WebSocketGate(asyncio.Protocol):
         self._text = False  # the message in progress is a text one
         self._timer: asyncio.TimerHandle | None = None
         self.transport = WebSocketTransport(self)
+        self.on_connected: Callable[[], None] | None = None  # wss: the TLS handshake is done
 
     # --- the handshake table's view (as TlsGate's) -------------------------------------
 
@@ -83,6 +83,8 @@ class WebSocketGate(asyncio.Protocol):
     # --- from the socket ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.on_connected is not None:
+            self.on_connected()  # under TLS: its slot is free, the upgrade takes one now
         self._raw = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if peer:
@@ -99,12 +101,14 @@ class WebSocketGate(asyncio.Protocol):
         for event in self.ws.events_received():
             if isinstance(event, Request):
                 self._upgrade(event)
+            elif not isinstance(event, Frame):
+                continue
             elif event.opcode is Opcode.TEXT or (event.opcode is Opcode.CONT and self._text):
                 self._text = True
                 self.ws.fail(CloseCode.UNSUPPORTED_DATA, "text messages are not slipstream "
                              "frames: send each frame as a binary message")
             elif event.opcode in (Opcode.BINARY, Opcode.CONT) and self._open:
-                self.app.data_received(event.data)
+                self.app.data_received(bytes(event.data))
         self._send_pending()
         if self.ws.close_expected() and self._raw is not None and not self._raw.is_closing():
             # A close frame went either way (a client's close, a text frame, a message over
@@ -182,9 +186,9 @@ class WebSocketTransport(asyncio.Transport):
         buffer = self._partial + bytes(data)
         offset = 0
         ws = self.gate.ws
-        while len(buffer) - offset >= p.LENGTH_BYTES:
-            end = offset + p.LENGTH_BYTES + int.from_bytes(
-                buffer[offset:offset + p.LENGTH_BYTES], "big")
+        while len(buffer) - offset >= p.LENGTH_PREFIX_BYTES:
+            end = offset + p.LENGTH_PREFIX_BYTES + int.from_bytes(
+                buffer[offset:offset + p.LENGTH_PREFIX_BYTES], "big")
             if end > len(buffer):
                 break
             ws.send_binary(buffer[offset:end])
@@ -246,5 +250,3 @@ class WebSocketTransport(asyncio.Transport):
         if self.gate._raw is not None:
             self.gate._raw.set_write_buffer_limits(high, low)
 
-
-__all__ = ["Close", "Headers", "InvalidOrigin", "Response", "WebSocketGate", "origin_allowed"]
