@@ -27,10 +27,12 @@ $(SETUP): pyproject.toml
 	touch $(SETUP)
 
 run: $(SETUP)
+	@sh scripts/ensure-node-deps.sh
 	$(PY) scripts/run_demo.py
 
 test: $(SETUP)
 	@sh scripts/ensure-chromium.sh
+	@sh scripts/ensure-node-deps.sh
 	$(PY) -m pytest
 
 lint: $(SETUP)

@@ -194,6 +194,12 @@ class Broker:
         self.connections[connection.session] = connection
         try:
             await connection.run()
+        except asyncio.CancelledError:
+            # Broker.close() cancels what is still running (a connection lingering after a
+            # fatal ERROR, say): that is how it ends, not an error for asyncio to log.
+            if self.core.state != "stopping":
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # ours: done
         finally:
             self.connections.pop(connection.session, None)
 

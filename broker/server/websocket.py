@@ -25,6 +25,7 @@ permissions are exactly those of TCP. What is WebSocket's own:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -33,6 +34,9 @@ from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 from broker.wire import protocol as p
+
+log = logging.getLogger("slipstream.broker")
+_ORIGINS_SAID: set[str] = set()  # refused origins logged once each (bounded below)
 
 
 class Gatekeeper(Protocol):
@@ -118,6 +122,10 @@ class WebSocketGate(asyncio.Protocol):
     def _upgrade(self, request: Request) -> None:
         origin = request.headers.get("Origin")
         if not origin_allowed(origin, self.allowed):
+            if origin not in _ORIGINS_SAID and len(_ORIGINS_SAID) < 100:
+                _ORIGINS_SAID.add(str(origin))
+                log.warning("refusing WebSockets from pages of %r (from %s on): not in "
+                            "--ws-allow-origin", origin, self.peer)
             response = self.ws.reject(403, f"Origin {origin!r} may not connect: start the "
                                            f"broker with --ws-allow-origin {origin} to let "
                                            "its pages in\n")
