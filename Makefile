@@ -46,6 +46,7 @@ bench: $(SETUP)
 	$(PY) bench/limits.py
 	$(PY) bench/users.py
 	$(PY) bench/telemetry.py
+	$(PY) bench/websocket.py
 	$(PY) bench/jetstream.py
 
 # Crash and fault injection against the on-disk log, seeded: SECONDS= or SEEDS= (default 60 s),

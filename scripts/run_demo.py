@@ -13,7 +13,7 @@ data is and what to ask it.
 Each run keeps its data in a directory of its own, data/run-YYYYMMDD-HHMMSS/
 (the database, the alerts, the broker's log), so a second run replaces
 nothing. A port already in use (another demo, another broker) is replaced by
-a free one, and the demo says so; SLIPSTREAM_DEMO_PORT, _HTTP and _GAME_PORT
+a free one, and the demo says so; SLIPSTREAM_DEMO_PORT, _WS_PORT, _HTTP and _GAME_PORT
 choose them.
 
 With SLIPSTREAM_BROKER=nats://HOST:PORT (docs/scale-out.md) the same demo runs on
@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Pages that may use the demo's broker over WebSocket: examples/web/ served on port 8000.
+WEB_ORIGINS = ("http://localhost:8000", "http://127.0.0.1:8000")
 
 
 def free(port: int, kind: int = socket.SOCK_STREAM) -> bool:
@@ -121,15 +123,24 @@ def main() -> int:
             return 1  # it said why on stderr (unreachable, refused, incompatible stream)
     else:
         port = choose_port("SLIPSTREAM_DEMO_PORT", 20778, "the broker")
+        # The same protocol over WebSocket, for web pages: examples/web/ served on :8000.
+        ws_port = choose_port("SLIPSTREAM_DEMO_WS_PORT", 20779, "the broker's WebSocket")
         broker = python("-m", "broker", "--port", str(port), "-q", "--data-dir",
-                        str(BROKER_DATA), stdout=subprocess.PIPE)
+                        str(BROKER_DATA), "--ws", str(ws_port),
+                        *(flag for origin in WEB_ORIGINS for flag in ("--ws-allow-origin",
+                                                                     origin)),
+                        stdout=subprocess.PIPE)
         assert broker.stdout is not None
         line = broker.stdout.readline().decode()
         if not line:
             return broker.wait() or 1  # it said why on stderr
         broker_address = "127.0.0.1:" + line.rsplit(":", 1)[1].strip()
+        ws_url = broker.stdout.readline().decode().split("websocket on ", 1)[-1].strip()
         print(f"the broker is on {broker_address}, keeping its log in "
-              f"{BROKER_DATA.relative_to(ROOT)}/", flush=True)
+              f"{BROKER_DATA.relative_to(ROOT)}/; web pages reach it at {ws_url} (to see one: "
+              "python3 -m http.server 8000, then open http://localhost:8000/examples/web/"
+              + ("" if ws_url.endswith(":20779/") else f"?broker={ws_url}") + ")",
+              flush=True)
     children = [broker]
     common = ["--from", "earliest", "--broker", broker_address, "-q"]
     http = os.environ.get("SLIPSTREAM_DEMO_HTTP") or (

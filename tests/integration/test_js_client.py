@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from broker import Client
-from tests.helpers import ROOT, Processes
+from tests.helpers import ROOT, Processes, replay_session
 from tests.integration.test_dashboard_browser import CHROMIUM, FLAGS, TIMEOUT_MS
 
 JS = ROOT / "clients" / "js"
@@ -121,5 +121,50 @@ async def test_the_client_in_chromium_reads_and_writes_beside_a_python_client(
         assert reply.data["got"] == count
         assert {"python", "chromium-page"} <= set(reply.data["who"])  # presence
         assert f"refusing WebSockets from pages of 'http://localhost:{port}'" in broker.log()
+    finally:
+        await runner.cleanup()
+
+
+@needs_node
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+async def test_the_web_example_shows_a_replays_laps_and_who_is_watching(
+        processes: Processes) -> None:
+    """examples/web/: under 100 lines of HTML and JS, the laps of the bundled session from
+    the broker's retained history, and presence from its connection list."""
+    playwright = pytest.importorskip("playwright.async_api")
+    page_file = ROOT / "examples" / "web" / "index.html"
+    assert len(page_file.read_text().splitlines()) < 100
+    app = web.Application()
+    app.router.add_static("/examples", ROOT / "examples")
+    app.router.add_static("/clients", ROOT / "clients")
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    origin = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        broker = await processes.broker("--ws", "0", "--ws-allow-origin", origin)
+        await replay_session(broker.address)  # laps.live is in the broker's history now
+        async with Client(broker.address) as client:
+            laps = (await client.stats(topics="laps.live"))["topics"]["laps.live"]["published"]
+        async with playwright.async_playwright() as driver:
+            browser = await driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                pages = [await browser.new_page() for _ in range(2)]
+                for page in pages:
+                    await page.goto(f"{origin}/examples/web/index.html?broker={broker.ws_url}")
+                page = pages[0]
+                await page.wait_for_function(
+                    "document.querySelectorAll('#laps tr').length === 20", timeout=TIMEOUT_MS)
+                await page.wait_for_function(
+                    "document.querySelector('#watching').textContent.startsWith('2 pages')",
+                    timeout=TIMEOUT_MS)
+                counted = await page.evaluate(
+                    "[...document.querySelectorAll('#laps tr td:nth-child(5)')]"
+                    ".reduce((sum, cell) => sum + Number(cell.textContent), 0)")
+                assert counted == laps  # every lap of the session, from the history
+                leader = await page.locator("#laps tr").first.locator("td").all_text_contents()
+                assert leader[1].startswith("HAM") and leader[2] == "1:25.606"
+            finally:
+                await browser.close()
     finally:
         await runner.cleanup()
