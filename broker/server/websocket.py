@@ -36,6 +36,10 @@ from websockets.server import ServerProtocol
 from broker.wire import protocol as p
 
 log = logging.getLogger("slipstream.broker")
+# The library's own log: its per-connection INFO lines ("connection open") say nothing the
+# broker's do not, so only its warnings and errors are kept.
+_library_log = logging.getLogger("slipstream.broker.websocket")
+_library_log.setLevel(logging.WARNING)
 _ORIGINS_SAID: set[str] = set()  # refused origins logged once each (bounded below)
 
 
@@ -63,7 +67,8 @@ class WebSocketGate(asyncio.Protocol):
         self.app = app
         self.allowed = tuple(origin.lower().rstrip("/") for origin in allowed)
         self.timeout_s = timeout_s
-        self.ws = ServerProtocol(max_size=max_frame_bytes + p.LENGTH_PREFIX_BYTES)
+        self.ws = ServerProtocol(max_size=max_frame_bytes + p.LENGTH_PREFIX_BYTES,
+                                 logger=_library_log)
         self.address = "(gone)"
         self.peer = "(gone)"
         self._raw: asyncio.Transport | None = None

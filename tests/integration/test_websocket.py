@@ -6,15 +6,19 @@ stated reason. A client here speaks the frames through aiohttp's WebSocket clien
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 from pathlib import Path
 
 import aiohttp
 import pytest
+import websockets
 
 from broker import Client
 from broker.users.passwords import hash_password
 from broker.wire import protocol as p
 from tests.helpers import Processes, free_port
+from tests.integration.test_tls import Pki
 
 ORIGIN = "http://localhost:8000"
 
@@ -182,3 +186,63 @@ async def test_ws_beyond_loopback_needs_users_and_a_bad_origin_is_refused_at_sta
     code, _, err = await run_command("-m", "broker", "--port", "0", "--ws", "0",
                                      "--ws-allow-origin", "localhost:8000")
     assert code == 2 and "is not an origin" in err
+
+
+async def test_wss_with_the_brokers_certificate(processes: Processes, pki: Pki) -> None:
+    """With --tls-cert, the WebSocket listener is wss:// under the same certificate; the
+    TLS handshake and then the upgrade each hold a slot, one after the other."""
+    broker = await processes.broker("--tls-cert", str(pki.server_cert), "--tls-key",
+                                    str(pki.server_key), "--ws", "0")
+    assert broker.ws_url.startswith("wss://")
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    async with aiohttp.ClientSession() as session, \
+            session.ws_connect(broker.ws_url, ssl=context) as ws:
+        assert isinstance(await hello(ws), p.Welcome)
+        await ws.send_bytes(p.encode(p.Ping(5)))
+        assert await receive(ws) == p.Pong(5)
+    async with aiohttp.ClientSession() as session:  # an untrusted broker: refused by TLS
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await session.ws_connect(broker.ws_url)
+
+
+async def test_a_fragmented_message_is_one_stream_of_bytes(processes: Processes) -> None:
+    """A binary message sent in fragments (continuation frames) is read as its bytes."""
+    broker = await processes.broker("--ws", "0")
+    async with websockets.connect(broker.ws_url) as ws:
+        frame = p.encode(p.Hello(p.PROTOCOL_VERSION, "fragments")) + p.encode(p.Ping(3))
+        await ws.send([frame[:5], frame[5:9], frame[9:]])  # one message, three fragments
+        answers = [await asyncio.wait_for(ws.recv(decode=False), 5) for _ in range(2)]
+        welcome, pong = [frames(bytes(answer))[0] for answer in answers]
+        assert isinstance(welcome, p.Welcome) and pong == p.Pong(3)
+
+
+async def test_a_websocket_client_that_never_reads_is_cut_off(processes: Processes) -> None:
+    """The same write timeout as TCP: a page that stops reading cannot pin the broker."""
+    broker = await processes.broker("--ws", "0", "--write-timeout", "1")
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", int(broker.ws_url.rsplit(":", 1)[1].strip("/")))
+    writer.transport.set_write_buffer_limits(0)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    assert b"101" in await reader.readline()
+    mask = b"\x01\x02\x03\x04"
+    for frame in (p.Hello(p.PROTOCOL_VERSION, "never-reads"),
+                  p.Subscribe(1, "flood", "earliest", None, 1_000_000)):
+        data = p.encode(frame)
+        masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(data))
+        writer.write(bytes([0x82, 0x80 | len(data)]) + mask + masked)  # small: 7-bit length
+    async with Client(broker.address) as producer:
+        for _ in range(200):
+            await producer.publish_bytes("flood", b"x" * 20_000)
+        try:
+            async with asyncio.timeout(15):
+                while "took no bytes for 1 s" not in broker.log():
+                    await producer.publish_bytes("flood", b"x" * 20_000)
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"not cut off: {broker.log()[-3000:]}") from None
+    assert "closing #1 'never-reads'" in broker.log()
+    writer.close()
