@@ -11,6 +11,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "bench" / "worker.py")
@@ -132,3 +133,30 @@ async def peer_result(producer: asyncio.subprocess.Process,
                      lost=sum(r["lost"] for r in results), elapsed_s=elapsed_s)
     set_latencies(outcome, [x for r in results for x in r["latencies_us"]])
     return outcome
+
+
+W1 = dict(consumers=1, count=200_000, rate=0.0, latency=False)
+
+
+async def w1_side_by_side(title: str, runs: int, base: tuple[str, dict[str, Any]],
+                          other: tuple[str, dict[str, Any]], goal: str) -> float:
+    """W1 on two brokers (each a label and run_workload's broker_flags / client_env), run
+    by run in turn and each first in turn, so the machine's drift and the second run of a
+    pair (which tends to be slower) hit both alike; prints the two side by side and
+    returns other / base, medians."""
+    results: dict[str, list[Result]] = {base[0]: [], other[0]: []}
+    for run in range(runs):
+        pair = [base, other] if run % 2 == 0 else [other, base]
+        for label, options in pair:
+            results[label].append(await run_workload(**W1, **options))  # type: ignore[arg-type]
+    ratio = statistics.median(r.rate for r in results[other[0]]) / statistics.median(
+        r.rate for r in results[base[0]])
+    print(f"\n{title} ({runs} runs each, interleaved; median [min..max] msgs/s at the "
+          "consumer)\n")
+    print("| broker | W1 msgs/s | lost |")
+    print("|---|---:|---:|")
+    for label, measured in results.items():
+        print(f"| {label} | {spread([r.rate for r in measured])} | "
+              f"{sum(r.lost for r in measured)} |")
+    print(f"\n{other[0]} / {base[0]}: {ratio:.3f} (goal: {goal})")
+    return ratio

@@ -29,6 +29,9 @@ from pathlib import Path
 import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import spread
 
 from broker import Client
 from f1vocab.game.decoder import GameDecoder, Packet
@@ -201,9 +204,8 @@ async def broker_table(runs: int) -> None:
     print("|---:|---:|---:|---:|---:|")
     for rigs in (1, 4):
         results = [await broker_run(rigs) for _ in range(runs)]
-        rates = [rate for rate, _, _, _ in results]
-        spread = f"{statistics.median(rates):,.0f} [{min(rates):,.0f}..{max(rates):,.0f}]"
-        print(f"| {rigs} | {spread} | {statistics.median(r[1] for r in results):,.1f} | "
+        rates = spread([rate for rate, _, _, _ in results])
+        print(f"| {rigs} | {rates} | {statistics.median(r[1] for r in results):,.1f} | "
               f"{results[-1][2]:,} | {results[-1][3]:,} |", flush=True)
     print("(a rig sends about 540 packets/s at 60 Hz with 20 cars)")
 
@@ -216,9 +218,8 @@ async def rigs_table(runs: int) -> None:
     print("|---:|---:|---:|---:|")
     for rigs in (1, 4):
         results = [await rigs_run(rigs) for _ in range(runs)]
-        rates = [rate for rate, _, _ in results]
-        spread = f"{statistics.median(rates):,.0f} [{min(rates):,.0f}..{max(rates):,.0f}]"
-        print(f"| {rigs} | {spread} | {results[-1][1]:,} | {results[-1][2]:,} |", flush=True)
+        rates = spread([rate for rate, _, _ in results])
+        print(f"| {rigs} | {rates} | {results[-1][1]:,} | {results[-1][2]:,} |", flush=True)
 
 
 def main() -> int:

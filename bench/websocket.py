@@ -23,9 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, Result, run_workload, spread
+from harness import ROOT, spread, w1_side_by_side
 
-W1 = dict(consumers=1, count=200_000, rate=0.0, latency=False)
 NODE_SIDE = ROOT / "bench" / "ws_node.mjs"
 COUNT, SIZE = 200_000, 200
 
@@ -76,22 +75,10 @@ async def main() -> int:
               f"{sum(lost for _, lost in runs)} |")
         median = statistics.median(rate for rate, _ in runs)
         print(f"\ngoal: at least 100,000 msgs/s: median {median:,.0f}")
-    without: list[Result] = []
-    with_ws: list[Result] = []
-    for run in range(args.runs):
-        # Interleaved, and each first in turn: the second run of a pair tends to be slower.
-        pair = [([], without), (["--ws", "0"], with_ws)]
-        for flags, results in pair if run % 2 == 0 else reversed(pair):
-            results.append(await run_workload(broker_flags=flags, **W1))  # type: ignore[arg-type]
-    ratio = statistics.median(r.rate for r in with_ws) / statistics.median(
-        r.rate for r in without)
-    print(f"\nW1 over TCP (the Python client), the broker without and with --ws ({args.runs} "
-          "runs each, interleaved; median [min..max] msgs/s at the consumer)\n")
-    print("| broker | W1 msgs/s | lost |")
-    print("|---|---:|---:|")
-    print(f"| TCP only | {spread([r.rate for r in without])} | {sum(r.lost for r in without)} |")
-    print(f"| with --ws | {spread([r.rate for r in with_ws])} | {sum(r.lost for r in with_ws)} |")
-    print(f"\nwith --ws / without: {ratio:.3f} (goal: the same, within the noise)")
+    await w1_side_by_side("W1 over TCP (the Python client), the broker without and with --ws",
+                          args.runs, ("TCP only", {"broker_flags": []}),
+                          ("with --ws", {"broker_flags": ["--ws", "0"]}),
+                          "the same, within the noise")
     return 0
 
 
