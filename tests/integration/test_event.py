@@ -4,6 +4,7 @@ and one driven on a rig, Ctrl-C, and the same event again (issue 25)."""
 from __future__ import annotations
 
 import re
+import socket
 import signal
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,26 @@ async def test_bad_settings_are_refused_before_anything_starts(tmp_path: Path) -
     assert code == 2 and "slipstream event: error: rig name 'lap_data' is a packet's name" \
         in err, err
     assert not (tmp_path / "e" / "secrets.toml").exists()
+
+
+async def test_a_part_that_cannot_start_stops_the_event_with_the_reason(
+        processes: Processes, tmp_path: Path) -> None:
+    """A port already in use: the event names the part and the end of its log, stops what
+    it started, and exits 1; nothing is left listening."""
+    broker_port, standings_port, dashboard_port = free_port(), free_port(), free_port()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", standings_port))
+    taken.listen()
+    try:
+        code, out, err = await run_command(
+            "-m", "slipstream", "event", str(tmp_path / "night"), "--local", "--broker-port",
+            str(broker_port), "--standings-port", str(standings_port), "--dashboard-port",
+            str(dashboard_port), "--udp-port", str(free_udp_port()), timeout_s=60)
+    finally:
+        taken.close()
+    assert code == 1, out + err
+    assert "slipstream event: error: the standings did not start (exit 2)" in err, err
+    assert f"cannot serve on 127.0.0.1:{standings_port}" in err  # the end of its log
+    assert "stopped the broker" in out
+    with socket.socket() as probe:  # the broker it started is gone
+        assert probe.connect_ex(("127.0.0.1", broker_port)) != 0

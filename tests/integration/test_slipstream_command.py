@@ -22,7 +22,7 @@ async def test_help_lists_every_command_and_mistakes_exit_2_with_a_hint() -> Non
     code, out, _ = await run_command("-m", "slipstream", "--help")
     assert code == 0
     for command in ("broker", "stats", "pub", "sub", "replay", "live", "archive", "udp",
-                    "udp-sim", "udp-replay", "consumer", "run"):
+                    "udp-sim", "udp-replay", "event", "consumer", "run"):
         assert f"\n  {command} " in out
     code, _, err = await run_command("-m", "slipstream")
     assert code == 2
@@ -30,6 +30,9 @@ async def test_help_lists_every_command_and_mistakes_exit_2_with_a_hint() -> Non
     assert code == 2 and "no command 'pu' (did you mean pub?)" in err
     code, out, _ = await run_command("-m", "slipstream", "sub", "--help")
     assert code == 0 and out.startswith("usage: slipstream sub")
+    code, out, _ = await run_command("-m", "slipstream", "event", "--help")
+    assert code == 0 and out.startswith("usage: slipstream event")
+    assert "--local" in out and "--rigs N" in out
 
 
 async def test_broker_pub_sub_and_stats_through_one_command(processes: Processes) -> None:
