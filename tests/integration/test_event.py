@@ -4,8 +4,8 @@ and one driven on a rig, Ctrl-C, and the same event again (issue 25)."""
 from __future__ import annotations
 
 import re
-import socket
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
