@@ -154,6 +154,8 @@ async function openTcp(host, port, secure, options) {
 
 // --- Messages -----------------------------------------------------------------------------
 
+const generations = new WeakMap();  // Message -> the connection (count) that delivered it
+
 /** One delivered message; `data` is its payload decoded from msgpack, on first use. */
 export class Message {
   constructor(topic, seq, timestampUs, payload, gap, epoch) {
@@ -186,7 +188,8 @@ export class Subscription {
     this._queue = [];           // Message, in order
     this._waiting = null;       // a reader waiting for more
     this._finished = 0;         // handed out and done, not yet acknowledged
-    this._handed = 0;           // handed out, in flight at the broker
+    this._handed = 0;           // handed out, of this connection's deliveries
+    this._generation = 0;       // which connection delivered: only its messages are acked
     this._ackTimer = null;
     this._ended = null;         // why the subscription ended
     this._lastSeq = new Map();  // topic -> highest seq handed on, this epoch
@@ -213,8 +216,10 @@ export class Subscription {
     for (let index = skip; index < payloads.length; index += 1) {
       const gap = this._pendingGap.get(topic) ?? null;
       if (gap) this._pendingGap.delete(topic);
-      this._queue.push(new Message(topic, firstSeq + index, stamps[index], payloads[index],
-                                   gap, epoch));
+      const message = new Message(topic, firstSeq + index, stamps[index], payloads[index],
+                                  gap, epoch);
+      generations.set(message, this._generation);
+      this._queue.push(message);
     }
     this._lastSeq.set(topic, Math.max(last, firstSeq + payloads.length - 1));
     this._seenTopics.add(topic);
@@ -231,7 +236,9 @@ export class Subscription {
   }
 
   _reconnected(brokerRestarted) {
-    // A new connection has nothing of ours in flight: credit starts again.
+    // A new connection has nothing of ours in flight: credit starts again, and what the
+    // old one delivered (still queued, or in the application's hands) is not acked on it.
+    this._generation += 1;
     this._handed = 0;
     this._finished = 0;
     if (brokerRestarted) {
@@ -261,9 +268,10 @@ export class Subscription {
     this._finishHanded();
     for (;;) {
       if (this._queue.length) {
-        this._handed += 1;
+        const message = this._queue.shift();
+        this._hand(message);
         this.received += 1;
-        return { value: this._queue.shift(), done: false };
+        return { value: message, done: false };
       }
       if (this._ended) {
         if (this._ended === "done") return { value: undefined, done: true };
@@ -277,10 +285,14 @@ export class Subscription {
   async nextBatch() {
     const first = await this.next();
     if (first.done) return first;
-    const batch = [first.value, ...this._queue.splice(0)];
-    this._handed += batch.length - 1;
-    this.received += batch.length - 1;
-    return { value: batch, done: false };
+    const rest = this._queue.splice(0);
+    for (const message of rest) this._hand(message);
+    this.received += rest.length;
+    return { value: [first.value, ...rest], done: false };
+  }
+
+  _hand(message) {
+    if (generations.get(message) === this._generation) this._handed += 1;
   }
 
   [Symbol.asyncIterator]() {
@@ -404,7 +416,17 @@ export class Client {
       ? encodeFrame(FrameType.HELLO, PROTOCOL_VERSION, this.name, token)
       : encodeFrame(FrameType.HELLO, PROTOCOL_VERSION, this.name, token, user);
     pipe.send(hello);
-    const [, , , epoch, maxFrameBytes] = await welcome;
+    let answer;
+    try {
+      answer = await welcome;
+      if (this._closing) throw new ConnectionLostError("the client was closed meanwhile");
+    } catch (error) {
+      if (this._pipe === pipe) { this._pipe = null; pipe.close(); }
+      throw error;
+    } finally {
+      this._onWelcome = this._onRefused = null;
+    }
+    const [, , , epoch, maxFrameBytes] = answer;
     const restarted = this.epoch !== null && epoch !== this.epoch;
     const again = this.epoch !== null;
     this.epoch = epoch;
@@ -427,12 +449,14 @@ export class Client {
     const wasOpen = this._open;
     this._open = false;
     this._pipe = null;
+    // A handshake under way fails: whoever started it (connect, a reconnect attempt) decides.
     this._onRefused?.(new ConnectionLostError(`the connection ended: ${why}`));
     const lost = new ConnectionLostError(`the connection to ${this.url} ended before the ` +
                                          `broker answered: ${why}`);
     for (const waiter of this._waiting.values()) waiter.reject(lost);
     this._waiting.clear();
-    if (this._closing || !this.reconnect || !wasOpen) {
+    if (!wasOpen) return;
+    if (this._closing || !this.reconnect) {
       for (const sub of this._subs.values()) sub._end(this._closing ? "done" : lost);
       this._closedDone?.();
       return;
