@@ -35,7 +35,7 @@ async def test_the_javascript_clients_own_tests_pass_under_node() -> None:
     out, _ = await asyncio.wait_for(process.communicate(), 100)
     text = out.decode()
     assert process.returncode == 0, text[-4000:]
-    assert "# fail 0" in text and "# pass 10" in text, text[-2000:]
+    assert "# fail 0" in text and "# pass 11" in text, text[-2000:]
 
 
 PAGE = """<!doctype html>

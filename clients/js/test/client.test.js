@@ -136,3 +136,37 @@ test("a dropped connection is resumed: nothing lost, nothing twice", async (t) =
   await again.close();
   await consumer.close();
 });
+
+test("a reconnect attempt cut off before WELCOME is tried again", async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), "slipstream-js-"));
+  const net = await import("node:net");
+  const free = () => new Promise((resolve) => {
+    const server = net.createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+  const port = await free();
+  const flags = ["--port", String(port), "--data-dir", dir];
+  let broker = await startBroker(...flags);
+  t.after(() => broker.stop());
+  const consumer = await connect(`tcp://${broker.tcp}`, { name: "patient" });
+  const sub = consumer.subscribe("patience.>", { durable: "patient" });
+  const producer = await connect(`tcp://${broker.tcp}`, { reconnect: false });
+  await producer.publish("patience.x", 1, { confirm: true });
+  assert.equal((await sub.next()).value.data, 1);
+  await producer.close();
+  await broker.kill();
+  // Something on the port that takes the connection and drops it before any WELCOME.
+  let cutOff = 0;
+  const rude = net.createServer((socket) => { cutOff += 1; socket.destroy(); });
+  await new Promise((resolve) => rude.listen(port, "127.0.0.1", resolve));
+  while (cutOff < 2) await new Promise((resolve) => setTimeout(resolve, 20));
+  await new Promise((resolve) => rude.close(resolve));
+  broker = await startBroker(...flags);
+  const again = await connect(`tcp://${broker.tcp}`, { reconnect: false });
+  await again.publish("patience.x", 2, { confirm: true });
+  assert.equal((await sub.next()).value.data, 2);  // the subscription lived through it
+  await again.close();
+  await consumer.close();
+});
