@@ -368,7 +368,6 @@ export class Client {
     this._outbox = new Map();      // topic -> [payload, ...]: unconfirmed publishes, coalesced
     this._outboxBytes = 0;
     this._flushQueued = false;
-    this._drained = null;          // a publisher waiting for room
     this._connected = null;        // resolves when (re)connected
   }
 
@@ -614,7 +613,6 @@ export class Client {
         ? encodeFrame(FrameType.PUB, frameRuns[0][0], frameRuns[0][1], null)
         : encodeFrame(FrameType.PUBM, frameRuns));
     }
-    this._wakePublisher();
   }
 
   async _room() {
@@ -622,12 +620,6 @@ export class Client {
       await new Promise((resolve) => setTimeout(resolve, 1));
     }
     if (this._outboxBytes > OUTBOX_BYTES) this._flush();
-  }
-
-  _wakePublisher() {
-    const drained = this._drained;
-    this._drained = null;
-    drained?.();
   }
 
   // --- Subscribing -----------------------------------------------------------------------

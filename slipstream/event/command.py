@@ -101,8 +101,7 @@ async def run_event(args: argparse.Namespace) -> int:
     shown = lan_address() if settings.lan else "127.0.0.1"
     broker = f"127.0.0.1:{settings.broker_port}"  # the children are on this machine
     children = Children()
-    say = _say
-    say(f"{PROG}: {'going on with the event' if resumed else 'a new event'} in {event.path}"
+    _say(f"{PROG}: {'going on with the event' if resumed else 'a new event'} in {event.path}"
         + (" (its standings are read back from the broker's data)" if resumed else ""))
     try:
         for child in plan(event, settings, secrets, bind, broker):
@@ -114,13 +113,13 @@ async def run_event(args: argparse.Namespace) -> int:
                           f"log, {stopped.log}, ends:\n{stopped.last_words()}")
     except ChildFailed as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
-        say("stopping the rest ...")
-        await children.stop(say)
+        _say("stopping the rest ...")
+        await children.stop(_say)
         return cli.EXIT_FAILURE
     except asyncio.CancelledError:  # Ctrl-C or SIGTERM: the way an event ends
-        say("\nstopping ...")
-        clean = await children.stop(say)
-        say(_standings_summary(event) + f"\nthe event is kept in {event.path}: "
+        _say("\nstopping ...")
+        clean = await children.stop(_say)
+        _say(_standings_summary(event) + f"\nthe event is kept in {event.path}: "
             f"`slipstream event {args.directory}` goes on with it.")
         return cli.EXIT_OK if clean else cli.EXIT_FAILURE
 
