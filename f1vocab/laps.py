@@ -94,6 +94,12 @@ def game_laps_topic(rig: str | None) -> str:
     return f"{GAME_LAPS_TOPIC}.{rig}" if rig else GAME_LAPS_TOPIC
 
 
+def rig_of_game_laps(topic: str) -> str | None:
+    """The rig a `laps.game[.<rig>]` topic names (None: the one rig): game_laps_topic's
+    inverse, so a consumer takes the rig from the topic, which permissions bind."""
+    return topic.removeprefix(GAME_LAPS_TOPIC).removeprefix(".") or None
+
+
 class GameLapTracker:
     """Laps the game's cars complete, from one rig's `lap_data`, named by its
     `participants` and placed by its `session` (the `laps.game` shape: `number` is

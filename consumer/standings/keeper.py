@@ -27,7 +27,7 @@ from consumer.standings.sources import AtTheWheel, GameLaps, LiveLaps, SourceLap
 from consumer.standings.table import FACTS, Standings
 from f1vocab.game.names import track_name
 from f1vocab.game.topics import split_game_topic
-from f1vocab.laps import GAME_LAPS_TOPIC
+from f1vocab.laps import rig_of_game_laps
 
 log = logging.getLogger("slipstream.standings")
 
@@ -100,7 +100,7 @@ class StandingsKeeper:
     async def on_game_lap(self, message: Message) -> None:
         """`laps.game[.<rig>]`: a lap the game bridge saw completed."""
         assert self.game is not None
-        rig = message.topic.removeprefix(GAME_LAPS_TOPIC).removeprefix(".") or None
+        rig = rig_of_game_laps(message.topic)
         try:
             lap = self.game.lap(message.data, rig, self._at_the_wheel(rig))
         except ValueError as exc:

@@ -29,6 +29,7 @@ from broker.errors import ConfigError
 from broker.users.passwords import hash_password, new_password
 from consumer.standings.table import DEFAULT_POINTS, StandingsError, parse_points
 from f1vocab.game.topics import RigNameError, check_rig
+from f1vocab.laps import game_laps_topic
 
 SETTINGS_FILE = "event.toml"
 SECRETS_FILE = "secrets.toml"
@@ -163,7 +164,7 @@ class EventDir:
         for rig in settings.rigs:
             users[f"users.{rig_user(rig)}"] = {
                 "password": hash_password(secrets.rig(rig)),
-                "publish": [f"game.{rig}.>", f"laps.game.{rig}"]}
+                "publish": [f"game.{rig}.>", game_laps_topic(rig)]}
         text = _toml({"anonymous": "screen"}, users,
                      "# Made by `slipstream event` at every start, from event.toml and "
                      "secrets.toml: edits here are replaced.\n")
